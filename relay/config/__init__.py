@@ -1,0 +1,350 @@
+"""The relay's configuration: one YAML file loaded into msgspec Structs.
+
+`load_config(path)` reads the file, expands `${VAR}` / `${VAR:-default}`, applies
+`RELAY_<SECTION>_<KEY>` environment overrides, and validates. Every problem is
+reported with its path (`ConfigError.problems`), unknown keys included, so that a
+typo never silently disables a policy. `default_config()` is the embedded
+default used by `relay run` without `--config`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from relay.config.base import (
+    ByteSize,
+    Duration,
+    Problem,
+    Secret,
+    Section,
+    collect_problems,
+    dec_hook,
+    join_path,
+)
+from relay.config.noise import FiltersConfig, SamplingRule, ShadowConfig
+from relay.config.quotas import BudgetConfig, QuotaConfig, SpikeProtectionConfig
+from relay.config.scrubbing import ScrubbingConfig
+from relay.protocol.dsn import Dsn, InvalidDsn
+
+__all__ = [
+    "AdminConfig",
+    "ByteSize",
+    "Config",
+    "ConfigError",
+    "Duration",
+    "LimitsConfig",
+    "ListenConfig",
+    "PolicyConfig",
+    "Problem",
+    "ProjectConfig",
+    "RedisConfig",
+    "Secret",
+    "SpoolConfig",
+    "UpstreamConfig",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+
+class ListenConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = 3000
+    #: Serve `/metrics` on a separate address (e.g. "127.0.0.1:9090"); empty = main listener.
+    metrics: str | None = None
+    #: Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
+    trusted_proxies: list[str] = []
+
+
+class UpstreamConfig(Section):
+    #: `https://sentry.example.com` (projects keep their id and key) or `file://DIR`.
+    url: str = "file://./data/outbox"
+    timeout_s: Duration = Duration(10)
+    #: Concurrent forwarder tasks draining the outbox.
+    concurrency: int = 8
+    #: Attempts per envelope on network errors and 5xx before it is dropped with an outcome.
+    max_attempts: int = 6
+    retry_base_s: Duration = Duration(0.5)
+    retry_max_s: Duration = Duration(30)
+    #: Compress request bodies sent upstream.
+    gzip: bool = True
+    #: In-memory outbox bounds; the relay answers 503 when they are reached.
+    outbox_max_items: int = 10000
+    outbox_max_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
+
+
+class RedisConfig(Section):
+    url: Secret
+    on_error: str = "allow"
+    #: "standalone" (default), "cluster" or "sentinel".
+    mode: str = "standalone"
+    sentinel_master: str | None = None
+    prefix: str = "relay"
+
+
+class SpoolConfig(Section):
+    path: str = "./data/spool"
+    max_bytes: ByteSize = ByteSize(1024**3)
+    max_age: Duration = Duration(86400)
+    durable: bool = True
+
+
+class LimitsConfig(Section):
+    max_request_bytes: ByteSize = ByteSize(20 * 1024 * 1024)
+    max_decompressed_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
+    max_event_bytes: ByteSize = ByteSize(1024 * 1024)
+    max_attachment_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
+    max_envelope_items: int = 10000
+    #: Seconds a client may take to send its request body.
+    read_timeout_s: Duration = Duration(30)
+
+
+class AdminConfig(Section):
+    token: Secret | None = None
+
+
+class LogConfig(Section):
+    level: str = "info"
+    #: "json" (one object per line) or "text".
+    format: str = "text"
+
+
+class PolicyConfig(Section):
+    """The org-wide policy; a project's `policy` adds to it and never weakens it."""
+
+    scrubbing: ScrubbingConfig | None = None
+    filters: FiltersConfig | None = None
+    sampling: list[SamplingRule] = []
+    fingerprinting: str = ""
+    normalize_messages: bool | None = None
+    quotas: list[QuotaConfig] = []
+    budgets: list[BudgetConfig] = []
+    spike_protection: SpikeProtectionConfig | None = None
+    shadow: ShadowConfig | None = None
+
+
+class ProjectConfig(Section):
+    id: int
+    name: str | None = None
+    #: Public keys the apps use; empty accepts any key for this project.
+    keys: list[str] = []
+    #: Where to forward; absent: `upstream.url` with the app's own id and key.
+    upstream_dsn: str | None = None
+    policy: PolicyConfig | None = None
+
+
+class Config(Section):
+    listen: ListenConfig = ListenConfig()
+    workers: int = 1
+    upstream: UpstreamConfig = UpstreamConfig()
+    redis: RedisConfig | None = None
+    spool: SpoolConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
+    admin: AdminConfig = AdminConfig()
+    log: LogConfig = LogConfig()
+    shutdown_timeout: Duration = Duration(30)
+    #: Accept projects and keys that are not listed under `projects`.
+    accept_unknown: bool = False
+    policy: PolicyConfig = PolicyConfig()
+    projects: list[ProjectConfig] = []
+
+
+class ConfigError(Exception):
+    """The config is invalid; `problems` lists every problem with its path."""
+
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(str(p) for p in problems))
+
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
+
+
+def _expand_env(data: Any, env: Mapping[str, str], path: str, problems: list[Problem]) -> Any:
+    if isinstance(data, dict):
+        return {k: _expand_env(v, env, join_path(path, str(k)), problems) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_expand_env(v, env, join_path(path, i), problems) for i, v in enumerate(data)]
+    if isinstance(data, str) and "${" in data:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(Problem(path, f"environment variable {name} is not set"))
+            return ""
+
+        return _ENV_RE.sub(sub, data)
+    return data
+
+
+def _override_target(tp: Any, rest: str) -> list[str] | None:
+    """Resolve `listen_port` against the Struct tree into `["listen", "port"]`."""
+    from relay.config.base import _is_struct, _struct_of_optional
+
+    struct = tp if _is_struct(tp) else _struct_of_optional(tp)
+    if struct is None:
+        return None
+    hints = msgspec.structs.fields(struct)
+    from typing import get_type_hints
+
+    types_ = get_type_hints(struct)
+    # Longest field name first so `max_request_bytes` wins over `max`.
+    for field in sorted(hints, key=lambda f: -len(f.encode_name)):
+        name = field.encode_name
+        if rest == name:
+            return [name]
+        if rest.startswith(name + "_"):
+            sub = _override_target(types_[field.name], rest[len(name) + 1 :])
+            if sub is not None:
+                return [name, *sub]
+    return None
+
+
+def _apply_env_overrides(
+    data: dict[str, Any], env: Mapping[str, str], problems: list[Problem]
+) -> None:
+    for key in sorted(env):
+        if not key.startswith("RELAY_") or key == "RELAY_CONFIG":
+            continue
+        target = _override_target(Config, key[len("RELAY_") :].lower())
+        if target is None:
+            continue  # may exist only for ${VAR} expansion
+        try:
+            value = yaml.safe_load(env[key])
+        except yaml.YAMLError:
+            value = env[key]
+        node = data
+        for part in target[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[target[-1]] = value
+
+
+def parse_config(data: Any, *, env: Mapping[str, str] | None = None, source: str = "") -> Config:
+    """Validate a loaded YAML document (a mapping) into a `Config`, or raise ConfigError."""
+    env = os.environ if env is None else env
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem("", "the config must be a mapping of sections")], source)
+    problems: list[Problem] = []
+    data = _expand_env(data, env, "", problems)
+    _apply_env_overrides(data, env, problems)
+    problems.extend(collect_problems(data, Config))
+    if problems:
+        raise ConfigError(problems, source)
+    config = msgspec.convert(data, Config, dec_hook=dec_hook)
+    problems.extend(validate(config))
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None = None) -> Config:
+    """Read, expand, override and validate a YAML config file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            [Problem("", f"cannot read config: {exc.strerror or exc}")], source
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError([Problem("", "the config is not UTF-8 text")], source) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem("", f"{where}invalid YAML: {problem}")], source) from None
+    return parse_config(data, env=env, source=source)
+
+
+def default_config() -> Config:
+    """The embedded defaults of `relay run` without a config file: accept any project."""
+    return Config(accept_unknown=True)
+
+
+# --- cross-field validation -------------------------------------------------------------
+
+_VALIDATORS: list[Any] = []
+
+
+def validator(fn: Any) -> Any:
+    """Register a whole-config check `fn(config) -> list[Problem]` (sections add their own)."""
+    _VALIDATORS.append(fn)
+    return fn
+
+
+def validate(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    for fn in _VALIDATORS:
+        problems.extend(fn(config))
+    return problems
+
+
+@validator
+def _check_core(config: Config) -> list[Problem]:
+    problems: list[Problem] = []
+    if not 0 < config.listen.port < 65536:
+        problems.append(Problem("listen.port", "must be between 1 and 65535"))
+    if config.workers < 1:
+        problems.append(Problem("workers", "must be at least 1"))
+    url = config.upstream.url
+    if not (url.startswith(("http://", "https://", "file://"))):
+        problems.append(Problem("upstream.url", "must start with http://, https:// or file://"))
+    if config.upstream.concurrency < 1:
+        problems.append(Problem("upstream.concurrency", "must be at least 1"))
+    if config.upstream.max_attempts < 1:
+        problems.append(Problem("upstream.max_attempts", "must be at least 1"))
+    if config.redis is not None:
+        if config.redis.on_error not in ("allow", "reject"):
+            problems.append(Problem("redis.on_error", "must be 'allow' or 'reject'"))
+        if config.redis.mode not in ("standalone", "cluster", "sentinel"):
+            problems.append(Problem("redis.mode", "must be 'standalone', 'cluster' or 'sentinel'"))
+        if not config.redis.url.reveal().startswith(
+            ("redis://", "rediss://", "unix://", "redis+sentinel://")
+        ):
+            problems.append(Problem("redis.url", "must start with redis://, rediss:// or unix://"))
+    if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        problems.append(
+            Problem("log.level", "must be one of debug, info, warning, error, critical")
+        )
+    if config.log.format not in ("json", "text"):
+        problems.append(Problem("log.format", "must be 'json' or 'text'"))
+    seen: dict[int, int] = {}
+    for i, project in enumerate(config.projects):
+        if project.id in seen:
+            problems.append(
+                Problem(
+                    f"projects[{i}].id", f"duplicate project id (also projects[{seen[project.id]}])"
+                )
+            )
+        seen.setdefault(project.id, i)
+        if project.upstream_dsn is not None:
+            try:
+                Dsn.parse(project.upstream_dsn)
+            except InvalidDsn as exc:
+                problems.append(Problem(f"projects[{i}].upstream_dsn", str(exc)))
+        for k, key in enumerate(project.keys):
+            if not re.fullmatch(r"[0-9a-zA-Z]{1,64}", key):
+                problems.append(
+                    Problem(f"projects[{i}].keys[{k}]", "a public key is letters and digits")
+                )
+    return problems

@@ -1,0 +1,1 @@
+"""Project and org policy: resolved per request, compiled once per config revision."""

@@ -1,0 +1,16 @@
+"""What the pipeline knows about the request an envelope came in with."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    project_id: int
+    public_key: str
+    #: The client's address (first X-Forwarded-For hop from a trusted proxy, else the peer).
+    client_ip: str | None = None
+    user_agent: str | None = None
+    received_at: float = field(default_factory=time.time)

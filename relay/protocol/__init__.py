@@ -1,0 +1,1 @@
+"""Wire formats of the Sentry protocol: pure parsing and serialization, no IO."""

@@ -1,0 +1,109 @@
+"""Data categories, and how much each envelope item counts in which category.
+
+Follows Sentry's counting: attachments count their bytes (and one
+`attachment_item`), a transaction also counts `1 + len(spans)` spans, a
+`sessions` aggregate counts each aggregate bucket, a log item counts its
+`item_count`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class DataCategory(StrEnum):
+    DEFAULT = "default"
+    ERROR = "error"
+    TRANSACTION = "transaction"
+    SECURITY = "security"
+    ATTACHMENT = "attachment"
+    ATTACHMENT_ITEM = "attachment_item"
+    SESSION = "session"
+    PROFILE = "profile"
+    PROFILE_CHUNK = "profile_chunk"
+    REPLAY = "replay"
+    MONITOR = "monitor"
+    SPAN = "span"
+    LOG_ITEM = "log_item"
+    LOG_BYTE = "log_byte"
+    FEEDBACK = "feedback"
+    USER_REPORT = "user_report_v2"
+    UNKNOWN = "unknown"
+
+
+_PRIMARY: dict[str, DataCategory] = {
+    "event": DataCategory.ERROR,
+    "transaction": DataCategory.TRANSACTION,
+    "security": DataCategory.SECURITY,
+    "raw_security": DataCategory.SECURITY,
+    "nel": DataCategory.SECURITY,
+    "attachment": DataCategory.ATTACHMENT,
+    "session": DataCategory.SESSION,
+    "sessions": DataCategory.SESSION,
+    "profile": DataCategory.PROFILE,
+    "profile_chunk": DataCategory.PROFILE_CHUNK,
+    "replay_event": DataCategory.REPLAY,
+    "replay_recording": DataCategory.REPLAY,
+    "replay_video": DataCategory.REPLAY,
+    "check_in": DataCategory.MONITOR,
+    "span": DataCategory.SPAN,
+    "otel_span": DataCategory.SPAN,
+    "log": DataCategory.LOG_ITEM,
+    "otel_log": DataCategory.LOG_ITEM,
+    "feedback": DataCategory.FEEDBACK,
+    "user_report": DataCategory.USER_REPORT,
+}
+
+#: Items that carry no billable data of their own and are never rate limited.
+UNCOUNTED_TYPES = frozenset({"client_report", "statsd", "metric_buckets", "metric_meta"})
+
+#: Item types whose payload is one JSON event that the pipeline processes.
+EVENT_TYPES = frozenset({"event", "transaction", "security", "nel", "feedback", "user_report"})
+
+
+def primary_category(item_type: str) -> DataCategory:
+    """The category an item is reported under in outcomes and metrics."""
+    return _PRIMARY.get(
+        item_type,
+        DataCategory.UNKNOWN if item_type not in UNCOUNTED_TYPES else DataCategory.DEFAULT,
+    )
+
+
+def item_quantities(
+    item_type: str, headers: dict[str, Any], payload_len: int, event: dict[str, Any] | None = None
+) -> list[tuple[DataCategory, int]]:
+    """Every (category, quantity) this item counts for, for quotas and outcomes.
+
+    `event` is the parsed payload when the caller has it (transactions: span count;
+    sessions: aggregate count); without it a transaction counts one span.
+    """
+    if item_type in UNCOUNTED_TYPES:
+        return []
+    if item_type == "attachment":
+        return [(DataCategory.ATTACHMENT, payload_len), (DataCategory.ATTACHMENT_ITEM, 1)]
+    if item_type == "transaction":
+        spans = 0
+        if event is not None and isinstance(event.get("spans"), list):
+            spans = len(event["spans"])
+        return [(DataCategory.TRANSACTION, 1), (DataCategory.SPAN, 1 + spans)]
+    if item_type in ("log", "otel_log"):
+        count = headers.get("item_count")
+        n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+        return [(DataCategory.LOG_ITEM, n), (DataCategory.LOG_BYTE, payload_len)]
+    if item_type in ("span", "otel_span"):
+        count = headers.get("item_count")
+        n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
+        return [(DataCategory.SPAN, n)]
+    if item_type == "sessions" and event is not None:
+        aggregates = event.get("aggregates")
+        if isinstance(aggregates, list):
+            total = 0
+            for bucket in aggregates:
+                if isinstance(bucket, dict):
+                    for key in ("exited", "errored", "abnormal", "crashed"):
+                        value = bucket.get(key)
+                        if isinstance(value, int) and not isinstance(value, bool):
+                            total += max(value, 0)
+            return [(DataCategory.SESSION, max(total, 1))]
+    return [(primary_category(item_type), 1)]

@@ -1,0 +1,174 @@
+"""The Sentry envelope: a JSON header line, then items (header line + payload).
+
+    envelope := header "\\n" (item)*
+    item     := item_header "\\n" payload ("\\n" | EOF)
+
+An item header with `length` is followed by exactly that many payload bytes;
+without it the payload runs to the next newline (or the end). Header lines we do
+not modify are kept byte-for-byte, so unknown item types and unknown header keys
+reach the upstream exactly as the SDK wrote them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+class EnvelopeError(ValueError):
+    """The body is not a valid envelope; the message says where and why."""
+
+
+class Item:
+    """One envelope item. Mutate through `set_payload` / `set_header`."""
+
+    __slots__ = ("_raw_header", "headers", "payload")
+
+    def __init__(
+        self, headers: dict[str, Any], payload: bytes, raw_header: bytes | None = None
+    ) -> None:
+        self.headers = headers
+        self.payload = payload
+        self._raw_header = raw_header
+
+    @property
+    def type(self) -> str:
+        t = self.headers.get("type")
+        return t if isinstance(t, str) else ""
+
+    def set_payload(self, payload: bytes) -> None:
+        self.payload = payload
+        if "length" in self.headers or b"\n" in payload:
+            self.headers["length"] = len(payload)
+            self._raw_header = None
+
+    def set_header(self, key: str, value: Any) -> None:
+        self.headers[key] = value
+        self._raw_header = None
+
+    def serialize_header(self) -> bytes:
+        raw = self._raw_header
+        if raw is not None:
+            length = self.headers.get("length")
+            if (length is None and b"\n" not in self.payload) or length == len(self.payload):
+                return raw
+        headers = self.headers
+        if "length" in headers or b"\n" in self.payload:
+            headers = {**headers, "length": len(self.payload)}
+        return orjson.dumps(headers)
+
+    def __repr__(self) -> str:
+        return f"Item(type={self.type!r}, {len(self.payload)} bytes)"
+
+
+class Envelope:
+    """Parsed envelope: `headers` (dict) and `items`, serializable back to bytes."""
+
+    __slots__ = ("_raw_header", "headers", "items")
+
+    def __init__(
+        self, headers: dict[str, Any], items: list[Item], raw_header: bytes | None = None
+    ) -> None:
+        self.headers = headers
+        self.items = items
+        self._raw_header = raw_header
+
+    @property
+    def event_id(self) -> str | None:
+        value = self.headers.get("event_id")
+        return value if isinstance(value, str) else None
+
+    def set_header(self, key: str, value: Any) -> None:
+        self.headers[key] = value
+        self._raw_header = None
+
+    def pop_header(self, key: str) -> Any:
+        if key in self.headers:
+            self._raw_header = None
+            return self.headers.pop(key)
+        return None
+
+    def serialize(self) -> bytes:
+        head = self._raw_header if self._raw_header is not None else orjson.dumps(self.headers)
+        parts = [head, b"\n"]
+        for item in self.items:
+            parts += (item.serialize_header(), b"\n", item.payload, b"\n")
+        return b"".join(parts)
+
+    def __repr__(self) -> str:
+        return f"Envelope(event_id={self.event_id!r}, items={self.items!r})"
+
+
+def _load_header(line: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise EnvelopeError(f"{what} must be a JSON object")
+    return value
+
+
+def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
+    """Parse envelope bytes; raise EnvelopeError with a precise message on bad input."""
+    if not data.strip():
+        raise EnvelopeError("empty envelope")
+    end = data.find(b"\n")
+    if end < 0:
+        end = len(data)
+    raw_header = data[:end]
+    headers = _load_header(raw_header, "envelope header")
+    items: list[Item] = []
+    pos = end + 1
+    size = len(data)
+    while pos < size:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            nl = size
+        line = data[pos:nl]
+        if not line.strip():
+            pos = nl + 1
+            continue
+        index = len(items)
+        item_headers = _load_header(line, f"item {index} header")
+        item_type = item_headers.get("type")
+        if not isinstance(item_type, str) or not item_type:
+            raise EnvelopeError(f"item {index} header has no type")
+        pos = nl + 1
+        length = item_headers.get("length")
+        if length is not None:
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+                raise EnvelopeError(f"item {index} header has an invalid length")
+            if pos + length > size:
+                raise EnvelopeError(
+                    f"item {index} ({item_type}) is truncated: length {length}, {max(size - pos, 0)} bytes left"
+                )
+            payload = data[pos : pos + length]
+            pos += length
+            if pos < size:
+                if data[pos : pos + 1] != b"\n":
+                    raise EnvelopeError(
+                        f"item {index} ({item_type}) payload is not followed by a newline"
+                    )
+                pos += 1
+        else:
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                nl = size
+            payload = data[pos:nl]
+            pos = nl + 1
+        items.append(Item(item_headers, payload, raw_header=line))
+        if len(items) > max_items:
+            raise EnvelopeError(f"too many items (more than {max_items})")
+    return Envelope(headers, items, raw_header=raw_header)
+
+
+def make_envelope(headers: dict[str, Any], items: list[tuple[dict[str, Any], bytes]]) -> Envelope:
+    """Build an envelope from scratch (store endpoint, client reports, tests)."""
+    built = []
+    for h, payload in items:
+        hdr = dict(h)
+        hdr["length"] = len(payload)
+        built.append(Item(hdr, payload))
+    return Envelope(dict(headers), built)

@@ -1,0 +1,1 @@
+"""IO at the edges, one resource each: limiter, outbox, forwarder, metrics."""

@@ -1,0 +1,1 @@
+"""HTTP: ingest endpoints, error mapping, health and admin routes."""

@@ -1,0 +1,1 @@
+"""Test helpers with real parts: redis-server processes, a recording upstream."""
