@@ -138,6 +138,8 @@ class ProjectConfig(Section):
     #: Where to forward; absent: `upstream.url` with the app's own id and key.
     upstream_dsn: str | None = None
     policy: PolicyConfig | None = None
+    #: Browser origins allowed to send (globs such as `https://*.example.com`); empty: any.
+    allowed_origins: list[str] = []
 
 
 class Config(Section):

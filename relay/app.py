@@ -1,0 +1,124 @@
+"""`create_app(config)`: the aiohttp application, its state and its resources.
+
+Resources are set up in order and torn down in reverse by cleanup contexts: the
+HTTP client session first, then the forwarder, so on shutdown the outbox drains
+to the upstream before the session closes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from relay.config import Config
+from relay.keys import (
+    CONFIG,
+    FORWARDER,
+    HTTP_SESSION,
+    INGEST,
+    METRICS,
+    OUTBOX,
+    REGISTRY,
+    STATE,
+    UPSTREAM_LIMITS,
+    State,
+)
+from relay.policy.registry import PolicyRegistry
+from relay.services.forwarder import Forwarder
+from relay.services.ingest import Ingest
+from relay.services.metrics import Metrics
+from relay.services.outbox import MemoryOutbox
+from relay.services.upstream_limits import UpstreamLimits
+from relay.web import health, ingest
+from relay.web.cors import cors_middleware
+from relay.web.errors import Handler, error_middleware
+
+#: aiohttp must not inflate bodies itself: our streaming decompressor enforces the caps.
+HANDLER_ARGS = {"auto_decompress": False}
+
+
+def _endpoint_label(request: web.Request) -> str:
+    name = request.match_info.route.name
+    return name.removesuffix("_slash") if name else "other"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        if request.path.startswith("/api/") and not request.path.startswith("/api/relay/"):
+            label = _endpoint_label(request)
+            metrics = request.app[METRICS]
+            metrics.requests.labels(label, str(status)).inc()
+            metrics.request_duration.labels(label).observe(time.perf_counter() - start)
+
+
+async def _http_session(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=app[CONFIG].upstream.concurrency * 2, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+    app[HTTP_SESSION] = session
+    yield
+    await session.close()
+
+
+async def _forwarder(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    forwarder = Forwarder(
+        app[OUTBOX],
+        app[HTTP_SESSION],
+        config.upstream,
+        app[UPSTREAM_LIMITS],
+        app[METRICS],
+        app[METRICS],
+    )
+    app[FORWARDER] = forwarder
+    forwarder.start()
+    app[STATE].started.set()
+    yield
+    app[STATE].draining = True
+    await forwarder.drain(config.shutdown_timeout)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    app[STATE].draining = True
+
+
+def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web.Application:
+    """Build the relay app from a validated config.
+
+    Parameters:
+        config: the validated configuration.
+        registry: compiled policies; built from `config` when omitted.
+    """
+    app = web.Application(
+        middlewares=[metrics_middleware, cors_middleware, error_middleware],
+        handler_args=HANDLER_ARGS,
+        client_max_size=config.limits.max_request_bytes,
+    )
+    metrics = Metrics()
+    outbox = MemoryOutbox(config.upstream.outbox_max_items, config.upstream.outbox_max_bytes)
+    upstream_limits = UpstreamLimits()
+    app[CONFIG] = config
+    app[REGISTRY] = registry or PolicyRegistry(config)
+    app[METRICS] = metrics
+    app[OUTBOX] = outbox
+    app[UPSTREAM_LIMITS] = upstream_limits
+    app[STATE] = State()
+    app[INGEST] = Ingest(outbox, upstream_limits, metrics)
+    app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_forwarder)
+    app.on_shutdown.append(_on_shutdown)
+    health.add_routes(app, with_metrics=config.listen.metrics is None)
+    ingest.add_routes(app)
+    return app

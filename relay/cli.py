@@ -1,0 +1,82 @@
+"""Command line: `relay run | check-config | scrub | usage`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from relay.config import Config, ConfigError, default_config, load_config
+from relay.policy.compile import validate_policies
+
+
+def _load(path: str | None) -> Config:
+    path = path or os.environ.get("RELAY_CONFIG")
+    if not path:
+        return default_config()
+    config = load_config(path)
+    problems = validate_policies(config)
+    if problems:
+        raise ConfigError(problems, path)
+    return config
+
+
+def _print_config_error(err: ConfigError) -> None:
+    where = f"{err.source}: " if err.source else ""
+    print(
+        f"{where}invalid configuration ({len(err.problems)} problem{'s' if len(err.problems) != 1 else ''}):",
+        file=sys.stderr,
+    )
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from relay.server import serve
+
+    try:
+        config = _load(args.config)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    return serve(config, config_path=args.config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.path)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    projects = len(config.projects)
+    print(
+        f"{args.path}: ok ({projects} project{'s' if projects != 1 else ''}, upstream {config.upstream.url.split('@')[-1]})"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="relay", description="Sentry-compatible event relay and scrubbing proxy."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve (embedded defaults without --config)")
+    run.add_argument(
+        "--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)"
+    )
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser(
+        "check-config", help="validate a config file; exit 1 listing every problem"
+    )
+    check.add_argument("path")
+    check.set_defaults(func=cmd_check_config)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Typed application state: every `web.AppKey` the relay uses, in one place."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from relay.config import Config
+from relay.policy.registry import PolicyRegistry
+from relay.services.forwarder import Forwarder
+from relay.services.ingest import Ingest
+from relay.services.metrics import Metrics
+from relay.services.outbox import MemoryOutbox
+from relay.services.upstream_limits import UpstreamLimits
+
+
+class State:
+    """Mutable runtime flags."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.started = asyncio.Event()
+
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", PolicyRegistry)
+METRICS = web.AppKey("metrics", Metrics)
+OUTBOX = web.AppKey("outbox", MemoryOutbox)
+UPSTREAM_LIMITS = web.AppKey("upstream_limits", UpstreamLimits)
+HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+FORWARDER = web.AppKey("forwarder", Forwarder)
+INGEST = web.AppKey("ingest", Ingest)
+STATE = web.AppKey("state", State)

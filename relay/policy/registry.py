@@ -1,0 +1,105 @@
+"""Projects and their compiled policies, looked up per request.
+
+`PolicyRegistry(config)` compiles the org policy and every configured project's
+policy once (per config revision). `resolve(project_id, public_key)` answers
+with the project's `ProjectPolicy`, or says why not (unknown project, key not
+allowed for this project).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+
+from relay.config import Config, ProjectConfig
+from relay.policy.compile import CompiledPolicy, compile_policy
+from relay.policy.targets import Target, resolve_target
+
+_revisions = itertools.count(1)
+
+
+class Denied(Enum):
+    UNKNOWN_PROJECT = "unknown project"
+    UNKNOWN_KEY = "the key is not allowed for this project"
+
+
+@dataclass(frozen=True)
+class ProjectPolicy:
+    project_id: int
+    config: ProjectConfig | None
+    policy: CompiledPolicy
+    upstream_url: str
+    revision: int
+    allowed_origins: tuple[str, ...] = field(default=())
+
+    def target(self, public_key: str) -> Target:
+        return _target(
+            self.upstream_url,
+            self.config.upstream_dsn if self.config else None,
+            self.project_id,
+            public_key,
+        )
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if not origin or not self.allowed_origins:
+            return True
+        lowered = origin.lower()
+        return any(
+            fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in self.allowed_origins
+        )
+
+
+@lru_cache(maxsize=4096)
+def _target(
+    upstream_url: str, upstream_dsn: str | None, project_id: int, public_key: str
+) -> Target:
+    return resolve_target(upstream_url, upstream_dsn, project_id, public_key)
+
+
+class PolicyRegistry:
+    """Compiled policies of one config revision."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.revision = next(_revisions)
+        self.org_policy = compile_policy(config, None)
+        self._projects: dict[int, ProjectPolicy] = {}
+        for project in config.projects:
+            compiled = (
+                compile_policy(config, project) if project.policy is not None else self.org_policy
+            )
+            self._projects[project.id] = ProjectPolicy(
+                project.id,
+                project,
+                compiled,
+                config.upstream.url,
+                self.revision,
+                tuple(project.allowed_origins),
+            )
+        self._unknown: dict[int, ProjectPolicy] = {}
+        self._configured_keys = frozenset(k for p in config.projects for k in p.keys)
+
+    def resolve(self, project_id: int, public_key: str) -> ProjectPolicy | Denied:
+        project = self._projects.get(project_id)
+        if project is not None:
+            keys = project.config.keys if project.config else []
+            if keys and public_key not in keys:
+                return Denied.UNKNOWN_KEY
+            return project
+        if not self.config.accept_unknown:
+            return Denied.UNKNOWN_PROJECT
+        if public_key in self._configured_keys:
+            # A key configured for one project never sends to another.
+            return Denied.UNKNOWN_KEY
+        policy = self._unknown.get(project_id)
+        if policy is None:
+            if len(self._unknown) > 10000:
+                self._unknown.clear()
+            policy = ProjectPolicy(
+                project_id, None, self.org_policy, self.config.upstream.url, self.revision
+            )
+            self._unknown[project_id] = policy
+        return policy

@@ -1,0 +1,295 @@
+"""The processing order, in one place, as pure functions over an envelope.
+
+    prepare()   parse event-like items once, reject invalid ones, run inbound filters
+                and sampling                       -> outcomes: invalid, filtered, sampled
+    (the caller consults quotas and cached upstream limits: IO, not here)
+    drop_categories()                              -> outcome: rate_limited
+    finish()    fingerprint rules, then the PII scrubber over every remaining item and
+                the envelope header; events re-serialized once
+
+An event that is dropped takes its envelope's attachments and user reports with
+it, as Sentry does. Every dropped item yields exactly one `Outcome`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from relay.outcomes import Outcome, OutcomeKind, Reason
+from relay.processing.context import RequestContext
+from relay.protocol.categories import EVENT_TYPES, item_quantities, primary_category
+from relay.protocol.envelope import Envelope, Item
+
+#: Items that belong to the envelope's event and share its fate.
+DEPENDENT_TYPES = frozenset({"attachment", "user_report"})
+
+
+class Decision(Protocol):
+    """A filter hit or sampling decision: why an item would be dropped."""
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def rule(self) -> str | None: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+
+class FilterStage(Protocol):
+    def check(
+        self, event: dict[str, Any], item_type: str, ctx: RequestContext
+    ) -> Decision | None: ...
+
+
+class SamplingStage(Protocol):
+    def decide(
+        self, event: dict[str, Any], item_type: str, envelope_headers: dict[str, Any]
+    ) -> Decision | None: ...
+
+
+class FingerprintStage(Protocol):
+    def apply(self, event: dict[str, Any]) -> object: ...
+
+
+class ScrubStage(Protocol):
+    def scrub_event(self, event: dict[str, Any], item_type: str = "event") -> list[Any]: ...
+
+    def scrub_envelope(self, envelope: Envelope, *, skip: frozenset[int] = frozenset()) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_event_bytes: int = 1024 * 1024
+    max_attachment_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class WorkItem:
+    """One envelope item on its way through the pipeline."""
+
+    item: Item
+    category: str
+    quantities: list[tuple[str, int]]
+    #: The parsed payload of event-like items (event, transaction, ...).
+    event: dict[str, Any] | None = None
+    #: The payload changed (fingerprint, scrub): re-serialize `event` at the end.
+    dirty: bool = False
+
+    @property
+    def type(self) -> str:
+        return self.item.type
+
+    def quantity(self) -> int:
+        for cat, qty in self.quantities:
+            if cat == self.category:
+                return qty
+        return 1
+
+
+@dataclass(slots=True)
+class Dropped:
+    """An item the pipeline dropped (or would drop, in dry-run), and why."""
+
+    work: WorkItem
+    outcome: Outcome
+    dry_run: bool = False
+
+
+@dataclass
+class Prepared:
+    envelope: Envelope
+    ctx: RequestContext
+    kept: list[WorkItem] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+
+    def quantities(self) -> dict[str, int]:
+        """Summed (category -> quantity) of the kept items, for quota checks."""
+        out: dict[str, int] = {}
+        for work in self.kept:
+            for cat, qty in work.quantities:
+                out[cat] = out.get(cat, 0) + qty
+        return out
+
+    def categories(self) -> set[str]:
+        return {cat for w in self.kept for cat, _ in w.quantities}
+
+
+def _outcome(
+    work: WorkItem, kind: OutcomeKind, reason: str, ctx: RequestContext, rule: str | None = None
+) -> Outcome:
+    return Outcome(kind, reason, work.category, work.quantity(), ctx.project_id, rule)
+
+
+def prepare(
+    envelope: Envelope,
+    ctx: RequestContext,
+    *,
+    filters: FilterStage | None = None,
+    sampler: SamplingStage | None = None,
+    limits: Limits = Limits(),
+) -> Prepared:
+    """Parse, validate, filter and sample. Pure; mutates nothing but the result."""
+    result = Prepared(envelope, ctx)
+    event_drop: Dropped | None = None
+    for item in envelope.items:
+        itype = item.type
+        work = WorkItem(item, str(primary_category(itype)), [])
+        if itype in EVENT_TYPES:
+            if len(item.payload) > limits.max_event_bytes:
+                work.quantities = [
+                    (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload))
+                ]
+                result.dropped.append(
+                    Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
+                )
+                continue
+            try:
+                event = orjson.loads(item.payload)
+            except orjson.JSONDecodeError:
+                event = None
+            work.quantities = [
+                (str(c), q)
+                for c, q in item_quantities(
+                    itype,
+                    item.headers,
+                    len(item.payload),
+                    event if isinstance(event, dict) else None,
+                )
+            ]
+            if not isinstance(event, dict):
+                result.dropped.append(
+                    Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.INVALID_JSON, ctx))
+                )
+                continue
+            work.event = event
+            decision = _decide(work, event, ctx, envelope.headers, filters, sampler)
+            if decision is not None:
+                kind, hit = decision
+                drop = Dropped(
+                    work, _outcome(work, kind, hit.reason, ctx, hit.rule), dry_run=hit.dry_run
+                )
+                result.dropped.append(drop)
+                if not hit.dry_run:
+                    event_drop = event_drop or drop
+                    continue
+            result.kept.append(work)
+            continue
+        work.quantities = [
+            (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload))
+        ]
+        if itype == "attachment" and len(item.payload) > limits.max_attachment_bytes:
+            result.dropped.append(
+                Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
+            )
+            continue
+        result.kept.append(work)
+    if event_drop is not None:
+        _drop_dependents(result, event_drop)
+    return result
+
+
+def _decide(
+    work: WorkItem,
+    event: dict[str, Any],
+    ctx: RequestContext,
+    headers: dict[str, Any],
+    filters: FilterStage | None,
+    sampler: SamplingStage | None,
+) -> tuple[OutcomeKind, Decision] | None:
+    if filters is not None:
+        hit = filters.check(event, work.type, ctx)
+        if hit is not None:
+            return OutcomeKind.FILTERED, hit
+    if sampler is not None:
+        sample = sampler.decide(event, work.type, headers)
+        if sample is not None:
+            return OutcomeKind.SAMPLED, sample
+    return None
+
+
+def _drop_dependents(result: Prepared, cause: Dropped) -> None:
+    kept = []
+    for work in result.kept:
+        if work.type in DEPENDENT_TYPES:
+            out = cause.outcome
+            result.dropped.append(
+                Dropped(
+                    work,
+                    Outcome(
+                        out.kind,
+                        out.reason,
+                        work.category,
+                        work.quantity(),
+                        out.project_id,
+                        out.rule,
+                    ),
+                )
+            )
+        else:
+            kept.append(work)
+    result.kept = kept
+
+
+def drop_categories(
+    prepared: Prepared,
+    rejected: dict[str, tuple[str, str | None]],
+    kind: OutcomeKind = OutcomeKind.RATE_LIMITED,
+) -> list[Dropped]:
+    """Drop kept items whose categories were rejected: `{category: (reason, rule)}`.
+
+    An item counts in several categories (a transaction also counts spans); it is
+    dropped when any of them is rejected. Dropping the event drops its dependents.
+    """
+    if not rejected:
+        return []
+    kept: list[WorkItem] = []
+    dropped: list[Dropped] = []
+    event_drop: Dropped | None = None
+    for work in prepared.kept:
+        hit = next((rejected[c] for c, _ in work.quantities if c in rejected), None)
+        if hit is None:
+            kept.append(work)
+            continue
+        reason, rule = hit
+        drop = Dropped(work, _outcome(work, kind, reason, prepared.ctx, rule))
+        dropped.append(drop)
+        if work.event is not None and work.type in ("event", "transaction"):
+            event_drop = event_drop or drop
+    prepared.kept = kept
+    prepared.dropped.extend(dropped)
+    if event_drop is not None:
+        before = len(prepared.dropped)
+        _drop_dependents(prepared, event_drop)
+        dropped.extend(prepared.dropped[before:])
+    return dropped
+
+
+def finish(
+    prepared: Prepared,
+    *,
+    scrubber: ScrubStage | None,
+    fingerprinter: FingerprintStage | None = None,
+) -> Envelope:
+    """Fingerprint and scrub what is kept; return the envelope to forward."""
+    envelope = prepared.envelope
+    envelope.items = [w.item for w in prepared.kept]
+    parsed: set[int] = set()
+    for index, work in enumerate(prepared.kept):
+        if work.event is None:
+            continue
+        if fingerprinter is not None and work.type == "event" and fingerprinter.apply(work.event):
+            work.dirty = True
+        if scrubber is not None:
+            scrubber.scrub_event(work.event, work.type)
+            work.dirty = True
+        if work.dirty:
+            work.item.set_payload(orjson.dumps(work.event))
+        parsed.add(index)
+    if scrubber is not None:
+        scrubber.scrub_envelope(envelope, skip=frozenset(parsed))
+    return envelope

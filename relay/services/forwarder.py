@@ -1,0 +1,196 @@
+"""The forwarder: drains the outbox to the upstream (HTTP or a file directory).
+
+- 2xx: every item gets outcome `accepted`.
+- 429: the upstream's limits (`X-Sentry-Rate-Limits`, else `Retry-After`) are cached
+  per upstream key so the relay enforces them locally; the items get `rate_limited`.
+- other 4xx: `invalid` / `upstream_rejected`, never retried.
+- network errors, timeouts and 5xx: retried with exponential backoff and full jitter,
+  up to `upstream.max_attempts`, then `internal` / `send_failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+from relay.config import UpstreamConfig
+from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
+from relay.policy.targets import CLIENT_NAME
+from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
+from relay.services.metrics import Metrics
+from relay.services.outbox import MemoryOutbox, OutboxEntry
+from relay.services.upstream_limits import UpstreamLimits
+
+log = logging.getLogger("relay.forwarder")
+
+#: Bodies smaller than this go uncompressed (gzip would cost more than it saves).
+GZIP_MIN_BYTES = 1024
+
+
+class Forwarder:
+    """Background tasks that deliver outbox entries.
+
+    Parameters:
+        outbox: where entries wait.
+        session: the shared aiohttp client session.
+        config: the `upstream` section (timeouts, attempts, backoff, gzip, concurrency).
+        limits: the upstream rate-limit cache, updated on 429.
+        outcomes: where each item's final outcome goes.
+        metrics: upstream request counters.
+        sleep: injectable for tests.
+    """
+
+    def __init__(
+        self,
+        outbox: MemoryOutbox,
+        session: aiohttp.ClientSession,
+        config: UpstreamConfig,
+        limits: UpstreamLimits,
+        outcomes: OutcomeSink,
+        metrics: Metrics,
+        *,
+        sleep: Callable[[float], object] = asyncio.sleep,
+        concurrency: int | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.session = session
+        self.config = config
+        self.limits = limits
+        self.outcomes = outcomes
+        self.metrics = metrics
+        self._sleep = sleep
+        self._concurrency = concurrency or config.concurrency
+        self._tasks: list[asyncio.Task[None]] = []
+        self._made_dirs: set[str] = set()
+
+    def start(self) -> None:
+        for i in range(self._concurrency):
+            self._tasks.append(asyncio.create_task(self._run(), name=f"relay-forwarder-{i}"))
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until everything queued is delivered (or `timeout`), then stop the tasks."""
+        deadline = time.monotonic() + timeout
+        while self.outbox.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await self.stop()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for entry in self.outbox.drain_nowait():
+            self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
+
+    async def _run(self) -> None:
+        while True:
+            entry = await self.outbox.get()
+            try:
+                await self._deliver(entry)
+            except asyncio.CancelledError:
+                self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
+                raise
+            except Exception:  # a bug must not kill the forwarder
+                log.exception("forwarding failed unexpectedly; envelope dropped")
+                self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
+            finally:
+                self.outbox.done(entry)
+
+    def _finish(self, entry: OutboxEntry, kind: OutcomeKind, reason: str) -> None:
+        for category, quantity in entry.quantities:
+            self.outcomes.emit(Outcome(kind, reason, category, quantity, entry.project_id))
+
+    async def _deliver(self, entry: OutboxEntry) -> None:
+        if entry.target.is_file:
+            await asyncio.to_thread(self._write_file, entry)
+            self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
+            return
+        while True:
+            entry.attempts += 1
+            status = await self._post(entry)
+            if status is not None and 200 <= status < 300:
+                self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
+                return
+            if status == 429:
+                self._finish(entry, OutcomeKind.RATE_LIMITED, Reason.UPSTREAM_RATE_LIMITED)
+                return
+            if status is not None and 400 <= status < 500 and status != 408:
+                log.warning(
+                    "upstream rejected envelope",
+                    extra={"status": status, "project": entry.project_id},
+                )
+                self._finish(entry, OutcomeKind.INVALID, Reason.UPSTREAM_REJECTED)
+                return
+            if entry.attempts >= self.config.max_attempts:
+                log.error("giving up on envelope after %d attempts", entry.attempts)
+                self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
+                return
+            await self._sleep(self.backoff(entry.attempts))
+
+    def backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff for the given (1-based) attempt."""
+        ceiling = min(self.config.retry_max_s, self.config.retry_base_s * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _post(self, entry: OutboxEntry) -> int | None:
+        target = entry.target
+        headers = {
+            "Content-Type": entry.content_type,
+            "X-Sentry-Auth": target.auth_header(),
+            "User-Agent": CLIENT_NAME,
+        }
+        body = entry.body
+        if self.config.gzip and len(body) >= GZIP_MIN_BYTES:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
+            body = compressor.compress(body) + compressor.flush()
+            headers["Content-Encoding"] = "gzip"
+        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        try:
+            url = target.url if entry.endpoint == "envelope" else target.url_for(entry.endpoint)
+            async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+                await resp.read()
+                status = resp.status
+                if status == 429 or "X-Sentry-Rate-Limits" in resp.headers:
+                    self._learn_limits(
+                        target.key,
+                        resp.headers.get("X-Sentry-Rate-Limits"),
+                        resp.headers.get("Retry-After"),
+                        status,
+                    )
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.metrics.upstream_requests.labels("error").inc()
+            log.warning("upstream request failed: %s", type(exc).__name__)
+            return None
+        self.metrics.upstream_requests.labels(str(status)).inc()
+        return status
+
+    def _learn_limits(
+        self, key: str, header: str | None, retry_after: str | None, status: int
+    ) -> None:
+        limits = parse_rate_limits(header) if header else []
+        if not limits and status == 429:
+            limits = [RateLimit(parse_retry_after(retry_after), ())]
+        if limits:
+            self.limits.add(key, limits)
+
+    def _write_file(self, entry: OutboxEntry) -> None:
+        directory = entry.target.url
+        if directory not in self._made_dirs:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(directory)
+        suffix = "envelope" if entry.endpoint == "envelope" else entry.endpoint
+        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{entry.event_id or uuid.uuid4().hex}.{suffix}"
+        final = os.path.join(directory, name)
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(entry.body)
+        os.replace(tmp, final)

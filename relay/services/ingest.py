@@ -1,0 +1,140 @@
+"""The ingest path of one envelope, in order; the HTTP endpoints call `Ingest.submit`.
+
+    prepare (parse, filters, sampling)          pure   relay.processing.pipeline
+    cached upstream 429s, quotas                IO     upstream_limits, limiter
+    finish (fingerprint, scrub)                 pure   relay.processing.pipeline
+    rewrite routing headers, serialize, enqueue IO     outbox
+
+Every dropped item gets its outcome here; delivered items get theirs from the
+forwarder. Only the scrubbed, serialized envelope reaches the outbox.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
+from relay.policy.registry import ProjectPolicy
+from relay.policy.targets import Target
+from relay.processing import pipeline
+from relay.processing.context import RequestContext
+from relay.protocol.envelope import Envelope
+from relay.protocol.ratelimit_header import RateLimit
+from relay.services.outbox import MemoryOutbox, OutboxEntry, OutboxFull
+from relay.services.upstream_limits import UpstreamLimits
+
+
+@dataclass
+class IngestResult:
+    """What the endpoint answers: the event id, active limits, and whether anything was kept."""
+
+    event_id: str | None
+    #: Limits to announce in `X-Sentry-Rate-Limits` (on 200 or 429).
+    rate_limits: list[RateLimit] = field(default_factory=list)
+    #: Every item was dropped by rate limits: answer 429.
+    all_rate_limited: bool = False
+    #: Every item was invalid: answer 400 (or 413 when too large).
+    all_invalid: bool = False
+    too_large: bool = False
+    #: No room in the outbox: answer 503.
+    overloaded: bool = False
+    kept: int = 0
+
+
+class Ingest:
+    """Composes the pipeline with the IO it needs.
+
+    Parameters:
+        outbox: where scrubbed envelopes wait for the forwarder.
+        upstream_limits: the cache of limits the upstream answered with.
+        outcomes: where every dropped item's outcome goes.
+    """
+
+    def __init__(
+        self, outbox: MemoryOutbox, upstream_limits: UpstreamLimits, outcomes: OutcomeSink
+    ) -> None:
+        self.outbox = outbox
+        self.upstream_limits = upstream_limits
+        self.outcomes = outcomes
+
+    async def submit(
+        self, envelope: Envelope, ctx: RequestContext, project: ProjectPolicy
+    ) -> IngestResult:
+        policy = project.policy
+        result = IngestResult(event_id=envelope.event_id)
+        target = project.target(ctx.public_key)
+        total_items = len(envelope.items)
+
+        prepared = pipeline.prepare(
+            envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
+        )
+
+        rejected: dict[str, tuple[str, str | None]] = {}
+        for category in prepared.categories():
+            limit = self.upstream_limits.check(target.key, category)
+            if limit is not None:
+                rejected[category] = (limit.reason or Reason.UPSTREAM_RATE_LIMITED, None)
+                if limit not in result.rate_limits:
+                    result.rate_limits.append(limit)
+        pipeline.drop_categories(prepared, rejected)
+
+        for dropped in prepared.dropped:
+            if not dropped.dry_run:
+                self.outcomes.emit(dropped.outcome)
+
+        if not prepared.kept:
+            kinds = {d.outcome.kind for d in prepared.dropped if not d.dry_run}
+            if total_items and kinds == {OutcomeKind.RATE_LIMITED}:
+                result.all_rate_limited = True
+            elif total_items and kinds == {OutcomeKind.INVALID}:
+                result.all_invalid = True
+                result.too_large = any(
+                    d.outcome.reason == Reason.TOO_LARGE for d in prepared.dropped
+                )
+            return result
+
+        forwarded = pipeline.finish(
+            prepared, scrubber=policy.scrubber, fingerprinter=policy.fingerprinter
+        )
+        route_to(forwarded, target, ctx.public_key)
+        body = forwarded.serialize()
+        entry = OutboxEntry(
+            target=target,
+            body=body,
+            project_id=ctx.project_id,
+            quantities=[(w.category, w.quantity()) for w in prepared.kept],
+            event_id=envelope.event_id,
+        )
+        try:
+            await self.outbox.put(entry)
+        except OutboxFull:
+            for work in prepared.kept:
+                self.outcomes.emit(
+                    Outcome(
+                        OutcomeKind.INTERNAL,
+                        Reason.OUTBOX_FULL,
+                        work.category,
+                        work.quantity(),
+                        ctx.project_id,
+                    )
+                )
+            result.overloaded = True
+            return result
+        result.kept = len(prepared.kept)
+        return result
+
+
+def route_to(envelope: Envelope, target: Target, app_key: str) -> None:
+    """Point the envelope's routing headers at the upstream; never leak the app's DSN onward."""
+    if target.dsn is None:
+        envelope.pop_header("dsn")
+        return
+    if "dsn" in envelope.headers:
+        envelope.set_header("dsn", str(target.dsn))
+    trace = envelope.headers.get("trace")
+    if (
+        isinstance(trace, dict)
+        and trace.get("public_key") == app_key
+        and target.dsn.public_key != app_key
+    ):
+        envelope.set_header("trace", {**trace, "public_key": target.dsn.public_key})

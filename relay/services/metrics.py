@@ -1,0 +1,124 @@
+"""Prometheus metrics: one registry per app, fed by outcomes and by the edges.
+
+Names (dashboards and alerts depend on them):
+
+    relay_requests_total{endpoint,status}
+    relay_request_duration_seconds{endpoint}
+    relay_items_total{category,outcome,reason}
+    relay_item_quantity_total{category,outcome}
+    relay_upstream_requests_total{status}
+    relay_outbox_size / relay_outbox_bytes
+    relay_upstream_limits_active
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from relay.outcomes import Outcome
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+disable_created_metrics()
+
+
+class Metrics:
+    """The relay's metrics; also an `OutcomeSink`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "relay_requests",
+            "HTTP requests by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "relay_request_duration_seconds",
+            "Time to answer an ingest request.",
+            ["endpoint"],
+            buckets=(
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                0.5,
+                1,
+                2.5,
+                5,
+                10,
+            ),
+            registry=r,
+        )
+        self.items = Counter(
+            "relay_items",
+            "Envelope items by final outcome.",
+            ["category", "outcome", "reason"],
+            registry=r,
+        )
+        self.item_quantity = Counter(
+            "relay_item_quantity",
+            "Quantity (items, bytes, spans) by outcome.",
+            ["category", "outcome"],
+            registry=r,
+        )
+        self.upstream_requests = Counter(
+            "relay_upstream_requests", "Requests to the upstream by status.", ["status"], registry=r
+        )
+        self.outbox_size = Gauge(
+            "relay_outbox_size", "Envelopes waiting for the forwarder.", registry=r
+        )
+        self.outbox_bytes = Gauge(
+            "relay_outbox_bytes", "Bytes waiting for the forwarder.", registry=r
+        )
+        self.upstream_limits_active = Gauge(
+            "relay_upstream_limits_active",
+            "Upstream 429 limits being enforced locally.",
+            registry=r,
+        )
+        self.log_messages = Counter(
+            "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
+        )
+
+    def emit(self, outcome: Outcome) -> None:
+        category = str(outcome.category)
+        self.items.labels(category, outcome.kind.value, outcome.reason).inc()
+        self.item_quantity.labels(category, outcome.kind.value).inc(outcome.quantity)
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def add_gauge_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A gauge read when scraped (for values owned by another component)."""
+        self.registry.register(_CallbackGauge(name, doc, fn))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _CallbackGauge(Collector):
+    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield GaugeMetricFamily(self.name, self.doc, value=self.fn())
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return []

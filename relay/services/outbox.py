@@ -1,0 +1,94 @@
+"""The outbox: scrubbed, serialized envelopes waiting for the forwarder.
+
+Bounded by item count and bytes; `put` refuses (the endpoint answers 503) rather
+than growing without limit. Only scrubbed bytes ever enter it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from relay.policy.targets import Target
+
+
+@dataclass(slots=True)
+class OutboxEntry:
+    target: Target
+    body: bytes
+    project_id: int
+    #: (category, quantity) of every item, for the outcome once delivered or lost.
+    quantities: list[tuple[str, int]]
+    event_id: str | None = None
+    attempts: int = 0
+    enqueued_at: float = field(default_factory=time.monotonic)
+    #: The upstream endpoint: "envelope", or "minidump" for raw uploads.
+    endpoint: str = "envelope"
+    content_type: str = "application/x-sentry-envelope"
+
+
+class OutboxFull(Exception):
+    """No room: the caller answers 503 with Retry-After."""
+
+
+class MemoryOutbox:
+    """An asyncio FIFO bounded by items and bytes."""
+
+    def __init__(self, max_items: int, max_bytes: int) -> None:
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._queue: deque[OutboxEntry] = deque()
+        self._bytes = 0
+        self._not_empty = asyncio.Condition()
+        self._in_flight = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def pending(self) -> int:
+        """Queued plus being sent."""
+        return len(self._queue) + self._in_flight
+
+    def has_room(self, size: int) -> bool:
+        return len(self._queue) < self.max_items and self._bytes + size <= self.max_bytes
+
+    async def put(self, entry: OutboxEntry) -> None:
+        if not self.has_room(len(entry.body)):
+            raise OutboxFull
+        self._queue.append(entry)
+        self._bytes += len(entry.body)
+        async with self._not_empty:
+            self._not_empty.notify()
+
+    async def requeue(self, entry: OutboxEntry) -> None:
+        """Put back an entry being retried (ignores bounds: it was already accepted)."""
+        self._queue.append(entry)
+        self._bytes += len(entry.body)
+        async with self._not_empty:
+            self._not_empty.notify()
+
+    async def get(self) -> OutboxEntry:
+        async with self._not_empty:
+            while not self._queue:
+                await self._not_empty.wait()
+            entry = self._queue.popleft()
+        self._bytes -= len(entry.body)
+        self._in_flight += 1
+        return entry
+
+    def done(self, entry: OutboxEntry) -> None:
+        """The forwarder is finished with `entry` (delivered, dropped or requeued)."""
+        self._in_flight -= 1
+
+    def drain_nowait(self) -> list[OutboxEntry]:
+        entries = list(self._queue)
+        self._queue.clear()
+        self._bytes = 0
+        return entries

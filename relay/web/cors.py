@@ -1,0 +1,54 @@
+"""CORS for browser SDKs, as Sentry answers it."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+ALLOW_HEADERS = ", ".join(
+    [
+        "x-sentry-auth",
+        "x-requested-with",
+        "x-forwarded-for",
+        "origin",
+        "referer",
+        "accept",
+        "content-type",
+        "authentication",
+        "authorization",
+        "content-encoding",
+        "transfer-encoding",
+        "sentry-trace",
+        "baggage",
+    ]
+)
+EXPOSE_HEADERS = "x-sentry-error, x-sentry-rate-limits, retry-after"
+
+
+def cors_headers(request: web.Request) -> dict[str, str]:
+    origin = request.headers.get("Origin")
+    return {
+        "Access-Control-Allow-Origin": origin or "*",
+        "Access-Control-Expose-Headers": EXPOSE_HEADERS,
+        "Vary": "Origin",
+    }
+
+
+async def preflight(request: web.Request) -> web.Response:
+    headers = cors_headers(request)
+    headers.update(
+        {
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": "3600",
+        }
+    )
+    return web.Response(status=200, headers=headers)
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Add CORS headers to every /api/ answer, errors included."""
+    response = await handler(request)
+    if request.path.startswith("/api/") and request.method != "OPTIONS":
+        response.headers.update(cors_headers(request))
+    return response

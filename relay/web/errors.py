@@ -1,0 +1,107 @@
+"""Errors -> HTTP, in one place.
+
+    ApiError                      (status, detail, causes, headers)
+    ├── BadRequest        400     malformed body, envelope, auth, conflicting auth
+    ├── Unauthorized      401     no auth, bad key format
+    ├── Forbidden         403     unknown project or key, CORS origin
+    ├── RequestTimeout    408     the client did not send its body in time
+    ├── PayloadTooLarge   413     body or decompressed body over the limits
+    ├── UnsupportedMedia  415     unknown Content-Encoding
+    ├── TooManyRequests   429     rate limited (Retry-After, X-Sentry-Rate-Limits)
+    └── ServiceUnavailable 503    outbox/spool full, draining
+
+Bodies are `{"detail": "...", "causes": [...]}` as Sentry answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+log = logging.getLogger("relay.web")
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(
+        self, detail: str, causes: list[str] | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.causes = causes or []
+        self.headers = dict(headers or {})
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.detail, self.causes, self.headers)
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class RequestTimeout(ApiError):
+    status = 408
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMedia(ApiError):
+    status = 415
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+
+
+def error_response(
+    status: int,
+    detail: str,
+    causes: list[str] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = orjson.dumps({"detail": detail, "causes": causes or []})
+    hdrs = {"X-Sentry-Error": detail.replace("\r", " ").replace("\n", " ")[:200], **(headers or {})}
+    return web.Response(status=status, body=body, content_type="application/json", headers=hdrs)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ApiError -> its response; aiohttp's HTTP errors -> JSON; anything else -> 500, logged."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status >= 400:
+            return error_response(
+                exc.status,
+                exc.reason or "error",
+                headers={
+                    k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")
+                },
+            )
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(500, "internal error")

@@ -1,0 +1,45 @@
+"""Health, readiness and metrics routes."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from relay.keys import METRICS, OUTBOX, STATE, UPSTREAM_LIMITS
+from relay.services.metrics import CONTENT_TYPE
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def live(request: web.Request) -> web.Response:
+    return _json({"is_healthy": True})
+
+
+async def ready(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    healthy = state.started.is_set() and not state.draining
+    return _json({"is_healthy": healthy}, status=200 if healthy else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m = app[METRICS]
+    outbox = app[OUTBOX]
+    m.outbox_size.set(len(outbox))
+    m.outbox_bytes.set(outbox.bytes)
+    m.upstream_limits_active.set(len(app[UPSTREAM_LIMITS]))
+    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def add_routes(app: web.Application, *, with_metrics: bool = True) -> None:
+    for path, handler in (
+        ("/healthz", live),
+        ("/readyz", ready),
+        ("/api/relay/healthcheck/live/", live),
+        ("/api/relay/healthcheck/ready/", ready),
+    ):
+        app.router.add_get(path, handler)
+    if with_metrics:
+        app.router.add_get("/metrics", metrics)

@@ -1,0 +1,250 @@
+"""Ingest endpoints: envelope, store, security, minidump.
+
+Cheap checks first (auth from headers, project and key, origin), then the body
+(size- and time-capped, decompressed with a cap), then `Ingest.submit`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+from aiohttp import web
+
+from relay.keys import CONFIG, INGEST, OUTBOX, REGISTRY, STATE
+from relay.outcomes import Outcome, OutcomeKind, Reason
+from relay.policy.registry import Denied, ProjectPolicy
+from relay.processing.context import RequestContext
+from relay.protocol.auth import Auth, AuthError, extract_auth
+from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
+from relay.protocol.ratelimit_header import format_rate_limits
+from relay.protocol.security import SecurityReportError, security_report_to_envelope
+from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
+from relay.services.ingest import IngestResult
+from relay.services.outbox import OutboxEntry, OutboxFull
+from relay.web.body import read_body
+from relay.web.errors import (
+    ApiError,
+    BadRequest,
+    Forbidden,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+
+#: Seconds an SDK is asked to wait when the relay is full or draining.
+OVERLOAD_RETRY_AFTER = "5"
+
+
+def _project_id(request: web.Request) -> int:
+    raw = request.match_info["project_id"]
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest("invalid project id") from None
+    if not 0 < value < 2**63:
+        raise BadRequest("invalid project id")
+    return value
+
+
+def _auth(
+    request: web.Request, envelope_dsn: str | None = None, *, allow_envelope: bool = False
+) -> Auth:
+    try:
+        return extract_auth(
+            request.headers, request.query, envelope_dsn, allow_envelope=allow_envelope
+        )
+    except AuthError as exc:
+        if exc.status == 401:
+            raise Unauthorized(str(exc)) from None
+        raise BadRequest(str(exc)) from None
+
+
+def _resolve(request: web.Request, project_id: int, auth: Auth) -> ProjectPolicy:
+    found = request.app[REGISTRY].resolve(project_id, auth.public_key)
+    if isinstance(found, Denied):
+        raise Forbidden(found.value)
+    if not found.origin_allowed(request.headers.get("Origin")):
+        raise Forbidden("origin not allowed for this project")
+    return found
+
+
+def _check_ready(request: web.Request) -> None:
+    if request.app[STATE].draining:
+        raise ServiceUnavailable(
+            "the relay is shutting down", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
+        )
+
+
+async def _body(request: web.Request) -> bytes:
+    limits = request.app[CONFIG].limits
+    return await read_body(
+        request,
+        max_bytes=limits.max_request_bytes,
+        max_decompressed=limits.max_decompressed_bytes,
+        timeout=limits.read_timeout_s,
+    )
+
+
+def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContext:
+    return RequestContext(
+        project_id=project_id,
+        public_key=auth.public_key,
+        client_ip=request.remote,
+        user_agent=request.headers.get("User-Agent"),
+    )
+
+
+def _respond(result: IngestResult) -> web.Response:
+    headers: dict[str, str] = {}
+    if result.rate_limits:
+        headers["X-Sentry-Rate-Limits"] = format_rate_limits(result.rate_limits)
+        headers["Retry-After"] = str(
+            max(1, int(max(r.retry_after for r in result.rate_limits) + 0.999))
+        )
+    if result.overloaded:
+        raise ServiceUnavailable(
+            "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
+        )
+    if result.all_rate_limited:
+        raise TooManyRequests(
+            "event submission rejected with_reason: rate limited", headers=headers
+        )
+    if result.all_invalid:
+        if result.too_large:
+            raise PayloadTooLarge("the event is too large")
+        raise BadRequest("no valid item in the request")
+    return web.Response(
+        body=orjson.dumps({"id": result.event_id}), content_type="application/json", headers=headers
+    )
+
+
+async def _submit(
+    request: web.Request, envelope: Envelope, project_id: int, auth: Auth, project: ProjectPolicy
+) -> web.Response:
+    ctx = _context(request, project_id, auth)
+    result = await request.app[INGEST].submit(envelope, ctx, project)
+    return _respond(result)
+
+
+async def envelope_endpoint(request: web.Request) -> web.Response:
+    _check_ready(request)
+    project_id = _project_id(request)
+    header_auth: Auth | None = None
+    project: ProjectPolicy | None = None
+    try:
+        header_auth = _auth(request)
+        project = _resolve(request, project_id, header_auth)
+    except Unauthorized:
+        pass  # tunnel mode: the key may be in the envelope header
+    body = await _body(request)
+    try:
+        envelope = parse_envelope(body, max_items=request.app[CONFIG].limits.max_envelope_items)
+    except EnvelopeError as exc:
+        raise BadRequest(f"invalid envelope: {exc}") from None
+    dsn = envelope.headers.get("dsn")
+    dsn_text = dsn if isinstance(dsn, str) else None
+    auth = _auth(request, dsn_text, allow_envelope=True)
+    if header_auth is not None and auth.public_key != header_auth.public_key:
+        raise BadRequest("conflicting authentication: the envelope dsn and the request disagree")
+    if auth.source == "envelope" and dsn_text is not None:
+        _check_dsn_project(dsn_text, project_id)
+    if project is None:
+        project = _resolve(request, project_id, auth)
+    return await _submit(request, envelope, project_id, auth, project)
+
+
+def _check_dsn_project(dsn: str, project_id: int) -> None:
+    from relay.protocol.dsn import Dsn, InvalidDsn
+
+    try:
+        parsed = Dsn.parse(dsn)
+    except InvalidDsn:
+        raise BadRequest("invalid dsn in the envelope header") from None
+    if parsed.project_id != str(project_id):
+        raise BadRequest("the envelope dsn names another project than the URL")
+
+
+async def store_endpoint(request: web.Request) -> web.Response:
+    _check_ready(request)
+    project_id = _project_id(request)
+    auth = _auth(request)
+    project = _resolve(request, project_id, auth)
+    body = await _body(request)
+    try:
+        event = decode_store_body(
+            body, max_decompressed=request.app[CONFIG].limits.max_decompressed_bytes
+        )
+    except StoreError as exc:
+        if getattr(exc, "too_large", False):
+            raise PayloadTooLarge(str(exc)) from None
+        raise BadRequest(f"invalid event: {exc}") from None
+    event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
+    envelope = store_to_envelope(event, event_id=event_id)
+    return await _submit(request, envelope, project_id, auth, project)
+
+
+async def security_endpoint(request: web.Request) -> web.Response:
+    _check_ready(request)
+    project_id = _project_id(request)
+    auth = _auth(request)
+    project = _resolve(request, project_id, auth)
+    body = await _body(request)
+    try:
+        envelope = security_report_to_envelope(
+            body, request.headers.get("Content-Type"), request.query
+        )
+    except SecurityReportError as exc:
+        raise BadRequest(f"invalid security report: {exc}") from None
+    return await _submit(request, envelope, project_id, auth, project)
+
+
+async def minidump_endpoint(request: web.Request) -> web.Response:
+    """Forwarded as received (multipart), only re-authenticated for the upstream."""
+    _check_ready(request)
+    project_id = _project_id(request)
+    auth = _auth(request)
+    project = _resolve(request, project_id, auth)
+    body = await _body(request)
+    if not body:
+        raise BadRequest("empty minidump upload")
+    event_id = uuid.uuid4().hex
+    entry = OutboxEntry(
+        target=project.target(auth.public_key),
+        body=body,
+        project_id=project_id,
+        quantities=[("error", 1)],
+        event_id=event_id,
+        endpoint="minidump",
+        content_type=request.headers.get("Content-Type", "application/octet-stream"),
+    )
+    try:
+        await request.app[OUTBOX].put(entry)
+    except OutboxFull:
+        request.app[INGEST].outcomes.emit(
+            Outcome(OutcomeKind.INTERNAL, Reason.OUTBOX_FULL, "error", 1, project_id)
+        )
+        raise ServiceUnavailable(
+            "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
+        ) from None
+    return web.Response(body=orjson.dumps({"id": event_id}), content_type="application/json")
+
+
+def add_routes(app: web.Application) -> None:
+    from relay.web.cors import preflight
+
+    for name, handler in (
+        ("envelope", envelope_endpoint),
+        ("store", store_endpoint),
+        ("security", security_endpoint),
+        ("minidump", minidump_endpoint),
+    ):
+        for path in (f"/api/{{project_id}}/{name}/", f"/api/{{project_id}}/{name}"):
+            app.router.add_post(
+                path, handler, name=f"{name}{'_slash' if path.endswith('/') else ''}"
+            )
+            app.router.add_route("OPTIONS", path, preflight)
+
+
+__all__ = ["ApiError", "add_routes"]

@@ -1,0 +1,33 @@
+"""Build configs and running relays for tests, through the same factory as production."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.config import Config, parse_config
+
+KEY = "abc123def4567890abc123def4567890"
+OTHER_KEY = "fedcba0987654321fedcba0987654321"
+
+
+def make_config(upstream_url: str, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "upstream": {
+            "url": upstream_url,
+            "retry_base_s": 0.01,
+            "retry_max_s": 0.05,
+            "timeout_s": 5,
+        },
+        "projects": [{"id": 42, "keys": [KEY]}, {"id": 43, "keys": [OTHER_KEY]}],
+        "shutdown_timeout": 5,
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return parse_config(data, env={})
+
+
+def auth_header(key: str = KEY) -> dict[str, str]:
+    return {"X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7, sentry_client=test/1.0"}
