@@ -278,9 +278,12 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     return parse_config(data, env=env, source=source)
 
 
-def default_config() -> Config:
-    """The embedded defaults of `relay run` without a config file: accept any project."""
-    return Config(accept_unknown=True)
+def default_config(*, env: Mapping[str, str] | None = None) -> Config:
+    """The embedded defaults of `relay run` without a config file: accept any project.
+
+    `RELAY_*` environment overrides apply here too (e.g. `RELAY_LISTEN_PORT=3001`).
+    """
+    return parse_config({"accept_unknown": True}, env=env, source="embedded defaults")
 
 
 # --- cross-field validation -------------------------------------------------------------

@@ -18,7 +18,7 @@ from relay.processing.context import RequestContext
 from relay.protocol.auth import Auth, AuthError, extract_auth
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.ratelimit_header import format_rate_limits
-from relay.protocol.security import SecurityReportError, security_report_to_envelope
+from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
 from relay.services.ingest import IngestResult
 from relay.services.outbox import OutboxEntry, OutboxFull
@@ -31,6 +31,7 @@ from relay.web.errors import (
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
+    UnsupportedMedia,
 )
 
 #: Seconds an SDK is asked to wait when the relay is full or draining.
@@ -192,12 +193,15 @@ async def security_endpoint(request: web.Request) -> web.Response:
     project = _resolve(request, project_id, auth)
     body = await _body(request)
     try:
-        envelope = security_report_to_envelope(
-            body, request.headers.get("Content-Type"), request.query
-        )
+        envelopes = security_report_envelopes(body, request.headers.get("Content-Type"), request.query)
     except SecurityReportError as exc:
+        if exc.status == 415:
+            raise UnsupportedMedia(str(exc)) from None
         raise BadRequest(f"invalid security report: {exc}") from None
-    return await _submit(request, envelope, project_id, auth, project)
+    response = web.Response(body=b"{}", content_type="application/json")
+    for envelope in envelopes:
+        response = await _submit(request, envelope, project_id, auth, project)
+    return response
 
 
 async def minidump_endpoint(request: web.Request) -> web.Response:

@@ -1,0 +1,128 @@
+"""Store, security and minidump endpoints; CORS; health and metrics routes."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+
+import orjson
+from aiohttp.test_utils import TestClient
+
+from tests.support.relay import KEY, auth_header
+from tests.support.upstream import RecordingUpstream
+
+EVENT = {"event_id": "fa90fdead5f74052b0d6bf1ed2d6f1a4", "message": "store endpoint works", "level": "error"}
+
+
+async def test_store_json(relay: TestClient, recorder: RecordingUpstream) -> None:
+    resp = await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers=auth_header())
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["id"] == EVENT["event_id"]
+    await recorder.wait_for(1)
+    received = recorder.received[0]
+    assert received.path == "/api/42/envelope/"
+    (item,) = received.envelope.items
+    assert item.type == "event"
+    assert orjson.loads(item.payload)["message"] == "store endpoint works"
+
+
+async def test_store_base64_and_base64_zlib(relay: TestClient, recorder: RecordingUpstream) -> None:
+    plain = base64.b64encode(orjson.dumps(EVENT))
+    packed = base64.b64encode(zlib.compress(orjson.dumps({**EVENT, "event_id": "ab" * 16})))
+    for body in (plain, packed):
+        resp = await relay.post("/api/42/store", data=body, headers=auth_header())
+        assert resp.status == 200, await resp.text()
+    await recorder.wait_for(2)
+    ids = sorted(e.event_id or "" for e in recorder.envelopes)
+    assert ids == sorted([EVENT["event_id"], "ab" * 16])
+
+
+async def test_store_garbage_is_400(relay: TestClient) -> None:
+    resp = await relay.post("/api/42/store/", data=b"not json, not base64 {{{", headers=auth_header())
+    assert resp.status == 400
+    assert (await resp.json())["detail"]
+
+
+async def test_security_csp_report(relay: TestClient, recorder: RecordingUpstream) -> None:
+    report = {
+        "csp-report": {
+            "document-uri": "https://shop.example.com/checkout",
+            "violated-directive": "script-src",
+            "blocked-uri": "https://evil.example.net/x.js",
+        }
+    }
+    resp = await relay.post(
+        f"/api/42/security/?sentry_key={KEY}&sentry_release=shop@1.4.2",
+        data=orjson.dumps(report),
+        headers={"Content-Type": "application/csp-report"},
+    )
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    (item,) = recorder.received[0].envelope.items
+    assert item.type == "raw_security"
+    assert item.headers["sentry_release"] == "shop@1.4.2"
+    assert orjson.loads(item.payload)["csp-report"]["violated-directive"] == "script-src"
+
+
+async def test_minidump_forwarded_to_upstream_minidump_endpoint(relay: TestClient, recorder: RecordingUpstream) -> None:
+    boundary = "xyzzy"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; filename=\"a.dmp\"\r\n"
+        f"Content-Type: application/octet-stream\r\n\r\nMDMP\x93\xa7\r\n--{boundary}--\r\n"
+    ).encode("latin-1")
+    resp = await relay.post(
+        "/api/42/minidump/",
+        data=body,
+        headers={**auth_header(), "Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    received = recorder.received[0]
+    assert received.path == "/api/42/minidump/"
+    assert received.body == body
+    assert received.headers["Content-Type"].startswith("multipart/form-data")
+
+
+async def test_cors_preflight_and_exposed_headers(relay: TestClient) -> None:
+    resp = await relay.options(
+        "/api/42/envelope/",
+        headers={"Origin": "https://shop.example.com", "Access-Control-Request-Method": "POST"},
+    )
+    assert resp.status == 200
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    assert "x-sentry-auth" in resp.headers["Access-Control-Allow-Headers"]
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    err = await relay.post("/api/42/envelope/", data=b"{}", headers={"Origin": "https://shop.example.com"})
+    assert err.status == 401
+    exposed = err.headers["Access-Control-Expose-Headers"]
+    for name in ("x-sentry-rate-limits", "retry-after", "x-sentry-error"):
+        assert name in exposed
+
+
+async def test_disallowed_origin_is_403(relay_factory) -> None:  # type: ignore[no-untyped-def]
+    relay = await relay_factory(projects=[{"id": 42, "keys": [KEY], "allowed_origins": ["https://*.example.com"]}])
+    ok = await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers={**auth_header(), "Origin": "https://shop.example.com"})
+    assert ok.status == 200
+    bad = await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers={**auth_header(), "Origin": "https://evil.test"})
+    assert bad.status == 403
+
+
+async def test_health_routes(relay: TestClient) -> None:
+    for path in ("/healthz", "/readyz", "/api/relay/healthcheck/live/", "/api/relay/healthcheck/ready/"):
+        resp = await relay.get(path)
+        assert resp.status == 200, path
+        assert (await resp.json())["is_healthy"] is True
+
+
+async def test_metrics_names(relay: TestClient, recorder: RecordingUpstream) -> None:
+    await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers=auth_header())
+    await recorder.wait_for(1)
+    text = await (await relay.get("/metrics")).text()
+    for name in (
+        'relay_requests_total{endpoint="store",status="200"}',
+        "relay_request_duration_seconds_bucket",
+        'relay_items_total{category="error",outcome="accepted",reason="forwarded"}',
+        'relay_upstream_requests_total{status="200"}',
+        "relay_outbox_size",
+    ):
+        assert name in text, name

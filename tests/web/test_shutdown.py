@@ -1,0 +1,38 @@
+"""Graceful shutdown: the outbox drains to the upstream before the process exits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.app import create_app
+from relay.keys import STATE
+from tests.support.relay import auth_header, make_config
+from tests.support.upstream import RecordingUpstream, Reply
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
+
+
+async def test_shutdown_drains_outbox(upstream_url: str, recorder: RecordingUpstream) -> None:
+    recorder.answer(Reply(200, delay=0.2), Reply(503), Reply(503))
+    client = TestClient(TestServer(create_app(make_config(upstream_url))))
+    await client.start_server()
+    for name in ("error-payment", "check-in", "log"):
+        resp = await client.post("/api/42/envelope/", data=(CORPUS / f"{name}.envelope").read_bytes(), headers=auth_header())
+        assert resp.status == 200
+    app = client.app
+    await client.close()  # runs on_shutdown and the cleanup contexts
+    assert app[STATE].draining
+    # Every accepted envelope arrived: the slow one was awaited, the 503s retried.
+    assert len(recorder.received) == 3
+    assert recorder.attempts == 5
+
+
+async def test_draining_relay_answers_503(relay: TestClient) -> None:
+    relay.app[STATE].draining = True
+    resp = await relay.post("/api/42/envelope/", data=b"{}\n", headers=auth_header())
+    assert resp.status == 503
+    assert resp.headers["Retry-After"]
+    ready = await relay.get("/readyz")
+    assert ready.status == 503
