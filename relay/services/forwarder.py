@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -58,7 +58,7 @@ class Forwarder:
         outcomes: OutcomeSink,
         metrics: Metrics,
         *,
-        sleep: Callable[[float], object] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         concurrency: int | None = None,
     ) -> None:
         self.outbox = outbox

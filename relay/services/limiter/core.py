@@ -357,7 +357,7 @@ class BaseLimiter:
                 if quota.scope == "key" and not scoping.public_key:
                     continue
                 scope_id = scoping.scope_id(quota.scope)
-                ident = (f"{quota.kind}:{quota.id}", scope_id, None)
+                ident: tuple[str, str, str | None] = (f"{quota.kind}:{quota.id}", scope_id, None)
                 if ident in seen:
                     continue
                 seen.add(ident)
@@ -378,9 +378,9 @@ class BaseLimiter:
             spike = compiled.spike
             if spike is not None:
                 for category in sorted(spike.categories or KNOWN_CATEGORIES):
-                    ident = (SPIKE_ID, str(scoping.project_id), category)
-                    if ident not in seen:
-                        seen.add(ident)
+                    spike_ident = (SPIKE_ID, str(scoping.project_id), category)
+                    if spike_ident not in seen:
+                        seen.add(spike_ident)
                         spikes.append((scoping, spike, category))
         spike_keys = [
             spike_counter(spike, scoping, category, 1, now).key(self.prefix)
@@ -397,13 +397,9 @@ class BaseLimiter:
                 out.append(row)
             else:
                 per_category.setdefault((pending.quota.id, pending.scope_id), []).append(row)
-        for group in per_category.values():
-            used_rows = [r for r in group if r.used > 0]
-            if used_rows:
-                out.extend(used_rows)
-            else:
-                first = group[0]
-                out.append(_replace_category(first))
+        for category_rows in per_category.values():
+            used_rows = [r for r in category_rows if r.used > 0]
+            out.extend(used_rows or [_replace_category(category_rows[0])])
         hour = math.floor(now / 3600)
         for scoping, spike, category in spikes:
             used = next(values)

@@ -1,0 +1,355 @@
+"""The Redis limiter: counters shared by every relay process, standalone, Sentinel or Cluster.
+
+One Lua script (`script.lua`) checks and consumes all-or-nothing per category. It is
+called by SHA (`EVALSHA`) and loaded on `NOSCRIPT`, e.g. after Redis restarted.
+
+Batching: checks that arrive in the same event-loop iteration leave in one pipeline,
+one `EVALSHA` per check (per slot in Cluster mode), so a burst costs one round trip.
+
+Key layout and Redis Cluster. Keys are hash-tagged per counter owner:
+`{relay:q:<quota>:<scope_id>}:...` for quotas, `{relay:b:<budget>:<scope_id>}:...` for
+budgets and `{relay:s:<project>:<category>}:<hour>` for spike protection. So all windows
+(and per-category counters) of one quota and scope id share a slot, and a project's
+spike history is read with one slot's worth of GETs.
+
+Tagging everything by project instead would not put one check in one slot anyway:
+organization-scoped counters are shared by all projects, and tagging by organization
+would pin every counter of the (single) organization to one node, which defeats the
+cluster. So in Cluster mode a check sends one `EVALSHA` per slot it touches, all in
+the same pipeline; each is atomic for its own counters. A category consumed in some
+slots but rejected in another is refunded in the slots that consumed it, before the
+check returns. Consequences, documented and tested:
+
+- no enforced counter ever exceeds its limit, so "exactly N accepted" holds per quota;
+- across slots the check is not atomic: while a refund is on its way, a concurrent
+  check can be rejected by the reservation it undoes. Under contention on several
+  slots at once the relay can therefore accept slightly fewer items than a limit
+  allows, never more.
+
+Standalone and Sentinel run the whole check as one script call, fully atomic.
+
+Failures: connection errors, timeouts and cluster errors raise `LimiterUnavailable`
+(see `BaseLimiter` for `on_error`). After a failure the store is skipped for a short,
+growing pause (`_BACKOFF_MIN_S` .. `_BACKOFF_MAX_S`) so a dead Redis costs no
+connect attempt per request; then redis-py reconnects on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+
+from relay.config import RedisConfig
+from relay.processing.quotas import CategoryDemand
+from relay.services.limiter.core import BaseLimiter, Clock, LimiterUnavailable
+
+SCRIPT = (resources.files("relay.services.limiter") / "script.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
+
+#: Connection timeouts: a slow Redis must not hold requests for long.
+CONNECT_TIMEOUT_S = 1.0
+SOCKET_TIMEOUT_S = 2.0
+_BACKOFF_MIN_S = 0.05
+_BACKOFF_MAX_S = 1.0
+
+_ERRORS = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+Client = Redis | RedisCluster
+
+
+@dataclass(slots=True)
+class _Call:
+    """One EVALSHA: counters of one slot, grouped per demand."""
+
+    keys: list[str] = field(default_factory=list)
+    args: list[str | int] = field(default_factory=list)
+    #: (demand index, counter indices) per group, in script order.
+    groups: list[tuple[int, list[int]]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Job:
+    demands: list[CategoryDemand]
+    calls: list[_Call]
+    future: asyncio.Future[list[tuple[bool, list[int]]]]
+
+
+def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> list[_Call]:
+    by_slot: dict[int, _Call] = {}
+    for d, demand in enumerate(demands):
+        per_slot: dict[int, list[int]] = {}
+        keys = [c.key(prefix) for c in demand.counters]
+        for i, key in enumerate(keys):
+            slot = key_slot(key.encode("utf-8")) if cluster else 0
+            per_slot.setdefault(slot, []).append(i)
+        for slot, indices in per_slot.items():
+            call = by_slot.setdefault(slot, _Call())
+            call.groups.append((d, indices))
+            call.args.append(len(indices))
+            for i in indices:
+                counter = demand.counters[i]
+                call.keys.append(keys[i])
+                limit = counter.limit if counter.gating and counter.limit is not None else -1
+                call.args.extend((limit, counter.increment, counter.ttl))
+    calls = list(by_slot.values())
+    for call in calls:
+        call.args[:0] = ["c", len(call.groups)]
+    return calls
+
+
+class RedisLimiter(BaseLimiter):
+    """Counters in Redis, shared by every relay process.
+
+    Parameters:
+        client: a redis-py asyncio `Redis` (standalone or from Sentinel) or `RedisCluster`.
+        clock: Unix seconds; windows, retry times and spike hours follow it.
+        on_error: "allow" or "reject" when Redis fails.
+        prefix: first part of every key (inside the hash tag).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        clock: Clock = time.time,
+        on_error: str = "allow",
+        prefix: str = "relay",
+    ) -> None:
+        super().__init__(clock=clock, on_error=on_error, prefix=prefix)
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self._pending: list[_Job] = []
+        self._flushing: set[asyncio.Task[None]] = set()
+        self._flush_scheduled = False
+        self._down_until = 0.0
+        self._backoff = _BACKOFF_MIN_S
+
+    @classmethod
+    def from_config(cls, cfg: RedisConfig, *, clock: Clock = time.time) -> RedisLimiter:
+        return cls(connect(cfg), clock=clock, on_error=cfg.on_error, prefix=cfg.prefix)
+
+    # -- health -----------------------------------------------------------------------
+
+    def _check_up(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise LimiterUnavailable("redis is unavailable (waiting before reconnecting)")
+
+    def _failed(self, exc: BaseException) -> LimiterUnavailable:
+        self._down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX_S)
+        return LimiterUnavailable(f"redis failed: {type(exc).__name__}")
+
+    def _succeeded(self) -> None:
+        self._backoff = _BACKOFF_MIN_S
+
+    # -- consuming, batched -----------------------------------------------------------
+
+    async def _consume(self, demands: list[CategoryDemand]) -> list[tuple[bool, list[int]]]:
+        self._check_up()
+        loop = asyncio.get_running_loop()
+        job = _Job(demands, _build_calls(demands, self.prefix, self._cluster), loop.create_future())
+        self._pending.append(job)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            task = loop.create_task(self._flush())
+            self._flushing.add(task)
+            task.add_done_callback(self._flushing.discard)
+        return await job.future
+
+    async def _flush(self) -> None:
+        jobs, self._pending = self._pending, []
+        self._flush_scheduled = False
+        if not jobs:
+            return
+        calls = [call for job in jobs for call in job.calls]
+        try:
+            results = await self._eval(calls)
+        except LimiterUnavailable as exc:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        refunds: list[tuple[str, int]] = []
+        pos = 0
+        for job in jobs:
+            job_results = results[pos : pos + len(job.calls)]
+            pos += len(job.calls)
+            failed = next((r for r in job_results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                error = (
+                    self._failed(failed)
+                    if _is_outage(failed)
+                    else LimiterUnavailable(f"redis answered an error: {failed}")
+                )
+                if not job.future.done():
+                    job.future.set_exception(error)
+                continue
+            answers, job_refunds = _assemble(job, job_results)
+            refunds.extend(job_refunds)
+            if not job.future.done():
+                job.future.set_result(answers)
+        if refunds:
+            await self._refund(refunds)
+
+    async def _refund(self, refunds: list[tuple[str, int]]) -> None:
+        by_slot: dict[int, _Call] = {}
+        for key, amount in refunds:
+            call = by_slot.setdefault(key_slot(key.encode("utf-8")), _Call(args=["r"]))
+            call.keys.append(key)
+            call.args.append(amount)
+        try:
+            await self._eval(list(by_slot.values()))
+        except LimiterUnavailable:
+            self.redis_errors += 1
+
+    async def _eval(self, calls: list[_Call]) -> list[Any]:
+        """Run the calls in one pipeline, loading the script once if Redis lacks it."""
+        results = await self._pipeline_eval(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            try:
+                await self._client.script_load(SCRIPT)
+            except _ERRORS as exc:
+                raise self._failed(exc) from exc
+            again = await self._pipeline_eval([calls[i] for i in missing])
+            for i, result in zip(missing, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
+        try:
+            pipe = self._client.pipeline() if self._cluster else self._client.pipeline(False)
+            for call in calls:
+                pipe.evalsha(SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+        except _ERRORS as exc:
+            raise self._failed(exc) from exc
+        if not any(isinstance(r, BaseException) and _is_outage(r) for r in results):
+            self._succeeded()
+        return results
+
+    async def _read(self, keys: list[str]) -> list[int]:
+        if not keys:
+            return []
+        self._check_up()
+        try:
+            pipe = self._client.pipeline() if self._cluster else self._client.pipeline(False)
+            for key in keys:
+                pipe.get(key)
+            raw: list[Any] = await pipe.execute(raise_on_error=False)
+        except _ERRORS as exc:
+            raise self._failed(exc) from exc
+        out: list[int] = []
+        for value in raw:
+            if isinstance(value, BaseException):
+                if _is_outage(value):
+                    raise self._failed(value)
+                out.append(0)
+                continue
+            try:
+                out.append(int(value) if value is not None else 0)
+            except ValueError:
+                out.append(0)
+        self._succeeded()
+        return out
+
+    async def close(self) -> None:
+        for task in list(self._flushing):
+            await asyncio.gather(task, return_exceptions=True)
+        for job in self._pending:
+            if not job.future.done():
+                job.future.set_exception(LimiterUnavailable("limiter closed"))
+        self._pending = []
+        await self._client.aclose()
+
+
+def _is_outage(exc: BaseException) -> bool:
+    """Whether an error means Redis is unreachable (rather than, say, a script error)."""
+    return not isinstance(exc, ResponseError) or isinstance(exc, ClusterError)
+
+
+def _assemble(
+    job: _Job, results: list[Any]
+) -> tuple[list[tuple[bool, list[int]]], list[tuple[str, int]]]:
+    """Per demand: consumed in every slot?, values before; and what to refund."""
+    consumed = [True] * len(job.demands)
+    values = [[0] * len(d.counters) for d in job.demands]
+    taken: list[list[tuple[str, int]]] = [[] for _ in job.demands]
+    for call, flat in zip(job.calls, results, strict=True):
+        pos = 0
+        key_pos = 0
+        for d, indices in call.groups:
+            ok = int(flat[pos]) == 1
+            pos += 1
+            for i in indices:
+                values[d][i] = int(flat[pos])
+                pos += 1
+                if ok:
+                    taken[d].append((call.keys[key_pos], job.demands[d].counters[i].increment))
+                key_pos += 1
+            if not ok:
+                consumed[d] = False
+    refunds: list[tuple[str, int]] = []
+    for d in range(len(job.demands)):
+        if not consumed[d]:
+            # Rejected in one slot: give back what other slots consumed.
+            refunds.extend(taken[d])
+    return list(zip(consumed, values, strict=True)), refunds
+
+
+def connect(cfg: RedisConfig) -> Client:
+    """A redis-py asyncio client for `cfg.mode`; it connects lazily on first use.
+
+    Sentinel: `url` lists the sentinels, `redis://[:password@]h1:26379,h2:26379/0`;
+    the password (and db) apply to the master named by `sentinel_master`.
+    """
+    url = cfg.url.reveal()
+    options: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if cfg.mode == "cluster":
+        return RedisCluster.from_url(url, **options)
+    if cfg.mode == "sentinel":
+        parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
+        userinfo, _, hosts = parts.netloc.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        nodes = []
+        for host in hosts.split(","):
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+            nodes.append((name, int(port or 26379)))
+        db = int(parts.path.strip("/") or 0)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            nodes,
+            sentinel_kwargs={
+                "socket_timeout": SOCKET_TIMEOUT_S,
+                "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            },
+            username=unquote(username) or None,
+            password=unquote(password) or None,
+            db=db,
+            **options,
+        )
+        master: Redis = sentinel.master_for(cfg.sentinel_master or "mymaster")
+        return master
+    return Redis.from_url(url, **options)
