@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-class ListenConfig(Section):
+class ListenConfig(Section, frozen=True):
     host: str = "127.0.0.1"
     port: int = 3000
     #: Serve `/metrics` on a separate address (e.g. "127.0.0.1:9090"); empty = main listener.
@@ -63,7 +63,7 @@ class ListenConfig(Section):
     trusted_proxies: list[str] = []
 
 
-class UpstreamConfig(Section):
+class UpstreamConfig(Section, frozen=True):
     #: `https://sentry.example.com` (projects keep their id and key) or `file://DIR`.
     url: str = "file://./data/outbox"
     timeout_s: Duration = Duration(10)
@@ -80,7 +80,7 @@ class UpstreamConfig(Section):
     outbox_max_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
 
 
-class RedisConfig(Section):
+class RedisConfig(Section, frozen=True):
     url: Secret
     on_error: str = "allow"
     #: "standalone" (default), "cluster" or "sentinel".
@@ -89,14 +89,14 @@ class RedisConfig(Section):
     prefix: str = "relay"
 
 
-class SpoolConfig(Section):
+class SpoolConfig(Section, frozen=True):
     path: str = "./data/spool"
     max_bytes: ByteSize = ByteSize(1024**3)
     max_age: Duration = Duration(86400)
     durable: bool = True
 
 
-class LimitsConfig(Section):
+class LimitsConfig(Section, frozen=True):
     max_request_bytes: ByteSize = ByteSize(20 * 1024 * 1024)
     max_decompressed_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
     max_event_bytes: ByteSize = ByteSize(1024 * 1024)
@@ -106,17 +106,17 @@ class LimitsConfig(Section):
     read_timeout_s: Duration = Duration(30)
 
 
-class AdminConfig(Section):
+class AdminConfig(Section, frozen=True):
     token: Secret | None = None
 
 
-class LogConfig(Section):
+class LogConfig(Section, frozen=True):
     level: str = "info"
     #: "json" (one object per line) or "text".
     format: str = "text"
 
 
-class PolicyConfig(Section):
+class PolicyConfig(Section, frozen=True):
     """The org-wide policy; a project's `policy` adds to it and never weakens it."""
 
     scrubbing: ScrubbingConfig | None = None
@@ -130,7 +130,7 @@ class PolicyConfig(Section):
     shadow: ShadowConfig | None = None
 
 
-class ProjectConfig(Section):
+class ProjectConfig(Section, frozen=True):
     id: int
     name: str | None = None
     #: Public keys the apps use; empty accepts any key for this project.
@@ -142,7 +142,7 @@ class ProjectConfig(Section):
     allowed_origins: list[str] = []
 
 
-class Config(Section):
+class Config(Section, frozen=True):
     listen: ListenConfig = ListenConfig()
     workers: int = 1
     upstream: UpstreamConfig = UpstreamConfig()

@@ -19,7 +19,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 import msgspec
 
 
-class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
     """Base class of every config section."""
 
 

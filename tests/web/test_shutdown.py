@@ -36,3 +36,21 @@ async def test_draining_relay_answers_503(relay: TestClient) -> None:
     assert resp.headers["Retry-After"]
     ready = await relay.get("/readyz")
     assert ready.status == 503
+
+
+async def test_full_outbox_answers_503_and_loses_nothing_accepted(relay_factory, recorder: RecordingUpstream) -> None:  # type: ignore[no-untyped-def]
+    recorder.answer(Reply(200, delay=0.5))
+    relay = await relay_factory(upstream={"outbox_max_items": 1, "concurrency": 1})
+    body = (CORPUS / "check-in.envelope").read_bytes()
+    statuses = []
+    for _ in range(4):
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        statuses.append(resp.status)
+        if resp.status == 503:
+            assert resp.headers["Retry-After"]
+            assert "outbox is full" in (await resp.json())["detail"]
+    assert statuses[:2] == [200, 200]
+    assert 503 in statuses
+    await recorder.wait_for(statuses.count(200))
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_items_total{category="monitor",outcome="internal",reason="outbox_full"}' in metrics
