@@ -135,7 +135,7 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
         item_type = item_headers.get("type")
         if not isinstance(item_type, str) or not item_type:
             raise EnvelopeError(f"item {index} header has no type")
-        pos = nl + 1
+        pos = min(nl + 1, size)
         length = item_headers.get("length")
         if length is not None:
             if not isinstance(length, int) or isinstance(length, bool) or length < 0:

@@ -173,6 +173,13 @@ async def store_endpoint(request: web.Request) -> web.Response:
     auth = _auth(request)
     project = _resolve(request, project_id, auth)
     body = await _body(request)
+    if request.content_type == "application/x-sentry-envelope":
+        # Sentry accepts envelopes on the store endpoint too.
+        try:
+            envelope = parse_envelope(body, max_items=request.app[CONFIG].limits.max_envelope_items)
+        except EnvelopeError as exc:
+            raise BadRequest(f"invalid envelope: {exc}") from None
+        return await _submit(request, envelope, project_id, auth, project)
     try:
         event = decode_store_body(
             body, max_decompressed=request.app[CONFIG].limits.max_decompressed_bytes

@@ -126,3 +126,13 @@ async def test_metrics_names(relay: TestClient, recorder: RecordingUpstream) -> 
         "relay_outbox_size",
     ):
         assert name in text, name
+
+
+async def test_store_accepts_an_envelope_body(relay: TestClient, recorder: RecordingUpstream) -> None:
+    body = b'{"event_id":"' + b"cd" * 16 + b'"}\n{"type":"event"}\n{"message":"via store"}\n'
+    resp = await relay.post(
+        "/api/42/store/", data=body, headers={**auth_header(), "Content-Type": "application/x-sentry-envelope"}
+    )
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    assert recorder.received[0].envelope.event_id == "cd" * 16

@@ -1,0 +1,316 @@
+"""Streaming request-body decompression with a hard cap on the output size.
+
+    DecompressionError(ValueError)     corrupt or truncated compressed data
+    ├── TooLarge                       output would exceed `max_bytes` (answer 413)
+    └── UnsupportedEncoding            a Content-Encoding we cannot decode (answer 415)
+
+`make_decompressor(content_encoding, max_bytes)` returns a `Decompressor`; `feed()`
+it the body chunk by chunk as it arrives and call `finish()` for the whole output.
+Every stage decodes with a bounded output buffer (zlib `max_length`, brotli
+`output_buffer_limit`, zstd in small input slices), so a bomb is stopped after
+about `max_bytes` plus one chunk of work, never after materializing its output.
+
+Accepted codings, case-insensitive: `gzip`, `x-gzip`, `deflate` (zlib-wrapped, as
+RFC 9110 defines it, or raw deflate, as some clients send), `br`, `zstd`. Sentry
+ignores an empty value, `identity` and the charset-like `UTF-8` that some SDKs
+send; so do we. A list such as `gzip, br` names codings in the order they were
+applied, so they are undone from the last to the first.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Protocol
+
+import brotli
+import zstandard
+
+__all__ = [
+    "DecompressionError",
+    "Decompressor",
+    "TooLarge",
+    "UnsupportedEncoding",
+    "decompress",
+    "make_decompressor",
+    "parse_content_encoding",
+]
+
+#: Upper bound of output produced by one call into a codec.
+CHUNK = 64 * 1024
+#: A zstd block (at most 128 KiB of output) needs at least 4 bytes of input.
+_ZSTD_MAX_RATIO = 32 * 1024
+
+_IGNORED = frozenset({"", "identity", "utf-8", "utf8"})
+_KNOWN = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
+
+
+class DecompressionError(ValueError):
+    """The body is not valid data in its declared Content-Encoding."""
+
+
+class TooLarge(DecompressionError):
+    """The decompressed body would exceed the configured maximum."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(f"decompressed body exceeds {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+class UnsupportedEncoding(DecompressionError):
+    """The Content-Encoding names a coding this relay cannot decode."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(f"unsupported content encoding: {encoding!r}")
+        self.encoding = encoding
+
+
+def parse_content_encoding(value: str | None) -> list[str]:
+    """Codings in the order they were applied, without the ignored ones.
+
+    Raises UnsupportedEncoding for a coding that is neither known nor ignored.
+    """
+    if value is None:
+        return []
+    codings: list[str] = []
+    for part in value.split(","):
+        name = part.strip().lower()
+        if name in _IGNORED:
+            continue
+        if name not in _KNOWN:
+            raise UnsupportedEncoding(part.strip())
+        codings.append("gzip" if name == "x-gzip" else name)
+    return codings
+
+
+class _Stage(Protocol):
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def finish(self) -> Iterator[bytes]: ...
+
+
+class _Identity:
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        for start in range(0, len(data), CHUNK):
+            yield data[start : start + CHUNK]
+
+    def finish(self) -> Iterator[bytes]:
+        return iter(())
+
+
+class _Zlib:
+    """gzip (possibly several members) and deflate (zlib-wrapped or raw)."""
+
+    def __init__(self, coding: str) -> None:
+        self._coding = coding
+        self._head = b""  # deflate: the first bytes, until the wrapping is known
+        self._obj: zlib._Decompress | None = None
+        if coding == "gzip":
+            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._done = False  # the current stream reached its end
+        self._seen = False  # an empty body stays empty, whatever its coding
+
+    def _start_deflate(self, head: bytes) -> None:
+        cmf, flg = head[0], head[1]
+        wrapped = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
+        self._obj = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
+        self._seen = True
+        if self._obj is None:
+            self._head += data
+            if len(self._head) < 2:
+                return
+            data, self._head = self._head, b""
+            self._start_deflate(data)
+        yield from self._run(data)
+
+    def _run(self, data: bytes) -> Iterator[bytes]:
+        obj = self._obj
+        assert obj is not None
+        while True:
+            if self._done:
+                if not data:
+                    return
+                if self._coding != "gzip":
+                    raise DecompressionError(f"{self._coding}: data after the end of the stream")
+                # Concatenated gzip members form one body (RFC 1952 2.2).
+                obj = self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._done = False
+            try:
+                out = obj.decompress(data, CHUNK)
+            except zlib.error as exc:
+                raise DecompressionError(f"{self._coding}: {exc}") from None
+            if out:
+                yield out
+            if obj.eof:
+                self._done = True
+                data = obj.unused_data
+                continue
+            data = obj.unconsumed_tail
+            if not data and len(out) < CHUNK:
+                return
+
+    def finish(self) -> Iterator[bytes]:
+        if self._seen and not self._done:
+            raise DecompressionError(f"{self._coding}: truncated data")
+        return iter(())
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._obj = brotli.Decompressor()
+        self._seen = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if not data:
+            return
+        self._seen = True
+        obj = self._obj
+        try:
+            if obj.is_finished():
+                raise DecompressionError("br: data after the end of the stream")
+            out: bytes = obj.process(data, output_buffer_limit=CHUNK)
+            while True:
+                if out:
+                    yield out
+                if obj.can_accept_more_data() or obj.is_finished():
+                    return
+                out = obj.process(b"", output_buffer_limit=CHUNK)
+        except brotli.error as exc:
+            raise DecompressionError(f"br: {exc or 'corrupt data'}") from None
+
+    def finish(self) -> Iterator[bytes]:
+        if self._seen and not self._obj.is_finished():
+            raise DecompressionError("br: truncated data")
+        return iter(())
+
+
+class _Zstd:
+    def __init__(self, budget: int) -> None:
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = self._dctx.decompressobj()
+        self._budget = budget
+        self._produced = 0
+        self._seen = False
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        pos = 0
+        size = len(data)
+        while pos < size:
+            self._seen = True
+            # Each slice can expand at most _ZSTD_MAX_RATIO times: keep slices small
+            # enough that one call never passes the remaining budget by more than CHUNK.
+            room = max(self._budget - self._produced, 0) + CHUNK
+            step = max(1, min(room // _ZSTD_MAX_RATIO, CHUNK))
+            piece = data[pos : pos + step]
+            pos += step
+            if self._obj.eof:
+                # Concatenated frames form one body, as zstd itself treats them.
+                self._obj = self._dctx.decompressobj()
+            try:
+                out = self._obj.decompress(piece)
+            except zstandard.ZstdError as exc:
+                raise DecompressionError(f"zstd: {exc}") from None
+            if self._obj.eof and self._obj.unused_data:
+                rest = self._obj.unused_data
+                self._obj = self._dctx.decompressobj()
+                data = rest + data[pos:]
+                pos, size = 0, len(data)
+            self._produced += len(out)
+            if out:
+                yield out
+
+    def finish(self) -> Iterator[bytes]:
+        if self._seen and not self._obj.eof:
+            raise DecompressionError("zstd: truncated data")
+        return iter(())
+
+
+class Decompressor:
+    """Undo a body's Content-Encoding incrementally, never exceeding `max_bytes`.
+
+    Build it with `make_decompressor`. `feed(chunk)` as chunks arrive (raises
+    TooLarge as soon as the output passes the cap, DecompressionError on corrupt
+    data); `finish()` checks the stream ended properly and returns the output.
+    """
+
+    def __init__(self, codings: list[str], max_bytes: int) -> None:
+        """`codings` in the order they were applied; `max_bytes` caps every stage's output."""
+        if max_bytes < 0:
+            raise ValueError("max_bytes must not be negative")
+        self.codings = tuple(codings)
+        self.max_bytes = max_bytes
+        self._stages: list[_Stage] = [_make_stage(c, max_bytes) for c in reversed(codings)]
+        self._stage_sizes = [0] * len(self._stages)
+        self._out: list[bytes] = []
+        self._size = 0
+        self._finished = False
+
+    @property
+    def size(self) -> int:
+        """Decompressed bytes produced so far."""
+        return self._size
+
+    def feed(self, chunk: bytes) -> None:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        if not self._stages:
+            self._emit(bytes(chunk))
+            return
+        for piece in self._stages[0].feed(bytes(chunk)):
+            self._push(1, piece)
+
+    def finish(self) -> bytes:
+        if not self._finished:
+            self._finished = True
+            for index, stage in enumerate(self._stages):
+                for piece in stage.finish():
+                    self._push(index + 1, piece)
+        return b"".join(self._out)
+
+    def _push(self, index: int, piece: bytes) -> None:
+        """Hand `piece`, the output of stage `index - 1`, to stage `index` (or the result)."""
+        self._stage_sizes[index - 1] += len(piece)
+        if self._stage_sizes[index - 1] > self.max_bytes:
+            raise TooLarge(self.max_bytes)
+        if index == len(self._stages):
+            self._emit(piece)
+            return
+        for out in self._stages[index].feed(piece):
+            self._push(index + 1, out)
+
+    def _emit(self, piece: bytes) -> None:
+        self._size += len(piece)
+        if self._size > self.max_bytes:
+            raise TooLarge(self.max_bytes)
+        if piece:
+            self._out.append(piece)
+
+
+def _make_stage(coding: str, max_bytes: int) -> _Stage:
+    if coding in ("gzip", "deflate"):
+        return _Zlib(coding)
+    if coding == "br":
+        return _Brotli()
+    if coding == "zstd":
+        return _Zstd(max_bytes)
+    raise UnsupportedEncoding(coding)  # pragma: no cover - parse_content_encoding filters
+
+
+def make_decompressor(content_encoding: str | None, max_bytes: int) -> Decompressor:
+    """A decompressor for the request's `Content-Encoding` header value (None: absent).
+
+    `max_bytes` is the most decompressed output accepted; raises UnsupportedEncoding
+    for a coding we do not know.
+    """
+    return Decompressor(parse_content_encoding(content_encoding), max_bytes)
+
+
+def decompress(data: bytes, content_encoding: str | None, max_bytes: int) -> bytes:
+    """One-shot helper: the whole body decoded, with the same cap and errors."""
+    dec = make_decompressor(content_encoding, max_bytes)
+    dec.feed(data)
+    return dec.finish()

@@ -1,0 +1,409 @@
+"""A durable outbox: append-only segment files holding only scrubbed envelopes.
+
+Layout: `<path>/seg-000000000001.log`, ... Each record is
+
+    b"RS" | version (1) | flags (1) | length (u32 LE) | crc32 (u32 LE) | payload
+
+where the payload is a msgpack `SpoolRecord` (routing, quantities, the body).
+
+- Writes are group-committed: concurrent `put`s are appended as one batch with
+  one `fsync` (`durable: true`), and each `put` returns only once its record is
+  on disk, so a 200 means "on disk".
+- The reader walks segments in order and reads records lazily (memory stays
+  bounded whatever the backlog). A segment is deleted once it is sealed, read
+  to its end, and every record read from it has been finished (delivered,
+  dropped with an outcome, or expired).
+- On start, existing segments are replayed first, in order; a crash between
+  delivery and deletion resends (at-least-once; upstreams de-duplicate by
+  event_id). Torn or corrupt tails (power loss) are detected by length and CRC,
+  skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from relay.policy.targets import Target
+from relay.protocol.dsn import Dsn
+from relay.services.outbox import OutboxEntry, OutboxFull
+
+log = logging.getLogger("relay.spool")
+
+_HEADER = struct.Struct("<2sBBII")
+_MAGIC = b"RS"
+_VERSION = 1
+#: A new segment is started past this size.
+SEGMENT_BYTES = 8 * 1024 * 1024
+#: A record larger than this is corrupt by definition.
+MAX_RECORD = 256 * 1024 * 1024
+
+
+class SpoolRecord(msgspec.Struct, array_like=True):
+    url: str
+    dsn: str | None
+    key: str
+    is_file: bool
+    project_id: int
+    quantities: list[tuple[str, int]]
+    event_id: str | None
+    endpoint: str
+    content_type: str
+    created: float
+    body: bytes
+
+
+def _encode(entry: OutboxEntry, created: float) -> bytes:
+    t = entry.target
+    record = SpoolRecord(
+        t.url, str(t.dsn) if t.dsn else None, t.key, t.is_file, entry.project_id, entry.quantities,
+        entry.event_id, entry.endpoint, entry.content_type, created, entry.body,
+    )
+    payload = msgspec.msgpack.encode(record)
+    return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
+
+
+_decoder = msgspec.msgpack.Decoder(SpoolRecord)
+
+
+def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
+    r = _decoder.decode(payload)
+    target = Target(url=r.url, dsn=Dsn.parse(r.dsn) if r.dsn else None, key=r.key, is_file=r.is_file)
+    entry = OutboxEntry(
+        target=target, body=r.body, project_id=r.project_id, quantities=[tuple(q) for q in r.quantities],  # type: ignore[misc]
+        event_id=r.event_id, endpoint=r.endpoint, content_type=r.content_type,
+    )
+    return entry, r.created
+
+
+@dataclass
+class _Segment:
+    number: int
+    path: Path
+    size: int = 0
+    sealed: bool = False
+    #: Records handed out and not yet finished.
+    open_records: int = 0
+    #: The reader has passed the end of this sealed segment.
+    read_done: bool = False
+
+
+class DiskSpool:
+    """The outbox interface (`put`/`get`/`done`) backed by segment files.
+
+    Parameters:
+        path: the spool directory (created if missing; one per worker process).
+        max_bytes: total size of the segment files; beyond it `put` raises OutboxFull.
+        max_age: seconds after which an unsent record is discarded (0: never).
+        durable: fsync each group of writes before `put` returns.
+        on_expired: called with each record discarded for age (to give it an outcome).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        max_age: float,
+        durable: bool = True,
+        on_expired: Callable[[OutboxEntry], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.on_expired = on_expired
+        self.batches_written = 0
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.durable = durable
+        self.corrupt_records = 0
+        self.expired_records = 0
+        self._segments: dict[int, _Segment] = {}
+        self._order: list[int] = []
+        self._writer: _Segment | None = None
+        self._wfile: object = None
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._pending_bytes = 0
+        self._flush_wake = asyncio.Event()
+        self._readable = asyncio.Condition()
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        # Reader cursor.
+        self._rseg: int | None = None
+        self._roff = 0
+        self._rfile: object = None
+        self._entry_seg: dict[int, int] = {}
+        self._queued = 0
+        self._in_flight = 0
+        self._oldest_created: float | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for file in sorted(self.path.glob("seg-*.log")):
+            try:
+                number = int(file.stem.split("-", 1)[1])
+            except ValueError:
+                continue
+            seg = _Segment(number, file, file.stat().st_size, sealed=True)
+            self._segments[number] = seg
+            self._order.append(number)
+        self._queued = await asyncio.to_thread(self._count_existing)
+        if self._order:
+            log.info("spool: replaying %d segment(s) from %s", len(self._order), self.path)
+            self._rseg = self._order[0]
+        self._new_segment()
+        if self._rseg is None:
+            self._rseg = self._writer.number  # type: ignore[union-attr]
+        self._flusher = asyncio.create_task(self._flush_loop(), name="relay-spool-flush")
+
+    def _count_existing(self) -> int:
+        count = 0
+        for number in self._order:
+            for _ in self._scan(self._segments[number].path):
+                count += 1
+        return count
+
+    def _scan(self, path: Path) -> list[int]:
+        """Offsets of valid records (used to count the backlog on start)."""
+        offsets = []
+        with open(path, "rb") as fh:
+            data = fh.read()
+        off = 0
+        while off + _HEADER.size <= len(data):
+            magic, version, _flags, length, crc = _HEADER.unpack_from(data, off)
+            end = off + _HEADER.size + length
+            if magic != _MAGIC or version != _VERSION or end > len(data):
+                break
+            if zlib.crc32(data[off + _HEADER.size : end]) == crc:
+                offsets.append(off)
+            off = end
+        return offsets
+
+    async def close(self) -> None:
+        """Flush pending writes and close the files (records stay on disk for the next start)."""
+        self._closed = True
+        if self._pending:
+            await asyncio.to_thread(self._write_batch, self._take_batch())
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        for fh in (self._wfile, self._rfile):
+            if fh is not None:
+                fh.close()  # type: ignore[attr-defined]
+        self._wfile = self._rfile = None
+
+    # -- accounting --------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._queued
+
+    @property
+    def bytes(self) -> int:
+        return sum(s.size for s in self._segments.values()) + self._pending_bytes
+
+    @property
+    def pending(self) -> int:
+        return self._queued + self._in_flight
+
+    def oldest_age(self, now: float | None = None) -> float:
+        if not self._queued or self._oldest_created is None:
+            return 0.0
+        return max(0.0, (time.time() if now is None else now) - self._oldest_created)
+
+    def has_room(self, size: int) -> bool:
+        return self.bytes + size <= self.max_bytes
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def _new_segment(self) -> None:
+        if self._writer is not None:
+            self._writer.sealed = True
+            if self._wfile is not None:
+                self._wfile.close()  # type: ignore[attr-defined]
+        number = (max(self._segments) + 1) if self._segments else 1
+        seg = _Segment(number, self.path / f"seg-{number:012d}.log")
+        self._wfile = open(seg.path, "ab")  # noqa: SIM115
+        self._segments[number] = seg
+        self._order.append(number)
+        self._writer = seg
+        if self.durable:
+            _fsync_dir(self.path)
+
+    async def put(self, entry: OutboxEntry) -> None:
+        if self._closed:
+            raise OutboxFull
+        record = _encode(entry, time.time())
+        if not self.has_room(len(record)):
+            raise OutboxFull
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        self._pending_bytes += len(record)
+        self._flush_wake.set()
+        await future
+
+    async def requeue(self, entry: OutboxEntry) -> None:
+        """Records stay on disk until finished; a requeue is a no-op besides accounting."""
+        raise NotImplementedError("the spool keeps records on disk until done()")
+
+    def _take_batch(self) -> list[tuple[bytes, asyncio.Future[None]]]:
+        batch, self._pending = self._pending, []
+        self._pending_bytes = 0
+        return batch
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wake.wait()
+            self._flush_wake.clear()
+            if not self._pending:
+                continue
+            if self._writer is not None and self._writer.size >= SEGMENT_BYTES:
+                self._new_segment()
+            batch = self._take_batch()
+            self.batches_written += 1
+            try:
+                await asyncio.to_thread(self._write_batch, batch)
+            except OSError as exc:
+                log.error("spool write failed: %s", exc)
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(OutboxFull())
+                continue
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_result(None)
+            self._queued += len(batch)
+            async with self._readable:
+                self._readable.notify_all()
+
+    def _write_batch(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+        assert self._writer is not None
+        data = b"".join(rec for rec, _ in batch)
+        fh = self._wfile
+        fh.write(data)  # type: ignore[attr-defined]
+        fh.flush()  # type: ignore[attr-defined]
+        if self.durable:
+            os.fsync(fh.fileno())  # type: ignore[attr-defined]
+        self._writer.size += len(data)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def get(self) -> OutboxEntry:
+        while True:
+            entry = self._read_next()
+            if entry is not None:
+                return entry
+            async with self._readable:
+                await self._readable.wait()
+
+    def _read_next(self) -> OutboxEntry | None:
+        while self._rseg is not None:
+            seg = self._segments.get(self._rseg)
+            if seg is None:
+                self._advance_segment()
+                continue
+            if self._roff + _HEADER.size <= seg.size:
+                got = self._read_record(seg)
+                if got is None:
+                    continue  # corrupt: skipped to the next segment
+                entry, created = got
+                self._queued = max(0, self._queued - 1)
+                if self.max_age and time.time() - created > self.max_age:
+                    self.expired_records += 1
+                    if self.on_expired is not None:
+                        self.on_expired(entry)
+                    continue
+                self._oldest_created = created
+                seg.open_records += 1
+                self._entry_seg[id(entry)] = seg.number
+                self._in_flight += 1
+                return entry
+            if not seg.sealed:
+                self._oldest_created = None
+                return None
+            seg.read_done = True
+            self._maybe_delete(seg)
+            self._advance_segment()
+        return None
+
+    def _advance_segment(self) -> None:
+        if self._rfile is not None:
+            self._rfile.close()  # type: ignore[attr-defined]
+            self._rfile = None
+        later = [n for n in self._order if self._rseg is not None and n > self._rseg]
+        self._rseg = later[0] if later else None
+        self._roff = 0
+
+    def _read_record(self, seg: _Segment) -> tuple[OutboxEntry, float] | None:
+        if self._rfile is None:
+            self._rfile = open(seg.path, "rb")  # noqa: SIM115
+        fh = self._rfile
+        fh.seek(self._roff)  # type: ignore[attr-defined]
+        head = fh.read(_HEADER.size)  # type: ignore[attr-defined]
+        bad = len(head) < _HEADER.size
+        if not bad:
+            magic, version, _flags, length, crc = _HEADER.unpack(head)
+            bad = magic != _MAGIC or version != _VERSION or length > MAX_RECORD or self._roff + _HEADER.size + length > seg.size
+        if not bad:
+            payload = fh.read(length)  # type: ignore[attr-defined]
+            bad = len(payload) != length or zlib.crc32(payload) != crc
+        if bad:
+            self.corrupt_records += 1
+            log.warning("spool: corrupt or torn record in %s at offset %d; skipping the rest of the segment", seg.path.name, self._roff)
+            if seg.sealed:
+                seg.read_done = True
+                self._maybe_delete(seg)
+                self._advance_segment()
+            else:
+                # Only whole records become visible in the live segment: this is disk corruption.
+                self._roff = seg.size
+            return None
+        self._roff += _HEADER.size + length
+        try:
+            return _decode(payload)
+        except (msgspec.DecodeError, ValueError):
+            self.corrupt_records += 1
+            return self._read_record(seg) if self._roff + _HEADER.size <= seg.size else None
+
+    def done(self, entry: OutboxEntry) -> None:
+        number = self._entry_seg.pop(id(entry), None)
+        self._in_flight = max(0, self._in_flight - 1)
+        if number is None:
+            return
+        seg = self._segments.get(number)
+        if seg is None:
+            return
+        seg.open_records -= 1
+        self._maybe_delete(seg)
+
+    def _maybe_delete(self, seg: _Segment) -> None:
+        if seg.sealed and seg.read_done and seg.open_records <= 0:
+            with contextlib.suppress(FileNotFoundError):
+                seg.path.unlink()
+            self._segments.pop(seg.number, None)
+            self._order.remove(seg.number)
+
+    def drain_nowait(self) -> list[OutboxEntry]:
+        """Nothing to hand back: unsent records stay on disk for the next start."""
+        return []
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
