@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -30,7 +31,8 @@ from relay.policy.registry import PolicyRegistry
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
-from relay.services.outbox import MemoryOutbox
+from relay.services.outbox import MemoryOutbox, Outbox
+from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import health, ingest
 from relay.web.cors import cors_middleware
@@ -72,17 +74,43 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
+async def _outbox(app: web.Application) -> AsyncIterator[None]:
+    outbox = app[OUTBOX]
+    if isinstance(outbox, DiskSpool):
+        await outbox.open()
+    yield
+    if isinstance(outbox, DiskSpool):
+        await outbox.close()
+
+
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    outbox = app[OUTBOX]
+    metrics = app[METRICS]
+    durable = isinstance(outbox, DiskSpool)
     forwarder = Forwarder(
-        app[OUTBOX],
+        outbox,
         app[HTTP_SESSION],
         config.upstream,
         app[UPSTREAM_LIMITS],
-        app[METRICS],
-        app[METRICS],
+        metrics,
+        metrics,
+        keeps_unsent=durable,
     )
+    if isinstance(outbox, DiskSpool):
+        spool = outbox
+        outbox.on_expired = forwarder.expired
+        metrics.add_counter_callback(
+            "relay_spool_corrupt_records",
+            "Torn or corrupt spool records skipped.",
+            lambda: float(spool.corrupt_records),
+        )
     app[FORWARDER] = forwarder
+    metrics.add_gauge_callback(
+        "relay_upstream_up",
+        "1 while the upstream answers, 0 during an outage.",
+        lambda: float(forwarder.upstream_up),
+    )
     forwarder.start()
     app[STATE].started.set()
     yield
@@ -92,6 +120,21 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
 
 async def _on_shutdown(app: web.Application) -> None:
     app[STATE].draining = True
+
+
+def make_outbox(config: Config, *, worker: int | None = None) -> Outbox:
+    """The disk spool when `spool` is configured (one directory per worker), else memory."""
+    if config.spool is None:
+        return MemoryOutbox(config.upstream.outbox_max_items, config.upstream.outbox_max_bytes)
+    path = Path(config.spool.path)
+    if worker is not None:
+        path = path / f"worker-{worker}"
+    return DiskSpool(
+        path,
+        max_bytes=config.spool.max_bytes,
+        max_age=config.spool.max_age,
+        durable=config.spool.durable,
+    )
 
 
 def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web.Application:
@@ -107,7 +150,7 @@ def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web
         client_max_size=config.limits.max_request_bytes,
     )
     metrics = Metrics()
-    outbox = MemoryOutbox(config.upstream.outbox_max_items, config.upstream.outbox_max_bytes)
+    outbox = make_outbox(config)
     upstream_limits = UpstreamLimits()
     app[CONFIG] = config
     app[REGISTRY] = registry or PolicyRegistry(config)
@@ -116,6 +159,7 @@ def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()
     app[INGEST] = Ingest(outbox, upstream_limits, metrics)
+    app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_forwarder)
     app.on_shutdown.append(_on_shutdown)

@@ -12,7 +12,7 @@ from relay.policy.registry import PolicyRegistry
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
-from relay.services.outbox import MemoryOutbox
+from relay.services.outbox import Outbox
 from relay.services.upstream_limits import UpstreamLimits
 
 
@@ -27,7 +27,7 @@ class State:
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", PolicyRegistry)
 METRICS = web.AppKey("metrics", Metrics)
-OUTBOX = web.AppKey("outbox", MemoryOutbox)
+OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 UPSTREAM_LIMITS = web.AppKey("upstream_limits", UpstreamLimits)
 HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)

@@ -73,6 +73,10 @@ class UpstreamConfig(Section, frozen=True):
     max_attempts: int = 6
     retry_base_s: Duration = Duration(0.5)
     retry_max_s: Duration = Duration(30)
+    #: Consecutive failures after which the upstream counts as down (probed, not hammered).
+    outage_after: int = 5
+    #: Longest wait between probes of a down upstream.
+    probe_max_s: Duration = Duration(30)
     #: Compress request bodies sent upstream.
     gzip: bool = True
     #: In-memory outbox bounds; the relay answers 503 when they are reached.

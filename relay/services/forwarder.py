@@ -6,6 +6,10 @@
 - other 4xx: `invalid` / `upstream_rejected`, never retried.
 - network errors, timeouts and 5xx: retried with exponential backoff and full jitter,
   up to `upstream.max_attempts`, then `internal` / `send_failed`.
+- after `upstream.outage_after` consecutive failures the upstream is *down*: one worker
+  probes it with backoff (up to `probe_max_s`) while the others hold their entries and
+  the outbox keeps accepting; attempts are not counted during an outage, so nothing is
+  given up on. When a probe succeeds every worker resumes, in queue order.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.services.metrics import Metrics
-from relay.services.outbox import MemoryOutbox, OutboxEntry
+from relay.services.outbox import Outbox, OutboxEntry
 from relay.services.upstream_limits import UpstreamLimits
 
 log = logging.getLogger("relay.forwarder")
@@ -51,7 +55,7 @@ class Forwarder:
 
     def __init__(
         self,
-        outbox: MemoryOutbox,
+        outbox: Outbox,
         session: aiohttp.ClientSession,
         config: UpstreamConfig,
         limits: UpstreamLimits,
@@ -60,6 +64,7 @@ class Forwarder:
         *,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         concurrency: int | None = None,
+        keeps_unsent: bool = False,
     ) -> None:
         self.outbox = outbox
         self.session = session
@@ -71,15 +76,24 @@ class Forwarder:
         self._concurrency = concurrency or config.concurrency
         self._tasks: list[asyncio.Task[None]] = []
         self._made_dirs: set[str] = set()
+        self._up = asyncio.Event()
+        self._up.set()
+        self._failures = 0
+        self._probing = False
+        #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
+        self.keeps_unsent = keeps_unsent
 
     def start(self) -> None:
         for i in range(self._concurrency):
             self._tasks.append(asyncio.create_task(self._run(), name=f"relay-forwarder-{i}"))
 
     async def drain(self, timeout: float) -> None:
-        """Wait until everything queued is delivered (or `timeout`), then stop the tasks."""
+        """Wait until everything queued is delivered (or `timeout`), then stop the tasks.
+
+        With a disk spool there is nothing to wait for: unsent records stay on disk.
+        """
         deadline = time.monotonic() + timeout
-        while self.outbox.pending and time.monotonic() < deadline:
+        while not self.keeps_unsent and self.outbox.pending and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await self.stop()
 
@@ -91,23 +105,72 @@ class Forwarder:
         for entry in self.outbox.drain_nowait():
             self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
 
+    def expired(self, entry: OutboxEntry) -> None:
+        """An entry the outbox discarded for age gets its outcome."""
+        self._finish(entry, OutcomeKind.INTERNAL, Reason.EXPIRED)
+
     async def _run(self) -> None:
         while True:
             entry = await self.outbox.get()
             try:
                 await self._deliver(entry)
             except asyncio.CancelledError:
-                self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
+                if not self.keeps_unsent:
+                    self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
                 raise
             except Exception:  # a bug must not kill the forwarder
                 log.exception("forwarding failed unexpectedly; envelope dropped")
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
-            finally:
+                self.outbox.done(entry)
+            else:
                 self.outbox.done(entry)
 
     def _finish(self, entry: OutboxEntry, kind: OutcomeKind, reason: str) -> None:
         for category, quantity in entry.quantities:
             self.outcomes.emit(Outcome(kind, reason, category, quantity, entry.project_id))
+
+    # -- upstream health -------------------------------------------------------------------
+
+    @property
+    def upstream_up(self) -> bool:
+        return self._up.is_set()
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        if not self._up.is_set():
+            log.warning("upstream is back; replaying the backlog")
+            self._up.set()
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._up.is_set() and self._failures >= self.config.outage_after:
+            log.error(
+                "upstream outage: %d consecutive failures; probing with backoff", self._failures
+            )
+            self._up.clear()
+
+    async def _probe(self, entry: OutboxEntry) -> int | None:
+        """While the upstream is down one worker probes it with `entry`; the others wait."""
+        if self._probing:
+            await self._up.wait()
+            return await self._post(entry)
+        self._probing = True
+        try:
+            delay = float(self.config.retry_base_s)
+            while not self._up.is_set():
+                await self._sleep(random.uniform(delay / 2, delay))
+                if self._up.is_set():
+                    break
+                status = await self._post(entry)
+                if status is not None and (status < 500 or status == 429):
+                    self._succeeded()
+                    return status
+                delay = min(self.config.probe_max_s, delay * 2)
+            return await self._post(entry)
+        finally:
+            self._probing = False
+
+    # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver(self, entry: OutboxEntry) -> None:
         if entry.target.is_file:
@@ -115,21 +178,30 @@ class Forwarder:
             self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
             return
         while True:
-            entry.attempts += 1
-            status = await self._post(entry)
+            if self._up.is_set():
+                entry.attempts += 1
+                status = await self._post(entry)
+            else:
+                status = await self._probe(entry)
             if status is not None and 200 <= status < 300:
+                self._succeeded()
                 self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
                 return
             if status == 429:
+                self._succeeded()
                 self._finish(entry, OutcomeKind.RATE_LIMITED, Reason.UPSTREAM_RATE_LIMITED)
                 return
             if status is not None and 400 <= status < 500 and status != 408:
+                self._succeeded()
                 log.warning(
                     "upstream rejected envelope",
                     extra={"status": status, "project": entry.project_id},
                 )
                 self._finish(entry, OutcomeKind.INVALID, Reason.UPSTREAM_REJECTED)
                 return
+            self._failed()
+            if not self._up.is_set():
+                continue  # outage: no attempt is counted; the entry waits for the upstream
             if entry.attempts >= self.config.max_attempts:
                 log.error("giving up on envelope after %d attempts", entry.attempts)
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)

@@ -20,7 +20,7 @@ from relay.processing import pipeline
 from relay.processing.context import RequestContext
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
-from relay.services.outbox import MemoryOutbox, OutboxEntry, OutboxFull
+from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
 
 
@@ -51,7 +51,7 @@ class Ingest:
     """
 
     def __init__(
-        self, outbox: MemoryOutbox, upstream_limits: UpstreamLimits, outcomes: OutcomeSink
+        self, outbox: Outbox, upstream_limits: UpstreamLimits, outcomes: OutcomeSink
     ) -> None:
         self.outbox = outbox
         self.upstream_limits = upstream_limits

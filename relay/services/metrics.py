@@ -23,7 +23,7 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from relay.outcomes import Outcome
@@ -93,6 +93,10 @@ class Metrics:
             "Upstream 429 limits being enforced locally.",
             registry=r,
         )
+        self.spool_bytes = Gauge("relay_spool_bytes", "Bytes in the disk spool.", registry=r)
+        self.spool_oldest_seconds = Gauge(
+            "relay_spool_oldest_seconds", "Age of the oldest unsent spooled envelope.", registry=r
+        )
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
@@ -109,6 +113,10 @@ class Metrics:
         """A gauge read when scraped (for values owned by another component)."""
         self.registry.register(_CallbackGauge(name, doc, fn))
 
+    def add_counter_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        """A counter read when scraped (`name` without the `_total` suffix)."""
+        self.registry.register(_CallbackCounter(name, doc, fn))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -119,6 +127,17 @@ class _CallbackGauge(Collector):
 
     def collect(self):  # type: ignore[no-untyped-def]
         yield GaugeMetricFamily(self.name, self.doc, value=self.fn())
+
+    def describe(self):  # type: ignore[no-untyped-def]
+        return []
+
+
+class _CallbackCounter(Collector):
+    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
+        self.name, self.doc, self.fn = name, doc, fn
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        yield CounterMetricFamily(self.name, self.doc, value=self.fn())
 
     def describe(self):  # type: ignore[no-untyped-def]
         return []

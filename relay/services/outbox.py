@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from relay.policy.targets import Target
 
@@ -33,6 +34,28 @@ class OutboxFull(Exception):
     """No room: the caller answers 503 with Retry-After."""
 
 
+class Outbox(Protocol):
+    """What the ingest path and the forwarder need: the memory queue or the disk spool."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def queued_bytes(self) -> int: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def has_room(self, size: int) -> bool: ...
+
+    async def put(self, entry: OutboxEntry) -> None: ...
+
+    async def get(self) -> OutboxEntry: ...
+
+    def done(self, entry: OutboxEntry) -> None: ...
+
+    def drain_nowait(self) -> list[OutboxEntry]: ...
+
+
 class MemoryOutbox:
     """An asyncio FIFO bounded by items and bytes."""
 
@@ -48,7 +71,7 @@ class MemoryOutbox:
         return len(self._queue)
 
     @property
-    def bytes(self) -> int:
+    def queued_bytes(self) -> int:
         return self._bytes
 
     @property
@@ -67,13 +90,6 @@ class MemoryOutbox:
         async with self._not_empty:
             self._not_empty.notify()
 
-    async def requeue(self, entry: OutboxEntry) -> None:
-        """Put back an entry being retried (ignores bounds: it was already accepted)."""
-        self._queue.append(entry)
-        self._bytes += len(entry.body)
-        async with self._not_empty:
-            self._not_empty.notify()
-
     async def get(self) -> OutboxEntry:
         async with self._not_empty:
             while not self._queue:
@@ -84,7 +100,7 @@ class MemoryOutbox:
         return entry
 
     def done(self, entry: OutboxEntry) -> None:
-        """The forwarder is finished with `entry` (delivered, dropped or requeued)."""
+        """The forwarder is finished with `entry` (delivered or dropped with an outcome)."""
         self._in_flight -= 1
 
     def drain_nowait(self) -> list[OutboxEntry]:

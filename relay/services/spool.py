@@ -66,8 +66,17 @@ class SpoolRecord(msgspec.Struct, array_like=True):
 def _encode(entry: OutboxEntry, created: float) -> bytes:
     t = entry.target
     record = SpoolRecord(
-        t.url, str(t.dsn) if t.dsn else None, t.key, t.is_file, entry.project_id, entry.quantities,
-        entry.event_id, entry.endpoint, entry.content_type, created, entry.body,
+        t.url,
+        str(t.dsn) if t.dsn else None,
+        t.key,
+        t.is_file,
+        entry.project_id,
+        entry.quantities,
+        entry.event_id,
+        entry.endpoint,
+        entry.content_type,
+        created,
+        entry.body,
     )
     payload = msgspec.msgpack.encode(record)
     return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
@@ -78,10 +87,17 @@ _decoder = msgspec.msgpack.Decoder(SpoolRecord)
 
 def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
     r = _decoder.decode(payload)
-    target = Target(url=r.url, dsn=Dsn.parse(r.dsn) if r.dsn else None, key=r.key, is_file=r.is_file)
+    target = Target(
+        url=r.url, dsn=Dsn.parse(r.dsn) if r.dsn else None, key=r.key, is_file=r.is_file
+    )
     entry = OutboxEntry(
-        target=target, body=r.body, project_id=r.project_id, quantities=[tuple(q) for q in r.quantities],  # type: ignore[misc]
-        event_id=r.event_id, endpoint=r.endpoint, content_type=r.content_type,
+        target=target,
+        body=r.body,
+        project_id=r.project_id,
+        quantities=[tuple(q) for q in r.quantities],  # type: ignore[misc]
+        event_id=r.event_id,
+        endpoint=r.endpoint,
+        content_type=r.content_type,
     )
     return entry, r.created
 
@@ -209,7 +225,10 @@ class DiskSpool:
         return self._queued
 
     @property
-    def bytes(self) -> int:
+    def queued_bytes(self) -> int:
+        return self.size_on_disk()
+
+    def size_on_disk(self) -> int:
         return sum(s.size for s in self._segments.values()) + self._pending_bytes
 
     @property
@@ -222,7 +241,7 @@ class DiskSpool:
         return max(0.0, (time.time() if now is None else now) - self._oldest_created)
 
     def has_room(self, size: int) -> bool:
-        return self.bytes + size <= self.max_bytes
+        return self.size_on_disk() + size <= self.max_bytes
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -251,10 +270,6 @@ class DiskSpool:
         self._pending_bytes += len(record)
         self._flush_wake.set()
         await future
-
-    async def requeue(self, entry: OutboxEntry) -> None:
-        """Records stay on disk until finished; a requeue is a no-op besides accounting."""
-        raise NotImplementedError("the spool keeps records on disk until done()")
 
     def _take_batch(self) -> list[tuple[bytes, asyncio.Future[None]]]:
         batch, self._pending = self._pending, []
@@ -353,13 +368,22 @@ class DiskSpool:
         bad = len(head) < _HEADER.size
         if not bad:
             magic, version, _flags, length, crc = _HEADER.unpack(head)
-            bad = magic != _MAGIC or version != _VERSION or length > MAX_RECORD or self._roff + _HEADER.size + length > seg.size
+            bad = (
+                magic != _MAGIC
+                or version != _VERSION
+                or length > MAX_RECORD
+                or self._roff + _HEADER.size + length > seg.size
+            )
         if not bad:
             payload = fh.read(length)  # type: ignore[attr-defined]
             bad = len(payload) != length or zlib.crc32(payload) != crc
         if bad:
             self.corrupt_records += 1
-            log.warning("spool: corrupt or torn record in %s at offset %d; skipping the rest of the segment", seg.path.name, self._roff)
+            log.warning(
+                "spool: corrupt or torn record in %s at offset %d; skipping the rest of the segment",
+                seg.path.name,
+                self._roff,
+            )
             if seg.sealed:
                 seg.read_done = True
                 self._maybe_delete(seg)

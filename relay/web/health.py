@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from relay.keys import METRICS, OUTBOX, STATE, UPSTREAM_LIMITS
+from relay.keys import FORWARDER, METRICS, OUTBOX, STATE, UPSTREAM_LIMITS
 from relay.services.metrics import CONTENT_TYPE
+from relay.services.spool import DiskSpool
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -20,6 +21,13 @@ async def live(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     state = request.app[STATE]
     healthy = state.started.is_set() and not state.draining
+    forwarder = request.app.get(FORWARDER)
+    if (
+        forwarder is not None
+        and not forwarder.upstream_up
+        and request.query.get("upstream") == "required"
+    ):
+        healthy = False
     return _json({"is_healthy": healthy}, status=200 if healthy else 503)
 
 
@@ -28,8 +36,11 @@ async def metrics(request: web.Request) -> web.Response:
     m = app[METRICS]
     outbox = app[OUTBOX]
     m.outbox_size.set(len(outbox))
-    m.outbox_bytes.set(outbox.bytes)
+    m.outbox_bytes.set(outbox.queued_bytes)
     m.upstream_limits_active.set(len(app[UPSTREAM_LIMITS]))
+    if isinstance(outbox, DiskSpool):
+        m.spool_bytes.set(outbox.queued_bytes)
+        m.spool_oldest_seconds.set(outbox.oldest_age())
     return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

@@ -200,7 +200,9 @@ async def security_endpoint(request: web.Request) -> web.Response:
     project = _resolve(request, project_id, auth)
     body = await _body(request)
     try:
-        envelopes = security_report_envelopes(body, request.headers.get("Content-Type"), request.query)
+        envelopes = security_report_envelopes(
+            body, request.headers.get("Content-Type"), request.query
+        )
     except SecurityReportError as exc:
         if exc.status == 415:
             raise UnsupportedMedia(str(exc)) from None

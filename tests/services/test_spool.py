@@ -16,8 +16,11 @@ TARGET = resolve_target("https://sentry.example.com", None, 42, "abc123def456789
 
 def entry(n: int, size: int = 100) -> OutboxEntry:
     return OutboxEntry(
-        target=TARGET, body=f"envelope {n} ".encode() + b"x" * size, project_id=42,
-        quantities=[("error", 1)], event_id=f"{n:032x}",
+        target=TARGET,
+        body=f"envelope {n} ".encode() + b"x" * size,
+        project_id=42,
+        quantities=[("error", 1)],
+        event_id=f"{n:032x}",
     )
 
 
@@ -119,7 +122,9 @@ async def test_expired_records_get_reported(tmp_path: Path) -> None:
     await spool.close()
 
 
-async def test_rotation_deletes_finished_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_rotation_deletes_finished_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("relay.services.spool.SEGMENT_BYTES", 1000)
     spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
     await spool.open()

@@ -11,7 +11,11 @@ from aiohttp.test_utils import TestClient
 from tests.support.relay import KEY, auth_header
 from tests.support.upstream import RecordingUpstream
 
-EVENT = {"event_id": "fa90fdead5f74052b0d6bf1ed2d6f1a4", "message": "store endpoint works", "level": "error"}
+EVENT = {
+    "event_id": "fa90fdead5f74052b0d6bf1ed2d6f1a4",
+    "message": "store endpoint works",
+    "level": "error",
+}
 
 
 async def test_store_json(relay: TestClient, recorder: RecordingUpstream) -> None:
@@ -38,7 +42,9 @@ async def test_store_base64_and_base64_zlib(relay: TestClient, recorder: Recordi
 
 
 async def test_store_garbage_is_400(relay: TestClient) -> None:
-    resp = await relay.post("/api/42/store/", data=b"not json, not base64 {{{", headers=auth_header())
+    resp = await relay.post(
+        "/api/42/store/", data=b"not json, not base64 {{{", headers=auth_header()
+    )
     assert resp.status == 400
     assert (await resp.json())["detail"]
 
@@ -64,10 +70,12 @@ async def test_security_csp_report(relay: TestClient, recorder: RecordingUpstrea
     assert orjson.loads(item.payload)["csp-report"]["violated-directive"] == "script-src"
 
 
-async def test_minidump_forwarded_to_upstream_minidump_endpoint(relay: TestClient, recorder: RecordingUpstream) -> None:
+async def test_minidump_forwarded_to_upstream_minidump_endpoint(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
     boundary = "xyzzy"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; filename=\"a.dmp\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_file_minidump"; filename="a.dmp"\r\n'
         f"Content-Type: application/octet-stream\r\n\r\nMDMP\x93\xa7\r\n--{boundary}--\r\n"
     ).encode("latin-1")
     resp = await relay.post(
@@ -92,7 +100,9 @@ async def test_cors_preflight_and_exposed_headers(relay: TestClient) -> None:
     assert resp.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
     assert "x-sentry-auth" in resp.headers["Access-Control-Allow-Headers"]
     assert "POST" in resp.headers["Access-Control-Allow-Methods"]
-    err = await relay.post("/api/42/envelope/", data=b"{}", headers={"Origin": "https://shop.example.com"})
+    err = await relay.post(
+        "/api/42/envelope/", data=b"{}", headers={"Origin": "https://shop.example.com"}
+    )
     assert err.status == 401
     exposed = err.headers["Access-Control-Expose-Headers"]
     for name in ("x-sentry-rate-limits", "retry-after", "x-sentry-error"):
@@ -100,15 +110,30 @@ async def test_cors_preflight_and_exposed_headers(relay: TestClient) -> None:
 
 
 async def test_disallowed_origin_is_403(relay_factory) -> None:  # type: ignore[no-untyped-def]
-    relay = await relay_factory(projects=[{"id": 42, "keys": [KEY], "allowed_origins": ["https://*.example.com"]}])
-    ok = await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers={**auth_header(), "Origin": "https://shop.example.com"})
+    relay = await relay_factory(
+        projects=[{"id": 42, "keys": [KEY], "allowed_origins": ["https://*.example.com"]}]
+    )
+    ok = await relay.post(
+        "/api/42/store/",
+        data=orjson.dumps(EVENT),
+        headers={**auth_header(), "Origin": "https://shop.example.com"},
+    )
     assert ok.status == 200
-    bad = await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers={**auth_header(), "Origin": "https://evil.test"})
+    bad = await relay.post(
+        "/api/42/store/",
+        data=orjson.dumps(EVENT),
+        headers={**auth_header(), "Origin": "https://evil.test"},
+    )
     assert bad.status == 403
 
 
 async def test_health_routes(relay: TestClient) -> None:
-    for path in ("/healthz", "/readyz", "/api/relay/healthcheck/live/", "/api/relay/healthcheck/ready/"):
+    for path in (
+        "/healthz",
+        "/readyz",
+        "/api/relay/healthcheck/live/",
+        "/api/relay/healthcheck/ready/",
+    ):
         resp = await relay.get(path)
         assert resp.status == 200, path
         assert (await resp.json())["is_healthy"] is True
@@ -128,10 +153,14 @@ async def test_metrics_names(relay: TestClient, recorder: RecordingUpstream) -> 
         assert name in text, name
 
 
-async def test_store_accepts_an_envelope_body(relay: TestClient, recorder: RecordingUpstream) -> None:
+async def test_store_accepts_an_envelope_body(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
     body = b'{"event_id":"' + b"cd" * 16 + b'"}\n{"type":"event"}\n{"message":"via store"}\n'
     resp = await relay.post(
-        "/api/42/store/", data=body, headers={**auth_header(), "Content-Type": "application/x-sentry-envelope"}
+        "/api/42/store/",
+        data=body,
+        headers={**auth_header(), "Content-Type": "application/x-sentry-envelope"},
     )
     assert resp.status == 200, await resp.text()
     await recorder.wait_for(1)

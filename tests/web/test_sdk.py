@@ -46,7 +46,9 @@ def _payload(item: Any) -> dict[str, Any]:
     return value
 
 
-async def test_exception_with_frames_and_attachment(sdk_dsn: str, recorder: RecordingUpstream) -> None:
+async def test_exception_with_frames_and_attachment(
+    sdk_dsn: str, recorder: RecordingUpstream
+) -> None:
     _init(sdk_dsn)
     sentry_sdk.get_isolation_scope().add_attachment(bytes=b"debug notes\n", filename="notes.txt")
 
@@ -73,7 +75,9 @@ async def test_exception_with_frames_and_attachment(sdk_dsn: str, recorder: Reco
     assert attachment.payload == b"debug notes\n"
 
 
-async def test_message_transaction_checkin_and_session(sdk_dsn: str, recorder: RecordingUpstream) -> None:
+async def test_message_transaction_checkin_and_session(
+    sdk_dsn: str, recorder: RecordingUpstream
+) -> None:
     _init(sdk_dsn, traces_sample_rate=1.0)
     sentry_sdk.capture_message("cache warmed", level="info")
     with sentry_sdk.start_transaction(name="/api/orders", op="http.server"):
@@ -88,7 +92,10 @@ async def test_message_transaction_checkin_and_session(sdk_dsn: str, recorder: R
     await asyncio.to_thread(client.close, 5)
     types: set[str] = set()
     async with asyncio.timeout(10):
-        while not {"event", "transaction", "check_in"} <= types or not types & {"session", "sessions"}:
+        while not {"event", "transaction", "check_in"} <= types or not types & {
+            "session",
+            "sessions",
+        }:
             await asyncio.sleep(0.02)
             types = {item.type for item in recorder.items()}
     (message,) = [_payload(i) for i in recorder.items("event")]

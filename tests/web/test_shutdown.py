@@ -19,7 +19,11 @@ async def test_shutdown_drains_outbox(upstream_url: str, recorder: RecordingUpst
     client = TestClient(TestServer(create_app(make_config(upstream_url))))
     await client.start_server()
     for name in ("error-payment", "check-in", "log"):
-        resp = await client.post("/api/42/envelope/", data=(CORPUS / f"{name}.envelope").read_bytes(), headers=auth_header())
+        resp = await client.post(
+            "/api/42/envelope/",
+            data=(CORPUS / f"{name}.envelope").read_bytes(),
+            headers=auth_header(),
+        )
         assert resp.status == 200
     app = client.app
     await client.close()  # runs on_shutdown and the cleanup contexts
@@ -38,7 +42,9 @@ async def test_draining_relay_answers_503(relay: TestClient) -> None:
     assert ready.status == 503
 
 
-async def test_full_outbox_answers_503_and_loses_nothing_accepted(relay_factory, recorder: RecordingUpstream) -> None:  # type: ignore[no-untyped-def]
+async def test_full_outbox_answers_503_and_loses_nothing_accepted(
+    relay_factory, recorder: RecordingUpstream
+) -> None:  # type: ignore[no-untyped-def]
     recorder.answer(Reply(200, delay=0.5))
     relay = await relay_factory(upstream={"outbox_max_items": 1, "concurrency": 1})
     body = (CORPUS / "check-in.envelope").read_bytes()
@@ -53,4 +59,6 @@ async def test_full_outbox_answers_503_and_loses_nothing_accepted(relay_factory,
     assert 503 in statuses
     await recorder.wait_for(statuses.count(200))
     metrics = await (await relay.get("/metrics")).text()
-    assert 'relay_items_total{category="monitor",outcome="internal",reason="outbox_full"}' in metrics
+    assert (
+        'relay_items_total{category="monitor",outcome="internal",reason="outbox_full"}' in metrics
+    )

@@ -59,6 +59,9 @@ class ActiveLimits:
                 found = entry
         return found
 
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
     def prune(self, now: float) -> None:
         for key in [k for k, v in self._entries.items() if v.expires_at <= now]:
             del self._entries[key]

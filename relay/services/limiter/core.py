@@ -163,6 +163,9 @@ class BaseLimiter:
         self._on_error = on_error
         self.prefix = prefix
         self.active_limits = ActiveLimits()
+        #: How long a full counter is believed without asking the store again;
+        #: None: until its window ends (exact whenever counters never shrink).
+        self.full_cache_s: float | None = None
         #: Checks decided without the store because it failed (`relay_redis_errors_total`).
         self.redis_errors = 0
         self._spike: dict[tuple[str, int, int, float], _SpikeEntry] = {}
@@ -258,7 +261,11 @@ class BaseLimiter:
                 self.active_limits.add(
                     counter.key(self.prefix),
                     CachedLimit(
-                        expires_at=counter.window_end,
+                        expires_at=(
+                            counter.window_end
+                            if self.full_cache_s is None
+                            else min(counter.window_end, now + self.full_cache_s)
+                        ),
                         quota_id=counter.quota_id,
                         reason=counter.reason,
                         scope=counter.scope,

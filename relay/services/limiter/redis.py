@@ -24,7 +24,9 @@ check returns. Consequences, documented and tested:
 - across slots the check is not atomic: while a refund is on its way, a concurrent
   check can be rejected by the reservation it undoes. Under contention on several
   slots at once the relay can therefore accept slightly fewer items than a limit
-  allows, never more.
+  allows, never more;
+- since counters can shrink (refunds), a full counter is believed from the in-process
+  cache for `CLUSTER_FULL_CACHE_S` only, not until its window ends.
 
 Standalone and Sentinel run the whole check as one script call, fully atomic.
 
@@ -68,6 +70,8 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 #: Connection timeouts: a slow Redis must not hold requests for long.
 CONNECT_TIMEOUT_S = 1.0
 SOCKET_TIMEOUT_S = 2.0
+#: Cluster mode: how long a full counter is believed before Redis is asked again.
+CLUSTER_FULL_CACHE_S = 1.0
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
@@ -137,6 +141,9 @@ class RedisLimiter(BaseLimiter):
         super().__init__(clock=clock, on_error=on_error, prefix=prefix)
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
+        if self._cluster:
+            # Counters can shrink here (refunds), so "full" is re-checked now and then.
+            self.full_cache_s = CLUSTER_FULL_CACHE_S
         self._pending: list[_Job] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False
@@ -208,6 +215,8 @@ class RedisLimiter(BaseLimiter):
             if not job.future.done():
                 job.future.set_result(answers)
         if refunds:
+            for key, _ in refunds:
+                self.active_limits.discard(key)
             await self._refund(refunds)
 
     async def _refund(self, refunds: list[tuple[str, int]]) -> None:
@@ -239,7 +248,9 @@ class RedisLimiter(BaseLimiter):
         try:
             pipe = self._client.pipeline() if self._cluster else self._client.pipeline(False)
             for call in calls:
-                pipe.evalsha(SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
+                # Not `pipe.evalsha`: redis-py refuses that name in cluster pipelines, yet
+                # routes EVALSHA by its keys (all of one slot here) like any command.
+                pipe.execute_command("EVALSHA", SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
             results: list[Any] = await pipe.execute(raise_on_error=False)
         except _ERRORS as exc:
             raise self._failed(exc) from exc

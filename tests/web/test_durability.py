@@ -1,0 +1,138 @@
+"""Durability: spool-backed delivery through upstream outages, spool limits, torn segments."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.app import create_app
+from relay.keys import FORWARDER
+from tests.support.relay import auth_header, make_config
+from tests.support.upstream import RecordingUpstream
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
+
+
+def event_envelope(n: int, size: int = 0) -> bytes:
+    event_id = f"{n:032x}"
+    payload = orjson.dumps(
+        {"event_id": event_id, "message": f"event {n}", "extra": {"pad": "x" * size}}
+    )
+    return orjson.dumps({"event_id": event_id}) + b'\n{"type":"event"}\n' + payload + b"\n"
+
+
+class SwitchableUpstream(RecordingUpstream):
+    """Answers 503 (or drops the connection) while `down`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if self.down:
+            self.attempts += 1
+            await request.read()
+            return web.Response(status=503)
+        return await super()._handle(request)
+
+
+async def test_outage_then_recovery_delivers_all_in_order_once(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    upstream = SwitchableUpstream()
+    server = await aiohttp_server(upstream.app)
+    config = make_config(
+        str(server.make_url("")).rstrip("/"),
+        spool={"path": str(tmp_path / "spool")},
+        upstream={
+            "concurrency": 1,
+            "retry_base_s": 0.01,
+            "retry_max_s": 0.05,
+            "outage_after": 3,
+            "probe_max_s": 0.1,
+        },
+    )
+    relay: TestClient = await aiohttp_client(create_app(config))
+    for n in range(30):
+        resp = await relay.post("/api/42/envelope/", data=event_envelope(n), headers=auth_header())
+        assert resp.status == 200
+    async with asyncio.timeout(5):
+        while relay.app[FORWARDER].upstream_up:
+            await asyncio.sleep(0.01)
+    metrics = await (await relay.get("/metrics")).text()
+    assert "relay_upstream_up 0.0" in metrics
+    assert "relay_spool_bytes" in metrics
+    attempts_in_outage = upstream.attempts
+    await asyncio.sleep(0.3)
+    assert upstream.attempts - attempts_in_outage < 10  # probing, not hammering
+    upstream.down = False
+    await upstream.wait_for(30)
+    await asyncio.sleep(0.1)
+    ids = [e.event_id for e in upstream.envelopes]
+    assert ids == [f"{n:032x}" for n in range(30)]
+    assert relay.app[FORWARDER].upstream_up
+
+
+async def test_spool_full_answers_503_and_keeps_what_it_accepted(
+    aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path
+) -> None:
+    upstream = SwitchableUpstream()
+    server = await aiohttp_server(upstream.app)
+    config = make_config(
+        str(server.make_url("")).rstrip("/"),
+        spool={"path": str(tmp_path / "spool"), "max_bytes": "20KiB"},
+        upstream={"outage_after": 1, "probe_max_s": 0.05},
+    )
+    relay: TestClient = await aiohttp_client(create_app(config))
+    accepted = []
+    for n in range(20):
+        resp = await relay.post(
+            "/api/42/envelope/", data=event_envelope(n, size=2000), headers=auth_header()
+        )
+        if resp.status == 200:
+            accepted.append(f"{n:032x}")
+        else:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"]
+    assert 3 <= len(accepted) < 20
+    upstream.down = False
+    await upstream.wait_for(len(accepted))
+    assert sorted(e.event_id or "" for e in upstream.envelopes) == sorted(accepted)
+
+
+async def test_restart_with_torn_segment_delivers_the_rest(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    upstream = SwitchableUpstream()
+    server = await aiohttp_server(upstream.app)
+    url = str(server.make_url("")).rstrip("/")
+    spool_dir = tmp_path / "spool"
+    config = make_config(
+        url, spool={"path": str(spool_dir)}, upstream={"outage_after": 1, "probe_max_s": 60}
+    )
+    first = TestClient(TestServer(create_app(config)))
+    await first.start_server()
+    for n in range(5):
+        assert (
+            await first.post("/api/42/envelope/", data=event_envelope(n), headers=auth_header())
+        ).status == 200
+    await first.close()
+    (segment,) = [p for p in spool_dir.glob("seg-*.log") if p.stat().st_size]
+    segment.write_bytes(segment.read_bytes()[:-25])  # power loss mid-record
+
+    upstream.down = False
+    second = TestClient(TestServer(create_app(make_config(url, spool={"path": str(spool_dir)}))))
+    await second.start_server()
+    try:
+        await upstream.wait_for(4)
+        await asyncio.sleep(0.1)
+        assert [e.event_id for e in upstream.envelopes] == [f"{n:032x}" for n in range(4)]
+        metrics = await (await second.get("/metrics")).text()
+        assert "relay_spool_corrupt_records_total 1.0" in metrics
+    finally:
+        await second.close()
