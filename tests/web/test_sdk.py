@@ -80,9 +80,11 @@ async def test_message_transaction_checkin_and_session(
 ) -> None:
     _init(sdk_dsn, traces_sample_rate=1.0)
     sentry_sdk.capture_message("cache warmed", level="info")
-    with sentry_sdk.start_transaction(name="/api/orders", op="http.server"):
-        with sentry_sdk.start_span(op="db", name="SELECT 1"):
-            pass
+    with (
+        sentry_sdk.start_transaction(name="/api/orders", op="http.server"),
+        sentry_sdk.start_span(op="db", name="SELECT 1"),
+    ):
+        pass
     crons.capture_checkin(monitor_slug="nightly", status=crons.MonitorStatus.OK)
     scope = sentry_sdk.get_isolation_scope()
     scope.start_session()
