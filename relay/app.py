@@ -27,7 +27,7 @@ from relay.keys import (
     UPSTREAM_LIMITS,
     State,
 )
-from relay.policy.registry import PolicyRegistry
+from relay.policy.registry import PolicyRegistry, RegistryRef
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
@@ -137,12 +137,15 @@ def make_outbox(config: Config, *, worker: int | None = None) -> Outbox:
     )
 
 
-def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web.Application:
+def create_app(
+    config: Config, *, registry: PolicyRegistry | None = None, worker: int | None = None
+) -> web.Application:
     """Build the relay app from a validated config.
 
     Parameters:
         config: the validated configuration.
         registry: compiled policies; built from `config` when omitted.
+        worker: the worker index under `workers: N` (selects its own spool directory).
     """
     app = web.Application(
         middlewares=[metrics_middleware, cors_middleware, error_middleware],
@@ -150,11 +153,13 @@ def create_app(config: Config, *, registry: PolicyRegistry | None = None) -> web
         client_max_size=config.limits.max_request_bytes,
     )
     metrics = Metrics()
-    outbox = make_outbox(config)
+    app_registry = registry or PolicyRegistry(config)
+    outbox = make_outbox(config, worker=worker)
     upstream_limits = UpstreamLimits()
     app[CONFIG] = config
-    app[REGISTRY] = registry or PolicyRegistry(config)
+    app[REGISTRY] = RegistryRef(app_registry)
     app[METRICS] = metrics
+    metrics.set_revision(app_registry.revision)
     app[OUTBOX] = outbox
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from relay.config import Config, ConfigError, default_config, load_config
 from relay.policy.compile import validate_policies
@@ -40,7 +42,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         _print_config_error(err)
         return 1
-    return serve(config, config_path=args.config)
+    return serve(config, config_path=args.config, worker=args.worker, pid_file=args.pid_file)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        pid = int(Path(args.pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        print(f"relay reload: cannot signal the relay via {args.pid_file}: {exc}", file=sys.stderr)
+        return 1
+    print(f"sent SIGHUP to {pid}; the relay validates the config before applying it")
+    return 0
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -66,7 +79,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument(
         "--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)"
     )
+    run.add_argument("--pid-file", help="write the process id here (for `relay reload`)")
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
+
+    reload = sub.add_parser("reload", help="ask a running relay to re-read its config (SIGHUP)")
+    reload.add_argument(
+        "--pid-file", required=True, help="the file given to `relay run --pid-file`"
+    )
+    reload.set_defaults(func=cmd_reload)
 
     check = sub.add_parser(
         "check-config", help="validate a config file; exit 1 listing every problem"

@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.config import Config
-from relay.policy.registry import PolicyRegistry
+from relay.policy.registry import RegistryRef
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
@@ -25,7 +25,7 @@ class State:
 
 
 CONFIG = web.AppKey("config", Config)
-REGISTRY = web.AppKey("registry", PolicyRegistry)
+REGISTRY = web.AppKey("registry", RegistryRef)
 METRICS = web.AppKey("metrics", Metrics)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 UPSTREAM_LIMITS = web.AppKey("upstream_limits", UpstreamLimits)

@@ -1,15 +1,29 @@
-"""Serving: the event loop, the listener, signals, and the start-up banner."""
+"""Serving: the event loop, the listener, signals, workers, and the start-up banner.
+
+`workers: 1` serves in this process. `workers: N` makes this process a small
+supervisor: it starts N worker processes that share the port (SO_REUSEPORT),
+restarts a worker that dies, forwards SIGHUP (reload) and SIGTERM (drain and
+stop) to all of them, and exits when they have stopped.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
 from relay.app import create_app
 from relay.config import Config
 from relay.logs import setup_logging
+from relay.services.reload import reload_config
 
 log = logging.getLogger("relay")
 
@@ -32,26 +46,128 @@ def banner(config: Config) -> str:
     project = config.projects[0] if config.projects else None
     project_id = project.id if project else 42
     key = project.keys[0] if project and project.keys else EXAMPLE_KEY
-    lines = [
-        f"relay listening on http://{shown}:{config.listen.port}",
-        f"upstream: {config.upstream.url if config.upstream.url.startswith('file://') else config.upstream.url.split('@')[-1]}",
-        f"example DSN: http://{key}@{shown}:{config.listen.port}/{project_id}",
-    ]
-    return "\n".join(lines)
+    upstream = config.upstream.url
+    if not upstream.startswith("file://"):
+        upstream = upstream.split("@")[-1]
+    workers = f" ({config.workers} workers)" if config.workers > 1 else ""
+    return "\n".join(
+        [
+            f"relay listening on http://{shown}:{config.listen.port}{workers}",
+            f"upstream: {upstream}",
+            f"example DSN: http://{key}@{shown}:{config.listen.port}/{project_id}",
+        ]
+    )
 
 
-def serve(config: Config, *, config_path: str | None = None) -> int:
+def serve(
+    config: Config,
+    *,
+    config_path: str | None = None,
+    worker: int | None = None,
+    pid_file: str | None = None,
+) -> int:
     setup_logging(config.log.level, config.log.format)
+    if worker is None:
+        print(banner(config), flush=True)
+        if pid_file:
+            Path(pid_file).write_text(f"{os.getpid()}\n")
+        if config.workers > 1:
+            return Supervisor(config, config_path).run()
+    return serve_worker(config, config_path=config_path, worker=worker)
+
+
+def serve_worker(config: Config, *, config_path: str | None, worker: int | None) -> int:
     _install_uvloop()
-    app = create_app(config)
-    print(banner(config), flush=True)
+    app = create_app(config, worker=worker)
+
+    async def sighup(app: web.Application) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
+        yield
+        loop.remove_signal_handler(signal.SIGHUP)
+
+    app.cleanup_ctx.append(sighup)
     web.run_app(
         app,
         host=config.listen.host,
         port=config.listen.port,
+        reuse_port=worker is not None,
         shutdown_timeout=config.shutdown_timeout,
         print=None,
         access_log=None,
         handle_signals=True,
     )
     return 0
+
+
+class Supervisor:
+    """Keeps `config.workers` worker processes running.
+
+    Parameters:
+        config: the validated config (for `workers` and `shutdown_timeout`).
+        config_path: passed on to the workers, which load it themselves.
+    """
+
+    def __init__(self, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self.restarts: dict[int, list[float]] = {}
+        self._stopping = False
+        self._reload = False
+
+    def _spawn(self, index: int) -> None:
+        args = [sys.executable, "-m", "relay", "run", "--worker", str(index)]
+        if self.config_path:
+            args += ["--config", self.config_path]
+        self.children[index] = subprocess.Popen(args)
+        log.info("worker %d started (pid %d)", index, self.children[index].pid)
+
+    def _on_stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self._reload = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        for index in range(self.config.workers):
+            self._spawn(index)
+        while not self._stopping:
+            time.sleep(0.1)
+            if self._reload:
+                self._reload = False
+                for child in self.children.values():
+                    child.send_signal(signal.SIGHUP)
+            for index, child in list(self.children.items()):
+                code = child.poll()
+                if code is None or self._stopping:
+                    continue
+                recent = [t for t in self.restarts.get(index, []) if time.monotonic() - t < 60]
+                delay = min(30.0, 0.5 * 2 ** len(recent)) if len(recent) > 3 else 0.0
+                log.error(
+                    "worker %d exited with %s; restarting%s",
+                    index,
+                    code,
+                    f" in {delay:.0f}s" if delay else "",
+                )
+                if delay:
+                    time.sleep(delay)
+                self.restarts[index] = [*recent, time.monotonic()]
+                self._spawn(index)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        for child in self.children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.config.shutdown_timeout + 5
+        for child in self.children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        return 0

@@ -119,6 +119,10 @@ def dec_hook(tp: type, obj: Any) -> Any:
 def enc_hook(obj: Any) -> Any:
     if isinstance(obj, Secret):
         return "**********"
+    if isinstance(obj, ByteSize):
+        return int(obj)
+    if isinstance(obj, Duration):
+        return float(obj)
     raise NotImplementedError(f"cannot encode {type(obj)!r}")
 
 

@@ -9,7 +9,7 @@ allowed for this project).
 from __future__ import annotations
 
 import fnmatch
-import itertools
+import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
@@ -17,8 +17,6 @@ from functools import lru_cache
 from relay.config import Config, ProjectConfig
 from relay.policy.compile import CompiledPolicy, compile_policy
 from relay.policy.targets import Target, resolve_target
-
-_revisions = itertools.count(1)
 
 
 class Denied(Enum):
@@ -32,7 +30,7 @@ class ProjectPolicy:
     config: ProjectConfig | None
     policy: CompiledPolicy
     upstream_url: str
-    revision: int
+    revision: str
     allowed_origins: tuple[str, ...] = field(default=())
 
     def target(self, public_key: str) -> Target:
@@ -64,7 +62,7 @@ class PolicyRegistry:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.revision = next(_revisions)
+        self.revision = config_revision(config)
         self.org_policy = compile_policy(config, None)
         self._projects: dict[int, ProjectPolicy] = {}
         for project in config.projects:
@@ -103,3 +101,19 @@ class PolicyRegistry:
             )
             self._unknown[project_id] = policy
         return policy
+
+
+def config_revision(config: Config) -> str:
+    """A short hash of the effective config: equal on every worker that loaded the same file."""
+    import msgspec
+
+    from relay.config.base import enc_hook
+
+    return hashlib.sha256(msgspec.json.encode(config, enc_hook=enc_hook)).hexdigest()[:12]
+
+
+class RegistryRef:
+    """The registry in force; a reload swaps `current` in one assignment."""
+
+    def __init__(self, registry: PolicyRegistry) -> None:
+        self.current = registry

@@ -97,6 +97,13 @@ class Metrics:
         self.spool_oldest_seconds = Gauge(
             "relay_spool_oldest_seconds", "Age of the oldest unsent spooled envelope.", registry=r
         )
+        self.config_reloads = Counter(
+            "relay_config_reloads", "Config reloads by result.", ["result"], registry=r
+        )
+        self.config_info = Gauge(
+            "relay_config_info", "The config revision in force (label).", ["revision"], registry=r
+        )
+        self._revision: str | None = None
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
@@ -105,6 +112,12 @@ class Metrics:
         category = str(outcome.category)
         self.items.labels(category, outcome.kind.value, outcome.reason).inc()
         self.item_quantity.labels(category, outcome.kind.value).inc(outcome.quantity)
+
+    def set_revision(self, revision: str) -> None:
+        if self._revision is not None:
+            self.config_info.remove(self._revision)
+        self._revision = revision
+        self.config_info.labels(revision).set(1)
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

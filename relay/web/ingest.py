@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from relay.keys import CONFIG, INGEST, OUTBOX, REGISTRY, STATE
+from relay.keys import INGEST, OUTBOX, REGISTRY, STATE
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
@@ -63,7 +63,7 @@ def _auth(
 
 
 def _resolve(request: web.Request, project_id: int, auth: Auth) -> ProjectPolicy:
-    found = request.app[REGISTRY].resolve(project_id, auth.public_key)
+    found = request.app[REGISTRY].current.resolve(project_id, auth.public_key)
     if isinstance(found, Denied):
         raise Forbidden(found.value)
     if not found.origin_allowed(request.headers.get("Origin")):
@@ -79,7 +79,7 @@ def _check_ready(request: web.Request) -> None:
 
 
 async def _body(request: web.Request) -> bytes:
-    limits = request.app[CONFIG].limits
+    limits = request.app[REGISTRY].current.config.limits
     return await read_body(
         request,
         max_bytes=limits.max_request_bytes,
@@ -141,7 +141,9 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
         pass  # tunnel mode: the key may be in the envelope header
     body = await _body(request)
     try:
-        envelope = parse_envelope(body, max_items=request.app[CONFIG].limits.max_envelope_items)
+        envelope = parse_envelope(
+            body, max_items=request.app[REGISTRY].current.config.limits.max_envelope_items
+        )
     except EnvelopeError as exc:
         raise BadRequest(f"invalid envelope: {exc}") from None
     dsn = envelope.headers.get("dsn")
@@ -176,13 +178,16 @@ async def store_endpoint(request: web.Request) -> web.Response:
     if request.content_type == "application/x-sentry-envelope":
         # Sentry accepts envelopes on the store endpoint too.
         try:
-            envelope = parse_envelope(body, max_items=request.app[CONFIG].limits.max_envelope_items)
+            envelope = parse_envelope(
+                body, max_items=request.app[REGISTRY].current.config.limits.max_envelope_items
+            )
         except EnvelopeError as exc:
             raise BadRequest(f"invalid envelope: {exc}") from None
         return await _submit(request, envelope, project_id, auth, project)
     try:
         event = decode_store_body(
-            body, max_decompressed=request.app[CONFIG].limits.max_decompressed_bytes
+            body,
+            max_decompressed=request.app[REGISTRY].current.config.limits.max_decompressed_bytes,
         )
     except StoreError as exc:
         if getattr(exc, "too_large", False):

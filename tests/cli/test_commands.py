@@ -48,7 +48,9 @@ def test_check_config_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "ok" in capsys.readouterr().out
 
 
-def test_check_config_reports_every_problem_with_its_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_reports_every_problem_with_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "relay.yml"
     path.write_text(INVALID)
     assert main(["check-config", str(path)]) == 1
@@ -60,14 +62,20 @@ def test_check_config_reports_every_problem_with_its_path(tmp_path: Path, capsys
 
 def test_check_config_semantic_problems(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "relay.yml"
-    path.write_text(INVALID.replace("hots: x", "host: 127.0.0.1").replace("lots", "1MiB").replace("    polcy: {}\n", ""))
+    path.write_text(
+        INVALID.replace("hots: x", "host: 127.0.0.1")
+        .replace("lots", "1MiB")
+        .replace("    polcy: {}\n", "")
+    )
     assert main(["check-config", str(path)]) == 1
     err = capsys.readouterr().err
     assert "upstream.url: must start with http://, https:// or file://" in err
     assert "projects[1].upstream_dsn: not a valid DSN" in err
 
 
-def test_check_config_yaml_syntax_and_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_yaml_syntax_and_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "relay.yml"
     path.write_text("listen: {port: 3000\n")
     assert main(["check-config", str(path)]) == 1
@@ -94,7 +102,11 @@ def test_run_on_embedded_defaults_writes_outbox_and_stops_on_sigterm(tmp_path: P
     env = {**os.environ, "RELAY_LISTEN_PORT": str(port)}
     env.pop("RELAY_CONFIG", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "-m", "relay", "run"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         _wait_for_port(port, proc)

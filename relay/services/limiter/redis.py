@@ -5,6 +5,9 @@ called by SHA (`EVALSHA`) and loaded on `NOSCRIPT`, e.g. after Redis restarted.
 
 Batching: checks that arrive in the same event-loop iteration leave in one pipeline,
 one `EVALSHA` per check (per slot in Cluster mode), so a burst costs one round trip.
+One pipeline is in flight at a time per limiter; checks arriving meanwhile wait for
+it and leave together in the next one. This keeps the order of one process's checks
+the same on every node, and batches grow by themselves when Redis is slow.
 
 Key layout and Redis Cluster. Keys are hash-tagged per counter owner:
 `{relay:q:<quota>:<scope_id>}:...` for quotas, `{relay:b:<budget>:<scope_id>}:...` for
@@ -183,10 +186,15 @@ class RedisLimiter(BaseLimiter):
         return await job.future
 
     async def _flush(self) -> None:
-        jobs, self._pending = self._pending, []
-        self._flush_scheduled = False
-        if not jobs:
-            return
+        """Send pending checks, one pipeline at a time; what arrives meanwhile goes next."""
+        try:
+            while self._pending:
+                jobs, self._pending = self._pending, []
+                await self._run(jobs)
+        finally:
+            self._flush_scheduled = False
+
+    async def _run(self, jobs: list[_Job]) -> None:
         calls = [call for job in jobs for call in job.calls]
         try:
             results = await self._eval(calls)

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from relay.app import create_app
+from tests.support.relay import make_config
+from tests.support.upstream import RecordingUpstream
+
+RelayFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> tuple[RecordingUpstream, TestServer]:
+    recorder = RecordingUpstream()
+    server = await aiohttp_server(recorder.app)
+    return recorder, server
+
+
+@pytest.fixture
+def recorder(upstream: tuple[RecordingUpstream, TestServer]) -> RecordingUpstream:
+    return upstream[0]
+
+
+@pytest.fixture
+def upstream_url(upstream: tuple[RecordingUpstream, TestServer]) -> str:
+    return str(upstream[1].make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def relay_factory(aiohttp_client: Any, upstream_url: str) -> RelayFactory:
+    async def make(**overrides: Any) -> TestClient:
+        config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
+        return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory) -> TestClient:
+    return await relay_factory()

@@ -1,0 +1,146 @@
+"""Real relay processes: SIGHUP reload, workers under a supervisor, SIGKILL under load."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.support.process import RelayProcess
+from tests.support.upstream import RecordingUpstream, Reply
+
+KEY = "abc123def4567890abc123def4567890"
+KEY2 = "22222222222222222222222222222222"
+
+
+def envelope(n: int) -> bytes:
+    event_id = f"{n:032x}"
+    return (
+        orjson.dumps({"event_id": event_id})
+        + b'\n{"type":"event"}\n'
+        + orjson.dumps({"message": f"m{n}"})
+        + b"\n"
+    )
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, key: str = KEY) -> int:
+    async with session.post(f"{url}/api/42/envelope/?sentry_key={key}", data=body) as resp:
+        await resp.read()
+        return resp.status
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RelayProcess]]:
+    started: list[RelayProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
+
+
+def base_config(upstream_url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "upstream": {"url": upstream_url, "retry_base_s": 0.05, "retry_max_s": 0.2},
+        "projects": [{"id": 42, "keys": [KEY]}],
+        "shutdown_timeout": 5,
+        **extra,
+    }
+
+
+async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
+    tmp_path: Path, upstream_url: str, processes: list[RelayProcess]
+) -> None:
+    relay = RelayProcess(tmp_path, base_config(upstream_url))
+    processes.append(relay)
+    await asyncio.to_thread(relay.start)
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, relay.url, envelope(1), KEY2) == 403
+        config = base_config(upstream_url)
+        config["projects"] = [{"id": 42, "keys": [KEY, KEY2]}]
+        relay.write_config({**config, "listen": {"host": "127.0.0.1", "port": relay.port}})
+        relay.signal(signal.SIGHUP)
+        for _ in range(100):
+            if await post(session, relay.url, envelope(2), KEY2) == 200:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("reload did not apply")
+        relay.config_path.write_text("projects: [{id: 42, keys: oops}]\nlisten: {port: 1}\n")
+        relay.signal(signal.SIGHUP)
+        await asyncio.sleep(0.5)
+        assert await post(session, relay.url, envelope(3), KEY2) == 200
+        async with session.get(f"{relay.url}/metrics") as resp:
+            text = await resp.text()
+        assert 'relay_config_reloads_total{result="ok"} 1.0' in text
+        assert 'relay_config_reloads_total{result="invalid"} 1.0' in text
+    assert relay.stop() == 0
+
+
+async def test_workers_share_the_port_and_a_killed_worker_is_restarted(
+    tmp_path: Path, upstream_url: str, recorder: RecordingUpstream, processes: list[RelayProcess]
+) -> None:
+    relay = RelayProcess(tmp_path, base_config(upstream_url, workers=2))
+    processes.append(relay)
+    await asyncio.to_thread(relay.start)
+    async with asyncio.timeout(10):
+        while len(relay.children()) < 2:
+            await asyncio.sleep(0.05)
+    first = relay.children()
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(*(post(session, relay.url, envelope(n)) for n in range(40)))
+        assert set(statuses) == {200}
+        await recorder.wait_for(40)
+        os.kill(first[0], signal.SIGKILL)
+        async with asyncio.timeout(15):
+            while True:
+                kids = relay.children()
+                if len(kids) == 2 and first[0] not in kids:
+                    break
+                await asyncio.sleep(0.05)
+        statuses = await asyncio.gather(
+            *(post(session, relay.url, envelope(n)) for n in range(100, 140))
+        )
+        assert set(statuses) == {200}
+    await recorder.wait_for(80)
+    assert relay.stop() == 0
+
+
+async def test_sigkill_under_load_loses_no_acknowledged_envelope(
+    tmp_path: Path, upstream: Any, recorder: RecordingUpstream, processes: list[RelayProcess]
+) -> None:
+    upstream_url = str(upstream[1].make_url("")).rstrip("/")
+    recorder.answer(*[Reply(200, delay=0.02)] * 1000)
+    config = base_config(upstream_url, spool={"path": str(tmp_path / "spool"), "durable": True})
+    config["upstream"]["concurrency"] = 2
+    relay = RelayProcess(tmp_path, config)
+    processes.append(relay)
+    await asyncio.to_thread(relay.start)
+    acknowledged: set[str] = set()
+
+    async def send(session: aiohttp.ClientSession, n: int) -> None:
+        try:
+            if await post(session, relay.url, envelope(n)) == 200:
+                acknowledged.add(f"{n:032x}")
+        except (TimeoutError, aiohttp.ClientError):
+            pass
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        tasks = [asyncio.create_task(send(session, n)) for n in range(400)]
+        deadline = time.monotonic() + 10
+        while len(acknowledged) < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        relay.kill()
+        await asyncio.gather(*tasks)
+    assert len(acknowledged) >= 100
+    await asyncio.to_thread(relay.start)
+    async with asyncio.timeout(30):
+        while not acknowledged <= {e.event_id for e in recorder.envelopes}:
+            await asyncio.sleep(0.1)
+    assert relay.stop() == 0
