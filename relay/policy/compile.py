@@ -8,16 +8,18 @@ configs that try).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from relay.config import Config, PolicyConfig, Problem, ProjectConfig
-from relay.processing.pipeline import (
-    FilterStage,
-    FingerprintStage,
-    Limits,
-    SamplingStage,
-    ScrubStage,
-)
+from relay.config.noise import ShadowConfig, validate_shadow
+from relay.processing.filters import compile_filters, validate_filters, validate_trusted_proxies
+from relay.processing.fingerprint import compile_fingerprinting, validate_fingerprinting
+from relay.processing.pipeline import FilterStage, FingerprintStage, Limits, SamplingStage, ScrubStage
+from relay.processing.sampling import compile_sampling, validate_sampling
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -29,23 +31,63 @@ class CompiledPolicy:
     filters: FilterStage | None = None
     sampler: SamplingStage | None = None
     fingerprinter: FingerprintStage | None = None
+    shadow: ShadowConfig | None = None
 
 
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:
     org = config.policy
     proj: PolicyConfig | None = project.policy if project is not None else None
-    del proj
     limits = Limits(
         max_event_bytes=config.limits.max_event_bytes,
         max_attachment_bytes=config.limits.max_attachment_bytes,
     )
-    del org
-    return CompiledPolicy(limits=limits)
+    sampling_rules = [*org.sampling, *(proj.sampling if proj else [])]
+    fingerprint_text = proj.fingerprinting if proj else ""
+    normalize = bool(org.normalize_messages) or bool(proj and proj.normalize_messages)
+    fingerprinter = None
+    if org.fingerprinting.strip() or fingerprint_text.strip() or normalize:
+        fingerprinter = compile_fingerprinting(org.fingerprinting, fingerprint_text, normalize)
+    return CompiledPolicy(
+        limits=limits,
+        filters=compile_filters(org.filters, proj.filters if proj else None, config.listen.trusted_proxies),
+        sampler=compile_sampling(org.sampling, proj.sampling if proj else []) if sampling_rules else None,
+        fingerprinter=fingerprinter,
+        shadow=(proj.shadow if proj and proj.shadow else org.shadow),
+    )
+
+
+def _prefixed(prefix: str, problems: Sequence[Problem]) -> list[Problem]:
+    out = []
+    for p in problems:
+        if not p.path:
+            path = prefix
+        elif p.path.startswith("["):
+            path = prefix + p.path
+        else:
+            path = f"{prefix}.{p.path}"
+        out.append(Problem(path, p.message))
+    return out
+
+
+def _check(prefix: str, value: T | None, fn: Callable[[T], Sequence[Problem]]) -> list[Problem]:
+    return [] if value is None else _prefixed(prefix, fn(value))
+
+
+def _validate_policy(prefix: str, policy: PolicyConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    problems += _check(f"{prefix}.filters", policy.filters, validate_filters)
+    problems += _prefixed(f"{prefix}.sampling", validate_sampling(policy.sampling))
+    if policy.fingerprinting.strip():
+        problems += _prefixed(f"{prefix}.fingerprinting", validate_fingerprinting(policy.fingerprinting))
+    problems += _check(f"{prefix}.shadow", policy.shadow, validate_shadow)
+    return problems
 
 
 def validate_policies(config: Config) -> list[Problem]:
     """Semantic checks of the org policy and of each project's additions."""
-    return []
-
-
-__all__ = ["CompiledPolicy", "compile_policy", "validate_policies"]
+    problems = _prefixed("listen.trusted_proxies", validate_trusted_proxies(config.listen.trusted_proxies))
+    problems += _validate_policy("policy", config.policy)
+    for i, project in enumerate(config.projects):
+        if project.policy is not None:
+            problems += _validate_policy(f"projects[{i}].policy", project.policy)
+    return problems

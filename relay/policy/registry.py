@@ -17,6 +17,7 @@ from functools import lru_cache
 from relay.config import Config, ProjectConfig
 from relay.policy.compile import CompiledPolicy, compile_policy
 from relay.policy.targets import Target, resolve_target
+from relay.processing.filters import parse_networks
 
 
 class Denied(Enum):
@@ -63,6 +64,7 @@ class PolicyRegistry:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.revision = config_revision(config)
+        self.trusted_proxies = parse_networks(config.listen.trusted_proxies)
         self.org_policy = compile_policy(config, None)
         self._projects: dict[int, ProjectPolicy] = {}
         for project in config.projects:

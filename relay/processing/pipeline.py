@@ -4,8 +4,9 @@
                 and sampling                       -> outcomes: invalid, filtered, sampled
     (the caller consults quotas and cached upstream limits: IO, not here)
     drop_categories()                              -> outcome: rate_limited
-    finish()    fingerprint rules, then the PII scrubber over every remaining item and
-                the envelope header; events re-serialized once
+    finish()    the PII scrubber over every remaining item and the envelope header,
+                then fingerprint rules (built from scrubbed values); events
+                re-serialized once
 
 An event that is dropped takes its envelope's attachments and user reports with
 it, as Sentry does. Every dropped item yields exactly one `Outcome`.
@@ -46,10 +47,30 @@ class FilterStage(Protocol):
     ) -> Decision | None: ...
 
 
+class SampleStage(Protocol):
+    """A sampling decision: `keep` false means the item would be dropped."""
+
+    @property
+    def keep(self) -> bool: ...
+
+    @property
+    def rule(self) -> str: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+
 class SamplingStage(Protocol):
     def decide(
         self, event: dict[str, Any], item_type: str, envelope_headers: dict[str, Any]
-    ) -> Decision | None: ...
+    ) -> SampleStage | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Sampled:
+    rule: str | None
+    dry_run: bool
+    reason: str = "sampling_rule"
 
 
 class FingerprintStage(Protocol):
@@ -207,8 +228,8 @@ def _decide(
             return OutcomeKind.FILTERED, hit
     if sampler is not None:
         sample = sampler.decide(event, work.type, headers)
-        if sample is not None:
-            return OutcomeKind.SAMPLED, sample
+        if sample is not None and not sample.keep:
+            return OutcomeKind.SAMPLED, _Sampled(sample.rule, sample.dry_run)
     return None
 
 
@@ -275,17 +296,18 @@ def finish(
     scrubber: ScrubStage | None,
     fingerprinter: FingerprintStage | None = None,
 ) -> Envelope:
-    """Fingerprint and scrub what is kept; return the envelope to forward."""
+    """Scrub and fingerprint what is kept; return the envelope to forward."""
     envelope = prepared.envelope
     envelope.items = [w.item for w in prepared.kept]
     parsed: set[int] = set()
     for index, work in enumerate(prepared.kept):
         if work.event is None:
             continue
-        if fingerprinter is not None and work.type == "event" and fingerprinter.apply(work.event):
-            work.dirty = True
+        # Scrub first: fingerprints and titles are then built from scrubbed values only.
         if scrubber is not None:
             scrubber.scrub_event(work.event, work.type)
+            work.dirty = True
+        if fingerprinter is not None and work.type == "event" and fingerprinter.apply(work.event) is not None:
             work.dirty = True
         if work.dirty:
             work.item.set_payload(orjson.dumps(work.event))

@@ -15,6 +15,7 @@ from relay.keys import INGEST, OUTBOX, REGISTRY, STATE
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
+from relay.processing.filters import resolve_client_ip
 from relay.protocol.auth import Auth, AuthError, extract_auth
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.ratelimit_header import format_rate_limits
@@ -92,7 +93,9 @@ def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContex
     return RequestContext(
         project_id=project_id,
         public_key=auth.public_key,
-        client_ip=request.remote,
+        client_ip=resolve_client_ip(
+            request.remote, request.headers.get("X-Forwarded-For"), request.app[REGISTRY].current.trusted_proxies
+        ),
         user_agent=request.headers.get("User-Agent"),
     )
 

@@ -34,6 +34,13 @@ async def test_corpus_envelope_reaches_upstream(
     resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
     assert resp.status == 200, await resp.text()
     assert (await resp.json()) == {"id": sent.event_id}
+    if path.stem == "transaction-healthz":
+        # Dropped by the default health-check filter: still a 200, so the SDK does not retry.
+        metrics = await (await relay.get("/metrics")).text()
+        assert 'relay_items_total{category="transaction",outcome="filtered",reason="health-check"} 1.0' in metrics
+        await asyncio.sleep(0.05)
+        assert recorder.received == []
+        return
     await recorder.wait_for(1)
     (received,) = recorder.received
     assert received.path == "/api/42/envelope/"
