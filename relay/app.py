@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import msgspec
 from aiohttp import web
 
 from relay.config import Config
@@ -23,6 +24,7 @@ from relay.keys import (
     METRICS,
     OUTBOX,
     REGISTRY,
+    SHADOW,
     STATE,
     UPSTREAM_LIMITS,
     State,
@@ -32,11 +34,16 @@ from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
 from relay.services.outbox import MemoryOutbox, Outbox
+from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import health, ingest
 from relay.web.cors import cors_middleware
 from relay.web.errors import Handler, error_middleware
+
+#: The shadow queue is small: copies beyond it are dropped (counted), never waited for.
+SHADOW_QUEUE_ITEMS = 1000
+SHADOW_QUEUE_BYTES = 64 * 1024 * 1024
 
 #: aiohttp must not inflate bodies itself: our streaming decompressor enforces the caps.
 HANDLER_ARGS = {"auto_decompress": False}
@@ -106,15 +113,26 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
             lambda: float(spool.corrupt_records),
         )
     app[FORWARDER] = forwarder
+    shadow_forwarder = Forwarder(
+        app[SHADOW].outbox,
+        app[HTTP_SESSION],
+        msgspec.structs.replace(config.upstream, max_attempts=2, outage_after=3, gzip=True),
+        UpstreamLimits(),
+        metrics.shadow_outcomes,
+        metrics,
+        concurrency=2,
+    )
     metrics.add_gauge_callback(
         "relay_upstream_up",
         "1 while the upstream answers, 0 during an outage.",
         lambda: float(forwarder.upstream_up),
     )
     forwarder.start()
+    shadow_forwarder.start()
     app[STATE].started.set()
     yield
     app[STATE].draining = True
+    await shadow_forwarder.stop()
     await forwarder.drain(config.shutdown_timeout)
 
 
@@ -163,7 +181,9 @@ def create_app(
     app[OUTBOX] = outbox
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()
-    app[INGEST] = Ingest(outbox, upstream_limits, metrics)
+    shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
+    app[SHADOW] = shadow
+    app[INGEST] = Ingest(outbox, upstream_limits, metrics, shadow)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_forwarder)

@@ -13,6 +13,7 @@ from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox
+from relay.services.shadow import Shadow
 from relay.services.upstream_limits import UpstreamLimits
 
 
@@ -33,3 +34,4 @@ HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 INGEST = web.AppKey("ingest", Ingest)
 STATE = web.AppKey("state", State)
+SHADOW = web.AppKey("shadow", Shadow)

@@ -12,8 +12,10 @@ forwarder. Only the scrubbed, serialized envelope reaches the outbox.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
+from relay.policy.compile import CompiledPolicy
 from relay.policy.registry import ProjectPolicy
 from relay.policy.targets import Target
 from relay.processing import pipeline
@@ -22,6 +24,15 @@ from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
 from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
+
+
+class ShadowSink(Protocol):
+    def mirror(
+        self,
+        envelope_headers: dict[str, Any],
+        drops: list[pipeline.Dropped],
+        policy: CompiledPolicy,
+    ) -> None: ...
 
 
 @dataclass
@@ -51,11 +62,16 @@ class Ingest:
     """
 
     def __init__(
-        self, outbox: Outbox, upstream_limits: UpstreamLimits, outcomes: OutcomeSink
+        self,
+        outbox: Outbox,
+        upstream_limits: UpstreamLimits,
+        outcomes: OutcomeSink,
+        shadow: ShadowSink | None = None,
     ) -> None:
         self.outbox = outbox
         self.upstream_limits = upstream_limits
         self.outcomes = outcomes
+        self.shadow = shadow
 
     async def submit(
         self, envelope: Envelope, ctx: RequestContext, project: ProjectPolicy
@@ -81,6 +97,8 @@ class Ingest:
         for dropped in prepared.dropped:
             if not dropped.dry_run:
                 self.outcomes.emit(dropped.outcome)
+        if self.shadow is not None and prepared.dropped and policy.shadow is not None:
+            self.shadow.mirror(envelope.headers, prepared.dropped, policy)
 
         if not prepared.kept:
             kinds = {d.outcome.kind for d in prepared.dropped if not d.dry_run}

@@ -104,6 +104,10 @@ class Metrics:
             "relay_config_info", "The config revision in force (label).", ["revision"], registry=r
         )
         self._revision: str | None = None
+        self.shadow_deliveries = Counter(
+            "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], registry=r
+        )
+        self.shadow_outcomes = _ShadowOutcomes(self.shadow_deliveries)
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
@@ -154,3 +158,13 @@ class _CallbackCounter(Collector):
 
     def describe(self):  # type: ignore[no-untyped-def]
         return []
+
+
+class _ShadowOutcomes:
+    """Outcomes of shadow copies are not item outcomes: counted on their own."""
+
+    def __init__(self, counter: Counter) -> None:
+        self.counter = counter
+
+    def emit(self, outcome: Outcome) -> None:
+        self.counter.labels(outcome.kind.value).inc()

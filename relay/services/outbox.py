@@ -64,7 +64,7 @@ class MemoryOutbox:
         self.max_bytes = max_bytes
         self._queue: deque[OutboxEntry] = deque()
         self._bytes = 0
-        self._not_empty = asyncio.Condition()
+        self._wake = asyncio.Event()
         self._in_flight = 0
 
     def __len__(self) -> int:
@@ -83,18 +83,20 @@ class MemoryOutbox:
         return len(self._queue) < self.max_items and self._bytes + size <= self.max_bytes
 
     async def put(self, entry: OutboxEntry) -> None:
+        self.put_nowait(entry)
+
+    def put_nowait(self, entry: OutboxEntry) -> None:
         if not self.has_room(len(entry.body)):
             raise OutboxFull
         self._queue.append(entry)
         self._bytes += len(entry.body)
-        async with self._not_empty:
-            self._not_empty.notify()
+        self._wake.set()
 
     async def get(self) -> OutboxEntry:
-        async with self._not_empty:
-            while not self._queue:
-                await self._not_empty.wait()
-            entry = self._queue.popleft()
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        entry = self._queue.popleft()
         self._bytes -= len(entry.body)
         self._in_flight += 1
         return entry

@@ -166,10 +166,11 @@ class BaseLimiter:
         #: How long a full counter is believed without asking the store again;
         #: None: until its window ends (exact whenever counters never shrink).
         self.full_cache_s: float | None = None
-        #: Checks decided without the store because it failed (`relay_redis_errors_total`).
+        #: Store failures (`relay_redis_errors_total`): checks decided without the store,
+        #: and refunds that could not be made.
         self.redis_errors = 0
-        self._spike: dict[tuple[str, int, int, float], _SpikeEntry] = {}
-        self._spike_loading: dict[tuple[str, int, int, float, int], asyncio.Future[int]] = {}
+        self._spike: dict[tuple[str, int, int, float, int], _SpikeEntry] = {}
+        self._spike_loading: dict[tuple[str, int, int, float, int, int], asyncio.Future[int]] = {}
         self._spike_rejected: dict[tuple[int, str], int] = {}
 
     # -- backend interface ------------------------------------------------------------
@@ -282,7 +283,7 @@ class BaseLimiter:
         if consumed:
             return
         if decisive is None:  # the store said no, yet every counter fits: be safe
-            decisive = next(c for c in demand.counters if c.gating)
+            decisive = next((c for c in demand.counters if c.gating), demand.counters[0])
             decisive_full = False
         if decisive.quota is None:
             self._spike_rejected[(scope.project_id, demand.category)] = math.floor(now / 3600)
@@ -312,7 +313,7 @@ class BaseLimiter:
         """This hour's threshold for a project and category (computed once per hour)."""
         now = self._clock() if now is None else now
         hour = math.floor(now / 3600)
-        ident = (category, project_id, spike.floor_per_hour, spike.multiplier)
+        ident = (category, project_id, spike.floor_per_hour, spike.multiplier, spike.history_hours)
         entry = self._spike.get(ident)
         if entry is not None and entry.hour == hour:
             return entry.threshold

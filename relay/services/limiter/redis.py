@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -131,6 +132,7 @@ class RedisLimiter(BaseLimiter):
         clock: Unix seconds; windows, retry times and spike hours follow it.
         on_error: "allow" or "reject" when Redis fails.
         prefix: first part of every key (inside the hash tag).
+        helpers: further clients closed with this limiter (Sentinel connections).
     """
 
     def __init__(
@@ -140,9 +142,11 @@ class RedisLimiter(BaseLimiter):
         clock: Clock = time.time,
         on_error: str = "allow",
         prefix: str = "relay",
+        helpers: Sequence[Redis] = (),
     ) -> None:
         super().__init__(clock=clock, on_error=on_error, prefix=prefix)
         self._client = client
+        self._helpers = list(helpers)
         self._cluster = isinstance(client, RedisCluster)
         if self._cluster:
             # Counters can shrink here (refunds), so "full" is re-checked now and then.
@@ -155,7 +159,8 @@ class RedisLimiter(BaseLimiter):
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, *, clock: Clock = time.time) -> RedisLimiter:
-        return cls(connect(cfg), clock=clock, on_error=cfg.on_error, prefix=cfg.prefix)
+        client, helpers = connect(cfg)
+        return cls(client, clock=clock, on_error=cfg.on_error, prefix=cfg.prefix, helpers=helpers)
 
     # -- health -----------------------------------------------------------------------
 
@@ -190,7 +195,12 @@ class RedisLimiter(BaseLimiter):
         try:
             while self._pending:
                 jobs, self._pending = self._pending, []
-                await self._run(jobs)
+                try:
+                    await self._run(jobs)
+                except Exception as exc:  # never leave a check waiting
+                    for job in jobs:
+                        if not job.future.done():
+                            job.future.set_exception(LimiterUnavailable(repr(exc)))
         finally:
             self._flush_scheduled = False
 
@@ -204,28 +214,32 @@ class RedisLimiter(BaseLimiter):
                     job.future.set_exception(exc)
             return
         refunds: list[tuple[str, int]] = []
+        outcomes: list[tuple[_Job, Any]] = []
         pos = 0
         for job in jobs:
             job_results = results[pos : pos + len(job.calls)]
             pos += len(job.calls)
-            failed = next((r for r in job_results if isinstance(r, BaseException)), None)
-            if failed is not None:
-                error = (
-                    self._failed(failed)
-                    if _is_outage(failed)
-                    else LimiterUnavailable(f"redis answered an error: {failed}")
-                )
-                if not job.future.done():
-                    job.future.set_exception(error)
-                continue
             answers, job_refunds = _assemble(job, job_results)
             refunds.extend(job_refunds)
-            if not job.future.done():
-                job.future.set_result(answers)
+            failed = next((r for r in job_results if isinstance(r, BaseException)), None)
+            if failed is None:
+                outcomes.append((job, answers))
+            elif _is_outage(failed):
+                outcomes.append((job, self._failed(failed)))
+            else:
+                outcomes.append((job, LimiterUnavailable(f"redis answered an error: {failed}")))
         if refunds:
+            # Before answering, so that a caller never sees a reservation being undone.
             for key, _ in refunds:
                 self.active_limits.discard(key)
             await self._refund(refunds)
+        for job, outcome in outcomes:
+            if job.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                job.future.set_exception(outcome)
+            else:
+                job.future.set_result(outcome)
 
     async def _refund(self, refunds: list[tuple[str, int]]) -> None:
         by_slot: dict[int, _Call] = {}
@@ -299,6 +313,8 @@ class RedisLimiter(BaseLimiter):
                 job.future.set_exception(LimiterUnavailable("limiter closed"))
         self._pending = []
         await self._client.aclose()
+        for helper in self._helpers:
+            await helper.aclose()
 
 
 def _is_outage(exc: BaseException) -> bool:
@@ -309,11 +325,19 @@ def _is_outage(exc: BaseException) -> bool:
 def _assemble(
     job: _Job, results: list[Any]
 ) -> tuple[list[tuple[bool, list[int]]], list[tuple[str, int]]]:
-    """Per demand: consumed in every slot?, values before; and what to refund."""
+    """Per demand: consumed in every slot?, values before; and what to refund.
+
+    A call that failed counts as rejecting each of its groups, so what the job's other
+    calls consumed is given back.
+    """
     consumed = [True] * len(job.demands)
     values = [[0] * len(d.counters) for d in job.demands]
     taken: list[list[tuple[str, int]]] = [[] for _ in job.demands]
     for call, flat in zip(job.calls, results, strict=True):
+        if isinstance(flat, BaseException):
+            for d, _ in call.groups:
+                consumed[d] = False
+            continue
         pos = 0
         key_pos = 0
         for d, indices in call.groups:
@@ -335,8 +359,9 @@ def _assemble(
     return list(zip(consumed, values, strict=True)), refunds
 
 
-def connect(cfg: RedisConfig) -> Client:
-    """A redis-py asyncio client for `cfg.mode`; it connects lazily on first use.
+def connect(cfg: RedisConfig) -> tuple[Client, list[Redis]]:
+    """A redis-py asyncio client for `cfg.mode` (connecting lazily on first use), and
+    the helper clients to close with it (the sentinels).
 
     Sentinel: `url` lists the sentinels, `redis://[:password@]h1:26379,h2:26379/0`;
     the password (and db) apply to the master named by `sentinel_master`.
@@ -348,7 +373,7 @@ def connect(cfg: RedisConfig) -> Client:
         "retry": Retry(NoBackoff(), 1),
     }
     if cfg.mode == "cluster":
-        return RedisCluster.from_url(url, **options)
+        return RedisCluster.from_url(url, **options), []
     if cfg.mode == "sentinel":
         parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
         userinfo, _, hosts = parts.netloc.rpartition("@")
@@ -370,5 +395,5 @@ def connect(cfg: RedisConfig) -> Client:
             **options,
         )
         master: Redis = sentinel.master_for(cfg.sentinel_master or "mymaster")
-        return master
-    return Redis.from_url(url, **options)
+        return master, list(sentinel.sentinels)
+    return Redis.from_url(url, **options), []

@@ -1,0 +1,164 @@
+"""Shadow mode: what the relay drops is mirrored, scrubbed and tagged, to a shadow project.
+
+For each request, the dropped items whose reason is listed in `shadow.reasons`
+(and every dry-run hit, which is not dropped at all) are:
+
+1. sampled (`sample_rate`) and capped (`max_per_minute`, a token bucket),
+2. tagged `relay.dropped_reason` / `relay.rule` (and `relay.dry_run`),
+3. scrubbed with the project's own policy — the shadow copy leaves the process
+   only through the same scrubber as everything else,
+4. queued on the shadow's own bounded outbox, drained by its own forwarder.
+
+`put` never waits: a full shadow queue drops the copy (counted), so a slow or
+failing shadow upstream never delays or fails the primary path. Each mirrored
+item counts once as outcome `shadowed`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import orjson
+
+from relay.config.noise import ShadowConfig
+from relay.outcomes import Outcome, OutcomeKind, OutcomeSink
+from relay.policy.compile import CompiledPolicy
+from relay.policy.targets import resolve_target
+from relay.processing.filters import tag_for_shadow
+from relay.processing.pipeline import Dropped
+from relay.protocol.envelope import Envelope, Item
+from relay.services.ingest import route_to
+from relay.services.outbox import MemoryOutbox, OutboxEntry, OutboxFull
+
+log = logging.getLogger("relay.shadow")
+
+
+def shadow_reason(outcome: Outcome) -> str:
+    """The `shadow.reasons` word for a drop."""
+    if outcome.kind is OutcomeKind.RATE_LIMITED:
+        if outcome.reason == "spike_protection":
+            return "spike_protection"
+        return "rate_limited"
+    return outcome.kind.value
+
+
+def wanted(cfg: ShadowConfig, drop: Dropped) -> bool:
+    if drop.dry_run:
+        return True
+    reason = shadow_reason(drop.outcome)
+    if reason in cfg.reasons:
+        return True
+    # `quota` names drops decided by a configured quota (not spikes or upstream limits).
+    return (
+        "quota" in cfg.reasons
+        and drop.outcome.kind is OutcomeKind.RATE_LIMITED
+        and drop.outcome.rule is not None
+        and reason == "rate_limited"
+    )
+
+
+class _Bucket:
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(max(per_minute, 1))
+        self.tokens = self.capacity
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Shadow:
+    """Builds and queues shadow copies.
+
+    Parameters:
+        outbox: the shadow's own bounded queue (drained by its own forwarder).
+        outcomes: where `shadowed` is counted.
+    """
+
+    def __init__(self, outbox: MemoryOutbox, outcomes: OutcomeSink) -> None:
+        self.outbox = outbox
+        self.outcomes = outcomes
+        self.dropped_copies = 0
+        self._buckets: dict[tuple[str, int], _Bucket] = {}
+
+    def _bucket(self, cfg: ShadowConfig) -> _Bucket:
+        key = (cfg.dsn, cfg.max_per_minute)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(cfg.max_per_minute)
+        return bucket
+
+    def mirror(
+        self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy
+    ) -> None:
+        """Queue a scrubbed, tagged copy of `drops` (call before the primary path mutates payloads)."""
+        cfg = policy.shadow
+        if cfg is None or policy.scrubber is None:
+            return  # never mirror what could not be scrubbed
+        chosen = [d for d in drops if wanted(cfg, d)]
+        if not chosen:
+            return
+        if cfg.sample_rate < 1.0 and random.random() >= cfg.sample_rate:
+            return
+        bucket = self._bucket(cfg)
+        if not bucket.take():
+            self.dropped_copies += 1
+            return
+        items: list[Item] = []
+        events: set[int] = set()
+        for drop in chosen:
+            work = drop.work
+            event = work.event
+            if event is not None and drop.dry_run:
+                loaded = orjson.loads(work.item.payload)  # the kept item must stay untouched
+                event = loaded if isinstance(loaded, dict) else None
+            headers = {k: v for k, v in work.item.headers.items() if k != "length"}
+            if event is not None:
+                tag_for_shadow(
+                    event,
+                    shadow_reason(drop.outcome),
+                    drop.outcome.rule or drop.outcome.reason,
+                    dry_run=drop.dry_run,
+                )
+                policy.scrubber.scrub_event(event, work.type)
+                events.add(len(items))
+                items.append(Item(headers, orjson.dumps(event)))
+            else:
+                items.append(Item(headers, work.item.payload))
+        header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
+        copy = Envelope(header, items)
+        policy.scrubber.scrub_envelope(copy, skip=frozenset(events))
+        target = resolve_target("", cfg.dsn, 0, "")
+        route_to(copy, target, "")
+        entry = OutboxEntry(
+            target=target,
+            body=copy.serialize(),
+            project_id=int(target.dsn.project_id) if target.dsn else 0,
+            quantities=[(d.work.category, d.work.quantity()) for d in chosen],
+            event_id=copy.event_id,
+        )
+        if not self.outbox.has_room(len(entry.body)):
+            self.dropped_copies += 1
+            return
+        try:
+            self.outbox.put_nowait(entry)
+        except OutboxFull:
+            self.dropped_copies += 1
+            return
+        for drop in chosen:
+            o = drop.outcome
+            self.outcomes.emit(
+                Outcome(
+                    OutcomeKind.SHADOWED, o.reason, o.category, o.quantity, o.project_id, o.rule
+                )
+            )
