@@ -21,6 +21,7 @@ from relay.keys import (
     FORWARDER,
     HTTP_SESSION,
     INGEST,
+    LIMITER,
     METRICS,
     OUTBOX,
     REGISTRY,
@@ -32,12 +33,13 @@ from relay.keys import (
 from relay.policy.registry import PolicyRegistry, RegistryRef
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
+from relay.services.limiter import create_limiter
 from relay.services.metrics import Metrics
 from relay.services.outbox import MemoryOutbox, Outbox
 from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
-from relay.web import health, ingest
+from relay.web import admin, health, ingest
 from relay.web.cors import cors_middleware
 from relay.web.errors import Handler, error_middleware
 
@@ -88,6 +90,19 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
     yield
     if isinstance(outbox, DiskSpool):
         await outbox.close()
+
+
+async def _limiter(app: web.Application) -> AsyncIterator[None]:
+    limiter = create_limiter(app[CONFIG].redis)
+    app[LIMITER] = limiter
+    app[INGEST].limiter = limiter
+    app[METRICS].add_counter_callback(
+        "relay_redis_errors",
+        "Failed Redis calls of the limiter.",
+        lambda: float(limiter.redis_errors),
+    )
+    yield
+    await limiter.close()
 
 
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
@@ -186,8 +201,10 @@ def create_app(
     app[INGEST] = Ingest(outbox, upstream_limits, metrics, shadow)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_forwarder)
     app.on_shutdown.append(_on_shutdown)
     health.add_routes(app, with_metrics=config.listen.metrics is None)
     ingest.add_routes(app)
+    admin.add_routes(app)
     return app

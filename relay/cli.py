@@ -69,6 +69,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    from relay.usage import print_usage
+
+    try:
+        config = _load(args.config)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    return print_usage(config, as_json=args.json)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="relay", description="Sentry-compatible event relay and scrubbing proxy."
@@ -94,6 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
+
+    usage = sub.add_parser("usage", help="print quota, budget and spike-protection usage per scope")
+    usage.add_argument(
+        "--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)"
+    )
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    usage.set_defaults(func=cmd_usage)
 
     args = parser.parse_args(argv)
     return int(args.func(args))

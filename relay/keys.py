@@ -11,6 +11,7 @@ from relay.config import Config
 from relay.policy.registry import RegistryRef
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
+from relay.services.limiter import Limiter
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox
 from relay.services.shadow import Shadow
@@ -35,3 +36,4 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 INGEST = web.AppKey("ingest", Ingest)
 STATE = web.AppKey("state", State)
 SHADOW = web.AppKey("shadow", Shadow)
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")

@@ -16,7 +16,20 @@ from relay.config import Config, PolicyConfig, Problem, ProjectConfig
 from relay.config.noise import ShadowConfig, validate_shadow
 from relay.processing.filters import compile_filters, validate_filters, validate_trusted_proxies
 from relay.processing.fingerprint import compile_fingerprinting, validate_fingerprinting
-from relay.processing.pipeline import FilterStage, FingerprintStage, Limits, SamplingStage, ScrubStage
+from relay.processing.pipeline import (
+    FilterStage,
+    FingerprintStage,
+    Limits,
+    SamplingStage,
+    ScrubStage,
+)
+from relay.processing.quotas import (
+    CompiledQuotas,
+    compile_policy_quotas,
+    validate_budgets,
+    validate_quotas,
+    validate_spike_protection,
+)
 from relay.processing.sampling import compile_sampling, validate_sampling
 
 T = TypeVar("T")
@@ -32,6 +45,7 @@ class CompiledPolicy:
     sampler: SamplingStage | None = None
     fingerprinter: FingerprintStage | None = None
     shadow: ShadowConfig | None = None
+    quotas: CompiledQuotas = CompiledQuotas()
 
 
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:
@@ -49,10 +63,15 @@ def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPol
         fingerprinter = compile_fingerprinting(org.fingerprinting, fingerprint_text, normalize)
     return CompiledPolicy(
         limits=limits,
-        filters=compile_filters(org.filters, proj.filters if proj else None, config.listen.trusted_proxies),
-        sampler=compile_sampling(org.sampling, proj.sampling if proj else []) if sampling_rules else None,
+        filters=compile_filters(
+            org.filters, proj.filters if proj else None, config.listen.trusted_proxies
+        ),
+        sampler=compile_sampling(org.sampling, proj.sampling if proj else [])
+        if sampling_rules
+        else None,
         fingerprinter=fingerprinter,
         shadow=(proj.shadow if proj and proj.shadow else org.shadow),
+        quotas=compile_policy_quotas(org, proj),
     )
 
 
@@ -78,14 +97,23 @@ def _validate_policy(prefix: str, policy: PolicyConfig) -> list[Problem]:
     problems += _check(f"{prefix}.filters", policy.filters, validate_filters)
     problems += _prefixed(f"{prefix}.sampling", validate_sampling(policy.sampling))
     if policy.fingerprinting.strip():
-        problems += _prefixed(f"{prefix}.fingerprinting", validate_fingerprinting(policy.fingerprinting))
+        problems += _prefixed(
+            f"{prefix}.fingerprinting", validate_fingerprinting(policy.fingerprinting)
+        )
     problems += _check(f"{prefix}.shadow", policy.shadow, validate_shadow)
+    problems += _prefixed(f"{prefix}.quotas", validate_quotas(policy.quotas))
+    problems += _prefixed(f"{prefix}.budgets", validate_budgets(policy.budgets))
+    problems += _check(
+        f"{prefix}.spike_protection", policy.spike_protection, validate_spike_protection
+    )
     return problems
 
 
 def validate_policies(config: Config) -> list[Problem]:
     """Semantic checks of the org policy and of each project's additions."""
-    problems = _prefixed("listen.trusted_proxies", validate_trusted_proxies(config.listen.trusted_proxies))
+    problems = _prefixed(
+        "listen.trusted_proxies", validate_trusted_proxies(config.listen.trusted_proxies)
+    )
     problems += _validate_policy("policy", config.policy)
     for i, project in enumerate(config.projects):
         if project.policy is not None:

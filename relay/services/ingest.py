@@ -2,6 +2,7 @@
 
     prepare (parse, filters, sampling)          pure   relay.processing.pipeline
     cached upstream 429s, quotas                IO     upstream_limits, limiter
+    shadow copies of what was dropped           pure + queue  shadow
     finish (fingerprint, scrub)                 pure   relay.processing.pipeline
     rewrite routing headers, serialize, enqueue IO     outbox
 
@@ -20,8 +21,10 @@ from relay.policy.registry import ProjectPolicy
 from relay.policy.targets import Target
 from relay.processing import pipeline
 from relay.processing.context import RequestContext
+from relay.processing.quotas import Scoping
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
+from relay.services.limiter import REDIS_UNAVAILABLE, Limiter
 from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
 
@@ -49,6 +52,8 @@ class IngestResult:
     too_large: bool = False
     #: No room in the outbox: answer 503.
     overloaded: bool = False
+    #: Quotas could not be checked (`redis.on_error: reject`): answer 503.
+    store_unavailable: bool = False
     kept: int = 0
 
 
@@ -67,11 +72,53 @@ class Ingest:
         upstream_limits: UpstreamLimits,
         outcomes: OutcomeSink,
         shadow: ShadowSink | None = None,
+        limiter: Limiter | None = None,
     ) -> None:
         self.outbox = outbox
         self.upstream_limits = upstream_limits
         self.outcomes = outcomes
         self.shadow = shadow
+        self.limiter = limiter
+
+    async def _check_quotas(
+        self,
+        prepared: pipeline.Prepared,
+        ctx: RequestContext,
+        policy: CompiledPolicy,
+        result: IngestResult,
+    ) -> None:
+        """Quotas, budgets and spike protection: one limiter call for the whole envelope."""
+        assert self.limiter is not None
+        checked = await self.limiter.check(
+            Scoping(ctx.project_id, ctx.public_key),
+            list(prepared.quantities().items()),
+            policy.quotas,
+        )
+        rejected: dict[str, tuple[str, str | None]] = {}
+        for category, rejection in checked.rejected.items():
+            rejected[category] = (rejection.reason, rejection.quota_id)
+            if rejection.rate_limit not in result.rate_limits:
+                result.rate_limits.append(rejection.rate_limit)
+        if checked.rejected and all(
+            r.quota_id == REDIS_UNAVAILABLE for r in checked.rejected.values()
+        ):
+            result.store_unavailable = True
+        pipeline.drop_categories(prepared, rejected)
+        if checked.dry_run:
+            # Would-be drops: kept and forwarded, mirrored to the shadow project as dry-run.
+            hits = {hit.category: hit for hit in checked.dry_run}
+            for work in prepared.kept:
+                hit = next((hits[c] for c, _ in work.quantities if c in hits), None)
+                if hit is not None:
+                    outcome = Outcome(
+                        OutcomeKind.RATE_LIMITED,
+                        hit.reason,
+                        work.category,
+                        work.quantity(),
+                        ctx.project_id,
+                        hit.quota_id,
+                    )
+                    prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
 
     async def submit(
         self, envelope: Envelope, ctx: RequestContext, project: ProjectPolicy
@@ -93,6 +140,9 @@ class Ingest:
                 if limit not in result.rate_limits:
                     result.rate_limits.append(limit)
         pipeline.drop_categories(prepared, rejected)
+
+        if self.limiter is not None and policy.quotas and prepared.kept:
+            await self._check_quotas(prepared, ctx, policy, result)
 
         for dropped in prepared.dropped:
             if not dropped.dry_run:

@@ -13,7 +13,7 @@ Names (dashboards and alerts depend on them):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from relay.outcomes import Outcome
+from relay.services.limiter.core import UsageRow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -108,6 +109,21 @@ class Metrics:
             "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], registry=r
         )
         self.shadow_outcomes = _ShadowOutcomes(self.shadow_deliveries)
+        self.quota_used = Gauge(
+            "relay_quota_used",
+            "Quota usage in the current window.",
+            ["quota", "scope_id"],
+            registry=r,
+        )
+        self.quota_limit = Gauge(
+            "relay_quota_limit", "Quota limit.", ["quota", "scope_id"], registry=r
+        )
+        self.spike_active = Gauge(
+            "relay_spike_active",
+            "1 while spike protection drops items.",
+            ["project", "category"],
+            registry=r,
+        )
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
@@ -116,6 +132,25 @@ class Metrics:
         category = str(outcome.category)
         self.items.labels(category, outcome.kind.value, outcome.reason).inc()
         self.item_quantity.labels(category, outcome.kind.value).inc(outcome.quantity)
+
+    def set_usage(self, rows: Iterable[UsageRow]) -> None:
+        """Refresh the quota gauges from the limiter's usage rows (on scrape)."""
+        self.quota_used.clear()
+        self.quota_limit.clear()
+        self.spike_active.clear()
+        for row in rows:
+            if row.kind == "spike":
+                self.spike_active.labels(row.scope_id, row.category or "all").set(
+                    1 if row.active else 0
+                )
+                continue
+            quota = row.id if row.category is None else f"{row.id}:{row.category}"
+            self.quota_used.labels(quota, row.scope_id).set(
+                row.spend if row.spend is not None else row.used
+            )
+            self.quota_limit.labels(quota, row.scope_id).set(
+                row.amount if row.amount is not None else row.limit
+            )
 
     def set_revision(self, revision: str) -> None:
         if self._revision is not None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 
-from relay.keys import FORWARDER, METRICS, OUTBOX, STATE, UPSTREAM_LIMITS
+from relay.keys import FORWARDER, LIMITER, METRICS, OUTBOX, REGISTRY, STATE, UPSTREAM_LIMITS
+from relay.services.limiter import LimiterUnavailable
 from relay.services.metrics import CONTENT_TYPE
 from relay.services.spool import DiskSpool
+from relay.web.admin import usage_scopes
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -41,6 +45,15 @@ async def metrics(request: web.Request) -> web.Response:
     if isinstance(outbox, DiskSpool):
         m.spool_bytes.set(outbox.queued_bytes)
         m.spool_oldest_seconds.set(outbox.oldest_age())
+    limiter = app.get(LIMITER)
+    if limiter is not None:
+        try:
+            async with asyncio.timeout(1):
+                rows = await limiter.usage(usage_scopes(app[REGISTRY].current))
+        except (LimiterUnavailable, TimeoutError):
+            rows = None
+        if rows is not None:
+            m.set_usage(rows)
     return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
 
 

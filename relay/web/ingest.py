@@ -94,7 +94,9 @@ def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContex
         project_id=project_id,
         public_key=auth.public_key,
         client_ip=resolve_client_ip(
-            request.remote, request.headers.get("X-Forwarded-For"), request.app[REGISTRY].current.trusted_proxies
+            request.remote,
+            request.headers.get("X-Forwarded-For"),
+            request.app[REGISTRY].current.trusted_proxies,
         ),
         user_agent=request.headers.get("User-Agent"),
     )
@@ -111,6 +113,8 @@ def _respond(result: IngestResult) -> web.Response:
         raise ServiceUnavailable(
             "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
         )
+    if result.all_rate_limited and result.store_unavailable:
+        raise ServiceUnavailable("quotas cannot be checked right now", headers={"Retry-After": "1"})
     if result.all_rate_limited:
         raise TooManyRequests(
             "event submission rejected with_reason: rate limited", headers=headers

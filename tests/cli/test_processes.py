@@ -144,3 +144,48 @@ async def test_sigkill_under_load_loses_no_acknowledged_envelope(
         while not acknowledged <= {e.event_id for e in recorder.envelopes}:
             await asyncio.sleep(0.1)
     assert relay.stop() == 0
+
+
+async def test_two_relays_sharing_redis_accept_exactly_the_limit(
+    tmp_path: Path,
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    redis_server: Any,
+    processes: list[RelayProcess],
+) -> None:
+    limit = 25
+    policy = {
+        "quotas": [
+            {
+                "id": "shared",
+                "categories": ["error"],
+                "scope": "organization",
+                "limit": limit,
+                "window": 3600,
+            }
+        ]
+    }
+    relays = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        relay = RelayProcess(
+            tmp_path / name,
+            base_config(
+                upstream_url, policy=policy, redis={"url": redis_server.url, "prefix": "exact"}
+            ),
+        )
+        processes.append(relay)
+        relays.append(relay)
+    await asyncio.gather(*(asyncio.to_thread(r.start) for r in relays))
+    async with aiohttp.ClientSession() as session:
+        statuses = await asyncio.gather(
+            *(post(session, relays[n % 2].url, envelope(n)) for n in range(120))
+        )
+    assert statuses.count(200) == limit
+    assert statuses.count(429) == 120 - limit
+    await recorder.wait_for(limit)
+    # relay usage reads the shared counters from Redis.
+    from relay.cli import main
+
+    config_path = relays[0].config_path
+    assert await asyncio.to_thread(main, ["usage", "--config", str(config_path)]) == 0

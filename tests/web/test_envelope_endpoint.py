@@ -37,7 +37,10 @@ async def test_corpus_envelope_reaches_upstream(
     if path.stem == "transaction-healthz":
         # Dropped by the default health-check filter: still a 200, so the SDK does not retry.
         metrics = await (await relay.get("/metrics")).text()
-        assert 'relay_items_total{category="transaction",outcome="filtered",reason="health-check"} 1.0' in metrics
+        assert (
+            'relay_items_total{category="transaction",outcome="filtered",reason="health-check"} 1.0'
+            in metrics
+        )
         await asyncio.sleep(0.05)
         assert recorder.received == []
         return

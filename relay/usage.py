@@ -1,0 +1,99 @@
+"""`relay usage`: quota, budget and spike usage per scope.
+
+With `redis` configured the counters are read from Redis directly (they are
+shared by every replica). Without it they live inside the running relay, which
+is asked over HTTP (`GET /api/relay/usage/`, needs `admin.token`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import orjson
+
+from relay.config import Config
+from relay.policy.registry import PolicyRegistry
+from relay.services.limiter import LimiterUnavailable, create_limiter
+from relay.web.admin import row_to_json, usage_scopes
+
+
+async def _from_redis(config: Config) -> list[dict[str, Any]]:
+    limiter = create_limiter(config.redis)
+    try:
+        rows = await limiter.usage(usage_scopes(PolicyRegistry(config)))
+    finally:
+        await limiter.close()
+    return [row_to_json(r) for r in rows]
+
+
+def _from_http(config: Config) -> list[dict[str, Any]]:
+    token = config.admin.token
+    if token is None or not token.reveal():
+        raise RuntimeError(
+            "counters live in the running relay: set admin.token to read them over HTTP"
+        )
+    host = "127.0.0.1" if config.listen.host in ("0.0.0.0", "::") else config.listen.host
+    url = f"http://{host}:{config.listen.port}/api/relay/usage/"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.reveal()}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            data = orjson.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"the relay at {url} answered {exc.code}") from None
+    except OSError as exc:
+        raise RuntimeError(f"cannot reach the relay at {url}: {exc}") from None
+    rows: list[dict[str, Any]] = data["usage"]
+    return rows
+
+
+def _format(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no quotas, budgets or spike protection configured"
+    header = ("kind", "id", "scope", "scope id", "category", "used", "limit", "window ends")
+    lines = [header]
+    for r in rows:
+        end = r["window_end"]
+        ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end)) if end else "-"
+        used = (
+            f"{r['used']:.4f} {r['currency'] or ''}".strip()
+            if r["kind"] == "budget"
+            else str(r["used"])
+        )
+        limit = (
+            f"{r['limit']:.2f} {r['currency'] or ''}".strip()
+            if r["kind"] == "budget"
+            else str(r["limit"])
+        )
+        flags = (
+            " (dry run)"
+            if r["dry_run"]
+            else (" (active)" if r["active"] and r["kind"] == "spike" else "")
+        )
+        cat = r["category"] or ";".join(r["categories"]) or "all"
+        lines.append(
+            (r["kind"], r["id"] + flags, r["scope"], r["scope_id"], cat, used, limit, ends)
+        )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def print_usage(config: Config, *, as_json: bool = False) -> int:
+    try:
+        rows = asyncio.run(_from_redis(config)) if config.redis is not None else _from_http(config)
+    except (LimiterUnavailable, RuntimeError) as exc:
+        print(f"relay usage: {exc}", file=sys.stderr)
+        return 1
+    print(
+        orjson.dumps({"usage": rows}, option=orjson.OPT_INDENT_2).decode()
+        if as_json
+        else _format(rows)
+    )
+    return 0

@@ -1,0 +1,176 @@
+"""Redis Cluster with three masters on loopback: quotas stay exact across slots."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis.crc import key_slot
+
+from relay.processing.quotas import CompiledQuotas, Scoping
+from relay.services.limiter import LimitResult, create_limiter
+from tests.services.limiter.conftest import Clock, quotas, redis_config
+from tests.support.redis_server import RedisServer, free_port
+
+
+def _cluster_ok(port: int) -> bool:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "cluster", "info"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout
+    return "cluster_state:ok" in out
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[list[RedisServer]]:
+    assert shutil.which("redis-cli"), "redis-cli is needed to create the cluster"
+    nodes = [
+        RedisServer(
+            extra_args=[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+                # The bus port defaults to port + 10000, too high for ephemeral ports.
+                "--cluster-port",
+                str(free_port()),
+            ]
+        )
+        for _ in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            timeout=30,
+            check=True,
+        )
+        deadline = time.monotonic() + 15
+        while not all(_cluster_ok(n.port) for n in nodes):
+            assert time.monotonic() < deadline, "the cluster did not come up"
+            time.sleep(0.1)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.cleanup()
+
+
+def accepted(results: list[LimitResult]) -> int:
+    return sum(1 for r in results if not r.is_rejected("error"))
+
+
+async def test_quotas_exact_across_slots(cluster: list[RedisServer], clock: Clock) -> None:
+    """Each check touches three slots (org, project, key); one quota decides per phase.
+
+    When two quotas in different slots are both near their limit at once, a check can
+    be turned away by a reservation that is given back a moment later (documented in
+    `relay.services.limiter.redis`): never more than a limit, but possibly fewer. So
+    each phase here has one deciding quota, and every other counter must still end
+    exact, refunds included.
+    """
+    cfg = redis_config(cluster[0].url.removesuffix("/0"), mode="cluster")
+    one = create_limiter(cfg, clock=clock)
+    two = create_limiter(cfg, clock=clock)
+
+    def compiled(org: int, project: int) -> CompiledQuotas:
+        return quotas(
+            {"id": "org", "categories": ["error"], "limit": org, "window": 60},
+            {
+                "id": "proj",
+                "categories": ["error"],
+                "scope": "project",
+                "limit": project,
+                "window": 60,
+            },
+            {"id": "key", "categories": ["error"], "scope": "key", "limit": 10**6, "window": 60},
+        )
+
+    projects = [Scoping(p, f"key{p}") for p in range(1, 7)]
+    slots = {
+        key_slot(f"{{{cfg.prefix}:q:{tag}}}".encode())
+        for tag in ["org:default", *(f"proj:{s.project_id}" for s in projects), "key:key1"]
+    }
+    assert len(slots) == 8  # every counter owner in a slot of its own
+    try:
+        # Phase 1: each project's own quota decides; two processes, interleaved.
+        phase1 = compiled(org=10**6, project=10)
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).check(projects[i % 6], [("error", 1)], phase1)
+                for i in range(240)
+            )
+        )
+        for p in range(6):
+            assert accepted(results[p::6]) == 10, p
+        # The org and key counters gave back what the rejected checks had reserved.
+        rows = {
+            (r.id, r.scope_id): r.used for r in await one.usage([(s, phase1) for s in projects])
+        }
+        assert rows[("org", "default")] == 60
+        assert all(rows[("proj", str(s.project_id))] == 10 for s in projects)
+        assert all(rows[("key", s.public_key)] == 10 for s in projects)
+        # Phase 2: the org quota (same counter, now limit 75) decides: exactly 15 left.
+        phase2 = compiled(org=75, project=10**6)
+        fresh = [Scoping(p, f"key{p}") for p in range(7, 10)]
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).check(fresh[i % 3], [("error", 1)], phase2)
+                for i in range(90)
+            )
+        )
+        assert accepted(results) == 15
+        assert {r.rejected["error"].quota_id for r in results if r.limited} == {"org"}
+        rows = {(r.id, r.scope_id): r.used for r in await two.usage([(s, phase2) for s in fresh])}
+        assert rows[("org", "default")] == 75
+        assert sum(rows[("proj", str(s.project_id))] for s in fresh) == 15
+        assert sum(rows[("key", s.public_key)] for s in fresh) == 15
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_cluster_spike_and_budget(cluster: list[RedisServer], clock: Clock) -> None:
+    cfg = redis_config(cluster[1].url.removesuffix("/0"), mode="cluster")
+    limiter = create_limiter(cfg, clock=clock)
+    compiled = quotas(
+        budgets=[{"id": "money", "amount": 0.01, "prices": {"error": 0.001}}],
+        spike={"enabled": True, "floor_per_hour": 7, "multiplier": 2},
+    )
+    try:
+        results = await asyncio.gather(
+            *(limiter.check(Scoping(1, "k"), [("error", 1)], compiled) for _ in range(20))
+        )
+        assert accepted(results) == 7
+        # Checks 8-10 fit the budget but not the spike threshold (the budget takes them
+        # back); later ones fit neither, and the budget's longer window decides.
+        reasons = [r.rejected["error"].reason for r in results if r.limited]
+        assert reasons == ["spike_protection"] * 3 + ["money"] * 10
+        clock.advance(1)  # the budget looked full for a moment (see above)
+        results = await asyncio.gather(
+            *(limiter.check(Scoping(2, "k"), [("error", 1)], compiled) for _ in range(20))
+        )
+        assert accepted(results) == 3  # the budget: 10 errors in all
+        rows = await limiter.usage([(Scoping(1, "k"), compiled), (Scoping(2, "k"), compiled)])
+        budget = next(r for r in rows if r.kind == "budget")
+        assert budget.spend == pytest.approx(0.01) and budget.used == budget.limit
+        spikes = sorted((r.scope_id, r.used, r.limit) for r in rows if r.kind == "spike")
+        assert spikes == [("1", 7, 7), ("2", 3, 7)]
+    finally:
+        await limiter.close()

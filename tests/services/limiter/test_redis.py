@@ -1,0 +1,244 @@
+"""Redis-only behaviour: several processes, outages, script reloads, batching."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from relay.processing.quotas import CategoryDemand, CompiledQuotas, Scoping
+from relay.services.limiter import LimitResult, create_limiter
+from relay.services.limiter.redis import RedisLimiter, _Call, connect
+from tests.services.limiter.conftest import Clock, quotas, redis_config
+from tests.support.redis_server import RedisServer, free_port
+
+P42 = Scoping(project_id=42, public_key="abc")
+ERRORS_5 = quotas(
+    {"id": "n", "categories": ["error"], "scope": "project", "limit": 5, "window": 60}
+)
+PROBE = quotas({"id": "probe", "categories": ["error"], "limit": 10**9, "window": 60})
+
+
+def accepted(results: list[LimitResult]) -> int:
+    return sum(1 for r in results if not r.is_rejected("error"))
+
+
+async def checks(limiter: Any, n: int, compiled: CompiledQuotas = ERRORS_5) -> list[LimitResult]:
+    return [await limiter.check(P42, [("error", 1)], compiled) for _ in range(n)]
+
+
+async def wait_until_up(limiter: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not (await limiter.check(P42, [("error", 1)], PROBE)).store_error:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the limiter did not reconnect")
+
+
+async def test_two_processes_share_one_exact_budget(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    cfg = redis_config(redis_server.url)
+    one = create_limiter(cfg, clock=clock)
+    two = create_limiter(cfg, clock=clock)
+    compiled = quotas({"id": "shared", "categories": ["error"], "limit": 137, "window": 60})
+    try:
+        results = await asyncio.gather(
+            *(
+                (one if i % 2 else two).check(Scoping(i % 3, f"k{i % 5}"), [("error", 1)], compiled)
+                for i in range(600)
+            )
+        )
+        assert accepted(results) == 137
+        # Both saw rejections, and both now answer from their own cache.
+        assert (
+            sum(r.limited for r in results[0::2]) > 0 and sum(r.limited for r in results[1::2]) > 0
+        )
+        rows = await one.usage([(P42, compiled)])
+        assert [(r.used, r.limit) for r in rows] == [(137, 137)]
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_concurrent_checks_share_pipelines(redis_server: RedisServer, clock: Clock) -> None:
+    class Counting(RedisLimiter):
+        pipelines = 0
+
+        async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
+            self.pipelines += 1
+            return await super()._pipeline_eval(calls)
+
+    cfg = redis_config(redis_server.url)
+    limiter = Counting(connect(cfg)[0], clock=clock, prefix=cfg.prefix)
+    compiled = quotas({"id": "many", "limit": 10**6, "window": 60})
+    try:
+        await limiter.check(P42, [("error", 1)], compiled)  # loads the script
+        before = limiter.pipelines
+        results = await asyncio.gather(
+            *(limiter.check(P42, [("error", 1), ("span", 3)], compiled) for _ in range(500))
+        )
+        assert not any(r.limited for r in results)
+        assert limiter.pipelines - before <= 3
+        (err, span) = sorted(
+            (r.category or "", r.used) for r in await limiter.usage([(P42, compiled)])
+        )
+        assert err == ("error", 501) and span == ("span", 1500)
+    finally:
+        await limiter.close()
+
+
+async def test_script_is_reloaded_after_script_flush(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    limiter = create_limiter(redis_config(redis_server.url), clock=clock)
+    admin = Redis.from_url(redis_server.url)
+    try:
+        assert accepted(await checks(limiter, 2)) == 2
+        await admin.script_flush()
+        assert accepted(await checks(limiter, 5)) == 3
+        assert limiter.redis_errors == 0
+    finally:
+        await admin.aclose()
+        await limiter.close()
+
+
+@pytest.mark.parametrize("on_error", ["allow", "reject"])
+async def test_redis_killed_mid_run(fresh_redis: RedisServer, clock: Clock, on_error: str) -> None:
+    limiter = create_limiter(redis_config(fresh_redis.url, on_error=on_error), clock=clock)
+    try:
+        assert accepted(await checks(limiter, 3)) == 3
+        fresh_redis.stop()
+        down = await checks(limiter, 10)
+        assert all(r.store_error for r in down)
+        assert limiter.redis_errors == 10
+        if on_error == "allow":
+            assert accepted(down) == 10
+        else:
+            assert accepted(down) == 0
+            rejection = down[0].rejected["error"]
+            assert rejection.reason == "redis_unavailable"
+            assert rejection.quota_id == "redis_unavailable"
+            assert rejection.rate_limit.reason == "redis_unavailable"
+            assert rejection.rate_limit.retry_after == 1.0
+        fresh_redis.start()  # same port, empty: the counters start over
+        await wait_until_up(limiter)
+        errors = limiter.redis_errors
+        results = await asyncio.gather(
+            *(limiter.check(P42, [("error", 1)], ERRORS_5) for _ in range(40))
+        )
+        assert accepted(results) == 5
+        assert not any(r.store_error for r in results)
+        assert limiter.redis_errors == errors
+    finally:
+        await limiter.close()
+
+
+async def test_full_counters_need_no_redis(fresh_redis: RedisServer, clock: Clock) -> None:
+    limiter = create_limiter(redis_config(fresh_redis.url, on_error="allow"), clock=clock)
+    try:
+        assert accepted(await checks(limiter, 6)) == 5
+        fresh_redis.stop()
+        result = await limiter.check(P42, [("error", 1)], ERRORS_5)
+        assert result.rejected["error"].quota_id == "n" and not result.store_error
+        assert limiter.redis_errors == 0
+        # `limit: 0` needs no Redis either.
+        blocked = quotas({"id": "off", "categories": ["replay"], "limit": 0})
+        result = await limiter.check(P42, [("replay", 1)], blocked)
+        assert result.rejected["replay"].quota_id == "off" and not result.store_error
+        assert limiter.redis_errors == 0
+        clock.advance(60)  # the window ends: the cache lets go, Redis is asked (and is down)
+        result = await limiter.check(P42, [("error", 1)], ERRORS_5)
+        assert not result.limited and result.store_error
+    finally:
+        await limiter.close()
+
+
+async def test_spike_history_read_failure_follows_on_error(
+    fresh_redis: RedisServer, clock: Clock
+) -> None:
+    limiter = create_limiter(redis_config(fresh_redis.url, on_error="reject"), clock=clock)
+    compiled = quotas(spike={"enabled": True, "floor_per_hour": 5, "multiplier": 2})
+    try:
+        fresh_redis.stop()
+        result = await limiter.check(P42, [("error", 1)], compiled)
+        assert result.rejected["error"].reason == "redis_unavailable"
+        fresh_redis.start()
+        await wait_until_up(limiter)
+        results = [await limiter.check(P42, [("error", 1)], compiled) for _ in range(8)]
+        assert accepted(results) == 5
+    finally:
+        await limiter.close()
+
+
+def test_demands_are_grouped_per_slot_only_in_cluster_mode() -> None:
+    from relay.processing.quotas import plan_check
+    from relay.services.limiter.redis import _build_calls
+
+    compiled = quotas(
+        {"id": "a", "limit": 5, "window": 60},
+        {"id": "b", "scope": "project", "limit": 5, "window": 60},
+        {"id": "c", "scope": "key", "limit": 5, "window": 60, "mode": "dry_run"},
+    )
+    demands: list[CategoryDemand] = plan_check(compiled, P42, [("error", 1), ("span", 2)], 0.0)
+    (single,) = _build_calls(demands, "relay", cluster=False)
+    assert len(single.keys) == 6
+    assert single.args[:3] == ["c", 2, 3]
+    assert single.args[3:6] == [5, 1, 120]
+    assert single.args[9:12] == [-1, 1, 120]  # dry run: counted, never rejects
+    per_slot = _build_calls(demands, "relay", cluster=True)
+    assert len(per_slot) == 3
+    assert all(len(call.groups) == 2 for call in per_slot)
+
+
+@pytest.fixture
+def sentinel(fresh_redis: RedisServer) -> Iterator[int]:
+    """A real redis-sentinel watching `fresh_redis` as master `relay-main`; yields its port."""
+    port = free_port()
+    conf = fresh_redis.dir / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {fresh_redis.dir}\n"
+        f"sentinel monitor relay-main 127.0.0.1 {fresh_redis.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [fresh_redis.binary, str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-sentinel did not start"
+                time.sleep(0.02)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def test_sentinel_mode_finds_the_master(sentinel: int, clock: Clock) -> None:
+    cfg = redis_config(
+        f"redis://127.0.0.1:{sentinel}/0", mode="sentinel", sentinel_master="relay-main"
+    )
+    limiter = create_limiter(cfg, clock=clock)
+    try:
+        results = await asyncio.gather(
+            *(limiter.check(P42, [("error", 1)], ERRORS_5) for _ in range(20))
+        )
+        assert accepted(results) == 5
+        assert not any(r.store_error for r in results)
+    finally:
+        await limiter.close()

@@ -1,0 +1,216 @@
+"""Spend control through the HTTP path: quotas, partial drops, headers, usage, Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import sentry_sdk
+from aiohttp.test_utils import TestClient
+
+from tests.support.redis_server import RedisServer
+from tests.support.relay import KEY, auth_header
+from tests.support.upstream import RecordingUpstream
+
+CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
+
+
+def event(n: int) -> bytes:
+    return (
+        orjson.dumps({"event_id": f"{n:032x}"})
+        + b'\n{"type":"event"}\n'
+        + orjson.dumps({"message": f"boom {n}"})
+        + b"\n"
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    if request.param == "memory":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return {"redis": {"url": server.url, "prefix": f"t{id(request)}"}}
+
+
+def quota_policy(**quota: Any) -> dict[str, Any]:
+    base = {
+        "id": "errors-per-minute",
+        "categories": ["error"],
+        "scope": "project",
+        "limit": 3,
+        "window": 60,
+        "reason": "too_many_errors",
+    }
+    return {"quotas": [{**base, **quota}]}
+
+
+async def test_project_quota_rejects_past_the_limit(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    relay: TestClient = await relay_factory(policy=quota_policy(), **backend)
+    statuses = [
+        (await relay.post("/api/42/envelope/", data=event(n), headers=auth_header())).status
+        for n in range(3)
+    ]
+    assert statuses == [200, 200, 200]
+    resp = await relay.post("/api/42/envelope/", data=event(9), headers=auth_header())
+    assert resp.status == 429
+    seconds, categories, scope, reason = resp.headers["X-Sentry-Rate-Limits"].split(":")
+    assert (categories, scope, reason) == ("error", "project", "too_many_errors")
+    assert 1 <= int(seconds) <= 60
+    assert int(resp.headers["Retry-After"]) >= 1
+    # Other categories are not limited.
+    tx = await relay.post(
+        "/api/42/envelope/",
+        data=(CORPUS / "transaction-checkout.envelope").read_bytes(),
+        headers=auth_header(),
+    )
+    assert tx.status == 200
+    await recorder.wait_for(4)
+    metrics = await (await relay.get("/metrics")).text()
+    assert (
+        'relay_items_total{category="error",outcome="rate_limited",reason="too_many_errors"} 1.0'
+        in metrics
+    )
+
+
+async def test_partial_drop_forwards_the_rest(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    policy = {
+        "quotas": [
+            {
+                "id": "attachment-bytes",
+                "categories": ["attachment"],
+                "scope": "project",
+                "limit": 10,
+                "window": 3600,
+            }
+        ]
+    }
+    relay: TestClient = await relay_factory(policy=policy, **backend)
+    resp = await relay.post(
+        "/api/42/envelope/",
+        data=(CORPUS / "error-with-attachment.envelope").read_bytes(),
+        headers=auth_header(),
+    )
+    assert resp.status == 200
+    assert resp.headers["X-Sentry-Rate-Limits"].split(":")[1:3] == ["attachment", "project"]
+    await recorder.wait_for(1)
+    assert [i.type for i in recorder.envelopes[0].items] == ["event"]
+
+
+async def test_limit_zero_rejects_everything(relay_factory: Any, backend: dict[str, Any]) -> None:
+    relay: TestClient = await relay_factory(policy=quota_policy(limit=0, categories=[]), **backend)
+    resp = await relay.post("/api/42/envelope/", data=event(1), headers=auth_header())
+    assert resp.status == 429
+
+
+async def test_key_scope_counts_per_key(relay_factory: Any, recorder: RecordingUpstream) -> None:
+    other = "33333333333333333333333333333333"
+    relay: TestClient = await relay_factory(
+        policy=quota_policy(scope="key", limit=1), projects=[{"id": 42, "keys": [KEY, other]}]
+    )
+    assert (
+        await relay.post("/api/42/envelope/", data=event(1), headers=auth_header(KEY))
+    ).status == 200
+    assert (
+        await relay.post("/api/42/envelope/", data=event(2), headers=auth_header(KEY))
+    ).status == 429
+    assert (
+        await relay.post("/api/42/envelope/", data=event(3), headers=auth_header(other))
+    ).status == 200
+
+
+async def test_sdk_honours_the_rate_limit_header(
+    relay_factory: Any, recorder: RecordingUpstream
+) -> None:
+    relay: TestClient = await relay_factory(policy=quota_policy(limit=1))
+    sentry_sdk.init(
+        dsn=f"http://{KEY}@127.0.0.1:{relay.port}/42",
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        traces_sample_rate=1.0,
+    )
+    try:
+        for n in range(3):
+            sentry_sdk.capture_message(f"first burst {n}")
+            await asyncio.to_thread(sentry_sdk.flush, 5)
+        rejected_before = _requests(await (await relay.get("/metrics")).text(), "429")
+        assert rejected_before == 1  # one accepted, one answered 429, the third never sent
+        for n in range(5):
+            sentry_sdk.capture_message(f"after the limit {n}")
+        with sentry_sdk.start_transaction(name="/still-allowed"):
+            pass
+        await asyncio.to_thread(sentry_sdk.flush, 5)
+        await recorder.wait_for(2)
+        # The SDK stopped sending errors: no further 429, and the transaction still went through.
+        assert _requests(await (await relay.get("/metrics")).text(), "429") == 1
+    finally:
+        await asyncio.to_thread(sentry_sdk.get_client().close, 2)
+    messages = [
+        orjson.loads(i.payload).get("message")
+        for e in recorder.envelopes
+        for i in e.items
+        if i.type == "event"
+    ]
+    assert messages == ["first burst 0"]
+    assert [i.type for e in recorder.envelopes for i in e.items].count("transaction") == 1
+
+
+def _requests(metrics: str, status: str) -> int:
+    total = 0
+    for line in metrics.splitlines():
+        if line.startswith(f'relay_requests_total{{endpoint="envelope",status="{status}"}}'):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+async def test_usage_endpoint_needs_the_admin_token(
+    relay_factory: Any, backend: dict[str, Any]
+) -> None:
+    relay: TestClient = await relay_factory(
+        policy=quota_policy(), admin={"token": "s3cret-token"}, **backend
+    )
+    await relay.post("/api/42/envelope/", data=event(1), headers=auth_header())
+    assert (await relay.get("/api/relay/usage/")).status == 401
+    assert (
+        await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer wrong"})
+    ).status == 401
+    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
+    assert resp.status == 200
+    rows = (await resp.json())["usage"]
+    row = next(r for r in rows if r["id"] == "errors-per-minute" and r["scope_id"] == "42")
+    assert (row["used"], row["limit"]) == (1, 3)
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_quota_used{quota="errors-per-minute",scope_id="42"} 1.0' in metrics
+    assert "s3cret-token" not in metrics
+
+
+@pytest.mark.parametrize("on_error", ["allow", "reject"])
+async def test_redis_down_then_back(
+    relay_factory: Any, fresh_redis: RedisServer, recorder: RecordingUpstream, on_error: str
+) -> None:
+    relay: TestClient = await relay_factory(
+        policy=quota_policy(limit=100), redis={"url": fresh_redis.url, "on_error": on_error}
+    )
+    assert (
+        await relay.post("/api/42/envelope/", data=event(1), headers=auth_header())
+    ).status == 200
+    fresh_redis.stop()
+    down = (await relay.post("/api/42/envelope/", data=event(2), headers=auth_header())).status
+    assert down == (200 if on_error == "allow" else 503)
+    metrics = await (await relay.get("/metrics")).text()
+    assert "relay_redis_errors_total" in metrics
+    fresh_redis.start()
+    for n in range(100):
+        status = (
+            await relay.post("/api/42/envelope/", data=event(100 + n), headers=auth_header())
+        ).status
+        if status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200
