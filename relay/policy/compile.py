@@ -9,7 +9,7 @@ configs that try).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from relay.config import Config, PolicyConfig, Problem, ProjectConfig
@@ -45,7 +45,7 @@ class CompiledPolicy:
     sampler: SamplingStage | None = None
     fingerprinter: FingerprintStage | None = None
     shadow: ShadowConfig | None = None
-    quotas: CompiledQuotas = CompiledQuotas()
+    quotas: CompiledQuotas = field(default_factory=CompiledQuotas)
 
 
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:
