@@ -31,6 +31,7 @@ from relay.keys import (
     State,
 )
 from relay.policy.registry import PolicyRegistry, RegistryRef
+from relay.services.client_reports import ClientReports
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.limiter import create_limiter
@@ -144,9 +145,13 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     )
     forwarder.start()
     shadow_forwarder.start()
+    reports = ClientReports(outbox, config.upstream.client_reports_interval)
+    app[INGEST].client_reports = reports
+    reports.start()
     app[STATE].started.set()
     yield
     app[STATE].draining = True
+    await reports.stop()
     await shadow_forwarder.stop()
     await forwarder.drain(config.shutdown_timeout)
 

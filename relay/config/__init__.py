@@ -79,6 +79,8 @@ class UpstreamConfig(Section, frozen=True):
     probe_max_s: Duration = Duration(30)
     #: Compress request bodies sent upstream.
     gzip: bool = True
+    #: Seconds between client reports telling the upstream what the relay dropped (0: off).
+    client_reports_interval: Duration = Duration(60)
     #: In-memory outbox bounds; the relay answers 503 when they are reached.
     outbox_max_items: int = 10000
     outbox_max_bytes: ByteSize = ByteSize(256 * 1024 * 1024)

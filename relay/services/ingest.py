@@ -24,6 +24,7 @@ from relay.processing.context import RequestContext
 from relay.processing.quotas import Scoping
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
+from relay.services.client_reports import ClientReports
 from relay.services.limiter import REDIS_UNAVAILABLE, Limiter
 from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
@@ -73,12 +74,14 @@ class Ingest:
         outcomes: OutcomeSink,
         shadow: ShadowSink | None = None,
         limiter: Limiter | None = None,
+        client_reports: ClientReports | None = None,
     ) -> None:
         self.outbox = outbox
         self.upstream_limits = upstream_limits
         self.outcomes = outcomes
         self.shadow = shadow
         self.limiter = limiter
+        self.client_reports = client_reports
 
     async def _check_quotas(
         self,
@@ -147,6 +150,8 @@ class Ingest:
         for dropped in prepared.dropped:
             if not dropped.dry_run:
                 self.outcomes.emit(dropped.outcome)
+                if self.client_reports is not None:
+                    self.client_reports.record(target, dropped.outcome)
         if self.shadow is not None and prepared.dropped and policy.shadow is not None:
             self.shadow.mirror(envelope.headers, prepared.dropped, policy)
 

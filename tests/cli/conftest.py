@@ -31,7 +31,7 @@ def upstream_url(upstream: tuple[RecordingUpstream, TestServer]) -> str:
 
 
 @pytest.fixture
-def relay_factory(aiohttp_client: Any, upstream_url: str) -> RelayFactory:
+def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
     async def make(**overrides: Any) -> TestClient:
         config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
         return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import zlib
+from pathlib import Path
 
 import orjson
 from aiohttp.test_utils import TestClient
@@ -165,3 +166,28 @@ async def test_store_accepts_an_envelope_body(
     assert resp.status == 200, await resp.text()
     await recorder.wait_for(1)
     assert recorder.received[0].envelope.event_id == "cd" * 16
+
+
+async def test_client_reports_tell_the_upstream_what_was_dropped(
+    relay_factory, recorder: RecordingUpstream
+) -> None:  # type: ignore[no-untyped-def]
+    relay = await relay_factory(upstream={"client_reports_interval": 0.1})
+    healthz = (
+        Path(__file__).resolve().parents[2].parent
+        / "shared"
+        / "corpus"
+        / "python-sdk"
+        / "transaction-healthz.envelope"
+    ).read_bytes()
+    for _ in range(3):
+        assert (
+            await relay.post("/api/42/envelope/", data=healthz, headers=auth_header())
+        ).status == 200
+    await recorder.wait_for(1)
+    (item,) = recorder.received[0].envelope.items
+    assert item.type == "client_report"
+    report = orjson.loads(item.payload)
+    assert {"reason": "event_processor", "category": "transaction", "quantity": 3} in report[
+        "discarded_events"
+    ]
+    assert f"sentry_key={KEY}" in recorder.received[0].headers["X-Sentry-Auth"]

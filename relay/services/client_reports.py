@@ -1,0 +1,101 @@
+"""Client reports: the relay tells the upstream what it dropped, as SDKs do.
+
+Drops are summed per upstream target, reason and category, and sent every
+`upstream.client_reports_interval` seconds as a `client_report` envelope item,
+so Sentry's usage stats show what the relay discarded. Drops the upstream
+decided itself (its 429s and rejections) are not reported back to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+
+import orjson
+
+from relay.outcomes import Outcome, OutcomeKind, Reason
+from relay.policy.targets import Target
+from relay.protocol.envelope import make_envelope
+from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
+
+log = logging.getLogger("relay.client_reports")
+
+#: Our outcome kinds in the words of Sentry's client-report discard reasons.
+DISCARD_REASONS = {
+    OutcomeKind.FILTERED: "event_processor",
+    OutcomeKind.SAMPLED: "sample_rate",
+    OutcomeKind.RATE_LIMITED: "ratelimit_backoff",
+    OutcomeKind.INVALID: "internal_sdk_error",
+    OutcomeKind.INTERNAL: "queue_overflow",
+}
+
+_NOT_REPORTED = frozenset({Reason.UPSTREAM_RATE_LIMITED, Reason.UPSTREAM_REJECTED})
+
+
+class ClientReports:
+    """Sums drops and sends them upstream periodically.
+
+    Parameters:
+        outbox: where report envelopes are queued (like any other envelope).
+        interval: seconds between reports; 0 disables them.
+    """
+
+    def __init__(self, outbox: Outbox, interval: float) -> None:
+        self.outbox = outbox
+        self.interval = interval
+        self._targets: dict[str, Target] = {}
+        self._counts: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+        self._task: asyncio.Task[None] | None = None
+
+    def record(self, target: Target, outcome: Outcome) -> None:
+        if not self.interval or target.is_file or outcome.reason in _NOT_REPORTED:
+            return
+        reason = DISCARD_REASONS.get(outcome.kind)
+        if reason is None:
+            return
+        self._targets[target.key] = target
+        self._counts[target.key][(reason, str(outcome.category))] += outcome.quantity
+
+    def start(self) -> None:
+        if self.interval:
+            self._task = asyncio.create_task(self._run(), name="relay-client-reports")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        counts, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
+        for key, by_reason in counts.items():
+            target = self._targets[key]
+            report = {
+                "timestamp": int(time.time()),
+                "discarded_events": [
+                    {"reason": reason, "category": category, "quantity": quantity}
+                    for (reason, category), quantity in sorted(by_reason.items())
+                ],
+            }
+            envelope = make_envelope({}, [({"type": "client_report"}, orjson.dumps(report))])
+            if target.dsn is not None:
+                envelope.set_header("dsn", str(target.dsn))
+            entry = OutboxEntry(
+                target=target,
+                body=envelope.serialize(),
+                project_id=int(target.dsn.project_id) if target.dsn else 0,
+                quantities=[],
+            )
+            try:
+                await self.outbox.put(entry)
+            except OutboxFull:
+                log.warning("client report dropped: the outbox is full")
