@@ -23,6 +23,7 @@ from relay.keys import (
     INGEST,
     LIMITER,
     METRICS,
+    METRICS_SOURCE,
     OUTBOX,
     REGISTRY,
     SHADOW,
@@ -156,6 +157,24 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     await forwarder.drain(config.shutdown_timeout)
 
 
+async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
+    """`/metrics` on its own internal address (`listen.metrics`), off the public listener."""
+    address = app[CONFIG].listen.metrics
+    assert address is not None
+    host, _, port = address.rpartition(":")
+    side = web.Application()
+    side[METRICS_SOURCE] = app
+    side.router.add_get("/metrics", health.metrics_of_parent)
+    runner = web.AppRunner(side, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, host.strip("[]") or "127.0.0.1", int(port), reuse_port=app[CONFIG].workers > 1
+    )
+    await site.start()
+    yield
+    await runner.cleanup()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     app[STATE].draining = True
 
@@ -208,6 +227,8 @@ def create_app(
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_forwarder)
+    if config.listen.metrics:
+        app.cleanup_ctx.append(_metrics_listener)
     app.on_shutdown.append(_on_shutdown)
     health.add_routes(app, with_metrics=config.listen.metrics is None)
     ingest.add_routes(app)

@@ -37,3 +37,5 @@ INGEST = web.AppKey("ingest", Ingest)
 STATE = web.AppKey("state", State)
 SHADOW = web.AppKey("shadow", Shadow)
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+#: On the internal metrics app: the relay app whose metrics it serves.
+METRICS_SOURCE = web.AppKey("metrics_source", web.Application)

@@ -315,6 +315,10 @@ def _check_core(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     if not 0 < config.listen.port < 65536:
         problems.append(Problem("listen.port", "must be between 1 and 65535"))
+    if config.listen.metrics is not None:
+        _, sep, port = config.listen.metrics.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(Problem("listen.metrics", "must be host:port, e.g. 127.0.0.1:9090"))
     if config.workers < 1:
         problems.append(Problem("workers", "must be at least 1"))
     url = config.upstream.url

@@ -7,7 +7,16 @@ import asyncio
 import orjson
 from aiohttp import web
 
-from relay.keys import FORWARDER, LIMITER, METRICS, OUTBOX, REGISTRY, STATE, UPSTREAM_LIMITS
+from relay.keys import (
+    FORWARDER,
+    LIMITER,
+    METRICS,
+    METRICS_SOURCE,
+    OUTBOX,
+    REGISTRY,
+    STATE,
+    UPSTREAM_LIMITS,
+)
 from relay.services.limiter import LimiterUnavailable
 from relay.services.metrics import CONTENT_TYPE
 from relay.services.spool import DiskSpool
@@ -36,7 +45,14 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    app = request.app
+    return await render_metrics(request.app)
+
+
+async def metrics_of_parent(request: web.Request) -> web.Response:
+    return await render_metrics(request.app[METRICS_SOURCE])
+
+
+async def render_metrics(app: web.Application) -> web.Response:
     m = app[METRICS]
     outbox = app[OUTBOX]
     m.outbox_size.set(len(outbox))

@@ -191,3 +191,20 @@ async def test_client_reports_tell_the_upstream_what_was_dropped(
         "discarded_events"
     ]
     assert f"sentry_key={KEY}" in recorder.received[0].headers["X-Sentry-Auth"]
+
+
+async def test_metrics_on_a_separate_internal_address(relay_factory) -> None:  # type: ignore[no-untyped-def]
+    import aiohttp
+
+    from tests.support.redis_server import free_port
+
+    port = free_port()
+    relay = await relay_factory(listen={"metrics": f"127.0.0.1:{port}"})
+    assert (await relay.get("/metrics")).status == 404
+    await relay.post("/api/42/store/", data=orjson.dumps(EVENT), headers=auth_header())
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        assert 'relay_requests_total{endpoint="store",status="200"}' in await resp.text()
