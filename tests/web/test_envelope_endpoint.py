@@ -265,3 +265,27 @@ async def test_upstream_429_is_enforced_locally(
     assert tx.status == 200
     await recorder.wait_for(1)
     assert [e.items[0].type for e in recorder.envelopes] == ["transaction"]
+
+
+async def test_project_upstream_dsn_rewrites_route_and_auth(
+    relay_factory, recorder: RecordingUpstream, upstream_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    host = upstream_url.split("//", 1)[1]
+    upstream_key = "0123456789abcdef0123456789abcdef"
+    relay = await relay_factory(
+        projects=[{"id": 42, "keys": [KEY], "upstream_dsn": f"http://{upstream_key}@{host}/777"}]
+    )
+    body = (CORPUS / "transaction-checkout.envelope").read_bytes()
+    tunnel = body.replace(
+        b'{"event_id"', f'{{"dsn":"https://{KEY}@sdk.example.com/42","event_id"'.encode(), 1
+    )
+    resp = await relay.post("/api/42/envelope/", data=tunnel, headers=auth_header())
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    received = recorder.received[0]
+    assert received.path == "/api/777/envelope/"
+    assert f"sentry_key={upstream_key}" in received.headers["X-Sentry-Auth"]
+    env = received.envelope
+    assert env.headers["dsn"] == f"http://{upstream_key}@{host}/777"
+    assert env.headers["trace"]["public_key"] == upstream_key
+    assert KEY.encode() not in received.body
