@@ -32,16 +32,24 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+    """Ready while serving. An upstream outage does not make the relay unready (it keeps
+    accepting into its outbox or spool); the body says so, and `?upstream=required` makes
+    it count."""
+    app = request.app
+    state = app[STATE]
     healthy = state.started.is_set() and not state.draining
-    forwarder = request.app.get(FORWARDER)
-    if (
-        forwarder is not None
-        and not forwarder.upstream_up
-        and request.query.get("upstream") == "required"
-    ):
+    forwarder = app.get(FORWARDER)
+    upstream_up = forwarder.upstream_up if forwarder is not None else True
+    if not upstream_up and request.query.get("upstream") == "required":
         healthy = False
-    return _json({"is_healthy": healthy}, status=200 if healthy else 503)
+    outbox = app[OUTBOX]
+    body = {
+        "is_healthy": healthy,
+        "draining": state.draining,
+        "upstream": "up" if upstream_up else "down",
+        "outbox": {"envelopes": len(outbox), "bytes": outbox.queued_bytes},
+    }
+    return _json(body, status=200 if healthy else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -66,6 +66,10 @@ async def test_outage_then_recovery_delivers_all_in_order_once(
             await asyncio.sleep(0.01)
     metrics = await (await relay.get("/metrics")).text()
     assert "relay_upstream_up 0.0" in metrics
+    ready = await relay.get("/readyz")
+    assert ready.status == 200  # still accepting into the spool
+    assert (await ready.json())["upstream"] == "down"
+    assert (await relay.get("/readyz?upstream=required")).status == 503
     assert "relay_spool_bytes" in metrics
     attempts_in_outage = upstream.attempts
     await asyncio.sleep(0.3)
