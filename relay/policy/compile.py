@@ -31,6 +31,7 @@ from relay.processing.quotas import (
     validate_spike_protection,
 )
 from relay.processing.sampling import compile_sampling, validate_sampling
+from relay.processing.scrub import compile_scrubber, validate_scrubbing, validate_scrubbing_override
 
 T = TypeVar("T")
 
@@ -63,6 +64,7 @@ def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPol
         fingerprinter = compile_fingerprinting(org.fingerprinting, fingerprint_text, normalize)
     return CompiledPolicy(
         limits=limits,
+        scrubber=compile_scrubber(org.scrubbing, proj.scrubbing if proj else None),
         filters=compile_filters(
             org.filters, proj.filters if proj else None, config.listen.trusted_proxies
         ),
@@ -94,6 +96,7 @@ def _check(prefix: str, value: T | None, fn: Callable[[T], Sequence[Problem]]) -
 
 def _validate_policy(prefix: str, policy: PolicyConfig) -> list[Problem]:
     problems: list[Problem] = []
+    problems += _check(f"{prefix}.scrubbing", policy.scrubbing, validate_scrubbing)
     problems += _check(f"{prefix}.filters", policy.filters, validate_filters)
     problems += _prefixed(f"{prefix}.sampling", validate_sampling(policy.sampling))
     if policy.fingerprinting.strip():
@@ -118,4 +121,9 @@ def validate_policies(config: Config) -> list[Problem]:
     for i, project in enumerate(config.projects):
         if project.policy is not None:
             problems += _validate_policy(f"projects[{i}].policy", project.policy)
+            if project.policy.scrubbing is not None:
+                problems += _prefixed(
+                    f"projects[{i}].policy.scrubbing",
+                    validate_scrubbing_override(config.policy.scrubbing, project.policy.scrubbing),
+                )
     return problems

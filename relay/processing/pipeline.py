@@ -15,6 +15,7 @@ it, as Sentry does. Every dropped item yields exactly one `Outcome`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import orjson
@@ -77,10 +78,25 @@ class FingerprintStage(Protocol):
     def apply(self, event: dict[str, Any]) -> object: ...
 
 
+class DroppedByScrub(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def reason(self) -> str: ...
+
+
+class ScrubOutcome(Protocol):
+    @property
+    def dropped(self) -> Sequence[DroppedByScrub]: ...
+
+
 class ScrubStage(Protocol):
     def scrub_event(self, event: dict[str, Any], item_type: str = "event") -> list[Any]: ...
 
-    def scrub_envelope(self, envelope: Envelope, *, skip: frozenset[int] = frozenset()) -> Any: ...
+    def scrub_envelope(
+        self, envelope: Envelope, *, skip: frozenset[int] = frozenset()
+    ) -> ScrubOutcome: ...
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,8 @@ class Prepared:
     ctx: RequestContext
     kept: list[WorkItem] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+    #: Items the scrubbing policy removed in `finish` (a subset of `dropped`).
+    scrub_dropped: list[Dropped] = field(default_factory=list)
 
     def quantities(self) -> dict[str, int]:
         """Summed (category -> quantity) of the kept items, for quota checks."""
@@ -307,11 +325,27 @@ def finish(
         if scrubber is not None:
             scrubber.scrub_event(work.event, work.type)
             work.dirty = True
-        if fingerprinter is not None and work.type == "event" and fingerprinter.apply(work.event) is not None:
+        if (
+            fingerprinter is not None
+            and work.type == "event"
+            and fingerprinter.apply(work.event) is not None
+        ):
             work.dirty = True
         if work.dirty:
             work.item.set_payload(orjson.dumps(work.event))
         parsed.add(index)
     if scrubber is not None:
-        scrubber.scrub_envelope(envelope, skip=frozenset(parsed))
+        report = scrubber.scrub_envelope(envelope, skip=frozenset(parsed))
+        if report.dropped:
+            # The policy drops some items outright (e.g. `attachments: drop`): they get outcomes.
+            gone = {d.index: d.reason for d in report.dropped}
+            kept = []
+            for index, work in enumerate(prepared.kept):
+                if index in gone:
+                    outcome = _outcome(work, OutcomeKind.FILTERED, gone[index], prepared.ctx)
+                    prepared.dropped.append(Dropped(work, outcome))
+                    prepared.scrub_dropped.append(prepared.dropped[-1])
+                else:
+                    kept.append(work)
+            prepared.kept = kept
     return envelope

@@ -169,6 +169,10 @@ class Ingest:
         forwarded = pipeline.finish(
             prepared, scrubber=policy.scrubber, fingerprinter=policy.fingerprinter
         )
+        for dropped in prepared.scrub_dropped:
+            self.outcomes.emit(dropped.outcome)
+        if not forwarded.items:
+            return result
         route_to(forwarded, target, ctx.public_key)
         body = forwarded.serialize()
         entry = OutboxEntry(
