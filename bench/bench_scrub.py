@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.processing.scrub import compile_scrubber
 from relay.protocol.envelope import parse_envelope
 
-DEFAULT_CORPUS = Path("/work/shared/corpus/python-sdk")
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "python-sdk"
 
 
 def _rate(fn: Callable[[], object], seconds: float) -> float:

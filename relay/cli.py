@@ -69,6 +69,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scrub(args: argparse.Namespace) -> int:
+    from relay.dryrun import InputError, dry_run, print_reports
+
+    try:
+        config = _load(args.config)
+    except ConfigError as err:
+        _print_config_error(err)
+        return 1
+    try:
+        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"relay scrub: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        reports = dry_run(config, data, args.project)
+    except InputError as exc:
+        print(f"relay scrub: {exc}", file=sys.stderr)
+        return 1
+    print_reports(reports, as_json=args.json)
+    return 0
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     from relay.usage import print_usage
 
@@ -105,6 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
+
+    scrub = sub.add_parser("scrub", help="dry-run the policy on an event JSON or an envelope; sends nothing")
+    scrub.add_argument("--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)")
+    scrub.add_argument("--project", type=int, help="project id whose policy applies (default: from the input)")
+    scrub.add_argument("--json", action="store_true", help="print JSON")
+    scrub.add_argument("file", help="event JSON or envelope file, or - for standard input")
+    scrub.set_defaults(func=cmd_scrub)
 
     usage = sub.add_parser("usage", help="print quota, budget and spike-protection usage per scope")
     usage.add_argument(

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main
+from tests.support.corpus import CORPUS
 from tests.support.redis_server import free_port
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
 
 VALID = """
 listen: {host: 127.0.0.1, port: 3001}

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,8 +33,8 @@ from relay.processing.filters import (
     validate_trusted_proxies,
 )
 from relay.protocol.envelope import parse_envelope
+from tests.support.corpus import CORPUS
 
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "python-sdk"
 CTX = RequestContext(project_id=42, public_key="abc123def4567890abc123def4567890")
 
 

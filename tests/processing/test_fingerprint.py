@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,8 +13,7 @@ from relay.processing.fingerprint import (
     validate_fingerprinting,
 )
 from relay.protocol.envelope import parse_envelope
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "python-sdk"
+from tests.support.corpus import CORPUS
 
 ISSUE_RULES = """\
 # Rules from the issue

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,8 +16,7 @@ from relay.processing.sampling import (
     validate_sampling,
 )
 from relay.protocol.envelope import parse_envelope
-
-CORPUS = Path(__file__).resolve().parents[3] / "shared" / "corpus" / "python-sdk"
+from tests.support.corpus import CORPUS
 
 
 def ids(n: int, seed: int) -> list[str]:

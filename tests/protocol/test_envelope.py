@@ -18,8 +18,9 @@ from relay.protocol.ratelimit_header import (
     parse_rate_limits,
     parse_retry_after,
 )
+from tests.support.corpus import ENVELOPES
 
-CORPUS = sorted(Path("/work/shared/corpus/python-sdk").glob("*.envelope"))
+CORPUS = ENVELOPES
 HEAD = b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","dsn":"https://e12d836b15bb49d7bbf99e64295d995b@sentry.io/42"}'
 
 

@@ -15,8 +15,6 @@ from relay.keys import FORWARDER
 from tests.support.relay import auth_header, make_config
 from tests.support.upstream import RecordingUpstream
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
-
 
 def event_envelope(n: int, size: int = 0) -> bytes:
     event_id = f"{n:032x}"

@@ -14,10 +14,10 @@ from aiohttp.test_utils import TestClient
 
 from relay.keys import UPSTREAM_LIMITS
 from relay.protocol.envelope import parse_envelope
+from tests.support.corpus import CORPUS
 from tests.support.relay import KEY, OTHER_KEY, auth_header
 from tests.support.upstream import RecordingUpstream, Reply
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
 CORPUS_FILES = sorted(CORPUS.glob("*.envelope"))
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import base64
 import zlib
-from pathlib import Path
 
 import orjson
 from aiohttp.test_utils import TestClient
 
+from tests.support.corpus import CORPUS
 from tests.support.relay import KEY, auth_header
 from tests.support.upstream import RecordingUpstream
 
@@ -172,13 +172,7 @@ async def test_client_reports_tell_the_upstream_what_was_dropped(
     relay_factory, recorder: RecordingUpstream
 ) -> None:  # type: ignore[no-untyped-def]
     relay = await relay_factory(upstream={"client_reports_interval": 0.1})
-    healthz = (
-        Path(__file__).resolve().parents[2].parent
-        / "shared"
-        / "corpus"
-        / "python-sdk"
-        / "transaction-healthz.envelope"
-    ).read_bytes()
+    healthz = (CORPUS / "transaction-healthz.envelope").read_bytes()
     for _ in range(3):
         assert (
             await relay.post("/api/42/envelope/", data=healthz, headers=auth_header())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -11,11 +10,10 @@ import pytest
 import sentry_sdk
 from aiohttp.test_utils import TestClient
 
+from tests.support.corpus import CORPUS
 from tests.support.redis_server import RedisServer
 from tests.support.relay import KEY, auth_header
 from tests.support.upstream import RecordingUpstream
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
 
 
 def event(n: int) -> bytes:

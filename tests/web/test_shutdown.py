@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
 from relay.keys import STATE
+from tests.support.corpus import CORPUS
 from tests.support.relay import auth_header, make_config
 from tests.support.upstream import RecordingUpstream, Reply
-
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "corpus" / "python-sdk"
 
 
 async def test_shutdown_drains_outbox(upstream_url: str, recorder: RecordingUpstream) -> None:

@@ -1,0 +1,168 @@
+"""`relay scrub`: the policy dry run for humans.
+
+Runs inbound filters, sampling, the PII scrubber and fingerprint rules on an
+event JSON or an envelope, sends nothing, and prints what would happen: the
+decision per item, every redaction (path, rule, method — never the removed
+value), the fingerprint, and the payload as it would leave the relay. Quotas
+are not consulted (they depend on live counters).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import orjson
+
+from relay.config import Config
+from relay.policy.registry import Denied, PolicyRegistry, ProjectPolicy
+from relay.processing import pipeline
+from relay.processing.context import RequestContext
+from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
+from relay.protocol.store import StoreError, store_to_envelope
+
+
+class InputError(ValueError):
+    """The input is neither an event JSON nor an envelope."""
+
+
+def read_input(data: bytes) -> Envelope:
+    """An envelope as given, or a bare event JSON wrapped into one."""
+    text = data.strip()
+    if not text:
+        raise InputError("empty input")
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        value = None
+    if isinstance(value, dict):
+        try:
+            return store_to_envelope(value, event_id=None)
+        except StoreError as exc:
+            raise InputError(str(exc)) from None
+    try:
+        return parse_envelope(data)
+    except EnvelopeError as exc:
+        raise InputError(f"not an event JSON and not an envelope: {exc}") from None
+
+
+@dataclass
+class ItemReport:
+    index: int
+    item_type: str
+    decision: str
+    redactions: list[tuple[str, str, str]] = field(default_factory=list)
+    fingerprint: list[str] | None = None
+    title: str | None = None
+    payload: Any = None
+
+
+def _project(registry: PolicyRegistry, project_id: int | None, envelope: Envelope) -> ProjectPolicy:
+    if project_id is None:
+        dsn = envelope.headers.get("dsn")
+        if isinstance(dsn, str) and dsn.rstrip("/").rsplit("/", 1)[-1].isdigit():
+            project_id = int(dsn.rstrip("/").rsplit("/", 1)[-1])
+        elif registry.config.projects:
+            project_id = registry.config.projects[0].id
+        else:
+            project_id = 42
+    configured = next((p for p in registry.config.projects if p.id == project_id), None)
+    key = configured.keys[0] if configured and configured.keys else "-"
+    found = registry.resolve(project_id, key)
+    if isinstance(found, Denied):
+        # Unknown to the config: the org policy is what would apply with accept_unknown.
+        return ProjectPolicy(project_id, None, registry.org_policy, registry.config.upstream.url, registry.revision)
+    return found
+
+
+def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[ItemReport]:
+    registry = PolicyRegistry(config)
+    envelope = read_input(data)
+    project = _project(registry, project_id, envelope)
+    policy = project.policy
+    ctx = RequestContext(project_id=project.project_id, public_key="-")
+    prepared = pipeline.prepare(envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits)
+    index_of = {id(item): i for i, item in enumerate(envelope.items)}
+    reports: dict[int, ItemReport] = {}
+    for drop in prepared.dropped:
+        o = drop.outcome
+        what = f"{o.kind.value}: {o.reason}" + (f" (rule {o.rule})" if o.rule else "")
+        i = index_of[id(drop.work.item)]
+        reports[i] = ItemReport(i, drop.work.type, ("would drop in enforce mode — " if drop.dry_run else "drop — ") + what)
+    for work in prepared.kept:
+        i = index_of[id(work.item)]
+        report = reports.get(i) or ItemReport(i, work.type, "forward")
+        if report.decision.startswith("would drop"):
+            report.decision = "forward (" + report.decision + ")"
+        reports[i] = report
+        if work.event is None:
+            continue
+        if policy.scrubber is not None:
+            for r in policy.scrubber.scrub_event(work.event, work.type):
+                report.redactions.append((r.path, r.rule, r.method))
+        if policy.fingerprinter is not None and work.type == "event":
+            policy.fingerprinter.apply(work.event)
+        fp = work.event.get("fingerprint")
+        report.fingerprint = fp if isinstance(fp, list) else None
+        title = work.event.get("title")
+        report.title = title if isinstance(title, str) else None
+        report.payload = work.event
+    # Non-event items: scrubbed as the relay would, reported per item.
+    rest = [w for w in prepared.kept if w.event is None]
+    if rest and policy.scrubber is not None:
+        probe = Envelope(dict(envelope.headers), [w.item for w in rest])
+        scrub = policy.scrubber.scrub_envelope(probe)
+        for r in getattr(scrub, "redactions", []):
+            if r.item is not None and r.item < len(rest):
+                reports[index_of[id(rest[r.item].item)]].redactions.append((r.path, r.rule, r.method))
+        for d in scrub.dropped:
+            reports[index_of[id(rest[d.index].item)]].decision = f"drop — filtered: {d.reason}"
+        for w in rest:
+            rep = reports[index_of[id(w.item)]]
+            rep.payload = _show(w.item.payload)
+    return [reports[i] for i in sorted(reports)]
+
+
+def _show(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<{len(payload)} bytes of binary data>"
+
+
+def print_reports(reports: list[ItemReport], out: TextIO = sys.stdout, *, as_json: bool = False) -> None:
+    if as_json:
+        data = [
+            {
+                "index": r.index,
+                "type": r.item_type,
+                "decision": r.decision,
+                "redactions": [{"path": p, "rule": rule, "method": m} for p, rule, m in r.redactions],
+                "fingerprint": r.fingerprint,
+                "title": r.title,
+                "payload": r.payload,
+            }
+            for r in reports
+        ]
+        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    for r in reports:
+        out.write(f"item {r.index} ({r.item_type}): {r.decision}\n")
+        if r.redactions:
+            out.write(f"  {len(r.redactions)} redaction(s):\n")
+            width = max(len(p) for p, _, _ in r.redactions)
+            for path, rule, method in r.redactions:
+                out.write(f"    {path.ljust(width)}  {rule}  {method}\n")
+        if r.fingerprint is not None:
+            out.write(f"  fingerprint: {r.fingerprint}\n")
+        if r.title:
+            out.write(f"  title: {r.title}\n")
+        if r.payload is not None and not r.decision.startswith("drop"):
+            body = r.payload if isinstance(r.payload, str) else orjson.dumps(r.payload, option=orjson.OPT_INDENT_2).decode()
+            out.write("  scrubbed payload:\n")
+            out.write("".join(f"    {line}\n" for line in body.splitlines()))
+    out.write("nothing was sent; quotas were not consulted\n")
