@@ -14,8 +14,8 @@ it, as Sentry does. Every dropped item yields exactly one `Outcome`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
