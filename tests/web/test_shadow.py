@@ -1,0 +1,167 @@
+"""Shadow mode: drops mirrored to a shadow project; a bad shadow never hurts the primary path."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from relay.app import create_app
+from tests.support.corpus import CORPUS
+from tests.support.relay import auth_header, make_config
+from tests.support.upstream import RecordingUpstream, Reply
+
+HEALTHZ = (CORPUS / "transaction-healthz.envelope").read_bytes()
+CHECKOUT = (CORPUS / "transaction-checkout.envelope").read_bytes()
+RESET = (CORPUS / "error-connection-reset.envelope").read_bytes()
+
+
+async def _relay(
+    aiohttp_client: Any, primary_url: str, shadow_url: str, **policy: Any
+) -> TestClient:
+    host = shadow_url.split("//", 1)[1]
+    policy = {
+        "shadow": {"dsn": f"http://{'e' * 32}@{host}/7", **policy.pop("shadow", {})},
+        **policy,
+    }
+    config = make_config(primary_url, policy=policy)
+    return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def shadow(aiohttp_server: Any) -> tuple[RecordingUpstream, str]:
+    recorder = RecordingUpstream()
+    server = await aiohttp_server(recorder.app)
+    return recorder, str(server.make_url("")).rstrip("/")
+
+
+async def test_dropped_items_go_only_to_the_shadow_tagged(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client, upstream_url, shadow_url, filters={"error_types": ["ConnectionResetError"]}
+    )
+    for body in (HEALTHZ, RESET, CHECKOUT):
+        assert (
+            await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        ).status == 200
+    await shadow_rec.wait_for(2)
+    await recorder.wait_for(1)
+    await asyncio.sleep(0.1)
+    assert [i.type for e in recorder.envelopes for i in e.items] == ["transaction"]
+    mirrored = {
+        orjson.loads(e.items[0].payload)["event_id"]: orjson.loads(e.items[0].payload)
+        for e in shadow_rec.envelopes
+    }
+    tags = {
+        eid: dict(ev["tags"]) if isinstance(ev["tags"], list) else ev["tags"]
+        for eid, ev in mirrored.items()
+    }
+    assert {t["relay.dropped_reason"] for t in tags.values()} == {"filtered"}
+    assert {t["relay.rule"] for t in tags.values()} == {"*/healthz", "ConnectionResetError"}
+    assert all(r.path == "/api/7/envelope/" for r in shadow_rec.received)
+    metrics = await (await relay.get("/metrics")).text()
+    assert (
+        'relay_items_total{category="transaction",outcome="shadowed",reason="health-check"} 1.0'
+        in metrics
+    )
+
+
+async def test_dry_run_filter_forwards_and_mirrors(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        filters={"error_types": {"types": ["ConnectionResetError"], "mode": "dry_run"}},
+    )
+    assert (await relay.post("/api/42/envelope/", data=RESET, headers=auth_header())).status == 200
+    await recorder.wait_for(1)
+    await shadow_rec.wait_for(1)
+    forwarded = orjson.loads(recorder.envelopes[0].items[0].payload)
+    assert "relay.dry_run" not in orjson.dumps(forwarded).decode()
+    copy = orjson.loads(shadow_rec.envelopes[0].items[0].payload)
+    tags = dict(copy["tags"]) if isinstance(copy["tags"], list) else copy["tags"]
+    assert tags["relay.dry_run"] == "true"
+
+
+async def test_dry_run_quota_forwards_and_mirrors(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        quotas=[
+            {
+                "id": "try-cap",
+                "categories": ["transaction"],
+                "scope": "project",
+                "limit": 0,
+                "window": 60,
+                "mode": "dry_run",
+            }
+        ],
+    )
+    assert (
+        await relay.post("/api/42/envelope/", data=CHECKOUT, headers=auth_header())
+    ).status == 200
+    await recorder.wait_for(1)
+    await shadow_rec.wait_for(1)
+    copy = orjson.loads(shadow_rec.envelopes[0].items[0].payload)
+    tags = dict(copy["tags"]) if isinstance(copy["tags"], list) else copy["tags"]
+    assert tags["relay.rule"] == "try-cap"
+
+
+@pytest.mark.parametrize("trouble", ["slow", "down"])
+async def test_a_bad_shadow_never_delays_the_primary_path(
+    aiohttp_server: Any,
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+    trouble: str,
+) -> None:
+    shadow_rec = RecordingUpstream()
+    shadow_rec.answer(*[Reply(200, delay=3.0)] * 50)
+    server = await aiohttp_server(shadow_rec.app)
+    shadow_url = str(server.make_url("")).rstrip("/") if trouble == "slow" else "http://127.0.0.1:9"
+    relay = await _relay(aiohttp_client, upstream_url, shadow_url)
+    started = time.monotonic()
+    for _ in range(20):
+        assert (
+            await relay.post("/api/42/envelope/", data=HEALTHZ, headers=auth_header())
+        ).status == 200
+        assert (
+            await relay.post("/api/42/envelope/", data=CHECKOUT, headers=auth_header())
+        ).status == 200
+    await recorder.wait_for(20)
+    assert time.monotonic() - started < 2.5
+
+
+async def test_shadow_cap_per_minute(
+    shadow: tuple[RecordingUpstream, str], upstream_url: str, aiohttp_client: Any
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(aiohttp_client, upstream_url, shadow_url, shadow={"max_per_minute": 3})
+    for _ in range(10):
+        await relay.post("/api/42/envelope/", data=HEALTHZ, headers=auth_header())
+    await shadow_rec.wait_for(3)
+    await asyncio.sleep(0.2)
+    assert len(shadow_rec.received) == 3
