@@ -22,6 +22,7 @@ from relay.policy.targets import Target
 from relay.processing import pipeline
 from relay.processing.context import RequestContext
 from relay.processing.quotas import Scoping
+from relay.protocol.categories import primary_category
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
 from relay.services.client_reports import ClientReports
@@ -130,6 +131,20 @@ class Ingest:
         result = IngestResult(event_id=envelope.event_id)
         target = project.target(ctx.public_key)
         total_items = len(envelope.items)
+        if not self.outbox.has_room(sum(len(i.payload) for i in envelope.items)):
+            # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
+            for item in envelope.items:
+                self.outcomes.emit(
+                    Outcome(
+                        OutcomeKind.INTERNAL,
+                        Reason.OUTBOX_FULL,
+                        str(primary_category(item.type)),
+                        1,
+                        ctx.project_id,
+                    )
+                )
+            result.overloaded = True
+            return result
 
         prepared = pipeline.prepare(
             envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
