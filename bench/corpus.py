@@ -1,0 +1,81 @@
+"""The benchmark's traffic: corpus envelopes in a fixed, interleaved mix.
+
+`DEFAULT_MIX` weights the python-sdk corpus roughly as a busy service sends it:
+transactions most, then errors and logs, a few check-ins, and some noise that a
+filter should drop (a `/healthz` transaction, a `ConnectionResetError`).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "python-sdk"
+#: The key and project of the corpus DSN.
+CORPUS_KEY = "abc123def4567890abc123def4567890"
+CORPUS_PROJECT = 42
+SDK_CLIENT = "sentry.python/2.75.0"
+
+DEFAULT_MIX: dict[str, int] = {
+    "transaction-checkout": 4,
+    "error-payment": 2,
+    "log": 2,
+    "error-with-attachment": 1,
+    "error-connection-reset": 1,
+    "transaction-healthz": 1,
+    "check-in": 1,
+}
+
+
+@dataclass(frozen=True)
+class Body:
+    name: str
+    raw: bytes
+    #: What goes on the wire (gzip-compressed when the run sends gzip, as SDKs do).
+    wire: bytes
+
+
+def parse_mix(spec: str | None) -> dict[str, int]:
+    """`name=weight,name=weight` (weight defaults to 1); None or "" is `DEFAULT_MIX`."""
+    if not spec:
+        return dict(DEFAULT_MIX)
+    mix: dict[str, int] = {}
+    for part in spec.split(","):
+        name, _, weight = part.strip().partition("=")
+        mix[name.removesuffix(".envelope")] = int(weight or 1)
+    return mix
+
+
+def load_corpus(directory: Path) -> dict[str, bytes]:
+    files = sorted(directory.glob("*.envelope"))
+    if not files:
+        raise FileNotFoundError(f"no *.envelope files in {directory}")
+    return {f.stem: f.read_bytes() for f in files}
+
+
+def sequence(directory: Path, mix: dict[str, int], *, gzip_bodies: bool) -> list[Body]:
+    """One cycle of the mix, interleaved (smooth weighted round robin), ready to send."""
+    corpus = load_corpus(directory)
+    missing = [name for name in mix if name not in corpus]
+    if missing:
+        raise KeyError(f"not in {directory}: {', '.join(missing)} (have {', '.join(corpus)})")
+    bodies = {
+        name: Body(
+            name,
+            corpus[name],
+            gzip.compress(corpus[name], 6, mtime=0) if gzip_bodies else corpus[name],
+        )
+        for name in mix
+    }
+    total = sum(mix.values())
+    current = dict.fromkeys(mix, 0)
+    out: list[Body] = []
+    for _ in range(total):
+        for name, weight in mix.items():
+            current[name] += weight
+        pick = max(current, key=lambda n: current[n])
+        current[pick] -= total
+        out.append(bodies[pick])
+    return out

@@ -1,0 +1,756 @@
+"""The benchmark harness: the relay under load, next to a pass-through floor.
+
+    python bench/run.py [--duration 10] [--warmup 2] [--connections 64]
+                        [--scenarios none,default,...|all] [--rate-scenarios ...]
+                        [--json out.json] [--list]
+
+Starts, each in its own process group: a recording upstream (bench/upstream.py),
+the target (bench/floor.py, or `python -m relay run` on a generated config), and
+the load generator (bench/loadgen.py). A scenario is a YAML file in
+bench/scenarios/: a relay config plus a `bench:` section (`description`,
+optionally `baseline`), which the harness removes before filling in the listen
+port, the upstream, the corpus project, `redis.url` and `spool.path`.
+
+A scenario the relay cannot run yet (`relay check-config` fails, the relay does
+not start) is reported as "not available" with the reason. One that runs but
+whose feature shows no sign of work (no Redis commands, no spool files, a single
+process for `workers: 2`) is "not exercised", numbers kept.
+
+Then, at a fixed offered rate of half the floor's throughput, the floor and the
+`--rate-scenarios` are measured again for latency. Results: a table on stdout and
+JSON (bench/results/<time>.json unless --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, parse_mix
+from procs import LOOPBACK, Child, ChildFailed, TreeSampler, children, free_port
+
+BENCH = Path(__file__).resolve().parent
+SCENARIOS_DIR = BENCH / "scenarios"
+RESULTS_DIR = BENCH / "results"
+DEFAULT_SCENARIOS = ("none", "default", "default-redis", "default-spool", "workers-2")
+DEFAULT_RATE_SCENARIOS = ("default", "default-redis")
+PY = sys.executable
+
+OK = "ok"
+NOT_AVAILABLE = "not available"
+NOT_EXERCISED = "not exercised"
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    config: dict[str, Any]
+    baseline: str | None = None
+
+
+def load_scenario(path: Path) -> Scenario:
+    data = yaml.safe_load(path.read_text()) or {}
+    meta = data.pop("bench", None) or {}
+    return Scenario(path.stem, meta.get("description", ""), data, meta.get("baseline"))
+
+
+def load_scenarios(directory: Path = SCENARIOS_DIR) -> dict[str, Scenario]:
+    return {path.stem: load_scenario(path) for path in sorted(directory.glob("*.yaml"))}
+
+
+def build_config(
+    scenario: Scenario,
+    *,
+    port: int,
+    upstream: str,
+    workdir: Path,
+    redis_url: str | None,
+    project: int,
+    key: str,
+) -> dict[str, Any]:
+    """The scenario's config with the harness's parts filled in."""
+    cfg = copy.deepcopy(scenario.config)
+    cfg["listen"] = {**cfg.get("listen", {}), "host": LOOPBACK, "port": port}
+    cfg["upstream"] = {**cfg.get("upstream", {}), "url": upstream}
+    cfg.setdefault("projects", [{"id": project, "keys": [key]}])
+    cfg.setdefault("log", {"level": "warning"})
+    cfg.setdefault("shutdown_timeout", 5)
+    if "redis" in cfg:
+        cfg["redis"] = {**(cfg["redis"] or {}), "url": redis_url or "redis://127.0.0.1:1/0"}
+    if "spool" in cfg:
+        spool = dict(cfg["spool"] or {})
+        spool.setdefault("path", str(workdir / "spool"))
+        cfg["spool"] = spool
+    return cfg
+
+
+def check_config(path: Path, workdir: Path) -> str | None:
+    """None when `relay check-config` accepts the file, else why not."""
+    try:
+        proc = subprocess.run(
+            [PY, "-m", "relay", "check-config", str(path)],
+            cwd=workdir,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        return "relay check-config timed out"
+    if proc.returncode == 0:
+        return None
+    text = (proc.stderr or proc.stdout).strip().splitlines()
+    return "relay check-config: " + " | ".join(line.strip() for line in text[-6:])
+
+
+def _env() -> dict[str, str]:
+    from procs import child_env
+
+    return child_env()
+
+
+# --- measurement --------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    corpus: Path
+    mix: str
+    encoding: str
+    connections: int
+    warmup: float
+    duration: float
+    project: int
+    key: str
+
+
+@dataclass
+class Probe:
+    """Signs that a scenario's feature did work, sampled while the load runs."""
+
+    spool_dir: Path | None = None
+    spool_files_max: int = 0
+    redis_port: int | None = None
+    redis_commands: int | None = None
+    workers: int = 1
+    _redis_start: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def sample(self) -> None:
+        if self.spool_dir is not None and self.spool_dir.exists():
+            count = sum(1 for p in self.spool_dir.rglob("*") if p.is_file())
+            self.spool_files_max = max(self.spool_files_max, count)
+
+    def start(self) -> None:
+        if self.redis_port is not None:
+            self._redis_start = _redis_commands(self.redis_port)
+
+    def stop(self) -> None:
+        if self.redis_port is not None:
+            self.redis_commands = _redis_commands(self.redis_port) - self._redis_start
+
+
+class Hooks:
+    """Called as the measurement window opens and closes (bench/profile.py attaches there)."""
+
+    def measure_start(self, pid: int) -> None:
+        """`pid`: the target's root process."""
+
+    def measure_end(self) -> None:
+        pass
+
+
+def _redis_commands(port: int) -> int:
+    import redis
+
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=5)
+    try:
+        # The INFO call itself counts as one command; it is subtracted by the delta.
+        return int(client.info("stats")["total_commands_processed"])
+    finally:
+        client.close()
+
+
+def _upstream_stats(base: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{base}/__bench/stats", timeout=5) as resp:
+        data: dict[str, int] = json.loads(resp.read())
+        return data
+
+
+def drive(
+    target_url: str,
+    target_pid: int,
+    upstream: str,
+    opts: Options,
+    *,
+    rate: float = 0.0,
+    probe: Probe | None = None,
+    kids: list[Child],
+    hooks: Hooks | None = None,
+) -> dict[str, Any]:
+    """Run the load generator against a started target; return its metrics."""
+    probe = probe or Probe()
+    sampler = TreeSampler(target_pid)
+    argv = [
+        PY,
+        str(BENCH / "loadgen.py"),
+        "--url",
+        target_url,
+        "--corpus",
+        str(opts.corpus),
+        "--encoding",
+        opts.encoding,
+        "--connections",
+        str(opts.connections),
+        "--warmup",
+        str(opts.warmup),
+        "--duration",
+        str(opts.duration),
+        "--rate",
+        str(rate),
+        "--project",
+        str(opts.project),
+        "--key",
+        opts.key,
+    ]
+    if opts.mix:
+        argv += ["--mix", opts.mix]
+    up_begin = _upstream_stats(upstream)["envelopes"]
+    loadgen = Child("load generator", argv, cwd=BENCH)
+    kids.append(loadgen)
+    wait = opts.warmup + 30
+    loadgen.wait_for_line("measure-start", wait)
+    sampler.start()
+    probe.start()
+    if hooks is not None:
+        hooks.measure_start(target_pid)
+    up0 = _upstream_stats(upstream)
+    deadline = time.monotonic() + opts.duration + 30
+    line = None
+    while time.monotonic() < deadline:
+        line = loadgen.next_line(0.25)
+        sampler.sample_processes()
+        probe.sample()
+        if line is not None and line.startswith("measure-end"):
+            break
+        if line is None and not loadgen.alive():
+            break
+    sampler.stop()
+    probe.stop()
+    if hooks is not None:
+        hooks.measure_end()
+    up1 = _upstream_stats(upstream)
+    rss = sampler.peak_rss_mb()
+    result_line = loadgen.wait_for_line("result", 60)
+    loadgen.stop()
+    metrics: dict[str, Any] = json.loads(result_line.split(" ", 1)[1])
+    up_final, drained = _wait_drained(upstream, DRAIN_TIMEOUT_S)
+    window = metrics["window_s"] or 1.0
+    ok = metrics["ok"]
+    delivered = (up1["envelopes"] - up0["envelopes"]) / window
+    # Share of answered envelopes that reach the upstream (filters drop some on purpose).
+    fraction = (up_final - up_begin) / metrics["total_ok"] if metrics["total_ok"] else None
+    sustained = delivered / fraction if fraction else None
+    metrics.update(
+        delivered_per_s=round(delivered, 1),
+        delivery_fraction=round(fraction, 4) if fraction is not None else None,
+        sustained_per_s=round(min(sustained, metrics["envelopes_per_s"]), 1)
+        if sustained is not None
+        else None,
+        backlog_at_end=up_final - up1["envelopes"],
+        drained=drained,
+        upstream_bad=up1["bad"] - up0["bad"],
+        cpu_s=round(sampler.cpu_s, 3),
+        cpu_s_per_1000=round(sampler.cpu_s / ok * 1000, 4) if ok else None,
+        peak_rss_mb=round(rss, 1),
+        processes=sampler.max_processes,
+        machine_cpu_busy=round(sampler.machine_busy, 3),
+    )
+    if probe.redis_commands is not None:
+        metrics["redis_commands"] = probe.redis_commands
+        metrics["redis_commands_per_envelope"] = round(probe.redis_commands / ok, 3) if ok else None
+    if probe.spool_dir is not None:
+        metrics["spool_files_max"] = probe.spool_files_max
+    return metrics
+
+
+#: Seconds to wait, after the load stops, for the target to deliver what it queued.
+DRAIN_TIMEOUT_S = 30.0
+
+
+def _wait_drained(upstream: str, timeout: float, quiet: float = 1.0) -> tuple[int, bool]:
+    """The upstream's envelope count once it stopped growing for `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last = _upstream_stats(upstream)["envelopes"]
+    still_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _upstream_stats(upstream)["envelopes"]
+        if now != last:
+            last, still_since = now, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return last, True
+    return last, False
+
+
+def wait_http(url: str, child: Child, timeout: float) -> None:
+    """Wait until GET `url` answers 200, or raise ChildFailed when the child dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise ChildFailed(f"{child.name} exited with status {child.proc.returncode}", child)
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise ChildFailed(f"{child.name} did not answer {url} within {timeout:.0f}s", child)
+
+
+def run_floor(upstream: str, opts: Options, *, rate: float = 0.0) -> dict[str, Any]:
+    with children() as kids:
+        floor = Child("floor", [PY, str(BENCH / "floor.py"), "--upstream", upstream], cwd=BENCH)
+        kids.append(floor)
+        port = int(floor.wait_for_line("listening", 30).split()[1])
+        metrics = drive(
+            f"http://{LOOPBACK}:{port}", floor.pid, upstream, opts, rate=rate, kids=kids
+        )
+    return {
+        "name": "floor",
+        "description": "aiohttp pass-through (bench/floor.py)",
+        "status": OK,
+        **metrics,
+    }
+
+
+def run_scenario(
+    scenario: Scenario,
+    upstream: str,
+    opts: Options,
+    *,
+    rate: float = 0.0,
+    hooks: Hooks | None = None,
+    keep_config: Path | None = None,
+) -> dict[str, Any]:
+    """Measure one scenario; never raises for a scenario the relay cannot run."""
+    out: dict[str, Any] = {"name": scenario.name, "description": scenario.description}
+    workdir = Path(tempfile.mkdtemp(prefix=f"relay-bench-{scenario.name}-"))
+    try:
+        with children() as kids:
+            redis_url = None
+            probe = Probe()
+            if "redis" in scenario.config:
+                binary = shutil.which("redis-server")
+                if binary is None:
+                    return {
+                        **out,
+                        "status": NOT_AVAILABLE,
+                        "reason": "redis-server is not installed",
+                    }
+                redis_port = free_port()
+                kids.append(start_redis(binary, redis_port, workdir))
+                redis_url = f"redis://{LOOPBACK}:{redis_port}/0"
+                probe.redis_port = redis_port
+            port = free_port()
+            cfg = build_config(
+                scenario,
+                port=port,
+                upstream=upstream,
+                workdir=workdir,
+                redis_url=redis_url,
+                project=opts.project,
+                key=opts.key,
+            )
+            if "spool" in cfg:
+                probe.spool_dir = Path(cfg["spool"]["path"])
+            probe.workers = int(cfg.get("workers", 1))
+            path = workdir / "relay.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            if keep_config is not None:
+                shutil.copy(path, keep_config)
+            problem = check_config(path, workdir)
+            if problem is not None:
+                return {**out, "status": NOT_AVAILABLE, "reason": problem}
+            relay = Child(
+                f"relay ({scenario.name})",
+                [PY, "-m", "relay", "run", "--config", str(path)],
+                cwd=workdir,
+            )
+            kids.append(relay)
+            try:
+                wait_http(f"http://{LOOPBACK}:{port}/healthz", relay, 30)
+            except ChildFailed as exc:
+                tail = relay.describe_failure()
+                return {**out, "status": NOT_AVAILABLE, "reason": f"{exc}: {tail}".strip()}
+            metrics = drive(
+                f"http://{LOOPBACK}:{port}",
+                relay.pid,
+                upstream,
+                opts,
+                rate=rate,
+                probe=probe,
+                kids=kids,
+                hooks=hooks,
+            )
+            out.update(status=OK, reason=None, **metrics)
+            unexercised = _unexercised(probe, metrics)
+            if unexercised:
+                out.update(status=NOT_EXERCISED, reason=unexercised)
+            if not relay.alive():
+                out.update(status=NOT_AVAILABLE, reason=f"relay died: {relay.describe_failure()}")
+            return out
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _unexercised(probe: Probe, metrics: dict[str, Any]) -> str | None:
+    reasons = []
+    if probe.redis_commands is not None and probe.redis_commands < max(10, metrics["ok"] // 100):
+        reasons.append(
+            f"Redis saw {probe.redis_commands} commands for {metrics['ok']} envelopes "
+            "(the relay does not use the `redis` section yet?)"
+        )
+    if probe.spool_dir is not None and probe.spool_files_max == 0:
+        reasons.append("no file ever appeared in the spool directory")
+    if probe.workers > 1 and metrics["processes"] < probe.workers:
+        reasons.append(f"{metrics['processes']} relay process(es) for `workers: {probe.workers}`")
+    return "; ".join(reasons) or None
+
+
+def start_redis(binary: str, port: int, workdir: Path) -> Child:
+    child = Child(
+        "redis-server",
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            LOOPBACK,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        cwd=workdir,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            _redis_commands(port)
+            return child
+        except Exception:
+            time.sleep(0.05)
+    child.stop()
+    raise ChildFailed(f"redis-server did not start on port {port}", child)
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def add_ratios(rows: list[dict[str, Any]], floor: dict[str, Any]) -> None:
+    by_name = {row["name"]: row for row in rows}
+    for row in rows:
+        if row.get("status") == NOT_AVAILABLE:
+            continue
+        row["vs_floor"] = {
+            "throughput": _ratio(_throughput(row), _throughput(floor)),
+            "answered": _ratio(row.get("envelopes_per_s"), floor.get("envelopes_per_s")),
+            "p99": _ratio(row["latency_ms"]["p99"], floor["latency_ms"]["p99"]),
+        }
+    for row in rows:
+        base = SCENARIO_BASELINES.get(row["name"])
+        if base and base in by_name and row.get("status") != NOT_AVAILABLE:
+            row[f"vs_{base}"] = {"throughput": _ratio(_throughput(row), _throughput(by_name[base]))}
+
+
+SCENARIO_BASELINES: dict[str, str] = {}
+
+
+def _throughput(row: dict[str, Any]) -> float | None:
+    """Sustained envelopes/s: answered, less what piled up undelivered in the outbox."""
+    value = row.get("sustained_per_s")
+    return value if value is not None else row.get("envelopes_per_s")
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec)
+
+
+def table(rows: list[dict[str, Any]], title: str) -> str:
+    head = (
+        f"{'scenario':<15}{'ans/s':>7}{'sust/s':>8}{'xfloor':>8}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'p999 ms':>9}{'p99 xfl':>8}{'cpu s/1k':>9}{'RSS MB':>7}{'backlog':>8}{'non200':>7}"
+        f"{'err':>5}  status"
+    )
+    lines = [title, head, "-" * len(head)]
+    for row in rows:
+        if row.get("status") == NOT_AVAILABLE:
+            lines.append(f"{row['name']:<15}  not available: {_clip(row.get('reason'))}")
+            continue
+        lat = row["latency_ms"]
+        vs = row.get("vs_floor", {})
+        status = row.get("status", OK)
+        if row.get("reason"):
+            status += ": " + _clip(row["reason"])
+        extra = [
+            f"{k}: {v['throughput']}x"
+            for k, v in row.items()
+            if k.startswith("vs_") and k != "vs_floor"
+        ]
+        if extra:
+            status += " (" + ", ".join(extra) + ")"
+        lines.append(
+            f"{row['name']:<15}{_fmt(row['envelopes_per_s'], '.0f'):>7}"
+            f"{_fmt(row.get('sustained_per_s'), '.0f'):>8}{_fmt(vs.get('throughput'), '.2f'):>8}"
+            f"{_fmt(lat['p50'], '.1f'):>8}{_fmt(lat['p99'], '.1f'):>8}{_fmt(lat['p999'], '.1f'):>9}"
+            f"{_fmt(vs.get('p99'), '.2f'):>8}{_fmt(row.get('cpu_s_per_1000'), '.3f'):>9}"
+            f"{_fmt(row.get('peak_rss_mb'), '.0f'):>7}{_fmt(row.get('backlog_at_end')):>8}"
+            f"{sum(row['non_200'].values()):>7}{sum(row['errors'].values()):>5}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def _clip(text: object, width: int = 160) -> str:
+    value = str(text or "")
+    return value if len(value) <= width else value[: width - 3] + "..."
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, reported (never asserted)."""
+    rows = {r["name"]: r for r in results["scenarios"]}
+    out = []
+
+    def usable(name: str) -> dict[str, Any] | None:
+        row = rows.get(name)
+        return row if row is not None and row.get("status") == OK else None
+
+    if (r := usable("default-redis")) is not None:
+        out.append(f"default-redis throughput >= 0.50x floor: {r['vs_floor']['throughput']}x")
+    if (r := usable("none")) is not None:
+        out.append(f"none throughput >= 0.80x floor: {r['vs_floor']['throughput']}x")
+    if (r := usable("workers-2")) is not None and "vs_default" in r:
+        out.append(f"workers-2 >= 1.6x default: {r['vs_default']['throughput']}x")
+    fixed = results.get("fixed_rate")
+    if fixed:
+        for row in fixed["scenarios"]:
+            if row.get("status") == OK and row.get("vs_floor"):
+                out.append(
+                    f"{row['name']} p99 at {fixed['rate']:.0f}/s < 2x floor p99: {row['vs_floor']['p99']}x"
+                )
+    return out
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
+    p.add_argument("--connections", type=int, default=64)
+    p.add_argument(
+        "--scenarios",
+        default=",".join(DEFAULT_SCENARIOS),
+        help="comma-separated names from bench/scenarios/ or paths to YAML files, or 'all'",
+    )
+    p.add_argument(
+        "--rate-scenarios",
+        default=",".join(DEFAULT_RATE_SCENARIOS),
+        help="scenarios measured again at 50%% of the floor's throughput ('' to skip)",
+    )
+    p.add_argument("--rate-fraction", type=float, default=0.5)
+    p.add_argument("--rate-duration", type=float, default=None, help="default: min(duration, 8)")
+    p.add_argument("--no-floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    p.add_argument("--mix", default="", help="name=weight,... (default: corpus.DEFAULT_MIX)")
+    p.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
+    p.add_argument("--project", type=int, default=CORPUS_PROJECT)
+    p.add_argument("--key", default=CORPUS_KEY)
+    p.add_argument("--json", type=Path, default=None, help="default: bench/results/<time>.json")
+    p.add_argument(
+        "--list", action="store_true", help="list scenarios and whether they are available"
+    )
+    return p.parse_args(argv)
+
+
+def _resolve_name(name: str, scenarios: dict[str, Scenario]) -> str:
+    """A scenario name, or a path to a YAML scenario file outside bench/scenarios/."""
+    if name.endswith((".yaml", ".yml")):
+        sc = load_scenario(Path(name))
+        scenarios[sc.name] = sc
+        return sc.name
+    return name
+
+
+def list_scenarios(scenarios: dict[str, Scenario], opts: Options) -> None:
+    for name, sc in scenarios.items():
+        workdir = Path(tempfile.mkdtemp(prefix="relay-bench-list-"))
+        try:
+            cfg = build_config(
+                sc,
+                port=free_port(),
+                upstream=f"http://{LOOPBACK}:9",
+                workdir=workdir,
+                redis_url=f"redis://{LOOPBACK}:6379/0",
+                project=opts.project,
+                key=opts.key,
+            )
+            path = workdir / "relay.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            problem = check_config(path, workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        default = "*" if name in DEFAULT_SCENARIOS else " "
+        state = "config ok" if problem is None else f"not available: {problem}"
+        print(f"{default} {name:<15} {sc.description}\n  {'':<15} {state}")
+    print("(* = in the default set)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    scenarios = load_scenarios()
+    for sc in scenarios.values():
+        if sc.baseline:
+            SCENARIO_BASELINES[sc.name] = sc.baseline
+    opts = Options(
+        corpus=args.corpus,
+        mix=args.mix,
+        encoding=args.encoding,
+        connections=args.connections,
+        warmup=args.warmup,
+        duration=args.duration,
+        project=args.project,
+        key=args.key,
+    )
+    parse_mix(args.mix)
+    if args.list:
+        list_scenarios(scenarios, opts)
+        return 0
+    names = (
+        list(scenarios) if args.scenarios == "all" else [n for n in args.scenarios.split(",") if n]
+    )
+    rate_names = [n for n in args.rate_scenarios.split(",") if n]
+    names = [_resolve_name(n, scenarios) for n in names]
+    rate_names = [_resolve_name(n, scenarios) for n in rate_names]
+    unknown = [n for n in names + rate_names if n not in scenarios]
+    if unknown:
+        print(
+            f"unknown scenario(s): {', '.join(unknown)}; have {', '.join(scenarios)}",
+            file=sys.stderr,
+        )
+        return 2
+    started = dt.datetime.now(dt.UTC)
+    results: dict[str, Any] = {
+        "meta": {
+            "date": started.isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadgen": "aiohttp (bench/loadgen.py)",
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "connections": args.connections,
+            "encoding": args.encoding,
+            "corpus": str(args.corpus),
+            "mix": parse_mix(args.mix),
+            "note": "load generator, relay and upstream share this machine's cores",
+        },
+        "scenarios": [],
+    }
+    with children() as kids:
+        upstream_proc = Child("upstream", [PY, str(BENCH / "upstream.py")], cwd=BENCH)
+        kids.append(upstream_proc)
+        upstream = f"http://{LOOPBACK}:{upstream_proc.wait_for_line('listening', 30).split()[1]}"
+        print(f"floor: closed loop, {args.connections} connections, {args.duration:g}s", flush=True)
+        floor = run_floor(upstream, opts)
+        results["floor"] = floor
+        for name in names:
+            print(f"scenario {name}: closed loop", flush=True)
+            results["scenarios"].append(run_scenario(scenarios[name], upstream, opts))
+        add_ratios(results["scenarios"], floor)
+        if rate_names and floor["envelopes_per_s"]:
+            rate = round(floor["envelopes_per_s"] * args.rate_fraction, 1)
+            rate_opts = copy.copy(opts)
+            rate_opts.duration = args.rate_duration or min(args.duration, 8.0)
+            rate_opts.connections = max(args.connections, 64)
+            print(f"fixed rate {rate:g}/s ({args.rate_fraction:g} x floor): floor", flush=True)
+            fixed_floor = run_floor(upstream, rate_opts, rate=rate)
+            rows = []
+            for name in rate_names:
+                print(f"fixed rate {rate:g}/s: {name}", flush=True)
+                rows.append(run_scenario(scenarios[name], upstream, rate_opts, rate=rate))
+            add_ratios(rows, fixed_floor)
+            results["fixed_rate"] = {
+                "rate": rate,
+                "fraction_of_floor": args.rate_fraction,
+                "floor": fixed_floor,
+                "scenarios": rows,
+            }
+    print()
+    print(
+        table(
+            [{**floor, "vs_floor": {"throughput": 1.0, "p99": 1.0}}, *results["scenarios"]],
+            f"closed loop: {args.connections} connections, {args.duration:g}s after {args.warmup:g}s warm-up, {args.encoding} bodies",
+        )
+    )
+    fixed = results.get("fixed_rate")
+    if fixed:
+        print()
+        print(
+            table(
+                [
+                    {**fixed["floor"], "vs_floor": {"throughput": 1.0, "p99": 1.0}},
+                    *fixed["scenarios"],
+                ],
+                f"fixed rate: {fixed['rate']:g} envelopes/s offered ({fixed['fraction_of_floor']:g} x floor)",
+            )
+        )
+    results["targets"] = targets(results)
+    if results["targets"]:
+        print("\ntargets (reported, not asserted):")
+        for line in results["targets"]:
+            print(f"  {line}")
+    out = args.json or RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
