@@ -71,10 +71,9 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         if request.path.startswith("/api/") and not request.path.startswith("/api/relay/"):
-            label = _endpoint_label(request)
-            metrics = request.app[METRICS]
-            metrics.requests.labels(label, str(status)).inc()
-            metrics.request_duration.labels(label).observe(time.perf_counter() - start)
+            request.app[METRICS].count_request(
+                _endpoint_label(request), status, time.perf_counter() - start
+            )
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -182,7 +181,11 @@ async def _on_shutdown(app: web.Application) -> None:
 def make_outbox(config: Config, *, worker: int | None = None) -> Outbox:
     """The disk spool when `spool` is configured (one directory per worker), else memory."""
     if config.spool is None:
-        return MemoryOutbox(config.upstream.outbox_max_items, config.upstream.outbox_max_bytes)
+        return MemoryOutbox(
+            config.upstream.outbox_max_items,
+            config.upstream.outbox_max_bytes,
+            high_water=max(64, config.upstream.concurrency * 4),
+        )
     path = Path(config.spool.path)
     if worker is not None:
         path = path / f"worker-{worker}"
@@ -222,7 +225,13 @@ def create_app(
     app[STATE] = State()
     shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
     app[SHADOW] = shadow
-    app[INGEST] = Ingest(outbox, upstream_limits, metrics, shadow)
+    app[INGEST] = Ingest(
+        outbox,
+        upstream_limits,
+        metrics,
+        shadow,
+        backpressure_wait=config.upstream.backpressure_wait_s,
+    )
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_limiter)

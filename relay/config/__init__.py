@@ -67,8 +67,8 @@ class UpstreamConfig(Section, frozen=True):
     #: `https://sentry.example.com` (projects keep their id and key) or `file://DIR`.
     url: str = "file://./data/outbox"
     timeout_s: Duration = Duration(10)
-    #: Concurrent forwarder tasks draining the outbox.
-    concurrency: int = 8
+    #: Concurrent forwarder tasks (and upstream connections) draining the outbox.
+    concurrency: int = 32
     #: Attempts per envelope on network errors and 5xx before it is dropped with an outcome.
     max_attempts: int = 6
     retry_base_s: Duration = Duration(0.5)
@@ -77,8 +77,12 @@ class UpstreamConfig(Section, frozen=True):
     outage_after: int = 5
     #: Longest wait between probes of a down upstream.
     probe_max_s: Duration = Duration(30)
-    #: Compress request bodies sent upstream.
+    #: Compress request bodies sent upstream, at this zlib level (1 is fast and close in size).
     gzip: bool = True
+    gzip_level: int = 1
+    #: Seconds a request may wait for the forwarder to catch up before it is queued anyway
+    #: (back-pressure keeps the queue short; the hard limits below still answer 503).
+    backpressure_wait_s: Duration = Duration(2)
     #: Seconds between client reports telling the upstream what the relay dropped (0: off).
     client_reports_interval: Duration = Duration(60)
     #: In-memory outbox bounds; the relay answers 503 when they are reached.
@@ -326,6 +330,8 @@ def _check_core(config: Config) -> list[Problem]:
         problems.append(Problem("upstream.url", "must start with http://, https:// or file://"))
     if config.upstream.concurrency < 1:
         problems.append(Problem("upstream.concurrency", "must be at least 1"))
+    if not 0 <= config.upstream.gzip_level <= 9:
+        problems.append(Problem("upstream.gzip_level", "must be between 0 and 9"))
     if config.upstream.max_attempts < 1:
         problems.append(Problem("upstream.max_attempts", "must be at least 1"))
     if config.redis is not None:

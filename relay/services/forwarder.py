@@ -222,8 +222,7 @@ class Forwarder:
         }
         body = entry.body
         if self.config.gzip and len(body) >= GZIP_MIN_BYTES:
-            compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-            body = compressor.compress(body) + compressor.flush()
+            body = zlib.compress(body, self.config.gzip_level, wbits=31)
             headers["Content-Encoding"] = "gzip"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         try:

@@ -76,6 +76,7 @@ class Ingest:
         shadow: ShadowSink | None = None,
         limiter: Limiter | None = None,
         client_reports: ClientReports | None = None,
+        backpressure_wait: float = 2.0,
     ) -> None:
         self.outbox = outbox
         self.upstream_limits = upstream_limits
@@ -83,6 +84,7 @@ class Ingest:
         self.shadow = shadow
         self.limiter = limiter
         self.client_reports = client_reports
+        self.backpressure_wait = backpressure_wait
 
     async def _check_quotas(
         self,
@@ -131,6 +133,7 @@ class Ingest:
         result = IngestResult(event_id=envelope.event_id)
         target = project.target(ctx.public_key)
         total_items = len(envelope.items)
+        await self.outbox.wait_for_room(self.backpressure_wait)
         if not self.outbox.has_room(sum(len(i.payload) for i in envelope.items)):
             # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
             for item in envelope.items:

@@ -14,6 +14,7 @@ Names (dashboards and alerts depend on them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,7 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from relay.outcomes import Outcome
+from relay.outcomes import Outcome, OutcomeKind
 from relay.services.limiter.core import UsageRow
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -124,14 +125,37 @@ class Metrics:
             ["project", "category"],
             registry=r,
         )
+        # Label children, cached: `labels()` per request costs more than the increment.
+        self._item_children: dict[tuple[str, OutcomeKind, str], tuple[Any, Any]] = {}
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
 
     def emit(self, outcome: Outcome) -> None:
-        category = str(outcome.category)
-        self.items.labels(category, outcome.kind.value, outcome.reason).inc()
-        self.item_quantity.labels(category, outcome.kind.value).inc(outcome.quantity)
+        key = (outcome.category, outcome.kind, outcome.reason)
+        children = self._item_children.get(key)
+        if children is None:
+            category, kind = str(outcome.category), outcome.kind.value
+            children = (
+                self.items.labels(category, kind, outcome.reason),
+                self.item_quantity.labels(category, kind),
+            )
+            self._item_children[key] = children
+        children[0].inc()
+        children[1].inc(outcome.quantity)
+
+    def count_request(self, endpoint: str, status: int, seconds: float) -> None:
+        key = (endpoint, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, str(status)),
+                self.request_duration.labels(endpoint),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def set_usage(self, rows: Iterable[UsageRow]) -> None:
         """Refresh the quota gauges from the limiter's usage rows (on scrape)."""

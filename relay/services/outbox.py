@@ -7,6 +7,7 @@ than growing without limit. Only scrubbed bytes ever enter it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ class Outbox(Protocol):
 
     def has_room(self, size: int) -> bool: ...
 
+    async def wait_for_room(self, timeout: float) -> None: ...
+
     async def put(self, entry: OutboxEntry) -> None: ...
 
     async def get(self) -> OutboxEntry: ...
@@ -59,9 +62,13 @@ class Outbox(Protocol):
 class MemoryOutbox:
     """An asyncio FIFO bounded by items and bytes."""
 
-    def __init__(self, max_items: int, max_bytes: int) -> None:
+    def __init__(self, max_items: int, max_bytes: int, high_water: int | None = None) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
+        #: Above this many queued entries, `wait_for_room` makes producers wait.
+        self.high_water = high_water if high_water is not None else max_items
+        self._room = asyncio.Event()
+        self._room.set()
         self._queue: deque[OutboxEntry] = deque()
         self._bytes = 0
         self._wake = asyncio.Event()
@@ -85,6 +92,15 @@ class MemoryOutbox:
     async def put(self, entry: OutboxEntry) -> None:
         self.put_nowait(entry)
 
+    async def wait_for_room(self, timeout: float) -> None:
+        """Back-pressure: while the queue is above its high-water mark, wait (bounded)."""
+        if len(self._queue) < self.high_water:
+            return
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._room.wait()
+
     def put_nowait(self, entry: OutboxEntry) -> None:
         if not self.has_room(len(entry.body)):
             raise OutboxFull
@@ -97,6 +113,8 @@ class MemoryOutbox:
             self._wake.clear()
             await self._wake.wait()
         entry = self._queue.popleft()
+        if len(self._queue) < self.high_water:
+            self._room.set()
         self._bytes -= len(entry.body)
         self._in_flight += 1
         return entry

@@ -240,6 +240,9 @@ class DiskSpool:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self._oldest_created)
 
+    async def wait_for_room(self, timeout: float) -> None:
+        """The spool absorbs backlogs on disk; producers never wait for the forwarder."""
+
     def has_room(self, size: int) -> bool:
         return self.size_on_disk() + size <= self.max_bytes
 
