@@ -7,6 +7,7 @@ to the upstream before the session closes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from relay.services.client_reports import ClientReports
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.limiter import create_limiter
-from relay.services.metrics import Metrics
+from relay.services.metrics import LogCounter, Metrics
 from relay.services.outbox import MemoryOutbox, Outbox
 from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
@@ -74,6 +75,14 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
             request.app[METRICS].count_request(
                 _endpoint_label(request), status, time.perf_counter() - start
             )
+
+
+async def _log_counter(app: web.Application) -> AsyncIterator[None]:
+    handler = LogCounter(app[METRICS].log_messages)
+    logger = logging.getLogger("relay")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
 
 
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
@@ -232,6 +241,7 @@ def create_app(
         shadow,
         backpressure_wait=config.upstream.backpressure_wait_s,
     )
+    app.cleanup_ctx.append(_log_counter)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_http_session)
     app.cleanup_ctx.append(_limiter)

@@ -42,7 +42,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         _print_config_error(err)
         return 1
-    return serve(config, config_path=args.config, worker=args.worker, pid_file=args.pid_file)
+    config_path = args.config or os.environ.get("RELAY_CONFIG")
+    return serve(config, config_path=config_path, worker=args.worker, pid_file=args.pid_file)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -128,9 +129,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("path")
     check.set_defaults(func=cmd_check_config)
 
-    scrub = sub.add_parser("scrub", help="dry-run the policy on an event JSON or an envelope; sends nothing")
-    scrub.add_argument("--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)")
-    scrub.add_argument("--project", type=int, help="project id whose policy applies (default: from the input)")
+    scrub = sub.add_parser(
+        "scrub", help="dry-run the policy on an event JSON or an envelope; sends nothing"
+    )
+    scrub.add_argument(
+        "--config", "-c", help="YAML config file (default: $RELAY_CONFIG, else embedded defaults)"
+    )
+    scrub.add_argument(
+        "--project", type=int, help="project id whose policy applies (default: from the input)"
+    )
     scrub.add_argument("--json", action="store_true", help="print JSON")
     scrub.add_argument("file", help="event JSON or envelope file, or - for standard input")
     scrub.set_defaults(func=cmd_scrub)
@@ -143,7 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage.set_defaults(func=cmd_usage)
 
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # `relay scrub ... | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

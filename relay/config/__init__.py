@@ -24,6 +24,8 @@ from relay.config.base import (
     Problem,
     Secret,
     Section,
+    _is_struct,
+    _struct_of_optional,
     collect_problems,
     dec_hook,
     join_path,
@@ -203,8 +205,6 @@ def _expand_env(data: Any, env: Mapping[str, str], path: str, problems: list[Pro
 
 def _override_target(tp: Any, rest: str) -> list[str] | None:
     """Resolve `listen_port` against the Struct tree into `["listen", "port"]`."""
-    from relay.config.base import _is_struct, _struct_of_optional
-
     struct = tp if _is_struct(tp) else _struct_of_optional(tp)
     if struct is None:
         return None
@@ -216,6 +216,10 @@ def _override_target(tp: Any, rest: str) -> list[str] | None:
     for field in sorted(hints, key=lambda f: -len(f.encode_name)):
         name = field.encode_name
         if rest == name:
+            # Only single keys can be overridden, never a whole section.
+            leaf = types_[field.name]
+            if _is_struct(leaf) or _struct_of_optional(leaf) is not None:
+                return None
             return [name]
         if rest.startswith(name + "_"):
             sub = _override_target(types_[field.name], rest[len(name) + 1 :])
@@ -260,7 +264,7 @@ def parse_config(data: Any, *, env: Mapping[str, str] | None = None, source: str
     problems.extend(collect_problems(data, Config))
     if problems:
         raise ConfigError(problems, source)
-    config = msgspec.convert(data, Config, dec_hook=dec_hook)
+    config = msgspec.convert(data, Config, dec_hook=dec_hook, strict=False)
     problems.extend(validate(config))
     if problems:
         raise ConfigError(problems, source)

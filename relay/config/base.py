@@ -190,7 +190,7 @@ def collect_problems(data: Any, tp: Any, path: str = "") -> list[Problem]:
                 problems.append(Problem(join_path(path, name), "required key is missing"))
         if not problems:
             try:
-                msgspec.convert(data, tp, dec_hook=dec_hook)
+                msgspec.convert(data, tp, dec_hook=dec_hook, strict=False)
             except msgspec.ValidationError as err:
                 problems.append(Problem(path, _clean_msgspec_error(err)))
         return problems
@@ -214,7 +214,8 @@ def collect_problems(data: Any, tp: Any, path: str = "") -> list[Problem]:
     if origin is typing.Annotated:
         pass
     try:
-        msgspec.convert(data, tp, dec_hook=dec_hook)
+        # Not strict: `${VAR}` always expands to a string, so "3000" must do for an int.
+        msgspec.convert(data, tp, dec_hook=dec_hook, strict=False)
     except msgspec.ValidationError as err:
         return [Problem(path, _clean_msgspec_error(err))]
     return []

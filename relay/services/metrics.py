@@ -13,6 +13,7 @@ Names (dashboards and alerts depend on them):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -227,3 +228,14 @@ class _ShadowOutcomes:
 
     def emit(self, outcome: Outcome) -> None:
         self.counter.labels(outcome.kind.value).inc()
+
+
+class LogCounter(logging.Handler):
+    """Counts the relay's own log lines of note (warning and above) by level."""
+
+    def __init__(self, counter: Counter) -> None:
+        super().__init__(level=logging.WARNING)
+        self.counter = counter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counter.labels(record.levelname.lower()).inc()
