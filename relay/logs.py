@@ -30,6 +30,20 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(data).decode()
 
 
+class _QuietProtocolErrors(logging.Filter):
+    """aiohttp logs every malformed HTTP request with a traceback: keep one short line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            exc = record.exc_info[1]
+            record.msg = f"bad HTTP request: {type(exc).__name__}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -40,3 +54,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _QuietProtocolErrors) for f in server.filters):
+        server.addFilter(_QuietProtocolErrors())

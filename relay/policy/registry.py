@@ -88,6 +88,9 @@ class PolicyRegistry:
             keys = project.config.keys if project.config else []
             if keys and public_key not in keys:
                 return Denied.UNKNOWN_KEY
+            if not keys and public_key in self._configured_keys:
+                # A key configured for one project never sends to another, even a keyless one.
+                return Denied.UNKNOWN_KEY
             return project
         if not self.config.accept_unknown:
             return Denied.UNKNOWN_PROJECT

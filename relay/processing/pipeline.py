@@ -23,7 +23,7 @@ import orjson
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing.context import RequestContext
 from relay.protocol.categories import EVENT_TYPES, item_quantities, primary_category
-from relay.protocol.envelope import Envelope, Item
+from relay.protocol.envelope import Envelope, Item, exceeds_depth
 
 #: Items that belong to the envelope's event and share its fate.
 DEPENDENT_TYPES = frozenset({"attachment", "user_report"})
@@ -191,6 +191,8 @@ def prepare(
                 event = orjson.loads(item.payload)
             except orjson.JSONDecodeError:
                 event = None
+            if isinstance(event, dict) and exceeds_depth(event):
+                event = None  # deeper than Sentry accepts: invalid, never a recursion error
             work.quantities = [
                 (str(c), q)
                 for c, q in item_quantities(

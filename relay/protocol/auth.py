@@ -140,7 +140,7 @@ def _basic_auth(value: str) -> Auth | None:
         return None
     try:
         decoded = base64.b64decode(value[6:].strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII text, not UTF-8 bytes
         return None
     key, colon, _ = decoded.partition(":")
     if not colon:

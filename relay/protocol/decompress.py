@@ -6,6 +6,8 @@
 
 `make_decompressor(content_encoding, max_bytes)` returns a `Decompressor`; `feed()`
 it the body chunk by chunk as it arrives and call `finish()` for the whole output.
+`feed_steps()` is `feed()` in small steps, for callers that must not block an event
+loop for the whole of a highly compressed chunk.
 Every stage decodes with a bounded output buffer (zlib `max_length`, brotli
 `output_buffer_limit`, zstd in small input slices), so a bomb is stopped after
 about `max_bytes` plus one chunk of work, never after materializing its output.
@@ -255,32 +257,40 @@ class Decompressor:
         return self._size
 
     def feed(self, chunk: bytes) -> None:
+        for _ in self.feed_steps(chunk):
+            pass
+
+    def feed_steps(self, chunk: bytes) -> Iterator[None]:
+        """`feed`, one step at a time: yields after each piece (at most `CHUNK` bytes) that
+        any stage produced, so that an event loop can run between steps of a large body."""
         if self._finished:
             raise RuntimeError("feed() after finish()")
         if not self._stages:
             self._emit(bytes(chunk))
             return
         for piece in self._stages[0].feed(bytes(chunk)):
-            self._push(1, piece)
+            yield from self._push(1, piece)
 
     def finish(self) -> bytes:
         if not self._finished:
             self._finished = True
             for index, stage in enumerate(self._stages):
                 for piece in stage.finish():
-                    self._push(index + 1, piece)
+                    for _ in self._push(index + 1, piece):
+                        pass
         return b"".join(self._out)
 
-    def _push(self, index: int, piece: bytes) -> None:
+    def _push(self, index: int, piece: bytes) -> Iterator[None]:
         """Hand `piece`, the output of stage `index - 1`, to stage `index` (or the result)."""
         self._stage_sizes[index - 1] += len(piece)
         if self._stage_sizes[index - 1] > self.max_bytes:
             raise TooLarge(self.max_bytes)
+        yield
         if index == len(self._stages):
             self._emit(piece)
             return
         for out in self._stages[index].feed(piece):
-            self._push(index + 1, out)
+            yield from self._push(index + 1, out)
 
     def _emit(self, piece: bytes) -> None:
         self._size += len(piece)

@@ -1,4 +1,7 @@
-"""Sentry DSNs: `{scheme}://{public_key}[:{secret}]@{host}[:{port}]{/path_prefix}/{project_id}`."""
+"""Sentry DSNs: `{scheme}://{public_key}[:{secret}]@{host}[:{port}]{/path_prefix}/{project_id}`.
+
+`InvalidDsn` messages never quote the DSN: it may carry a secret key.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ class Dsn:
         try:
             parts = urlsplit(text.strip())
             port = parts.port
-        except ValueError as exc:
-            raise InvalidDsn(f"not a valid DSN: {exc}") from None
+        except ValueError:
+            # urlsplit's messages quote parts of the URL, the secret key among them.
+            raise InvalidDsn("not a valid DSN: invalid host or port") from None
         if parts.scheme not in ("http", "https"):
             raise InvalidDsn("not a valid DSN: scheme must be http or https")
         if not parts.username:

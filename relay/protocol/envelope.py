@@ -7,17 +7,52 @@ An item header with `length` is followed by exactly that many payload bytes;
 without it the payload runs to the next newline (or the end). Header lines we do
 not modify are kept byte-for-byte, so unknown item types and unknown header keys
 reach the upstream exactly as the SDK wrote them.
+
+A header line with a duplicate key is not kept byte-for-byte: the parsed value
+(the last duplicate wins) is what the relay checks and scrubs, so it is also what
+it forwards; the upstream never sees a value the relay did not look at.
+`has_duplicate_keys` is the same check for payloads.
+
+JSON nested deeper than `MAX_JSON_DEPTH` levels (Sentry's own parser stops at
+the same depth) is refused: `exceeds_depth` is the check for parsed payloads.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 
+#: Deepest JSON nesting accepted in headers and payloads (arrays and objects).
+MAX_JSON_DEPTH = 128
+
 
 class EnvelopeError(ValueError):
     """The body is not a valid envelope; the message says where and why."""
+
+
+def exceeds_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when parsed JSON `value` nests arrays and objects more than `limit` levels deep.
+
+    Iterative, so it is safe on any input; stages that recurse over events (and
+    orjson, which cannot serialize past 254 levels) rely on this bound.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+    return False
 
 
 class Item:
@@ -100,6 +135,49 @@ class Envelope:
         return f"Envelope(event_id={self.event_id!r}, items={self.items!r})"
 
 
+class _Duplicate(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _Duplicate
+    return out
+
+
+def has_duplicate_keys(data: bytes) -> bool:
+    """True when the JSON text `data` repeats a key within one object (anywhere).
+
+    Compact JSON that orjson writes back identically has none, so that common case
+    costs one serialization; other text is checked with a second parse.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = _UNPARSED
+    return _duplicates(data, value)
+
+
+_UNPARSED = object()
+
+
+def _duplicates(data: bytes, value: Any) -> bool:
+    if value is not _UNPARSED:
+        try:
+            if orjson.dumps(value) == data.strip():
+                return False
+        except TypeError:
+            pass
+    try:
+        json.loads(data, object_pairs_hook=_no_duplicates)
+    except _Duplicate:
+        return True
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
 def _load_header(line: bytes, what: str) -> dict[str, Any]:
     try:
         value = orjson.loads(line)
@@ -107,6 +185,8 @@ def _load_header(line: bytes, what: str) -> dict[str, Any]:
         raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise EnvelopeError(f"{what} must be a JSON object")
+    if exceeds_depth(value):
+        raise EnvelopeError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return value
 
 
@@ -117,8 +197,10 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
     end = data.find(b"\n")
     if end < 0:
         end = len(data)
-    raw_header = data[:end]
-    headers = _load_header(raw_header, "envelope header")
+    raw_header: bytes | None = data[:end]
+    headers = _load_header(data[:end], "envelope header")
+    if _duplicates(data[:end], headers):
+        raw_header = None
     items: list[Item] = []
     pos = end + 1
     size = len(data)
@@ -158,7 +240,8 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
                 nl = size
             payload = data[pos:nl]
             pos = nl + 1
-        items.append(Item(item_headers, payload, raw_header=line))
+        raw_line = None if _duplicates(line, item_headers) else line
+        items.append(Item(item_headers, payload, raw_header=raw_line))
         if len(items) > max_items:
             raise EnvelopeError(f"too many items (more than {max_items})")
     return Envelope(headers, items, raw_header=raw_header)

@@ -16,7 +16,9 @@ for the Reporting API). `?sentry_release=` and `?sentry_environment=` become the
 applies to the event it builds.
 
 Sentry processes one event-like item per envelope, so each report of a batch
-gets an envelope of its own: use `security_report_envelopes`.
+gets an envelope of its own: use `security_report_envelopes`. Since each becomes
+its own upstream request, a batch holds at most `MAX_REPORTS` reports, and JSON
+nested deeper than `MAX_JSON_DEPTH` is refused.
 
     SecurityReportError(ValueError)   .status: 415 wrong content type, 400 not a report
 """
@@ -29,9 +31,10 @@ from typing import Any
 
 import orjson
 
-from relay.protocol.envelope import Envelope, make_envelope
+from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, exceeds_depth, make_envelope
 
 __all__ = [
+    "MAX_REPORTS",
     "SECURITY_CONTENT_TYPES",
     "SecurityReportError",
     "security_report_envelopes",
@@ -49,6 +52,9 @@ SECURITY_CONTENT_TYPES = frozenset(
         "application/reports+json",
     }
 )
+
+#: Most reports accepted in one Reporting API batch (each is forwarded on its own).
+MAX_REPORTS = 100
 
 _LEGACY_KEYS = ("csp-report", "expect-ct-report", "known-pins", "expect-staple-report")
 
@@ -93,6 +99,8 @@ def security_report_envelopes(
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise SecurityReportError(f"invalid JSON: {exc}") from None
+    if exceeds_depth(value):
+        raise SecurityReportError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
 
     extra = {
         name: query[name] for name in ("sentry_release", "sentry_environment") if query.get(name)
@@ -104,6 +112,8 @@ def security_report_envelopes(
         value = [value]  # one Reporting API report, not wrapped in a list
     if not isinstance(value, list):
         raise SecurityReportError("not a security report")
+    if len(value) > MAX_REPORTS:
+        raise SecurityReportError(f"too many reports in one request (more than {MAX_REPORTS})")
 
     envelopes: list[Envelope] = []
     for report in value:

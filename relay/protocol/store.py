@@ -7,7 +7,10 @@ Sentry accepts three body shapes on `POST /api/{project_id}/store/`:
 - base64 of zlib-deflated JSON (old SDKs, without any Content-Encoding header).
 
 Old Python SDKs write `NaN` and `Infinity`, which are not JSON; Sentry reads them
-anyway, and so do we (as `null`).
+anyway, and so do we (as `null`). Like Sentry, we refuse JSON nested deeper than
+`MAX_JSON_DEPTH`, strings with unpaired UTF-16 surrogates (`"\\ud800"`), and an
+`event_id` that is not a UUID: `decode_store_body` returns only events that
+`store_to_envelope` can convert.
 
     StoreError(ValueError)   .too_large: the inflated body passed the cap (answer 413)
 """
@@ -24,7 +27,7 @@ from typing import Any
 import orjson
 
 from relay.protocol.decompress import DecompressionError, TooLarge, make_decompressor
-from relay.protocol.envelope import Envelope, make_envelope
+from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, exceeds_depth, make_envelope
 
 __all__ = ["StoreError", "decode_store_body", "normalize_event_id", "store_to_envelope"]
 
@@ -50,9 +53,17 @@ def _loads(data: bytes) -> Any:
         first_error = str(exc)
     # NaN / Infinity from old SDKs, or integers beyond 64 bits.
     try:
-        return json.loads(data, parse_constant=lambda _: None)
+        value = json.loads(data, parse_constant=lambda _: None)
     except (ValueError, RecursionError):
         raise StoreError(f"invalid JSON: {first_error}") from None
+    if exceeds_depth(value):
+        raise StoreError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        # The fallback parser lets unpaired surrogates through; orjson (and Sentry) do not.
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StoreError("invalid JSON: a string holds an unpaired surrogate") from None
+    return value
 
 
 def _inflate(data: bytes, max_decompressed: int) -> bytes:
@@ -88,6 +99,10 @@ def decode_store_body(body: bytes, *, max_decompressed: int) -> dict[str, Any]:
     event = _loads(data)
     if not isinstance(event, dict):
         raise StoreError("event must be a JSON object")
+    if exceeds_depth(event):
+        raise StoreError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
+    if event.get("event_id") is not None and normalize_event_id(event["event_id"]) is None:
+        raise StoreError("invalid event id")
     return event
 
 

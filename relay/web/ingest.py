@@ -201,7 +201,10 @@ async def store_endpoint(request: web.Request) -> web.Response:
             raise PayloadTooLarge(str(exc)) from None
         raise BadRequest(f"invalid event: {exc}") from None
     event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-    envelope = store_to_envelope(event, event_id=event_id)
+    try:
+        envelope = store_to_envelope(event, event_id=event_id)
+    except StoreError as exc:
+        raise BadRequest(f"invalid event: {exc}") from None
     return await _submit(request, envelope, project_id, auth, project)
 
 
