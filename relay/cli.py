@@ -24,6 +24,15 @@ def _load(path: str | None) -> Config:
     return config
 
 
+def _load_or_report(path: str | None) -> Config | None:
+    """The validated config, or None after printing every problem to stderr."""
+    try:
+        return _load(path)
+    except ConfigError as err:
+        _print_config_error(err)
+        return None
+
+
 def _print_config_error(err: ConfigError) -> None:
     where = f"{err.source}: " if err.source else ""
     print(
@@ -37,10 +46,8 @@ def _print_config_error(err: ConfigError) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from relay.server import serve
 
-    try:
-        config = _load(args.config)
-    except ConfigError as err:
-        _print_config_error(err)
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
     config_path = args.config or os.environ.get("RELAY_CONFIG")
     return serve(config, config_path=config_path, worker=args.worker, pid_file=args.pid_file)
@@ -58,10 +65,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.path)
-    except ConfigError as err:
-        _print_config_error(err)
+    config = _load_or_report(args.path)
+    if config is None:
         return 1
     projects = len(config.projects)
     print(
@@ -73,10 +78,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_scrub(args: argparse.Namespace) -> int:
     from relay.dryrun import InputError, dry_run, print_reports
 
-    try:
-        config = _load(args.config)
-    except ConfigError as err:
-        _print_config_error(err)
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
     try:
         data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
@@ -95,10 +98,8 @@ def cmd_scrub(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     from relay.usage import print_usage
 
-    try:
-        config = _load(args.config)
-    except ConfigError as err:
-        _print_config_error(err)
+    config = _load_or_report(args.config)
+    if config is None:
         return 1
     return print_usage(config, as_json=args.json)
 

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from relay.app import create_app
 from tests.support.redis_server import RedisServer
+from tests.support.relay import RelayFactory, make_config
+from tests.support.upstream import RecordingUpstream
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +26,37 @@ def fresh_redis() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.cleanup()
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> tuple[RecordingUpstream, TestServer]:
+    """A recording upstream on loopback (set up before the relay, so torn down after it)."""
+    recorder = RecordingUpstream()
+    server = await aiohttp_server(recorder.app)
+    return recorder, server
+
+
+@pytest.fixture
+def recorder(upstream: tuple[RecordingUpstream, TestServer]) -> RecordingUpstream:
+    return upstream[0]
+
+
+@pytest.fixture
+def upstream_url(upstream: tuple[RecordingUpstream, TestServer]) -> str:
+    return str(upstream[1].make_url("")).rstrip("/")
+
+
+@pytest.fixture
+def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
+    """Relays built through the production factory, config overrides as keyword arguments."""
+
+    async def make(**overrides: Any) -> TestClient:
+        config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
+        return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory) -> TestClient:
+    return await relay_factory()

@@ -126,6 +126,12 @@ class Ingest:
                     )
                     prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
 
+    def _overloaded(self, quantities: list[tuple[str, int]], project_id: int) -> None:
+        for category, quantity in quantities:
+            self.outcomes.emit(
+                Outcome(OutcomeKind.INTERNAL, Reason.OUTBOX_FULL, category, quantity, project_id)
+            )
+
     async def submit(
         self, envelope: Envelope, ctx: RequestContext, project: ProjectPolicy
     ) -> IngestResult:
@@ -136,16 +142,9 @@ class Ingest:
         await self.outbox.wait_for_room(self.backpressure_wait)
         if not self.outbox.has_room(sum(len(i.payload) for i in envelope.items)):
             # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
-            for item in envelope.items:
-                self.outcomes.emit(
-                    Outcome(
-                        OutcomeKind.INTERNAL,
-                        Reason.OUTBOX_FULL,
-                        str(primary_category(item.type)),
-                        1,
-                        ctx.project_id,
-                    )
-                )
+            self._overloaded(
+                [(str(primary_category(i.type)), 1) for i in envelope.items], ctx.project_id
+            )
             result.overloaded = True
             return result
 
@@ -203,16 +202,7 @@ class Ingest:
         try:
             await self.outbox.put(entry)
         except OutboxFull:
-            for work in prepared.kept:
-                self.outcomes.emit(
-                    Outcome(
-                        OutcomeKind.INTERNAL,
-                        Reason.OUTBOX_FULL,
-                        work.category,
-                        work.quantity(),
-                        ctx.project_id,
-                    )
-                )
+            self._overloaded([(w.category, w.quantity()) for w in prepared.kept], ctx.project_id)
             result.overloaded = True
             return result
         result.kept = len(prepared.kept)

@@ -188,33 +188,30 @@ class Metrics:
 
     def add_gauge_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A gauge read when scraped (for values owned by another component)."""
-        self.registry.register(_CallbackGauge(name, doc, fn))
+        self.registry.register(_Callback(GaugeMetricFamily, name, doc, fn))
 
     def add_counter_callback(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A counter read when scraped (`name` without the `_total` suffix)."""
-        self.registry.register(_CallbackCounter(name, doc, fn))
+        self.registry.register(_Callback(CounterMetricFamily, name, doc, fn))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _CallbackGauge(Collector):
-    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
-        self.name, self.doc, self.fn = name, doc, fn
+class _Callback(Collector):
+    """A gauge or counter whose value is read from another component when scraped."""
+
+    def __init__(
+        self,
+        family: type[GaugeMetricFamily | CounterMetricFamily],
+        name: str,
+        doc: str,
+        fn: Callable[[], float],
+    ) -> None:
+        self.family, self.name, self.doc, self.fn = family, name, doc, fn
 
     def collect(self):  # type: ignore[no-untyped-def]
-        yield GaugeMetricFamily(self.name, self.doc, value=self.fn())
-
-    def describe(self):  # type: ignore[no-untyped-def]
-        return []
-
-
-class _CallbackCounter(Collector):
-    def __init__(self, name: str, doc: str, fn: Callable[[], float]) -> None:
-        self.name, self.doc, self.fn = name, doc, fn
-
-    def collect(self):  # type: ignore[no-untyped-def]
-        yield CounterMetricFamily(self.name, self.doc, value=self.fn())
+        yield self.family(self.name, self.doc, value=self.fn())
 
     def describe(self):  # type: ignore[no-untyped-def]
         return []

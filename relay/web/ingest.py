@@ -72,6 +72,14 @@ def _resolve(request: web.Request, project_id: int, auth: Auth) -> ProjectPolicy
     return found
 
 
+def _authorized(request: web.Request) -> tuple[int, Auth, ProjectPolicy]:
+    """Readiness, project id, auth from headers or query, and the project's policy."""
+    _check_ready(request)
+    project_id = _project_id(request)
+    auth = _auth(request)
+    return project_id, auth, _resolve(request, project_id, auth)
+
+
 def _check_ready(request: web.Request) -> None:
     if request.app[STATE].draining:
         raise ServiceUnavailable(
@@ -177,10 +185,7 @@ def _check_dsn_project(dsn: str, project_id: int) -> None:
 
 
 async def store_endpoint(request: web.Request) -> web.Response:
-    _check_ready(request)
-    project_id = _project_id(request)
-    auth = _auth(request)
-    project = _resolve(request, project_id, auth)
+    project_id, auth, project = _authorized(request)
     body = await _body(request)
     if request.content_type == "application/x-sentry-envelope":
         # Sentry accepts envelopes on the store endpoint too.
@@ -209,10 +214,7 @@ async def store_endpoint(request: web.Request) -> web.Response:
 
 
 async def security_endpoint(request: web.Request) -> web.Response:
-    _check_ready(request)
-    project_id = _project_id(request)
-    auth = _auth(request)
-    project = _resolve(request, project_id, auth)
+    project_id, auth, project = _authorized(request)
     body = await _body(request)
     try:
         envelopes = security_report_envelopes(
@@ -230,10 +232,7 @@ async def security_endpoint(request: web.Request) -> web.Response:
 
 async def minidump_endpoint(request: web.Request) -> web.Response:
     """Forwarded as received (multipart), only re-authenticated for the upstream."""
-    _check_ready(request)
-    project_id = _project_id(request)
-    auth = _auth(request)
-    project = _resolve(request, project_id, auth)
+    project_id, auth, project = _authorized(request)
     body = await _body(request)
     if not body:
         raise BadRequest("empty minidump upload")

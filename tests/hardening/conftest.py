@@ -7,19 +7,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from relay.app import create_app
-from tests.support.relay import KEY, auth_header, make_config
-from tests.support.upstream import RecordingUpstream
-
-RelayFactory = Callable[..., Awaitable[TestClient]]
+from tests.support.relay import KEY, auth_header
 
 #: A small, valid envelope of the well-behaved client.
 GOOD_ENVELOPE = (
@@ -27,37 +22,6 @@ GOOD_ENVELOPE = (
     b'{"type":"event"}\n'
     b'{"message":"well behaved","level":"info","platform":"python"}\n'
 )
-
-
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> tuple[RecordingUpstream, TestServer]:
-    recorder = RecordingUpstream()
-    server = await aiohttp_server(recorder.app)
-    return recorder, server
-
-
-@pytest.fixture
-def recorder(upstream: tuple[RecordingUpstream, TestServer]) -> RecordingUpstream:
-    return upstream[0]
-
-
-@pytest.fixture
-def upstream_url(upstream: tuple[RecordingUpstream, TestServer]) -> str:
-    return str(upstream[1].make_url("")).rstrip("/")
-
-
-@pytest.fixture
-def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
-    async def make(**overrides: Any) -> TestClient:
-        config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
-        return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
-
-    return make
-
-
-@pytest.fixture
-async def relay(relay_factory: RelayFactory) -> TestClient:
-    return await relay_factory()
 
 
 @dataclass

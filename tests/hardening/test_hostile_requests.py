@@ -28,8 +28,8 @@ import zstandard
 from aiohttp.test_utils import TestClient
 
 from relay.protocol.envelope import MAX_JSON_DEPTH
-from tests.hardening.conftest import GOOD_ENVELOPE, RelayFactory, Responsiveness
-from tests.support.relay import KEY, auth_header
+from tests.hardening.conftest import GOOD_ENVELOPE, Responsiveness
+from tests.support.relay import KEY, RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream
 
 MiB = 1024 * 1024

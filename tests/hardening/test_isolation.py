@@ -20,9 +20,9 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient, TestServer
 
 import relay.web.admin
-from tests.hardening.conftest import GOOD_ENVELOPE, RelayFactory
+from tests.hardening.conftest import GOOD_ENVELOPE
 from tests.support.redis_server import free_port
-from tests.support.relay import KEY, OTHER_KEY, auth_header
+from tests.support.relay import KEY, OTHER_KEY, RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream
 
 THIRD_KEY = "0123456789abcdef0123456789abcdef"

@@ -20,8 +20,7 @@ from relay.config import parse_config
 from relay.policy.compile import validate_policies
 from relay.processing.glob import GlobSet
 from relay.processing.scrub.rules import compile_regex
-from tests.hardening.conftest import RelayFactory
-from tests.support.relay import KEY, auth_header
+from tests.support.relay import KEY, RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream
 
 CATASTROPHIC = ["(a+)+$", "(a|a)+$", "(a|aa)+$", "(.*a){20}$", "^(a?){30}a{30}$", "(\\w+\\s?)+$"]

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiohttp.test_utils import TestClient
+
 from relay.config import Config, parse_config
+
+#: The `relay_factory` fixture: builds a relay client from config overrides.
+RelayFactory = Callable[..., Awaitable[TestClient]]
 
 KEY = "abc123def4567890abc123def4567890"
 OTHER_KEY = "fedcba0987654321fedcba0987654321"
