@@ -72,7 +72,9 @@ def _project(registry: PolicyRegistry, project_id: int | None, envelope: Envelop
     found = registry.resolve(project_id, key)
     if isinstance(found, Denied):
         # Unknown to the config: the org policy is what would apply with accept_unknown.
-        return ProjectPolicy(project_id, None, registry.org_policy, registry.config.upstream.url, registry.revision)
+        return ProjectPolicy(
+            project_id, None, registry.org_policy, registry.config.upstream.url, registry.revision
+        )
     return found
 
 
@@ -82,14 +84,20 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
     project = _project(registry, project_id, envelope)
     policy = project.policy
     ctx = RequestContext(project_id=project.project_id, public_key="-")
-    prepared = pipeline.prepare(envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits)
+    prepared = pipeline.prepare(
+        envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
+    )
     index_of = {id(item): i for i, item in enumerate(envelope.items)}
     reports: dict[int, ItemReport] = {}
     for drop in prepared.dropped:
         o = drop.outcome
         what = f"{o.kind.value}: {o.reason}" + (f" (rule {o.rule})" if o.rule else "")
         i = index_of[id(drop.work.item)]
-        reports[i] = ItemReport(i, drop.work.type, ("would drop in enforce mode — " if drop.dry_run else "drop — ") + what)
+        reports[i] = ItemReport(
+            i,
+            drop.work.type,
+            ("would drop in enforce mode — " if drop.dry_run else "drop — ") + what,
+        )
     for work in prepared.kept:
         i = index_of[id(work.item)]
         report = reports.get(i) or ItemReport(i, work.type, "forward")
@@ -115,7 +123,9 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
         scrub = policy.scrubber.scrub_envelope(probe)
         for r in getattr(scrub, "redactions", []):
             if r.item is not None and r.item < len(rest):
-                reports[index_of[id(rest[r.item].item)]].redactions.append((r.path, r.rule, r.method))
+                reports[index_of[id(rest[r.item].item)]].redactions.append(
+                    (r.path, r.rule, r.method)
+                )
         for d in scrub.dropped:
             reports[index_of[id(rest[d.index].item)]].decision = f"drop — filtered: {d.reason}"
         for w in rest:
@@ -134,14 +144,18 @@ def _show(payload: bytes) -> Any:
             return f"<{len(payload)} bytes of binary data>"
 
 
-def print_reports(reports: list[ItemReport], out: TextIO = sys.stdout, *, as_json: bool = False) -> None:
+def print_reports(
+    reports: list[ItemReport], out: TextIO = sys.stdout, *, as_json: bool = False
+) -> None:
     if as_json:
         data = [
             {
                 "index": r.index,
                 "type": r.item_type,
                 "decision": r.decision,
-                "redactions": [{"path": p, "rule": rule, "method": m} for p, rule, m in r.redactions],
+                "redactions": [
+                    {"path": p, "rule": rule, "method": m} for p, rule, m in r.redactions
+                ],
                 "fingerprint": r.fingerprint,
                 "title": r.title,
                 "payload": r.payload,
@@ -162,7 +176,11 @@ def print_reports(reports: list[ItemReport], out: TextIO = sys.stdout, *, as_jso
         if r.title:
             out.write(f"  title: {r.title}\n")
         if r.payload is not None and not r.decision.startswith("drop"):
-            body = r.payload if isinstance(r.payload, str) else orjson.dumps(r.payload, option=orjson.OPT_INDENT_2).decode()
+            body = (
+                r.payload
+                if isinstance(r.payload, str)
+                else orjson.dumps(r.payload, option=orjson.OPT_INDENT_2).decode()
+            )
             out.write("  scrubbed payload:\n")
             out.write("".join(f"    {line}\n" for line in body.splitlines()))
     out.write("nothing was sent; quotas were not consulted\n")

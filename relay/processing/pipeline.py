@@ -92,10 +92,12 @@ class ScrubOutcome(Protocol):
 
 
 class ScrubStage(Protocol):
-    def scrub_event(self, event: dict[str, Any], item_type: str = "event") -> list[Any]: ...
+    def scrub_event(
+        self, event: dict[str, Any], item_type: str = "event", *, report: bool = True
+    ) -> list[Any]: ...
 
     def scrub_envelope(
-        self, envelope: Envelope, *, skip: frozenset[int] = frozenset()
+        self, envelope: Envelope, *, skip: frozenset[int] = frozenset(), report: bool = True
     ) -> ScrubOutcome: ...
 
 
@@ -325,7 +327,7 @@ def finish(
             continue
         # Scrub first: fingerprints and titles are then built from scrubbed values only.
         if scrubber is not None:
-            scrubber.scrub_event(work.event, work.type)
+            scrubber.scrub_event(work.event, work.type, report=False)
             work.dirty = True
         if (
             fingerprinter is not None
@@ -337,7 +339,7 @@ def finish(
             work.item.set_payload(orjson.dumps(work.event))
         parsed.add(index)
     if scrubber is not None:
-        report = scrubber.scrub_envelope(envelope, skip=frozenset(parsed))
+        report = scrubber.scrub_envelope(envelope, skip=frozenset(parsed), report=False)
         if report.dropped:
             # The policy drops some items outright (e.g. `attachments: drop`): they get outcomes.
             gone = {d.index: d.reason for d in report.dropped}

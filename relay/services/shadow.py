@@ -130,14 +130,14 @@ class Shadow:
                     drop.outcome.rule or drop.outcome.reason,
                     dry_run=drop.dry_run,
                 )
-                policy.scrubber.scrub_event(event, work.type)
+                policy.scrubber.scrub_event(event, work.type, report=False)
                 events.add(len(items))
                 items.append(Item(headers, orjson.dumps(event)))
             else:
                 items.append(Item(headers, work.item.payload))
         header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
         copy = Envelope(header, items)
-        policy.scrubber.scrub_envelope(copy, skip=frozenset(events))
+        policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)
         target = resolve_target("", cfg.dsn, 0, "")
         route_to(copy, target, "")
         entry = OutboxEntry(

@@ -6,12 +6,15 @@
     scrubber = compile_scrubber(org, project)       # once per policy revision
     report = scrubber.scrub_envelope(envelope)      # every item + header, in place
     redactions = scrubber.scrub_event(event_dict)   # a parsed event, in place
+    scrubber.scrub_event(event_dict, "event", report=False)    # same, no redaction list
+    scrubber.scrub_envelope(envelope, skip=done, report=False)  # (the ingest path)
     text = scrubber.scrub_text("free text")         # value detectors only
 
 Modules: `detectors` (value regexes, Luhn, IBAN), `selectors` (Sentry selector
 grammar), `rules` (PII-config rules, built-ins, redaction methods), `schema` (value
-types and PII attribute per field), `walker` (one pass over a payload), `items`
-(per item type), `scrubber` (merge and compile), `validation`.
+types and PII attribute per field), `walker` (one pass over a payload), `cache`
+(detector results per string, per compiled policy), `items` (per item type),
+`scrubber` (merge and compile), `validation`.
 """
 
 from __future__ import annotations

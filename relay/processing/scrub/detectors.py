@@ -21,7 +21,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import re2
 
@@ -580,8 +580,7 @@ BY_TYPE: dict[str, tuple[Detector, ...]] = {
 P = TypeVar("P")
 
 
-@dataclass(frozen=True, slots=True)
-class Hit(Generic[P]):
+class Hit(NamedTuple, Generic[P]):
     """A span [start, end) of the scanned text and the payload of the entry that found it."""
 
     start: int

@@ -24,7 +24,8 @@ import orjson
 
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
-from relay.processing.scrub.walker import Redaction, Walk, path_text
+from relay.processing.scrub.walker import Redaction, Walk
+from relay.protocol.envelope import exceeds_depth, has_duplicate_keys
 
 if TYPE_CHECKING:
     from relay.processing.scrub.scrubber import Scrubber, ScrubReport
@@ -57,17 +58,23 @@ def _text_redactions(
 
 
 def _scrub_json_bytes(
-    scrubber: Scrubber, payload: bytes, item_type: str, index: int
+    scrubber: Scrubber, payload: bytes, item_type: str, index: int, want: bool
 ) -> tuple[bytes | None, list[Redaction]] | None:
-    """Walk a JSON payload; None if it is not JSON; (new bytes or None, redactions)."""
+    """Walk a JSON payload; None if it is not JSON; (new bytes or None, redactions).
+
+    `want`: build the redactions (else the list stays empty).
+    """
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict | list):
-        return None
-    red = scrubber.scrub_payload(data, item_type, item=index)
-    if not red:
+    if not isinstance(data, dict | list) or exceeds_depth(data):
+        return None  # too deep to walk: scrubbed as text instead
+    changed, red = scrubber.walk_payload(data, item_type, item=index, report=want)
+    if not changed:
+        if has_duplicate_keys(payload):
+            # The walk saw only the last of each duplicate key: forward what it saw.
+            return orjson.dumps(data), []
         return None, []
     return orjson.dumps(data), red
 
@@ -77,7 +84,7 @@ def _scrub_generic(scrubber: Scrubber, item: Item, index: int, report: ScrubRepo
     payload = item.payload
     if not payload:
         return
-    res = _scrub_json_bytes(scrubber, payload, item_type, index)
+    res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
     if res is not None:
         new, red = res
         if new is not None:
@@ -92,7 +99,8 @@ def _scrub_generic(scrubber: Scrubber, item: Item, index: int, report: ScrubRepo
     if red:
         item.set_payload(new_text.encode("utf-8"))
         report.changed_items.append(index)
-        report.redactions.extend(red)
+        if report.want:
+            report.redactions.extend(red)
 
 
 def _scrub_attachment(scrubber: Scrubber, item: Item, index: int, report: ScrubReport) -> bool:
@@ -109,7 +117,7 @@ def _scrub_attachment(scrubber: Scrubber, item: Item, index: int, report: ScrubR
     if not payload:
         return True
     if "json" in ctype or payload[:1] in (b"{", b"["):
-        res = _scrub_json_bytes(scrubber, payload, "attachment", index)
+        res = _scrub_json_bytes(scrubber, payload, "attachment", index, report.want)
         if res is not None:
             new, red = res
             if new is not None:
@@ -127,7 +135,8 @@ def _scrub_attachment(scrubber: Scrubber, item: Item, index: int, report: ScrubR
     if red:
         item.set_payload(new_text.encode("utf-8"))
         report.changed_items.append(index)
-        report.redactions.extend(red)
+        if report.want:
+            report.redactions.extend(red)
     return True
 
 
@@ -151,7 +160,7 @@ def _scrub_replay_recording(
             compressed = True
         except zlib.error:
             return
-    res = _scrub_json_bytes(scrubber, body, "replay_recording", index)
+    res = _scrub_json_bytes(scrubber, body, "replay_recording", index, report.want)
     if res is None:
         return
     new, red = res
@@ -192,26 +201,41 @@ def _scrub_header(scrubber: Scrubber, envelope: Envelope, report: ScrubReport) -
     trace = headers.get("trace")
     if isinstance(trace, dict):
         red += _pseudonymize_header_user(scrubber, trace)
-    walk = Walk(scrubber.policy, meta=False)
+    walk = Walk(scrubber.policy, meta=False, report=report.want)
     walk.run(headers, ENVELOPE_HEADER)
-    red += [Redaction(path_text(p), rule, method) for p, rule, method in walk.redactions]
-    if red:
+    red += [Redaction(path, rule, method) for path, rule, method in walk.report_rows()]
+    if red or walk.changes:
         first = next(iter(headers))
         envelope.set_header(first, headers[first])
         report.header_changed = True
-        report.redactions.extend(red)
+        if report.want:
+            report.redactions.extend(red)
 
 
 def scrub_envelope(
-    scrubber: Scrubber, envelope: Envelope, skip: frozenset[int] = frozenset()
+    scrubber: Scrubber,
+    envelope: Envelope,
+    skip: frozenset[int] = frozenset(),
+    *,
+    report: bool = True,
 ) -> ScrubReport:
     """Scrub `envelope` in place: header, then every item (see module docstring).
 
     `skip`: indexes of items the caller already scrubbed as parsed events.
+    `report`: list the redactions (dropped and changed items are listed regardless).
     """
-    from relay.processing.scrub.scrubber import DroppedItem, ScrubReport
+    from relay.processing.scrub.scrubber import ScrubReport
 
-    report = ScrubReport()
+    out = ScrubReport(want=report)
+    _scrub_all(scrubber, envelope, skip, out)
+    return out
+
+
+def _scrub_all(
+    scrubber: Scrubber, envelope: Envelope, skip: frozenset[int], report: ScrubReport
+) -> None:
+    from relay.processing.scrub.scrubber import DroppedItem
+
     _scrub_header(scrubber, envelope, report)
     kept: list[Item] = []
     for index, item in enumerate(envelope.items):
@@ -229,4 +253,3 @@ def scrub_envelope(
         kept.append(item)
     if report.dropped:
         envelope.items[:] = kept
-    return report

@@ -46,6 +46,10 @@ class Node:
     items: Node | None = None
     flags: int = 0
     typesets: dict[type, frozenset[str]] = field(init=False, default_factory=dict)
+    #: Nothing at or below this position is ever touched (set by `finish`).
+    dead: bool = field(init=False, default=False)
+    #: For a PII_FALSE object whose unknown keys are dead: the keys worth visiting.
+    live: tuple[str, ...] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.typesets = {t: self.types | {name} for t, name in _BASIC_TYPES.items()}
@@ -365,8 +369,51 @@ ITEM_SCHEMAS: dict[str, Node] = {
 }
 
 
+def _successors(node: Node) -> list[Node]:
+    out = list(node.children.values())
+    out.append(node.other if node.other is not None else node)
+    if node.items is not None:
+        out.append(node.items)
+    return out
+
+
+def finish(*roots: Node) -> None:
+    """Mark `dead` subtrees and `live` keys below `roots` (call after building nodes).
+
+    A node is dead when it is skipped (`SKIP`) or is never PII, carries no flag and
+    leads only to dead nodes; the walker does not enter dead subtrees at all.
+    """
+    nodes: list[Node] = []
+    seen: set[int] = set()
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        nodes.append(node)
+        stack.extend(_successors(node))
+    # Greatest fixpoint: assume dead, then revive whatever can reach PII or a flag.
+    for node in nodes:
+        node.dead = bool(node.flags & SKIP) or (node.pii == PII_FALSE and not node.flags)
+    changed = True
+    while changed:
+        changed = False
+        for node in nodes:
+            if node.dead and not node.flags & SKIP and any(not n.dead for n in _successors(node)):
+                node.dead = False
+                changed = True
+    for node in nodes:
+        other = node.other if node.other is not None else node
+        if node.pii == PII_FALSE and not node.flags and not node.dead and other.dead:
+            node.live = tuple(k for k, c in node.children.items() if not c.dead)
+
+
 def item_schema(item_type: str, payload: object = None) -> Node:
     """The schema for an item type (span containers are recognised by their `items`)."""
     if item_type == "span" and isinstance(payload, dict) and isinstance(payload.get("items"), list):
         return SPAN_CONTAINER
     return ITEM_SCHEMAS.get(item_type, ANY)
+
+
+finish(ANY, NONE, MAYBE, SKIPPED, IP, ENVELOPE_HEADER, *ITEM_SCHEMAS.values())

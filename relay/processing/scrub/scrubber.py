@@ -27,7 +27,6 @@ from relay.processing.scrub.walker import (
     Policy,
     Redaction,
     Walk,
-    path_text,
     scrub_string,
 )
 
@@ -155,6 +154,8 @@ class ScrubReport:
     #: Indexes of items whose payload was rewritten.
     changed_items: list[int] = field(default_factory=list)
     header_changed: bool = False
+    #: Whether `redactions` is filled (`report=True`).
+    want: bool = True
 
 
 class Scrubber:
@@ -172,22 +173,36 @@ class Scrubber:
     def attachments(self) -> str:
         return self.policy.attachments
 
-    def scrub_event(self, event: dict[str, Any], item_type: str = "event") -> list[Redaction]:
-        """Scrub a parsed payload of `item_type` in place; return what changed."""
-        return self.scrub_payload(event, item_type)
+    def scrub_event(
+        self, event: dict[str, Any], item_type: str = "event", *, report: bool = True
+    ) -> list[Redaction]:
+        """Scrub a parsed payload of `item_type` in place; return what changed.
+
+        `report=False` skips building the redaction list (returns `[]`); the payload and
+        its `_meta` remarks come out the same.
+        """
+        return self.walk_payload(event, item_type, report=report)[1]
 
     def scrub_payload(
-        self, payload: Any, item_type: str, *, item: int | None = None
+        self, payload: Any, item_type: str, *, item: int | None = None, report: bool = True
     ) -> list[Redaction]:
+        return self.walk_payload(payload, item_type, item=item, report=report)[1]
+
+    def walk_payload(
+        self, payload: Any, item_type: str, *, item: int | None = None, report: bool = True
+    ) -> tuple[int, list[Redaction]]:
+        """`scrub_payload`, also returning how many values changed."""
         node = EVENT if item_type == "event" else item_schema(item_type, payload)
         meta = self.policy.meta and item_type in META_ITEM_TYPES and isinstance(payload, dict)
-        walk = Walk(self.policy, meta=meta)
+        walk = Walk(self.policy, meta=meta, report=report)
         walk.run(payload, node)
         if meta and isinstance(payload, dict):
             walk.write_meta(payload)
-        return [
-            Redaction(path_text(path), rule, method, item, item_type)
-            for path, rule, method in walk.redactions
+        if not report:
+            return walk.changes, []
+        return walk.changes, [
+            Redaction(path, rule, method, item, item_type)
+            for path, rule, method in walk.report_rows()
         ]
 
     def scrub_text(self, text: str) -> str:
@@ -198,14 +213,18 @@ class Scrubber:
         """`scrub_text`, also returning (rule, range in the result) per replacement."""
         return scrub_string(self.policy, text)
 
-    def scrub_envelope(self, envelope: Any, *, skip: frozenset[int] = frozenset()) -> ScrubReport:
+    def scrub_envelope(
+        self, envelope: Any, *, skip: frozenset[int] = frozenset(), report: bool = True
+    ) -> ScrubReport:
         """Scrub every item and the header of `envelope` in place (see `items.py`).
 
         `skip`: indexes of items already scrubbed through `scrub_event`.
+        `report=False` leaves `ScrubReport.redactions` empty (dropped and changed items
+        are still reported).
         """
         from relay.processing.scrub.items import scrub_envelope
 
-        return scrub_envelope(self, envelope, skip)
+        return scrub_envelope(self, envelope, skip, report=report)
 
 
 def compile_scrubber(

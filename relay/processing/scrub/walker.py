@@ -6,14 +6,16 @@ Per value, in order:
    `sensitive_fields`), cookie values; all decided per key once and cached;
 2. pseudonymization of selected fields (keyed HMAC-SHA256);
 3. Advanced Data Scrubbing applications whose selector matches the path;
-4. strings that may hold PII are queued; after the walk ALL queued strings are
-   joined and scanned once by the value detectors (`detectors.scan`), and the
-   hits are written back.
+4. strings that may hold PII are looked up in the policy's `ScanCache`; strings not
+   seen before are queued, and after the walk they are joined and scanned once by the
+   value detectors (`detectors.Scanner`) and their results cached. All detector
+   results are then written back in document order.
 
-The path is kept as parent links and built only for values that change, for the
-report and for `_meta` remarks (`{"": {"rem": [[rule, kind, start, end]], "len": n}}`,
-as Sentry writes them). Selector state (keys and value types) is tracked only when
-the policy has selectors at all.
+Subtrees the schema marks dead (never PII, no flags below) are not entered. The path
+is kept as parent links and built only for values that change, and only when the
+report or `_meta` remarks (`{"": {"rem": [[rule, kind, start, end]], "len": n}}`, as
+Sentry writes them) need it. Selector state (keys and value types) is tracked only
+when the policy has selectors at all.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.processing.scrub import detectors as det
 from relay.processing.scrub import schema as sch
+from relay.processing.scrub.cache import Change, ScanCache, ScanResult
 from relay.processing.scrub.rules import REMARK, Application, Rule, merge_spans, rewrite
 from relay.processing.scrub.selectors import (
     PII_FALSE,
+    PII_MAYBE,
     PII_TRUE,
     Selector,
     State,
@@ -100,11 +104,11 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE = 0, 1, 2, 3, 4
 _MAX_KEY_CACHE = 20000
 
 
-@dataclass(frozen=True, slots=True)
-class Redaction:
+class Redaction(NamedTuple):
     """One change: where (JSON path), by which rule, how. Never the original value."""
 
     path: str
@@ -142,8 +146,15 @@ class Policy:
     pseudonymize_key: bytes = b""
     entries: tuple[tuple[det.Detector, Finding], ...] = ()
     _key_cache: dict[str, int] = field(default_factory=dict, repr=False)
+    #: Per schema node: key -> (what the walker does with it, child node); see `plan`.
+    _plans: dict[sch.Node, dict[str, tuple[int, sch.Node]]] = field(
+        default_factory=dict, repr=False
+    )
+    _plan_size: int = field(default=0, repr=False)
     _app_keys: tuple[frozenset[str] | None, ...] = field(default=(), repr=False)
     scanner: det.Scanner[Finding] = field(init=False, repr=False)
+    #: Detector results per string, for this policy only.
+    cache: ScanCache = field(default_factory=ScanCache, repr=False)
 
     def __post_init__(self) -> None:
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
@@ -174,67 +185,184 @@ class Policy:
         cache[key] = verdict
         return verdict
 
+    def plan(self, node: sch.Node, key: str) -> tuple[int, sch.Node]:
+        """What the walker does with `key` of an object at `node` (memoized per node).
 
-#: A container's place: (parent ref, its key or index in the parent).
-Ref = tuple[Any, str | int] | None
+        `_DEAD`: nothing; `_FALSE`: never PII itself, enter containers; `_FAST`: PII, no
+        flags, no selectors, key not denylisted: queue strings, enter containers;
+        `_MAYBE`: PII "maybe", no flags, no selectors, not an IP key: only default rules
+        apply, which leave the value itself alone, so only containers are entered;
+        `_SLOW`: anything else (full per-value processing).
+        """
+        children = node.children
+        child = children.get(key)
+        if child is None:
+            child = node.other if node.other is not None else node
+        flags = child.flags
+        if self.source_context == "scrub":
+            flags &= ~sch.SOURCE
+        if child.dead:
+            code = _DEAD
+        elif flags:
+            code = _SLOW
+        elif child.pii == PII_FALSE:
+            code = _FALSE
+        elif self.uses_selectors or type(key) is not str:
+            code = _SLOW
+        elif child.pii == PII_TRUE and self.key_verdict(key) == _NONE:
+            code = _FAST
+        elif child.pii == PII_MAYBE and not (self.ip_addresses and self.key_verdict(key) == _IP):
+            code = _MAYBE
+        else:
+            code = _SLOW
+        plans = self._plans.get(node)
+        if plans is None or self._plan_size > _MAX_KEY_CACHE:
+            if self._plan_size > _MAX_KEY_CACHE:
+                self._plans.clear()
+                self._plan_size = 0
+            plans = self._plans.setdefault(node, {})
+        found = (code, child)
+        plans[key] = found
+        self._plan_size += 1
+        return found
 
 
-def _path_of(ref: Ref, last: str | int | None = None) -> list[str | int]:
-    out: list[str | int] = [] if last is None else [last]
-    while ref is not None:
-        ref, seg = ref
-        out.append(seg)
-    out.reverse()
-    return out
+#: A container's place: [parent ref, its key or index in the parent, its `_meta` object
+#: once the walk has made one]; None for the root. One per container visited.
+Ref = list[Any] | None
+
+#: `ScanCache` lookups: the string has not been scanned yet.
+_MISS: Any = object()
+
+
+def _never_scan(text: str, default: Any) -> None:
+    """Cache lookup of a policy without value detectors: every string is clean."""
+    return None
 
 
 class Walk:
-    """One walk over one payload (not thread-safe; create one per payload)."""
+    """One walk over one payload (not thread-safe; create one per payload).
 
-    def __init__(self, policy: Policy, *, meta: bool) -> None:
+    Parameters:
+        policy: the compiled policy.
+        meta: collect `_meta` remarks (write them with `write_meta`).
+        report: collect `redactions` (path, rule, method) for the report.
+    """
+
+    def __init__(self, policy: Policy, *, meta: bool, report: bool = True) -> None:
         self.p = policy
         self.meta = meta
-        self.redactions: list[tuple[list[str | int], str, str]] = []
-        self.remarks: dict[tuple[str | int, ...], tuple[list[list[Any]], int | None]] = {}
-        self.texts: list[str] = []
-        self.slots: list[tuple[Any, str | int, Ref]] = []
+        self.report = report
+        self.track = meta or report
+        #: How many values were changed or removed.
+        self.changes = 0
+        #: (container ref, key, rule, method) per change, when `report`.
+        self.redactions: list[tuple[Ref, str | int, str, str]] = []
+        #: `_meta` remarks made by this walk, as a tree shaped like `_meta`, when `meta`.
+        self.remarks: dict[str, Any] = {}
+        #: Strings for the value detectors: (container, key, ref, text, result or _MISS).
+        self.slots: list[tuple[Any, str | int, Ref, str, Any]] = []
         self.slow = policy.uses_selectors
         self.states: list[State] = []
         self.source_mode = policy.source_context
         self.cookies = policy.defaults
+        self.scan = bool(policy.entries)
+        self._cget = policy.cache.data.get if self.scan else _never_scan
+        self._plans = policy._plans
+        self._plan = policy.plan
+        self._kcache = policy._key_cache
+        #: Flags that need the full per-value path (source context is plain text when
+        #: it is scrubbed).
+        self.flag_mask = ~sch.SOURCE if self.source_mode == "scrub" else -1
 
     # --- recording ---------------------------------------------------------------------------
 
     def _record(
         self,
-        path: list[str | int],
+        ref: Ref,
+        ckey: str | int,
         rule: str,
         method: str,
         rng: tuple[int, int] | None,
         orig_len: int | None,
     ) -> None:
-        self.redactions.append((path, rule, method))
+        """Note a change of the value at `ckey` in the container at `ref`."""
+        if self.report:
+            self.redactions.append((ref, ckey, rule, method))
         if not self.meta:
             return
-        key = tuple(path)
         rem: list[Any] = [rule, REMARK.get(method, "s")]
         if rng is not None:
             rem += [rng[0], rng[1]]
-        entry = self.remarks.get(key)
-        if entry is None:
-            self.remarks[key] = ([rem], orig_len)
+        self._remark(ref, ckey, [rem], orig_len)
+
+    def _remark(
+        self, ref: Ref, ckey: str | int, rems: list[list[Any]], orig_len: int | None
+    ) -> None:
+        node = self.remarks if ref is None else ref[2]
+        if node is None:
+            node = self._meta_node(ref)
+        name = ckey if type(ckey) is str else str(ckey)
+        leaf = node.get(name)
+        if leaf is None:
+            entry: dict[str, Any] = {"rem": rems}
+            if orig_len is not None:
+                entry["len"] = orig_len
+            node[name] = {"": entry}
+            return
+        if not isinstance(leaf, dict):  # only with keys named "", "rem" or "len"
+            leaf = node[name] = {}
+        have = leaf.get("")
+        if isinstance(have, dict) and isinstance(have.get("rem"), list):
+            have["rem"].extend(rems)
         else:
-            entry[0].append(rem)
+            # The value's object exists for remarks below it; the first remark on the
+            # value itself decides `len`.
+            entry = leaf[""] = {"rem": rems}
+            if orig_len is not None:
+                entry["len"] = orig_len
+
+    def _meta_node(self, ref: Ref) -> dict[str, Any]:
+        """The object of `remarks` for the container at `ref`, created as needed."""
+        chain: list[list[Any]] = []
+        while ref is not None and ref[2] is None:
+            chain.append(ref)
+            ref = ref[0]
+        node: dict[str, Any] = self.remarks if ref is None else ref[2]
+        for link in reversed(chain):
+            seg = link[1]
+            name = seg if type(seg) is str else str(seg)
+            nxt = node.get(name)
+            if not isinstance(nxt, dict):
+                nxt = node[name] = {}
+            link[2] = nxt
+            node = nxt
+        return node
 
     def _replace_whole(
         self, container: Any, ckey: str | int, value: str, ref: Ref, rule: str, text: str
     ) -> None:
         container[ckey] = text
-        self._record(_path_of(ref, ckey), rule, "replace", (0, len(text)), len(value))
+        self.changes += 1
+        if self.track:
+            self._record(ref, ckey, rule, "replace", (0, len(text)), len(value))
 
     def _remove(self, container: Any, ckey: str | int, ref: Ref, rule: str) -> None:
         container[ckey] = None
-        self._record(_path_of(ref, ckey), rule, "remove", None, None)
+        self.changes += 1
+        if self.track:
+            self._record(ref, ckey, rule, "remove", None, None)
+
+    def report_rows(self) -> list[tuple[str, str, str]]:
+        """The redactions as (path text, rule, method), in the order they were made."""
+        texts: dict[int, str] = {id(None): ""}
+        out = []
+        for ref, ckey, rule, method in self.redactions:
+            prefix = texts.get(id(ref))
+            if prefix is None:
+                prefix = _ref_text(texts, ref)
+            out.append((f"{prefix}{ckey}", rule, method))
+        return out
 
     # --- walking -------------------------------------------------------------------------------
 
@@ -249,98 +377,120 @@ class Walk:
         if node.flags & sch.ATTRS:
             self._attrs(d, ref)
             return
-        children = node.children
-        other = node.other if node.other is not None else node
-        key_verdict = self.p.key_verdict
-        slow = self.slow
-        drop: list[str] | None = None
-        texts = self.texts
+        plans = self._plans.get(node)
+        if plans is None:
+            plans = {}
+        live = node.live
+        pairs = d.items() if live is None else [(k, d[k]) for k in live if k in d]
+        plan = self._plan
+        scan = self.scan
+        cget = self._cget
         slots = self.slots
-        for k, v in d.items():
-            child = children.get(k, other)
-            flags = child.flags
-            pii = child.pii
-            if flags:
-                if flags & sch.SKIP:
-                    continue
-                if flags & sch.SOURCE:
-                    if self.source_mode == "drop":
-                        if drop is None:
-                            drop = []
-                        drop.append(k)
-                        continue
-                    if self.source_mode == "keep":
-                        continue
-            if pii == PII_FALSE and not (flags & sch.IP_FIELD):
+        drop: list[str] | None = None
+        for k, v in pairs:
+            found = plans.get(k)
+            if found is None:
+                found = plan(node, k)
+            code, child = found
+            if code == _FAST:
+                tv = type(v)
+                if tv is str:
+                    if scan and len(v) > 2:
+                        result = cget(v, _MISS)
+                        if result is not None:
+                            slots.append((d, k, ref, v, result))
+                elif tv is dict:
+                    self._dict(v, child, [ref, k, None])
+                elif tv is list:
+                    self._list(v, child, [ref, k, None])
+                continue
+            if code == _DEAD:
+                continue
+            if code == _MAYBE and type(v) is not dict and type(v) is not list:
+                continue
+            if code == _FALSE:
                 if type(v) is dict or type(v) is list:
                     self._descend(d, k, v, child, ref, k)
                 continue
-            if not slow and not flags and pii == PII_TRUE:
-                tv = type(v)
-                if tv is str:
-                    if key_verdict(k) == _NONE:
-                        if len(v) > 2:
-                            texts.append(v)
-                            slots.append((d, k, ref))
-                        continue
-                elif tv is dict:
-                    if key_verdict(k) == _NONE:
-                        self._dict(v, child, (ref, k))
-                        continue
-                elif tv is list:
-                    if key_verdict(k) == _NONE:
-                        self._list(v, child, (ref, k))
-                        continue
-                elif (tv is int or tv is float or tv is bool or v is None) and (
-                    tv is bool or v is None or key_verdict(k) == _NONE
-                ):
+            flags = child.flags
+            if flags & sch.SOURCE:
+                if self.source_mode == "drop":
+                    if drop is None:
+                        drop = []
+                    drop.append(k)
                     continue
+                if self.source_mode == "keep":
+                    continue
+            if child.pii == PII_FALSE and not (flags & sch.IP_FIELD):
+                if type(v) is dict or type(v) is list:
+                    self._descend(d, k, v, child, ref, k)
+                continue
             self._value(d, k, v, child, ref, k, k if type(k) is str else None)
         if drop:
             for k in drop:
                 del d[k]
-                self._record(_path_of(ref, k), "@source_context:drop", "remove", None, None)
+                self.changes += 1
+                if self.track:
+                    self._record(ref, k, "@source_context:drop", "remove", None, None)
 
     def _list(self, lst: list[Any], node: sch.Node, ref: Ref) -> None:
         item_node = node.item()
-        pairs = _is_pairs(lst)
-        for i, v in enumerate(lst):
-            if pairs:
+        if item_node.dead or not lst:
+            return
+        if type(lst[0]) is list and _is_pairs(lst):
+            for i, v in enumerate(lst):
                 key = v[0]
-                self._value(v, 1, v[1], item_node, (ref, i), key, key)
-                continue
-            if (
-                type(v) is dict
-                and len(v) == 2
-                and type(v.get("key")) is str
-                and "value" in v
-                and item_node.pii != PII_FALSE
-            ):
-                key = v["key"]
-                self._value(v, "value", v["value"], item_node, (ref, i), key, key)
-                continue
-            if (
-                type(v) is str
-                and not self.slow
-                and item_node.pii == PII_TRUE
-                and not item_node.flags
-            ):
-                if len(v) > 2:
-                    self.texts.append(v)
-                    self.slots.append((lst, i, ref))
+                self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
+            return
+        pii = item_node.pii
+        fast = not self.slow and pii == PII_TRUE and not (item_node.flags & self.flag_mask)
+        scan = self.scan
+        cget = self._cget
+        slots = self.slots
+        for i, v in enumerate(lst):
+            tv = type(v)
+            if tv is dict:
+                if pii != PII_FALSE and len(v) == 2 and type(v.get("key")) is str and "value" in v:
+                    key = v["key"]
+                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                    continue
+                if fast:
+                    self._dict(v, item_node, [ref, i, None])
+                    continue
+            elif tv is str and fast:
+                if scan and len(v) > 2:
+                    result = cget(v, _MISS)
+                    if result is not None:
+                        slots.append((lst, i, ref, v, result))
                 continue
             self._value(lst, i, v, item_node, ref, i, None)
 
     def _attrs(self, d: dict[str, Any], ref: Ref) -> None:
+        kcache = self._kcache
+        fast = not self.slow
+        scan = self.scan
         for name, attr in d.items():
             if type(attr) is dict and "value" in attr:
-                verdict = self.p.key_verdict(name) if type(name) is str else _NONE
+                verdict = kcache.get(name)
+                if verdict is None:
+                    verdict = self.p.key_verdict(name) if type(name) is str else _NONE
+                if fast and verdict == _NONE:
+                    value = attr["value"]
+                    tv = type(value)
+                    if tv is str:
+                        if scan and len(value) > 2:
+                            found = self._cget(value, _MISS)
+                            if found is not None:
+                                self.slots.append((attr, "value", [ref, name, None], value, found))
+                        continue
+                    if tv is not dict and tv is not list:
+                        continue
                 if verdict == _IP:
                     self._remove(d, name, ref, "@anything:remove")
                     continue
                 if self.slow:
                     self.states.append((name, sch.ANY.typesets[dict]))
-                self._value(attr, "value", attr["value"], sch.ANY, (ref, name), "value", name)
+                self._value(attr, "value", attr["value"], sch.ANY, [ref, name, None], "value", name)
                 if self.slow:
                     self.states.pop()
             else:
@@ -384,6 +534,9 @@ class Walk:
                     return
             finally:
                 self.states.pop()
+            # Rules may have rewritten the string: the detectors see the rewritten text.
+            value = container[ckey]
+            tv = type(value)
         if verdict == _FILTER and pii == PII_TRUE and tv is not bool:
             if tv is str:
                 self._replace_whole(container, ckey, value, ref, "@password:filter", FILTERED)
@@ -391,9 +544,10 @@ class Walk:
                 self._remove(container, ckey, ref, "@password:filter")
             return
         if tv is str:
-            if pii == PII_TRUE and verdict != _SAFE and len(value) > 2:
-                self.texts.append(value)
-                self.slots.append((container, ckey, ref))
+            if pii == PII_TRUE and verdict != _SAFE and len(value) > 2 and self.scan:
+                found = self._cget(value, _MISS)
+                if found is not None:
+                    self.slots.append((container, ckey, ref, value, found))
             return
         if tv is dict or tv is list:
             self._descend(container, ckey, value, node, ref, seg)
@@ -401,13 +555,15 @@ class Walk:
     def _descend(
         self, container: Any, ckey: str | int, value: Any, node: sch.Node, ref: Ref, seg: str | int
     ) -> None:
+        if node.dead:
+            return
         slow = self.slow
         if slow:
             self.states.append((seg, node.typesets[type(value)]))
         if type(value) is dict:
-            self._dict(value, node, (ref, ckey))
+            self._dict(value, node, [ref, ckey, None])
         else:
-            self._list(value, node, (ref, ckey))
+            self._list(value, node, [ref, ckey, None])
         if slow:
             self.states.pop()
 
@@ -416,7 +572,7 @@ class Walk:
             if value:
                 self._replace_whole(container, ckey, value, ref, "@anything:filter", FILTERED)
             return
-        inner: Ref = (ref, ckey)
+        inner: Ref = [ref, ckey, None]
         if isinstance(value, dict):
             for k, v in value.items():
                 if isinstance(v, str) and v:
@@ -427,7 +583,9 @@ class Walk:
             for i, v in enumerate(value):
                 if isinstance(v, list) and len(v) == 2:
                     if isinstance(v[1], str) and v[1]:
-                        self._replace_whole(v, 1, v[1], (inner, i), "@anything:filter", FILTERED)
+                        self._replace_whole(
+                            v, 1, v[1], [inner, i, None], "@anything:filter", FILTERED
+                        )
                 else:
                     self._remove(value, i, inner, "@anything:filter")
 
@@ -455,10 +613,10 @@ class Walk:
                         p.pseudonymize_key, str(value).encode("utf-8"), hashlib.sha256
                     ).hexdigest()
                     container[ckey] = digest
-                    orig = len(value) if tv is str else None
-                    self._record(
-                        _path_of(ref, ckey), "@pseudonymize", "hash", (0, len(digest)), orig
-                    )
+                    self.changes += 1
+                    if self.track:
+                        orig = len(value) if tv is str else None
+                        self._record(ref, ckey, "@pseudonymize", "hash", (0, len(digest)), orig)
                     return True
         if p.safe_selectors and pii == PII_TRUE:
             for sel in p.safe_selectors:
@@ -519,57 +677,66 @@ class Walk:
             if not spans:
                 continue
             new, ranges = rewrite(current, merge_spans(spans), rule.redaction.substitute)
-            path = _path_of(ref, ckey)
-            for rng in ranges:
-                self._record(path, rule.origin, rule.method, rng, len(value))
+            if self.track:
+                for rng in ranges:
+                    self._record(ref, ckey, rule.origin, rule.method, rng, len(value))
             current = new
             changed = True
         if changed:
             container[ckey] = current
+            self.changes += 1
         return False
 
     # --- value detectors ------------------------------------------------------------------------
 
     def _scan_queued(self) -> None:
-        texts = self.texts
-        entries = self.p.entries
-        if not texts or not entries:
+        slots = self.slots
+        if not slots:
             return
-        joined = det.SEPARATOR.join(texts)
-        hits = self.p.scanner.scan(joined)
-        if not hits:
-            return
-        starts: list[int] = []
-        pos = 0
-        for t in texts:
-            starts.append(pos)
-            pos += len(t) + 1
-        by_slot: dict[int, list[det.Hit[Finding]]] = {}
-        for h in hits:
-            i = bisect_right(starts, h.start) - 1
-            by_slot.setdefault(i, []).append(h)
-        for i, slot_hits in by_slot.items():
-            container, ckey, ref = self.slots[i]
-            original = texts[i]
-            base = starts[i]
-            parts: list[str] = []
-            pos = 0
-            out_len = 0
-            path = _path_of(ref, ckey)
-            for h in slot_hits:
-                s, e = h.start - base, h.end - base
-                chunk = original[pos:s]
-                parts.append(chunk)
-                out_len += len(chunk)
-                rep = h.what.replacement
-                parts.append(rep)
-                self._record(
-                    path, h.what.rule, "replace", (out_len, out_len + len(rep)), len(original)
-                )
-                out_len += len(rep)
-                pos = e
-            parts.append(original[pos:])
-            container[ckey] = "".join(parts)
+        misses = [slot[3] for slot in slots if slot[4] is _MISS]
+        fresh = scan_texts(self.p, misses) if misses else {}
+        report = self.redactions if self.report else None
+        meta = self.meta
+        root = self.remarks
+        n = 0
+        for container, ckey, ref, text, found in slots:
+            if found is _MISS:
+                found = fresh[text]
+                if found is None:
+                    continue
+            new, changes, rems = found
+            container[ckey] = new
+            n += 1
+            if report is not None:
+                for rule, _, _ in changes:
+                    report.append((ref, ckey, rule, "replace"))
+            if meta:
+                if len(rems) == 1:
+                    rule, kind, start, end = rems[0]
+                    remarks = [[rule, kind, start, end]]
+                else:
+                    remarks = list(map(list, rems))
+                name = ckey if type(ckey) is str else str(ckey)
+                if ref is None:
+                    node = root
+                else:
+                    node = ref[2]
+                    if node is None:
+                        # Usually the parent's object exists: make this one inline.
+                        parent = ref[0]
+                        above = root if parent is None else parent[2]
+                        seg = ref[1]
+                        if type(seg) is not str:
+                            seg = str(seg)
+                        if above is not None and seg not in above:
+                            node = above[seg] = ref[2] = {}
+                        else:
+                            node = self._meta_node(ref)
+                if name not in node:
+                    node[name] = {"": {"rem": remarks, "len": len(text)}}
+                else:
+                    self._remark(ref, ckey, remarks, len(text))
+        self.changes += n
 
     # --- results --------------------------------------------------------------------------------
 
@@ -578,28 +745,87 @@ class Walk:
         if not self.remarks:
             return
         meta = root.get("_meta")
-        if not isinstance(meta, dict):
-            meta = {}
-            root["_meta"] = meta
-        for path, (rems, orig_len) in self.remarks.items():
-            node = meta
-            for seg in path:
-                nxt = node.get(str(seg))
-                if not isinstance(nxt, dict):
-                    nxt = {}
-                    node[str(seg)] = nxt
-                node = nxt
-            entry = node.get("")
-            if not isinstance(entry, dict):
-                entry = {}
-                node[""] = entry
-            existing = entry.get("rem")
-            if isinstance(existing, list):
-                existing.extend(rems)
-            else:
-                entry["rem"] = rems
-            if orig_len is not None and "len" not in entry:
-                entry["len"] = orig_len
+        if isinstance(meta, dict):
+            _merge_meta(meta, self.remarks)
+        else:
+            root["_meta"] = self.remarks
+
+
+def _merge_meta(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    """Add the remarks of `src` to an existing `_meta` object `dst`."""
+    for name, value in src.items():
+        have = dst.get(name)
+        if not isinstance(have, dict):
+            dst[name] = value
+        elif name != "":
+            _merge_meta(have, value)
+        else:
+            existing = have.get("rem")
+            if isinstance(existing, list) and isinstance(value.get("rem"), list):
+                existing.extend(value["rem"])
+            elif "rem" in value:
+                have["rem"] = value["rem"]
+            if "len" in value and "len" not in have:
+                have["len"] = value["len"]
+
+
+def _ref_text(texts: dict[int, str], ref: Ref) -> str:
+    """`"a.b."` for the container at path a.b (memoized by id; the walker's redactions
+    keep every ref alive, so ids are not reused meanwhile)."""
+    chain: list[list[Any]] = []
+    found = texts.get(id(ref))
+    while found is None:
+        assert ref is not None
+        chain.append(ref)
+        ref = ref[0]
+        found = texts.get(id(ref))
+    for link in reversed(chain):
+        found = f"{found}{link[1]}."
+        texts[id(link)] = found
+    return found
+
+
+def scan_texts(policy: Policy, texts: Sequence[str]) -> dict[str, ScanResult]:
+    """Run the value detectors over `texts` (one joined pass); cache and return results."""
+    uniq = list(dict.fromkeys(texts))
+    out: dict[str, ScanResult] = dict.fromkeys(uniq)
+    hits = policy.scanner.scan(det.SEPARATOR.join(uniq)) if uniq else []
+    if hits:
+        starts: list[int] = []
+        pos = 0
+        for t in uniq:
+            starts.append(pos)
+            pos += len(t) + 1
+        by_text: dict[int, list[det.Hit[Finding]]] = {}
+        for h in hits:
+            i = bisect_right(starts, h.start) - 1
+            by_text.setdefault(i, []).append(h)
+        for i, text_hits in by_text.items():
+            out[uniq[i]] = _rewrite(uniq[i], text_hits, starts[i])
+    put = policy.cache.put
+    for text, result in out.items():
+        put(text, result)
+    return out
+
+
+def _rewrite(text: str, hits: Sequence[det.Hit[Finding]], base: int) -> ScanResult:
+    """Apply detector hits (positions offset by `base`) to `text`."""
+    parts: list[str] = []
+    changes: list[Change] = []
+    pos = 0
+    out_len = 0
+    for h in hits:
+        s, e = h.start - base, h.end - base
+        chunk = text[pos:s]
+        parts.append(chunk)
+        out_len += len(chunk)
+        rep = h.what.replacement
+        parts.append(rep)
+        changes.append((h.what.rule, out_len, out_len + len(rep)))
+        out_len += len(rep)
+        pos = e
+    parts.append(text[pos:])
+    return "".join(parts), tuple(changes), tuple((r, "s", a, b) for r, a, b in changes)
 
 
 def _is_pairs(lst: list[Any]) -> bool:
@@ -608,24 +834,14 @@ def _is_pairs(lst: list[Any]) -> bool:
 
 def scrub_string(policy: Policy, text: str) -> tuple[str, list[tuple[str, tuple[int, int]]]]:
     """Value detectors only, on one string: the new string and (rule, range) per change."""
-    hits = policy.scanner.scan(text)
-    if not hits:
+    if not policy.entries:
         return text, []
-    parts: list[str] = []
-    changes: list[tuple[str, tuple[int, int]]] = []
-    pos = 0
-    out_len = 0
-    for h in hits:
-        chunk = text[pos : h.start]
-        parts.append(chunk)
-        out_len += len(chunk)
-        rep = h.what.replacement
-        parts.append(rep)
-        changes.append((h.what.rule, (out_len, out_len + len(rep))))
-        out_len += len(rep)
-        pos = h.end
-    parts.append(text[pos:])
-    return "".join(parts), changes
+    found = policy.cache.data.get(text, _MISS)
+    if found is _MISS:
+        found = scan_texts(policy, [text])[text]
+    if found is None:
+        return text, []
+    return found[0], [(rule, (start, end)) for rule, start, end in found[1]]
 
 
 def path_text(path: Sequence[str | int]) -> str:

@@ -1,0 +1,60 @@
+"""`ScanCache`: a bounded in-memory memo of value-detector results per string.
+
+Module names, file paths, source lines, SQL and breadcrumb messages repeat from one
+event to the next; looking a string up beats scanning it again. One cache belongs to
+one compiled policy (its results depend on the policy's detectors), lives only in
+process memory and is bounded by entry count and by the characters it holds: when a
+new entry would exceed either bound the cache is emptied and refilled. Strings longer
+than `max_len` are never stored. Keys are the original (unscrubbed) strings: the cache
+is never serialized, logged or shared between processes.
+
+A result is `None` (no detector matched) or `(new_text, changes, remarks)`, where
+`changes` is a tuple of `(rule, start, end)`: which default rule replaced what range of
+`new_text`, and `remarks` the same as `_meta` remarks `(rule, "s", start, end)`.
+"""
+
+from __future__ import annotations
+
+#: (rule, start, end) of one replacement, the range in the rewritten text.
+Change = tuple[str, int, int]
+#: A cached scan outcome: None when the text is clean.
+ScanResult = tuple[str, tuple[Change, ...], tuple[tuple[str, str, int, int], ...]] | None
+
+
+class ScanCache:
+    """Bounded `text -> ScanResult` memo.
+
+    Parameters:
+        max_entries: most strings held (0 disables the cache).
+        max_chars: most characters held, originals and rewritten texts together.
+        max_len: longer strings are not stored.
+    """
+
+    __slots__ = ("chars", "data", "max_chars", "max_entries", "max_len")
+
+    def __init__(
+        self, max_entries: int = 20_000, max_chars: int = 4_000_000, max_len: int = 4096
+    ) -> None:
+        self.data: dict[str, ScanResult] = {}
+        self.chars = 0
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def put(self, text: str, result: ScanResult) -> None:
+        size = len(text)
+        if size > self.max_len or self.max_entries <= 0:
+            return
+        if result is not None:
+            size += len(result[0])
+        if len(self.data) >= self.max_entries or self.chars + size > self.max_chars:
+            self.clear()
+        self.data[text] = result
+        self.chars += size
+
+    def clear(self) -> None:
+        self.data.clear()
+        self.chars = 0
