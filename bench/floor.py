@@ -11,15 +11,13 @@ Prints `listening <port>` when ready.
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
-from aio import run
+from aio import run, serve_app
 from aiohttp import web
 
-LOOPBACK = "127.0.0.1"
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 FORWARDED = ("X-Sentry-Auth", "Content-Type", "Content-Encoding")
 
@@ -62,15 +60,7 @@ def make_app(upstream: str) -> web.Application:
 
 
 async def serve(port: int, upstream: str) -> None:
-    runner = web.AppRunner(make_app(upstream.rstrip("/")), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
-    await site.start()
-    print(f"listening {runner.addresses[0][1]}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(make_app(upstream.rstrip("/")), port)
 
 
 def main() -> None:

@@ -11,13 +11,10 @@ answers the counters as JSON. Nothing is stored.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import zlib
 
-from aio import run
+from aio import run, serve_app
 from aiohttp import web
-
-LOOPBACK = "127.0.0.1"
 
 
 class Counters:
@@ -65,15 +62,7 @@ def make_app(counters: Counters) -> web.Application:
 
 
 async def serve(port: int) -> None:
-    runner = web.AppRunner(make_app(Counters()), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
-    await site.start()
-    print(f"listening {runner.addresses[0][1]}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(make_app(Counters()), port)
 
 
 def main() -> None:
