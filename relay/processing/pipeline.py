@@ -92,6 +92,8 @@ class ScrubOutcome(Protocol):
 
 
 class ScrubStage(Protocol):
+    def scrub_text(self, text: str) -> str: ...
+
     def scrub_event(
         self, event: dict[str, Any], item_type: str = "event", *, report: bool = True
     ) -> list[Any]: ...

@@ -16,8 +16,10 @@ from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
 from relay.processing.filters import resolve_client_ip
+from relay.processing.minidump import scrub_minidump_upload
 from relay.protocol.auth import Auth, AuthError, extract_auth
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
+from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
 from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
@@ -231,11 +233,18 @@ async def security_endpoint(request: web.Request) -> web.Response:
 
 
 async def minidump_endpoint(request: web.Request) -> web.Response:
-    """Forwarded as received (multipart), only re-authenticated for the upstream."""
+    """Forwarded as a multipart upload, re-authenticated for the upstream. The binary parts
+    (the minidump, attachments) go as received; the event fields the SDK sends beside them
+    (`sentry` JSON, `sentry[...]` form fields, text parts) are scrubbed first."""
     project_id, auth, project = _authorized(request)
     body = await _body(request)
     if not body:
         raise BadRequest("empty minidump upload")
+    content_type = request.headers.get("Content-Type", "")
+    try:
+        body = scrub_minidump_upload(body, content_type, project.policy.scrubber)
+    except MultipartError as exc:
+        raise BadRequest(f"invalid minidump upload: {exc}") from None
     event_id = uuid.uuid4().hex
     entry = OutboxEntry(
         target=project.target(auth.public_key),
@@ -244,7 +253,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         quantities=[("error", 1)],
         event_id=event_id,
         endpoint="minidump",
-        content_type=request.headers.get("Content-Type", "application/octet-stream"),
+        content_type=content_type,
     )
     try:
         await request.app[OUTBOX].put(entry)

@@ -71,14 +71,31 @@ async def test_security_csp_report(relay: TestClient, recorder: RecordingUpstrea
     assert orjson.loads(item.payload)["csp-report"]["violated-directive"] == "script-src"
 
 
-async def test_minidump_forwarded_to_upstream_minidump_endpoint(
+async def test_minidump_forwarded_with_its_event_fields_scrubbed(
     relay: TestClient, recorder: RecordingUpstream
 ) -> None:
     boundary = "xyzzy"
+    dump = b"MDMP\x93\xa7 binary alice@example.com \x00\xff"
+
+    def field(name: str, value: bytes, filename: str | None = None) -> bytes:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        return (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+        )
+
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_file_minidump"; filename="a.dmp"\r\n'
-        f"Content-Type: application/octet-stream\r\n\r\nMDMP\x93\xa7\r\n--{boundary}--\r\n"
-    ).encode("latin-1")
+        field("upload_file_minidump", dump, "a.dmp")
+        + field(
+            "sentry",
+            orjson.dumps(
+                {"user": {"email": "alice@example.com"}, "extra": {"password": "hunter2"}}
+            ),
+        )
+        + field("sentry[user][email]", b"bob@example.org")
+        + field("sentry[extra][api_key]", b"s3cr3t-value")
+        + field("sentry[release]", b"shop@1.4.2")
+        + f"--{boundary}--\r\n".encode()
+    )
     resp = await relay.post(
         "/api/42/minidump/",
         data=body,
@@ -88,8 +105,21 @@ async def test_minidump_forwarded_to_upstream_minidump_endpoint(
     await recorder.wait_for(1)
     received = recorder.received[0]
     assert received.path == "/api/42/minidump/"
-    assert received.body == body
     assert received.headers["Content-Type"].startswith("multipart/form-data")
+    assert dump in received.body  # the binary dump goes as it came
+    sent = received.body.replace(dump, b"")
+    for secret in (b"alice@example.com", b"bob@example.org", b"hunter2", b"s3cr3t-value"):
+        assert secret not in sent
+    assert b"shop@1.4.2" in sent
+
+
+async def test_garbage_minidump_upload_is_400(relay: TestClient) -> None:
+    resp = await relay.post(
+        "/api/42/minidump/",
+        data=b"not multipart at all",
+        headers={**auth_header(), "Content-Type": "multipart/form-data; boundary=zz"},
+    )
+    assert resp.status == 400
 
 
 async def test_cors_preflight_and_exposed_headers(relay: TestClient) -> None:

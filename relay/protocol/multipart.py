@@ -1,0 +1,70 @@
+"""`multipart/form-data` bodies (minidump uploads): split into parts and join again.
+
+Only what the relay must look at is parsed: each part's headers and its form
+field name. Part bodies are kept as bytes, and a body that cannot be parsed is
+refused rather than forwarded unread.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_BOUNDARY_RE = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
+_NAME_RE = re.compile(rb'name="([^"]*)"', re.IGNORECASE)
+
+
+class MultipartError(ValueError):
+    """Not a multipart body the relay can read."""
+
+
+@dataclass
+class Part:
+    headers: bytes
+    body: bytes
+
+    @property
+    def name(self) -> str | None:
+        for line in self.headers.split(b"\r\n"):
+            if line.lower().startswith(b"content-disposition:"):
+                m = _NAME_RE.search(line)
+                return m.group(1).decode("utf-8", "replace") if m else None
+        return None
+
+    @property
+    def filename(self) -> bool:
+        return b"filename=" in self.headers.lower()
+
+
+def boundary_of(content_type: str | None) -> str:
+    if not content_type or not content_type.lower().startswith("multipart/"):
+        raise MultipartError("expected a multipart/form-data body")
+    m = _BOUNDARY_RE.search(content_type)
+    if not m:
+        raise MultipartError("the multipart Content-Type has no boundary")
+    boundary = m.group(1) or m.group(2)
+    if not 0 < len(boundary) <= 200:
+        raise MultipartError("invalid multipart boundary")
+    return boundary
+
+
+def split(body: bytes, boundary: str) -> list[Part]:
+    delimiter = b"--" + boundary.encode("latin-1")
+    chunks = body.split(delimiter)
+    if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
+        raise MultipartError("the multipart body is truncated or malformed")
+    parts = []
+    for chunk in chunks[1:-1]:
+        if not chunk.startswith(b"\r\n") or not chunk.endswith(b"\r\n"):
+            raise MultipartError("malformed multipart part")
+        head, sep, content = chunk[2:-2].partition(b"\r\n\r\n")
+        if not sep:
+            raise MultipartError("a multipart part has no header end")
+        parts.append(Part(head, content))
+    return parts
+
+
+def join(parts: list[Part], boundary: str) -> bytes:
+    delimiter = b"--" + boundary.encode("latin-1")
+    out = [delimiter + b"\r\n" + p.headers + b"\r\n\r\n" + p.body + b"\r\n" for p in parts]
+    return b"".join(out) + delimiter + b"--\r\n"
