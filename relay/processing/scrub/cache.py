@@ -8,17 +8,21 @@ new entry would exceed either bound the cache is emptied and refilled. Strings l
 than `max_len` are never stored. Keys are the original (unscrubbed) strings: the cache
 is never serialized, logged or shared between processes.
 
-A result is `None` (no detector matched) or `(new_text, changes, remarks)`, where
+A result is `None` (no detector matched) or `(new_text, changes, leaf)`, where
 `changes` is a tuple of `(rule, start, end)`: which default rule replaced what range of
-`new_text`, and `remarks` the same as `_meta` remarks `(rule, "s", start, end)`.
+`new_text`, and `leaf` the value's `_meta` object as Sentry writes it,
+`{"": {"rem": [[rule, "s", start, end], ...], "len": len(text)}}`. Leaves are shared by
+every payload the string appears in: the walker never mutates one in place.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 #: (rule, start, end) of one replacement, the range in the rewritten text.
 Change = tuple[str, int, int]
 #: A cached scan outcome: None when the text is clean.
-ScanResult = tuple[str, tuple[Change, ...], tuple[tuple[str, str, int, int], ...]] | None
+ScanResult = tuple[str, tuple[Change, ...], dict[str, Any]] | None
 
 
 class ScanCache:

@@ -179,9 +179,21 @@ class Scrubber:
         """Scrub a parsed payload of `item_type` in place; return what changed.
 
         `report=False` skips building the redaction list (returns `[]`); the payload and
-        its `_meta` remarks come out the same.
+        its `_meta` remarks come out the same. The objects under `_meta` may be shared
+        with other payloads scrubbed by this scrubber: read or serialize them, do not
+        change them in place.
         """
-        return self.walk_payload(event, item_type, report=report)[1]
+        if report:
+            return self.walk_payload(event, item_type, report=True)[1]
+        # The ingest path: `walk_payload` inlined, nothing to report.
+        policy = self.policy
+        node = EVENT if item_type == "event" else item_schema(item_type, event)
+        meta = policy.meta and item_type in META_ITEM_TYPES and isinstance(event, dict)
+        walk = Walk(policy, meta=meta, report=False)
+        walk.run(event, node)
+        if meta:
+            walk.write_meta(event)
+        return []
 
     def scrub_payload(
         self, payload: Any, item_type: str, *, item: int | None = None, report: bool = True

@@ -104,8 +104,11 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE = 0, 1, 2, 3, 4
+#: Stands for `_DEAD` in `Policy._fast_plans` (never walked).
+_SKIP_NODE = sch.Node()
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS = 0, 1, 2, 3, 4, 5
 _MAX_KEY_CACHE = 20000
+_MAX_LEAVES = 4096
 
 
 class Redaction(NamedTuple):
@@ -150,15 +153,33 @@ class Policy:
     _plans: dict[sch.Node, dict[str, tuple[int, sch.Node]]] = field(
         default_factory=dict, repr=False
     )
+    #: The `_FAST` and `_DEAD` entries of `_plans` alone: key -> child node, or
+    #: `_SKIP_NODE` for `_DEAD`.
+    _fast_plans: dict[sch.Node, dict[str, sch.Node]] = field(default_factory=dict, repr=False)
     _plan_size: int = field(default=0, repr=False)
     _app_keys: tuple[frozenset[str] | None, ...] = field(default=(), repr=False)
+    #: `_meta` value objects of `Walk._record`, shared between payloads (never mutated).
+    _leaves: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict, repr=False)
     scanner: det.Scanner[Finding] = field(init=False, repr=False)
+    #: What every `Walk` of this policy starts from (see `Walk.__init__`).
+    _walk_setup: tuple[Any, ...] = field(init=False, repr=False)
     #: Detector results per string, for this policy only.
     cache: ScanCache = field(default_factory=ScanCache, repr=False)
 
     def __post_init__(self) -> None:
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
         self.scanner = det.Scanner(self.entries)
+        self._walk_setup = (
+            self.uses_selectors,
+            self.source_context,
+            self.defaults,
+            bool(self.entries),
+            self._plans,
+            self._fast_plans,
+            self.plan,
+            self._key_cache,
+            ~sch.SOURCE if self.source_context == "scrub" else -1,
+        )
 
     @property
     def uses_selectors(self) -> bool:
@@ -192,6 +213,8 @@ class Policy:
         flags, no selectors, key not denylisted: queue strings, enter containers;
         `_MAYBE`: PII "maybe", no flags, no selectors, not an IP key: only default rules
         apply, which leave the value itself alone, so only containers are entered;
+        `_ATTRS`: an attributes object under a key that is not denylisted, no
+        selectors: an object value goes straight to the attributes walk;
         `_SLOW`: anything else (full per-value processing).
         """
         children = node.children
@@ -203,6 +226,13 @@ class Policy:
             flags &= ~sch.SOURCE
         if child.dead:
             code = _DEAD
+        elif (
+            flags == sch.ATTRS
+            and not self.uses_selectors
+            and type(key) is str
+            and self.key_verdict(key) == _NONE
+        ):
+            code = _ATTRS
         elif flags:
             code = _SLOW
         elif child.pii == PII_FALSE:
@@ -219,10 +249,15 @@ class Policy:
         if plans is None or self._plan_size > _MAX_KEY_CACHE:
             if self._plan_size > _MAX_KEY_CACHE:
                 self._plans.clear()
+                self._fast_plans.clear()
                 self._plan_size = 0
             plans = self._plans.setdefault(node, {})
         found = (code, child)
         plans[key] = found
+        if code == _FAST:
+            self._fast_plans.setdefault(node, {})[key] = child
+        elif code == _DEAD:
+            self._fast_plans.setdefault(node, {})[key] = _SKIP_NODE
         self._plan_size += 1
         return found
 
@@ -230,6 +265,11 @@ class Policy:
 #: A container's place: [parent ref, its key or index in the parent, its `_meta` object
 #: once the walk has made one]; None for the root. One per container visited.
 Ref = list[Any] | None
+
+#: Stand-ins for lists a walk never fills (no report; no selectors): never appended to.
+_NO_ROWS: list[Any] = []
+_NO_STATES: list[State] = []
+_NO_FAST: dict[str, sch.Node] = {}
 
 #: `ScanCache` lookups: the string has not been scanned yet.
 _MISS: Any = object()
@@ -249,6 +289,28 @@ class Walk:
         report: collect `redactions` (path, rule, method) for the report.
     """
 
+    __slots__ = (
+        "_cget",
+        "_fast",
+        "_kcache",
+        "_plan",
+        "_plans",
+        "changes",
+        "cookies",
+        "flag_mask",
+        "meta",
+        "p",
+        "redactions",
+        "remarks",
+        "report",
+        "scan",
+        "slots",
+        "slow",
+        "source_mode",
+        "states",
+        "track",
+    )
+
     def __init__(self, policy: Policy, *, meta: bool, report: bool = True) -> None:
         self.p = policy
         self.meta = meta
@@ -257,23 +319,27 @@ class Walk:
         #: How many values were changed or removed.
         self.changes = 0
         #: (container ref, key, rule, method) per change, when `report`.
-        self.redactions: list[tuple[Ref, str | int, str, str]] = []
+        self.redactions: list[tuple[Ref, str | int, str, str]] = [] if report else _NO_ROWS
         #: `_meta` remarks made by this walk, as a tree shaped like `_meta`, when `meta`.
         self.remarks: dict[str, Any] = {}
         #: Strings for the value detectors: (container, key, ref, text, result or _MISS).
         self.slots: list[tuple[Any, str | int, Ref, str, Any]] = []
-        self.slow = policy.uses_selectors
-        self.states: list[State] = []
-        self.source_mode = policy.source_context
-        self.cookies = policy.defaults
-        self.scan = bool(policy.entries)
+        #: `flag_mask`: flags that need the full per-value path (source context is plain
+        #: text when it is scrubbed).
+        (
+            self.slow,
+            self.source_mode,
+            self.cookies,
+            self.scan,
+            self._plans,
+            self._fast,
+            self._plan,
+            self._kcache,
+            self.flag_mask,
+        ) = policy._walk_setup
+        #: Selector state per level (only when the policy has selectors).
+        self.states: list[State] = [] if self.slow else _NO_STATES
         self._cget = policy.cache.data.get if self.scan else _never_scan
-        self._plans = policy._plans
-        self._plan = policy.plan
-        self._kcache = policy._key_cache
-        #: Flags that need the full per-value path (source context is plain text when
-        #: it is scrubbed).
-        self.flag_mask = ~sch.SOURCE if self.source_mode == "scrub" else -1
 
     # --- recording ---------------------------------------------------------------------------
 
@@ -291,52 +357,47 @@ class Walk:
             self.redactions.append((ref, ckey, rule, method))
         if not self.meta:
             return
-        rem: list[Any] = [rule, REMARK.get(method, "s")]
-        if rng is not None:
-            rem += [rng[0], rng[1]]
-        self._remark(ref, ckey, [rem], orig_len)
-
-    def _remark(
-        self, ref: Ref, ckey: str | int, rems: list[list[Any]], orig_len: int | None
-    ) -> None:
-        node = self.remarks if ref is None else ref[2]
-        if node is None:
-            node = self._meta_node(ref)
-        name = ckey if type(ckey) is str else str(ckey)
-        leaf = node.get(name)
+        memo = self.p._leaves
+        mkey = (rule, method, rng, orig_len)
+        leaf = memo.get(mkey)
         if leaf is None:
-            entry: dict[str, Any] = {"rem": rems}
+            rem: list[Any] = [rule, REMARK.get(method, "s")]
+            if rng is not None:
+                rem += [rng[0], rng[1]]
+            entry: dict[str, Any] = {"rem": [rem]}
             if orig_len is not None:
                 entry["len"] = orig_len
-            node[name] = {"": entry}
-            return
-        if not isinstance(leaf, dict):  # only with keys named "", "rem" or "len"
-            leaf = node[name] = {}
-        have = leaf.get("")
-        if isinstance(have, dict) and isinstance(have.get("rem"), list):
-            have["rem"].extend(rems)
+            leaf = {"": entry}
+            if len(memo) > _MAX_LEAVES:
+                memo.clear()
+            memo[mkey] = leaf
+        if ref is None:
+            node = self.remarks
         else:
-            # The value's object exists for remarks below it; the first remark on the
-            # value itself decides `len`.
-            entry = leaf[""] = {"rem": rems}
-            if orig_len is not None:
-                entry["len"] = orig_len
+            node = ref[2]
+            if node is None:
+                node = self._meta_node(ref)
+        name = ckey if type(ckey) is str else str(ckey)
+        if name in node:
+            _put_leaf(node, name, leaf)
+        else:
+            node[name] = leaf
 
-    def _meta_node(self, ref: Ref) -> dict[str, Any]:
+    def _meta_node(self, ref: list[Any]) -> dict[str, Any]:
         """The object of `remarks` for the container at `ref`, created as needed."""
-        chain: list[list[Any]] = []
-        while ref is not None and ref[2] is None:
-            chain.append(ref)
-            ref = ref[0]
-        node: dict[str, Any] = self.remarks if ref is None else ref[2]
-        for link in reversed(chain):
-            seg = link[1]
-            name = seg if type(seg) is str else str(seg)
-            nxt = node.get(name)
-            if not isinstance(nxt, dict):
-                nxt = node[name] = {}
-            link[2] = nxt
-            node = nxt
+        parent = ref[0]
+        if parent is None:
+            above: dict[str, Any] = self.remarks
+        else:
+            above = parent[2]
+            if above is None:
+                above = self._meta_node(parent)
+        seg = ref[1]
+        name = seg if type(seg) is str else str(seg)
+        node = above.get(name)
+        if not isinstance(node, dict):
+            node = above[name] = {}
+        ref[2] = node
         return node
 
     def _replace_whole(
@@ -368,6 +429,14 @@ class Walk:
 
     def run(self, root: Any, node: sch.Node) -> None:
         if isinstance(root, dict):
+            if self.meta:
+                # Remarks go straight into a `_meta` the payload brings, when the walk
+                # never enters it.
+                have = root.get("_meta")
+                if type(have) is dict:
+                    skip = node.children.get("_meta")
+                    if skip is not None and skip.dead:
+                        self.remarks = have
             self._dict(root, node, None)
         elif isinstance(root, list):
             self._list(root, node, None)
@@ -380,22 +449,30 @@ class Walk:
         plans = self._plans.get(node)
         if plans is None:
             plans = {}
+        fast = self._fast.get(node)
+        if fast is None:
+            fast = _NO_FAST
         live = node.live
         pairs = d.items() if live is None else [(k, d[k]) for k in live if k in d]
         plan = self._plan
-        scan = self.scan
         cget = self._cget
         slots = self.slots
         drop: list[str] | None = None
         for k, v in pairs:
-            found = plans.get(k)
-            if found is None:
-                found = plan(node, k)
-            code, child = found
+            child = fast.get(k)
+            if child is None:
+                found = plans.get(k)
+                if found is None:
+                    found = plan(node, k)
+                code, child = found
+            elif child is _SKIP_NODE:
+                continue
+            else:
+                code = _FAST
             if code == _FAST:
                 tv = type(v)
                 if tv is str:
-                    if scan and len(v) > 2:
+                    if len(v) > 2:
                         result = cget(v, _MISS)
                         if result is not None:
                             slots.append((d, k, ref, v, result))
@@ -411,6 +488,9 @@ class Walk:
             if code == _FALSE:
                 if type(v) is dict or type(v) is list:
                     self._descend(d, k, v, child, ref, k)
+                continue
+            if code == _ATTRS and type(v) is dict:
+                self._attrs(v, [ref, k, None])
                 continue
             flags = child.flags
             if flags & sch.SOURCE:
@@ -444,9 +524,21 @@ class Walk:
             return
         pii = item_node.pii
         fast = not self.slow and pii == PII_TRUE and not (item_node.flags & self.flag_mask)
-        scan = self.scan
         cget = self._cget
         slots = self.slots
+        if fast and type(lst[0]) is str:
+            # Lines of text (source context, argv, fingerprints): strings first.
+            for i, v in enumerate(lst):
+                if type(v) is str:
+                    if len(v) > 2:
+                        result = cget(v, _MISS)
+                        if result is not None:
+                            slots.append((lst, i, ref, v, result))
+                elif type(v) is dict:
+                    self._list_item(lst, i, v, item_node, ref)
+                else:
+                    self._value(lst, i, v, item_node, ref, i, None)
+            return
         for i, v in enumerate(lst):
             tv = type(v)
             if tv is dict:
@@ -458,43 +550,64 @@ class Walk:
                     self._dict(v, item_node, [ref, i, None])
                     continue
             elif tv is str and fast:
-                if scan and len(v) > 2:
+                if len(v) > 2:
                     result = cget(v, _MISS)
                     if result is not None:
                         slots.append((lst, i, ref, v, result))
                 continue
             self._value(lst, i, v, item_node, ref, i, None)
 
+    def _list_item(
+        self, lst: list[Any], i: int, v: dict[str, Any], item_node: sch.Node, ref: Ref
+    ) -> None:
+        """An object in a list of a fast list (see `_list`)."""
+        if len(v) == 2 and type(v.get("key")) is str and "value" in v:
+            key = v["key"]
+            self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+        else:
+            self._dict(v, item_node, [ref, i, None])
+
     def _attrs(self, d: dict[str, Any], ref: Ref) -> None:
         kcache = self._kcache
-        fast = not self.slow
-        scan = self.scan
+        slow = self.slow
+        fast = not slow
+        cget = self._cget
+        slots = self.slots
         for name, attr in d.items():
-            if type(attr) is dict and "value" in attr:
-                verdict = kcache.get(name)
-                if verdict is None:
-                    verdict = self.p.key_verdict(name) if type(name) is str else _NONE
-                if fast and verdict == _NONE:
-                    value = attr["value"]
-                    tv = type(value)
-                    if tv is str:
-                        if scan and len(value) > 2:
-                            found = self._cget(value, _MISS)
-                            if found is not None:
-                                self.slots.append((attr, "value", [ref, name, None], value, found))
-                        continue
-                    if tv is not dict and tv is not list:
-                        continue
-                if verdict == _IP:
-                    self._remove(d, name, ref, "@anything:remove")
+            if type(attr) is dict:
+                value = attr.get("value", _MISS)
+                # The common case first: a string under a name seen before and not
+                # denylisted (`_NONE` is 0; a name not seen yet gives None).
+                if type(value) is str and fast and kcache.get(name) == _NONE:
+                    if len(value) > 2:
+                        found = cget(value, _MISS)
+                        if found is not None:
+                            slots.append((attr, "value", [ref, name, None], value, found))
                     continue
-                if self.slow:
-                    self.states.append((name, sch.ANY.typesets[dict]))
-                self._value(attr, "value", attr["value"], sch.ANY, [ref, name, None], "value", name)
-                if self.slow:
-                    self.states.pop()
-            else:
-                self._value(d, name, attr, sch.ANY, ref, name, name)
+                if value is not _MISS:
+                    verdict = kcache.get(name)
+                    if verdict is None:
+                        verdict = self.p.key_verdict(name) if type(name) is str else _NONE
+                    if verdict == _NONE and not slow:
+                        tv = type(value)
+                        if tv is str:
+                            if len(value) > 2:
+                                found = cget(value, _MISS)
+                                if found is not None:
+                                    slots.append((attr, "value", [ref, name, None], value, found))
+                            continue
+                        if tv is not dict and tv is not list:
+                            continue
+                    if verdict == _IP:
+                        self._remove(d, name, ref, "@anything:remove")
+                        continue
+                    if slow:
+                        self.states.append((name, sch.ANY.typesets[dict]))
+                    self._value(attr, "value", value, sch.ANY, [ref, name, None], "value", name)
+                    if slow:
+                        self.states.pop()
+                    continue
+            self._value(d, name, attr, sch.ANY, ref, name, name)
 
     def _value(
         self,
@@ -693,49 +806,52 @@ class Walk:
         slots = self.slots
         if not slots:
             return
-        misses = [slot[3] for slot in slots if slot[4] is _MISS]
-        fresh = scan_texts(self.p, misses) if misses else {}
+        fresh: dict[str, ScanResult] | None = None
         report = self.redactions if self.report else None
         meta = self.meta
         root = self.remarks
         n = 0
+        #: The `_meta` object of the last slot's container (slots of one container
+        #: are queued one after the other).
+        last: Any = _MISS
+        node: dict[str, Any] = root
         for container, ckey, ref, text, found in slots:
             if found is _MISS:
+                if fresh is None:
+                    fresh = scan_texts(self.p, [slot[3] for slot in slots if slot[4] is _MISS])
                 found = fresh[text]
                 if found is None:
                     continue
-            new, changes, rems = found
+            new, changes, leaf = found
             container[ckey] = new
             n += 1
             if report is not None:
                 for rule, _, _ in changes:
                     report.append((ref, ckey, rule, "replace"))
             if meta:
-                if len(rems) == 1:
-                    rule, kind, start, end = rems[0]
-                    remarks = [[rule, kind, start, end]]
-                else:
-                    remarks = list(map(list, rems))
+                if ref is not last:
+                    last = ref
+                    if ref is None:
+                        node = root
+                    else:
+                        have = ref[2]
+                        if have is None:
+                            # Usually the parent's object exists: make this one inline.
+                            parent = ref[0]
+                            above = root if parent is None else parent[2]
+                            seg = ref[1]
+                            if type(seg) is not str:
+                                seg = str(seg)
+                            if above is not None and seg not in above:
+                                have = above[seg] = ref[2] = {}
+                            else:
+                                have = self._meta_node(ref)
+                        node = have
                 name = ckey if type(ckey) is str else str(ckey)
-                if ref is None:
-                    node = root
+                if name in node:
+                    _put_leaf(node, name, leaf)
                 else:
-                    node = ref[2]
-                    if node is None:
-                        # Usually the parent's object exists: make this one inline.
-                        parent = ref[0]
-                        above = root if parent is None else parent[2]
-                        seg = ref[1]
-                        if type(seg) is not str:
-                            seg = str(seg)
-                        if above is not None and seg not in above:
-                            node = above[seg] = ref[2] = {}
-                        else:
-                            node = self._meta_node(ref)
-                if name not in node:
-                    node[name] = {"": {"rem": remarks, "len": len(text)}}
-                else:
-                    self._remark(ref, ckey, remarks, len(text))
+                    node[name] = leaf
         self.changes += n
 
     # --- results --------------------------------------------------------------------------------
@@ -745,28 +861,70 @@ class Walk:
         if not self.remarks:
             return
         meta = root.get("_meta")
+        if meta is self.remarks:
+            return
         if isinstance(meta, dict):
             _merge_meta(meta, self.remarks)
         else:
             root["_meta"] = self.remarks
 
 
+def _is_leaf(obj: dict[str, Any]) -> bool:
+    """Whether `obj` has the shape of a value's remarks object, `{"": entry}` (possibly
+    one shared between payloads, so never to be changed in place)."""
+    return len(obj) == 1 and "" in obj
+
+
+def _put_leaf(node: dict[str, Any], name: str, leaf: dict[str, Any]) -> None:
+    """Add the remarks of the value object `leaf` to `node[name]`, which exists.
+
+    Copy-on-write: neither `leaf` nor what `node[name]` holds is changed in place.
+    Remarks already there come first and keep their `len`, as `_merge_meta` does.
+    """
+    cur = node[name]
+    entry = leaf[""]
+    if not isinstance(cur, dict):  # only with keys named "", "rem" or "len"
+        node[name] = leaf
+        return
+    have = cur.get("")
+    if isinstance(have, dict):
+        merged = dict(have)
+        rem = have.get("rem")
+        merged["rem"] = rem + entry["rem"] if isinstance(rem, list) else entry["rem"]
+        if "len" in entry and "len" not in have:
+            merged["len"] = entry["len"]
+        entry = merged
+    if _is_leaf(cur):
+        node[name] = {"": entry}
+    else:
+        # The value's object exists for remarks below it (never a shared leaf).
+        cur[""] = entry
+
+
 def _merge_meta(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Add the remarks of `src` to an existing `_meta` object `dst`."""
+    """Add the remarks of `src` to an existing `_meta` object `dst`.
+
+    Objects of `src` may be shared leaves; they are linked into `dst`, never changed.
+    Leaves already in `dst` may be shared too: they are copied before a change.
+    """
     for name, value in src.items():
         have = dst.get(name)
         if not isinstance(have, dict):
             dst[name] = value
         elif name != "":
+            if _is_leaf(have):
+                have = dst[name] = dict(have)
             _merge_meta(have, value)
         else:
+            new = dict(have)
             existing = have.get("rem")
             if isinstance(existing, list) and isinstance(value.get("rem"), list):
-                existing.extend(value["rem"])
+                new["rem"] = existing + value["rem"]
             elif "rem" in value:
-                have["rem"] = value["rem"]
+                new["rem"] = value["rem"]
             if "len" in value and "len" not in have:
-                have["len"] = value["len"]
+                new["len"] = value["len"]
+            dst[""] = new
 
 
 def _ref_text(texts: dict[int, str], ref: Ref) -> str:
@@ -825,7 +983,8 @@ def _rewrite(text: str, hits: Sequence[det.Hit[Finding]], base: int) -> ScanResu
         out_len += len(rep)
         pos = e
     parts.append(text[pos:])
-    return "".join(parts), tuple(changes), tuple((r, "s", a, b) for r, a, b in changes)
+    leaf = {"": {"rem": [[r, "s", a, b] for r, a, b in changes], "len": len(text)}}
+    return "".join(parts), tuple(changes), leaf
 
 
 def _is_pairs(lst: list[Any]) -> bool:
