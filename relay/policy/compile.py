@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from relay.config import Config, PolicyConfig, Problem, ProjectConfig
 from relay.config.noise import ShadowConfig, validate_shadow
+from relay.policy.targets import Target, resolve_target
 from relay.processing.filters import compile_filters, validate_filters, validate_trusted_proxies
 from relay.processing.fingerprint import compile_fingerprinting, validate_fingerprinting
 from relay.processing.pipeline import (
@@ -46,6 +47,8 @@ class CompiledPolicy:
     sampler: SamplingStage | None = None
     fingerprinter: FingerprintStage | None = None
     shadow: ShadowConfig | None = None
+    #: Where shadow copies go (resolved once from `shadow.dsn`).
+    shadow_target: Target | None = None
     quotas: CompiledQuotas = field(default_factory=CompiledQuotas)
 
 
@@ -62,6 +65,7 @@ def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPol
     fingerprinter = None
     if org.fingerprinting.strip() or fingerprint_text.strip() or normalize:
         fingerprinter = compile_fingerprinting(org.fingerprinting, fingerprint_text, normalize)
+    shadow = proj.shadow if proj and proj.shadow else org.shadow
     return CompiledPolicy(
         limits=limits,
         scrubber=compile_scrubber(org.scrubbing, proj.scrubbing if proj else None),
@@ -72,7 +76,8 @@ def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPol
         if sampling_rules
         else None,
         fingerprinter=fingerprinter,
-        shadow=(proj.shadow if proj and proj.shadow else org.shadow),
+        shadow=shadow,
+        shadow_target=resolve_target("", shadow.dsn, 0, "") if shadow is not None else None,
         quotas=compile_policy_quotas(org, proj),
     )
 

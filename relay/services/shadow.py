@@ -26,7 +26,6 @@ import orjson
 from relay.config.noise import ShadowConfig
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink
 from relay.policy.compile import CompiledPolicy
-from relay.policy.targets import resolve_target
 from relay.processing.filters import tag_for_shadow
 from relay.processing.pipeline import Dropped
 from relay.protocol.envelope import Envelope, Item
@@ -103,7 +102,8 @@ class Shadow:
     ) -> None:
         """Queue a scrubbed, tagged copy of `drops` (call before the primary path mutates payloads)."""
         cfg = policy.shadow
-        if cfg is None or policy.scrubber is None:
+        target = policy.shadow_target
+        if cfg is None or target is None or policy.scrubber is None:
             return  # never mirror what could not be scrubbed
         chosen = [d for d in drops if wanted(cfg, d)]
         if not chosen:
@@ -138,7 +138,6 @@ class Shadow:
         header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
         copy = Envelope(header, items)
         policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)
-        target = resolve_target("", cfg.dsn, 0, "")
         route_to(copy, target, "")
         entry = OutboxEntry(
             target=target,
