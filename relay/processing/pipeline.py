@@ -92,6 +92,9 @@ class ScrubOutcome(Protocol):
 
 
 class ScrubStage(Protocol):
+    @property
+    def noop(self) -> bool: ...
+
     def scrub_text(self, text: str) -> str: ...
 
     def scrub_event(
@@ -328,6 +331,8 @@ def finish(
     """Scrub and fingerprint what is kept; return the envelope to forward."""
     envelope = prepared.envelope
     envelope.items = [w.item for w in prepared.kept]
+    if scrubber is not None and scrubber.noop:
+        scrubber = None
     parsed: set[int] = set()
     for index, work in enumerate(prepared.kept):
         if work.event is None:

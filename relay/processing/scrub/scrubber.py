@@ -173,6 +173,28 @@ class Scrubber:
     def attachments(self) -> str:
         return self.policy.attachments
 
+    @property
+    def noop(self) -> bool:
+        """True when every switch is off: no item, string or header can change.
+
+        Only an org that turns off `defaults`, `ip_addresses`, `emails` and `secrets`, sets
+        no sensitive fields, rules or pseudonymization, and neither drops source context
+        nor attachments gets this; the ingest path then skips the scrubber entirely.
+        """
+        p = self.policy
+        return not (
+            p.defaults
+            or p.ip_addresses
+            or p.emails
+            or p.secrets
+            or p.sensitive is not None
+            or p.applications
+            or p.pseudonymize
+            or p.entries
+            or p.source_context == "drop"
+            or p.attachments == "drop"
+        )
+
     def scrub_event(
         self, event: dict[str, Any], item_type: str = "event", *, report: bool = True
     ) -> list[Redaction]:
