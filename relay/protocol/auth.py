@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -120,6 +121,13 @@ def _from_fields(fields: Mapping[str, str], source: str) -> Auth:
     )
 
 
+@functools.lru_cache(maxsize=1024)
+def _sentry_auth(value: str, source: str) -> Auth:
+    """A `Sentry k=v, ...` header value as `Auth`. An SDK sends the same value with every
+    request, so answers are memoized (errors are not: they raise every time)."""
+    return _from_fields(parse_auth_header(value), source)
+
+
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
     if value is None:
@@ -177,13 +185,13 @@ def extract_auth(
 
     x_sentry = _header(headers, "X-Sentry-Auth")
     if x_sentry is not None and _is_sentry_scheme(x_sentry.lstrip()):
-        found.append(_from_fields(parse_auth_header(x_sentry), "header"))
+        found.append(_sentry_auth(x_sentry, "header"))
 
     authorization = _header(headers, "Authorization")
     if authorization is not None:
         stripped = authorization.strip()
         if _is_sentry_scheme(stripped):
-            found.append(_from_fields(parse_auth_header(stripped), "authorization"))
+            found.append(_sentry_auth(stripped, "authorization"))
         else:
             basic = _basic_auth(stripped)
             if basic is not None:

@@ -111,6 +111,7 @@ class _Zlib:
             self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self._done = False  # the current stream reached its end
         self._seen = False  # an empty body stays empty, whatever its coding
+        self.members = 0  # complete gzip members (or deflate streams) decoded
 
     def _start_deflate(self, head: bytes) -> None:
         cmf, flg = head[0], head[1]
@@ -149,6 +150,7 @@ class _Zlib:
                 yield out
             if obj.eof:
                 self._done = True
+                self.members += 1
                 data = obj.unused_data
                 continue
             data = obj.unconsumed_tail
@@ -270,6 +272,18 @@ class Decompressor:
             return
         for piece in self._stages[0].feed(bytes(chunk)):
             yield from self._push(1, piece)
+
+    @property
+    def single_gzip_member(self) -> bool:
+        """After `finish`: the body was `gzip` alone and exactly one complete member, so the
+        bytes received are one self-contained encoding of the output and nothing else."""
+        stages = self._stages
+        return (
+            self._finished
+            and self.codings == ("gzip",)
+            and isinstance(stages[0], _Zlib)
+            and stages[0].members == 1
+        )
 
     def finish(self) -> bytes:
         if not self._finished:

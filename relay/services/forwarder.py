@@ -221,7 +221,12 @@ class Forwarder:
             "User-Agent": CLIENT_NAME,
         }
         body = entry.body
-        if self.config.gzip and len(body) >= GZIP_MIN_BYTES:
+        if entry.encoding == "gzip":
+            if self.config.gzip:
+                headers["Content-Encoding"] = "gzip"
+            else:
+                body = zlib.decompress(body, wbits=31)  # an upstream that takes no gzip
+        elif self.config.gzip and len(body) >= GZIP_MIN_BYTES:
             body = zlib.compress(body, self.config.gzip_level, wbits=31)
             headers["Content-Encoding"] = "gzip"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
@@ -262,6 +267,7 @@ class Forwarder:
         name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{entry.event_id or uuid.uuid4().hex}.{suffix}"
         final = os.path.join(directory, name)
         tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        body = entry.body if entry.encoding != "gzip" else zlib.decompress(entry.body, wbits=31)
         with open(tmp, "wb") as fh:
-            fh.write(entry.body)
+            fh.write(body)
         os.replace(tmp, final)

@@ -40,6 +40,15 @@ class ShadowSink(Protocol):
     ) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A request body as it came: `decoded`, and `gzip`, one plain gzip member that
+    encodes exactly `decoded` (see `relay.web.body.read_body_keep_gzip`)."""
+
+    decoded: bytes
+    gzip: bytes
+
+
 @dataclass
 class IngestResult:
     """What the endpoint answers: the event id, active limits, and whether anything was kept."""
@@ -133,8 +142,18 @@ class Ingest:
             )
 
     async def submit(
-        self, envelope: Envelope, ctx: RequestContext, project: ProjectPolicy
+        self,
+        envelope: Envelope,
+        ctx: RequestContext,
+        project: ProjectPolicy,
+        received: Received | None = None,
     ) -> IngestResult:
+        """Process one envelope and queue what is kept.
+
+        `received`: the body as it came, when it was gzip; if processing leaves the
+        envelope byte-for-byte unchanged, those bytes are queued as they are (already
+        compressed) instead of compressing the same bytes again.
+        """
         policy = project.policy
         result = IngestResult(event_id=envelope.event_id)
         target = project.target(ctx.public_key)
@@ -192,9 +211,13 @@ class Ingest:
             return result
         route_to(forwarded, target, ctx.public_key)
         body = forwarded.serialize()
+        encoding = ""
+        if received is not None and not target.is_file and body == received.decoded:
+            body, encoding = received.gzip, "gzip"
         entry = OutboxEntry(
             target=target,
             body=body,
+            encoding=encoding,
             project_id=ctx.project_id,
             quantities=[(w.category, w.quantity()) for w in prepared.kept],
             event_id=envelope.event_id,

@@ -29,6 +29,8 @@ class OutboxEntry:
     #: The upstream endpoint: "envelope", or "minidump" for raw uploads.
     endpoint: str = "envelope"
     content_type: str = "application/x-sentry-envelope"
+    #: `body`'s content coding: "" (as is) or "gzip" (already compressed, sent as is).
+    encoding: str = ""
 
 
 class OutboxFull(Exception):
@@ -71,7 +73,8 @@ class MemoryOutbox:
         self._room.set()
         self._queue: deque[OutboxEntry] = deque()
         self._bytes = 0
-        self._wake = asyncio.Event()
+        #: Forwarder tasks waiting for an entry; each `put` wakes exactly one.
+        self._getters: deque[asyncio.Future[None]] = deque()
         self._in_flight = 0
 
     def __len__(self) -> int:
@@ -106,12 +109,29 @@ class MemoryOutbox:
             raise OutboxFull
         self._queue.append(entry)
         self._bytes += len(entry.body)
-        self._wake.set()
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        getters = self._getters
+        while getters:
+            getter = getters.popleft()
+            if not getter.done():
+                getter.set_result(None)
+                return
 
     async def get(self) -> OutboxEntry:
         while not self._queue:
-            self._wake.clear()
-            await self._wake.wait()
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if self._queue and not getter.cancelled():
+                    self._wake_one()  # it was woken for an entry: pass the turn on
+                raise
         entry = self._queue.popleft()
         if len(self._queue) < self.high_water:
             self._room.set()

@@ -61,6 +61,8 @@ class SpoolRecord(msgspec.Struct, array_like=True):
     content_type: str
     created: float
     body: bytes
+    #: Added later: records written before it read as "" (not compressed).
+    encoding: str = ""
 
 
 def _encode(entry: OutboxEntry, created: float) -> bytes:
@@ -77,6 +79,7 @@ def _encode(entry: OutboxEntry, created: float) -> bytes:
         entry.content_type,
         created,
         entry.body,
+        entry.encoding,
     )
     payload = msgspec.msgpack.encode(record)
     return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
@@ -98,6 +101,7 @@ def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
         event_id=r.event_id,
         endpoint=r.endpoint,
         content_type=r.content_type,
+        encoding=r.encoding,
     )
     return entry, r.created
 
@@ -302,7 +306,7 @@ class DiskSpool:
                     fut.set_result(None)
             self._queued += len(batch)
             async with self._readable:
-                self._readable.notify_all()
+                self._readable.notify(len(batch))  # one reader per new record
 
     def _write_batch(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
         assert self._writer is not None

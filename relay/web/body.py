@@ -30,6 +30,34 @@ async def read_body(
     request: web.Request, *, max_bytes: int, max_decompressed: int, timeout: float
 ) -> bytes:
     """The request body, decompressed; raises ApiError subclasses on any violation."""
+    body, _ = await read_body_keep_gzip(
+        request,
+        max_bytes=max_bytes,
+        max_decompressed=max_decompressed,
+        timeout=timeout,
+        keep_gzip=False,
+    )
+    return body
+
+
+def _plain_gzip_header(data: bytes) -> bool:
+    """A gzip member header with no optional fields (FLG 0): no name, comment or extra
+    field that could carry data the decoded body does not show."""
+    return data[:4] == b"\x1f\x8b\x08\x00"
+
+
+async def read_body_keep_gzip(
+    request: web.Request,
+    *,
+    max_bytes: int,
+    max_decompressed: int,
+    timeout: float,
+    keep_gzip: bool = True,
+) -> tuple[bytes, bytes | None]:
+    """`read_body`, also returning the bytes as received when they are one plain gzip
+    member (`Content-Encoding: gzip`, no optional header fields, nothing after the
+    member): then they encode exactly the decoded body and nothing else, and can be
+    forwarded as they came when processing changes nothing. Otherwise None."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body too large: {length} bytes, limit {max_bytes}")
@@ -39,9 +67,12 @@ async def read_body(
         raise UnsupportedMedia(str(exc)) from None
     received = 0
     pause_at = time.perf_counter() + SLICE_S
+    raw: list[bytes] | None = [] if keep_gzip and decompressor.codings == ("gzip",) else None
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(CHUNK):
+                if raw is not None:
+                    raw.append(chunk)
                 received += len(chunk)
                 if received > max_bytes:
                     raise PayloadTooLarge(f"request body too large: over {max_bytes} bytes")
@@ -50,7 +81,7 @@ async def read_body(
                         # A highly compressed chunk is a lot of work: let other requests run.
                         await asyncio.sleep(0)
                         pause_at = time.perf_counter() + SLICE_S
-            return decompressor.finish()
+            body = decompressor.finish()
     except TimeoutError:
         raise RequestTimeout("timed out reading the request body") from None
     except TooLarge:
@@ -59,3 +90,7 @@ async def read_body(
         ) from None
     except DecompressionError as exc:
         raise BadRequest(f"invalid body encoding: {exc}") from None
+    if raw is None or not decompressor.single_gzip_member:
+        return body, None
+    original = raw[0] if len(raw) == 1 else b"".join(raw)
+    return body, original if _plain_gzip_header(original) else None

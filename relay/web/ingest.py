@@ -23,9 +23,9 @@ from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
 from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
-from relay.services.ingest import IngestResult
+from relay.services.ingest import IngestResult, Received
 from relay.services.outbox import OutboxEntry, OutboxFull
-from relay.web.body import read_body
+from relay.web.body import read_body, read_body_keep_gzip
 from relay.web.errors import (
     ApiError,
     BadRequest,
@@ -139,10 +139,15 @@ def _respond(result: IngestResult) -> web.Response:
 
 
 async def _submit(
-    request: web.Request, envelope: Envelope, project_id: int, auth: Auth, project: ProjectPolicy
+    request: web.Request,
+    envelope: Envelope,
+    project_id: int,
+    auth: Auth,
+    project: ProjectPolicy,
+    received: Received | None = None,
 ) -> web.Response:
     ctx = _context(request, project_id, auth)
-    result = await request.app[INGEST].submit(envelope, ctx, project)
+    result = await request.app[INGEST].submit(envelope, ctx, project, received)
     return _respond(result)
 
 
@@ -156,7 +161,13 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
         project = _resolve(request, project_id, header_auth)
     except Unauthorized:
         pass  # tunnel mode: the key may be in the envelope header
-    body = await _body(request)
+    limits = request.app[REGISTRY].current.config.limits
+    body, gzipped = await read_body_keep_gzip(
+        request,
+        max_bytes=limits.max_request_bytes,
+        max_decompressed=limits.max_decompressed_bytes,
+        timeout=limits.read_timeout_s,
+    )
     try:
         envelope = parse_envelope(
             body, max_items=request.app[REGISTRY].current.config.limits.max_envelope_items
@@ -165,14 +176,18 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
         raise BadRequest(f"invalid envelope: {exc}") from None
     dsn = envelope.headers.get("dsn")
     dsn_text = dsn if isinstance(dsn, str) else None
-    auth = _auth(request, dsn_text, allow_envelope=True)
+    if header_auth is not None and dsn_text is None:
+        auth = header_auth  # the same sources again would give the same answer
+    else:
+        auth = _auth(request, dsn_text, allow_envelope=True)
     if header_auth is not None and auth.public_key != header_auth.public_key:
         raise BadRequest("conflicting authentication: the envelope dsn and the request disagree")
     if auth.source == "envelope" and dsn_text is not None:
         _check_dsn_project(dsn_text, project_id)
     if project is None:
         project = _resolve(request, project_id, auth)
-    return await _submit(request, envelope, project_id, auth, project)
+    received = Received(body, gzipped) if gzipped is not None else None
+    return await _submit(request, envelope, project_id, auth, project, received)
 
 
 def _check_dsn_project(dsn: str, project_id: int) -> None:

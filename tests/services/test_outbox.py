@@ -58,3 +58,39 @@ async def test_backpressure_wait_is_bounded() -> None:
     await box.wait_for_room(0.1)
     assert time.monotonic() - started < 1.0
     await box.put(entry(1))  # still accepted: only the hard bounds refuse
+
+
+async def test_each_put_wakes_one_waiting_consumer() -> None:
+    """32 idle forwarder tasks: one entry must not wake all of them (a thundering herd)."""
+    box = MemoryOutbox(max_items=100, max_bytes=10**6)
+    wakeups = 0
+
+    async def consumer() -> OutboxEntry:
+        nonlocal wakeups
+        got = await box.get()
+        wakeups += 1
+        return got
+
+    tasks = [asyncio.create_task(consumer()) for _ in range(32)]
+    await asyncio.sleep(0)
+    assert len(box._getters) == 32
+    await box.put(entry(0))
+    await asyncio.sleep(0.01)
+    assert wakeups == 1
+    assert len(box._getters) == 31
+    for n in range(1, 32):
+        await box.put(entry(n))
+    got = await asyncio.gather(*tasks)
+    assert sorted(int(e.event_id or "") for e in got) == list(range(32))
+
+
+async def test_a_cancelled_consumer_passes_its_entry_on() -> None:
+    box = MemoryOutbox(max_items=100, max_bytes=10**6)
+    first = asyncio.create_task(box.get())
+    second = asyncio.create_task(box.get())
+    await asyncio.sleep(0)
+    await box.put(entry(0))  # wakes `first` ...
+    first.cancel()  # ... which is cancelled before it runs
+    got = await asyncio.wait_for(second, 1.0)
+    assert got.event_id == "0"
+    assert len(box) == 0

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from relay.policy.targets import resolve_target
 from relay.services.outbox import OutboxEntry, OutboxFull
-from relay.services.spool import DiskSpool
+from relay.services.spool import DiskSpool, _decode
 
 TARGET = resolve_target("https://sentry.example.com", None, 42, "abc123def4567890abc123def4567890")
 
@@ -135,3 +137,33 @@ async def test_rotation_deletes_finished_segments(
     assert [int(e.event_id or "", 16) for e in got] == list(range(30))
     assert len(list(tmp_path.glob("seg-*.log"))) == 1
     await spool.close()
+
+
+async def test_compressed_bodies_keep_their_encoding_across_restart(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await spool.open()
+    zipped = entry(0)
+    zipped.body = gzip.compress(b"{}\n", mtime=0)
+    zipped.encoding = "gzip"
+    await spool.put(zipped)
+    await spool.put(entry(1))
+    await spool.close()
+
+    again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await again.open()
+    first, second = await take(again, 2)
+    assert (first.encoding, first.body) == ("gzip", zipped.body)
+    assert second.encoding == ""
+    await again.close()
+
+
+def test_records_written_before_the_encoding_field_read_as_plain() -> None:
+    """A spool written by an older relay (11 fields per record) still replays."""
+    old = msgspec.msgpack.encode(
+        [
+            TARGET.url, None, TARGET.key, False, 42, [["error", 1]], "e" * 32,
+            "envelope", "application/x-sentry-envelope", 1.0, b"{}\n",
+        ]
+    )  # fmt: skip
+    got, created = _decode(old)
+    assert (got.encoding, got.body, created) == ("", b"{}\n", 1.0)

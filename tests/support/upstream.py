@@ -22,6 +22,8 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: The body as it arrived, before undoing its Content-Encoding.
+    raw: bytes = b""
 
     @property
     def envelope(self) -> Envelope:
@@ -64,7 +66,7 @@ class RecordingUpstream:
             body = zlib.decompress(raw)
         else:
             body = raw
-        self.received.append(Received(request.path, dict(request.headers), body))
+        self.received.append(Received(request.path, dict(request.headers), body, raw))
         self.arrived.set()
         return web.json_response({"id": None})
 
