@@ -29,6 +29,7 @@ import aiohttp
 from relay.config import UpstreamConfig
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
+from relay.protocol.compress import gzip_compress
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox, OutboxEntry
@@ -227,7 +228,7 @@ class Forwarder:
             else:
                 body = zlib.decompress(body, wbits=31)  # an upstream that takes no gzip
         elif self.config.gzip and len(body) >= GZIP_MIN_BYTES:
-            body = zlib.compress(body, self.config.gzip_level, wbits=31)
+            body = gzip_compress(body, self.config.gzip_level)
             headers["Content-Encoding"] = "gzip"
         timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
         try:
