@@ -258,11 +258,11 @@ class Decompressor:
         """Decompressed bytes produced so far."""
         return self._size
 
-    def feed(self, chunk: bytes) -> None:
+    def feed(self, chunk: bytes | memoryview) -> None:
         for _ in self.feed_steps(chunk):
             pass
 
-    def feed_steps(self, chunk: bytes) -> Iterator[None]:
+    def feed_steps(self, chunk: bytes | memoryview) -> Iterator[None]:
         """`feed`, one step at a time: yields after each piece (at most `CHUNK` bytes) that
         any stage produced, so that an event loop can run between steps of a large body."""
         if self._finished:

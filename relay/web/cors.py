@@ -47,8 +47,13 @@ async def preflight(request: web.Request) -> web.Response:
 
 @web.middleware
 async def cors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Add CORS headers to every /api/ answer, errors included."""
+    """Add CORS headers to every /api/ answer to a browser (a request with an `Origin`),
+    errors included. Server-side SDKs send no `Origin` and get none."""
     response = await handler(request)
-    if request.path.startswith("/api/") and request.method != "OPTIONS":
+    if (
+        "Origin" in request.headers
+        and request.path.startswith("/api/")
+        and request.method != "OPTIONS"
+    ):
         response.headers.update(cors_headers(request))
     return response

@@ -494,7 +494,7 @@ rule_text = st.lists(
 fingerprint_event = st.fixed_dictionaries(
     {},
     optional={
-        "message": st.text(max_size=20) | st.integers(),
+        "message": st.text(max_size=20) | st.integers(-(2**63), 2**64 - 1),
         "logger": st.text(max_size=10) | st.none(),
         "exception": st.fixed_dictionaries(
             {"values": st.lists(st.dictionaries(st.sampled_from(["type", "value"]), json_leaf))}

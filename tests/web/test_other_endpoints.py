@@ -232,3 +232,14 @@ async def test_metrics_on_a_separate_internal_address(relay_factory) -> None:  #
     ):
         assert resp.status == 200
         assert 'relay_requests_total{endpoint="store",status="200"}' in await resp.text()
+
+
+async def test_cors_headers_only_for_browsers(relay: TestClient) -> None:
+    plain = await relay.post("/api/42/envelope/", data=b"{}")
+    assert plain.status == 401
+    assert "Access-Control-Allow-Origin" not in plain.headers
+    browser = await relay.post(
+        "/api/42/envelope/", data=b"{}", headers={"Origin": "https://shop.example.com"}
+    )
+    assert browser.headers["Access-Control-Allow-Origin"] == "https://shop.example.com"
+    assert browser.headers["Vary"] == "Origin"
