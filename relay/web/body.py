@@ -41,9 +41,7 @@ async def read_body(
     return body
 
 
-async def _inflate(
-    decompressor: Decompressor, chunk: bytes | memoryview, pause_at: float
-) -> float:
+async def _inflate(decompressor: Decompressor, chunk: bytes | memoryview, pause_at: float) -> float:
     """Feed `chunk`; a highly compressed chunk is a lot of work, so every `SLICE_S` the
     other requests get their turn. Returns the next pause time."""
     for _ in decompressor.feed_steps(chunk):
