@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from relay.processing.pipeline import ScrubStage
-from relay.protocol.envelope import exceeds_depth
+from relay.protocol.envelope import json_exceeds_depth
 from relay.protocol.multipart import Part, boundary_of, join, split
 
 _FIELD_PATH = re.compile(r"\[([^\]]*)\]")
@@ -39,7 +39,7 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
                 event = orjson.loads(part.body)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict) and not exceeds_depth(event):
+            if isinstance(event, dict) and not json_exceeds_depth(part.body, event):
                 scrubber.scrub_event(event, "event", report=False)
                 part.body = orjson.dumps(event)
             else:

@@ -23,7 +23,7 @@ import orjson
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing.context import RequestContext
 from relay.protocol.categories import EVENT_TYPES, item_quantities, primary_category
-from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, Item, exceeds_depth
+from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 
 #: Items that belong to the envelope's event and share its fate.
 DEPENDENT_TYPES = frozenset({"attachment", "user_report"})
@@ -198,7 +198,7 @@ def prepare(
                 event = orjson.loads(item.payload)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict) and _may_be_too_deep(item.payload) and exceeds_depth(event):
+            if isinstance(event, dict) and json_exceeds_depth(item.payload, event):
                 event = None  # deeper than Sentry accepts: invalid, never a recursion error
             work.quantities = [
                 (str(c), q)
@@ -239,11 +239,6 @@ def prepare(
     if event_drop is not None:
         _drop_dependents(result, event_drop)
     return result
-
-
-def _may_be_too_deep(payload: bytes) -> bool:
-    """Cheap bound: JSON with fewer brackets than the depth limit cannot nest that deep."""
-    return payload.count(b"{") + payload.count(b"[") > MAX_JSON_DEPTH
 
 
 def _decide(

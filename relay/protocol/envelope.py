@@ -135,6 +135,18 @@ class Envelope:
         return f"Envelope(event_id={self.event_id!r}, items={self.items!r})"
 
 
+def may_exceed_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Cheap bound for JSON text: with no more than `limit` brackets it cannot nest
+    deeper than `limit` levels (counting runs in C; most payloads stop here)."""
+    return data.count(b"{") + data.count(b"[") > limit
+
+
+def json_exceeds_depth(data: bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """`exceeds_depth(value)` for `value` parsed from the JSON text `data`, skipping
+    the walk when `data` has too few brackets to be that deep."""
+    return may_exceed_depth(data, limit) and exceeds_depth(value, limit)
+
+
 class _Duplicate(Exception):
     pass
 
@@ -185,7 +197,7 @@ def _load_header(line: bytes, what: str) -> dict[str, Any]:
         raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise EnvelopeError(f"{what} must be a JSON object")
-    if exceeds_depth(value):
+    if json_exceeds_depth(line, value):
         raise EnvelopeError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return value
 

@@ -31,7 +31,12 @@ from typing import Any
 
 import orjson
 
-from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, exceeds_depth, make_envelope
+from relay.protocol.envelope import (
+    MAX_JSON_DEPTH,
+    Envelope,
+    json_exceeds_depth,
+    make_envelope,
+)
 
 __all__ = [
     "MAX_REPORTS",
@@ -99,7 +104,7 @@ def security_report_envelopes(
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise SecurityReportError(f"invalid JSON: {exc}") from None
-    if exceeds_depth(value):
+    if json_exceeds_depth(body, value):
         raise SecurityReportError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
 
     extra = {

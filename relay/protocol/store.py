@@ -27,7 +27,13 @@ from typing import Any
 import orjson
 
 from relay.protocol.decompress import DecompressionError, TooLarge, make_decompressor
-from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, exceeds_depth, make_envelope
+from relay.protocol.envelope import (
+    MAX_JSON_DEPTH,
+    Envelope,
+    exceeds_depth,
+    json_exceeds_depth,
+    make_envelope,
+)
 
 __all__ = ["StoreError", "decode_store_body", "normalize_event_id", "store_to_envelope"]
 
@@ -99,7 +105,7 @@ def decode_store_body(body: bytes, *, max_decompressed: int) -> dict[str, Any]:
     event = _loads(data)
     if not isinstance(event, dict):
         raise StoreError("event must be a JSON object")
-    if exceeds_depth(event):
+    if json_exceeds_depth(data, event):
         raise StoreError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
     if event.get("event_id") is not None and normalize_event_id(event["event_id"]) is None:
         raise StoreError("invalid event id")

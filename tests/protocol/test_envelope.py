@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.protocol.envelope import EnvelopeError, Item, make_envelope, parse_envelope
+from relay.protocol.envelope import (
+    MAX_JSON_DEPTH,
+    EnvelopeError,
+    Item,
+    exceeds_depth,
+    json_exceeds_depth,
+    make_envelope,
+    parse_envelope,
+)
 from relay.protocol.ratelimit_header import (
     DEFAULT_RETRY_AFTER,
     MAX_RETRY_AFTER,
@@ -347,3 +355,16 @@ def test_json_module_agrees_with_corpus_lengths() -> None:
             if item.headers.get("content_type") == "application/json":
                 assert isinstance(json.loads(item.payload), dict)
         assert orjson.loads(path.read_bytes().split(b"\n", 1)[0]) == env.headers
+
+
+@pytest.mark.parametrize("depth", [1, 2, 127, 128, 129, 300])
+@pytest.mark.parametrize("outer", ["[", "{"])
+def test_json_exceeds_depth_matches_the_walk(depth: int, outer: str) -> None:
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if (level % 2 == 0) == (outer == "[") else {"k": value}
+    data = orjson.dumps(value)
+    assert json_exceeds_depth(data, value) == exceeds_depth(value) == (depth > MAX_JSON_DEPTH)
+    # Brackets inside strings only make the cheap bound say "maybe": the walk decides.
+    noisy = {"s": "[" * 500, "v": value}
+    assert json_exceeds_depth(orjson.dumps(noisy), noisy) == exceeds_depth(noisy)
