@@ -52,6 +52,7 @@ from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -63,6 +64,9 @@ from redis.exceptions import (
     RedisError,
     ResponseError,
 )
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+)
 
 from relay.config import RedisConfig
 from relay.processing.quotas import CategoryDemand
@@ -70,6 +74,7 @@ from relay.services.limiter.core import BaseLimiter, Clock, LimiterUnavailable
 
 SCRIPT = (resources.files("relay.services.limiter") / "script.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
+_EVALSHA = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode("ascii") + b"\r\n"
 
 #: Connection timeouts: a slow Redis must not hold requests for long.
 CONNECT_TIMEOUT_S = 1.0
@@ -99,6 +104,18 @@ class _Job:
     demands: list[CategoryDemand]
     calls: list[_Call]
     future: asyncio.Future[list[tuple[bool, list[int]]]]
+
+
+def _bulk(value: str | int) -> bytes:
+    data = value.encode("utf-8") if isinstance(value, str) else b"%d" % value
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _pack(call: _Call) -> bytes:
+    """`EVALSHA <sha> <numkeys> keys... args...` in the Redis protocol (RESP2)."""
+    count = len(call.keys)
+    head = _EVALSHA % (3 + count + len(call.args))
+    return b"".join([head, _bulk(count), *map(_bulk, call.keys), *map(_bulk, call.args)])
 
 
 def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> list[_Call]:
@@ -156,6 +173,8 @@ class RedisLimiter(BaseLimiter):
         self._flush_scheduled = False
         self._down_until = 0.0
         self._backoff = _BACKOFF_MIN_S
+        #: Standalone and Sentinel: the connection the (never overlapping) flushes use.
+        self._conn: AbstractConnection | None = None
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, *, clock: Clock = time.time) -> RedisLimiter:
@@ -267,18 +286,66 @@ class RedisLimiter(BaseLimiter):
         return results
 
     async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
+        if not self._cluster:
+            try:
+                results = await self._direct_eval(calls)
+            except _ERRORS as exc:
+                raise self._failed(exc) from exc
+            if not any(isinstance(r, BaseException) and _is_outage(r) for r in results):
+                self._succeeded()
+            return results
         try:
-            pipe = self._client.pipeline() if self._cluster else self._client.pipeline(False)
+            pipe = self._client.pipeline()
             for call in calls:
                 # Not `pipe.evalsha`: redis-py refuses that name in cluster pipelines, yet
                 # routes EVALSHA by its keys (all of one slot here) like any command.
                 pipe.execute_command("EVALSHA", SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
-            results: list[Any] = await pipe.execute(raise_on_error=False)
+            results = await pipe.execute(raise_on_error=False)
         except _ERRORS as exc:
             raise self._failed(exc) from exc
         if not any(isinstance(r, BaseException) and _is_outage(r) for r in results):
             self._succeeded()
         return results
+
+    async def _direct_eval(self, calls: list[_Call]) -> list[Any]:
+        """The calls as one write on the limiter's own connection, answers read in order.
+
+        What a redis-py pipeline does, without its per-command bookkeeping: the flushes
+        of one limiter never overlap, so one connection serves them all. A connection
+        that broke while idle (Redis restarted) is replaced once, as redis-py retries.
+        """
+        data = b"".join(map(_pack, calls))
+        for attempt in (1, 2):
+            conn = self._conn
+            if conn is None:
+                conn = self._conn = await self._pool().get_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.send_packed_command(data, check_health=False)
+                results: list[Any] = []
+                for _ in calls:
+                    try:
+                        results.append(await conn.read_response())
+                    except ResponseError as exc:  # an error reply: the connection is fine
+                        results.append(exc)
+                return results
+            except RedisConnectionError:
+                await self._drop_connection()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                await self._drop_connection()  # answers may be pending on it
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+            await self._pool().release(conn)
+
+    def _pool(self) -> ConnectionPool:
+        assert isinstance(self._client, Redis)  # not used in Cluster mode
+        return self._client.connection_pool
 
     async def _read(self, keys: list[str]) -> list[int]:
         if not keys:
@@ -312,6 +379,8 @@ class RedisLimiter(BaseLimiter):
             if not job.future.done():
                 job.future.set_exception(LimiterUnavailable("limiter closed"))
         self._pending = []
+        if self._conn is not None:
+            await self._drop_connection()
         await self._client.aclose()
         for helper in self._helpers:
             await helper.aclose()

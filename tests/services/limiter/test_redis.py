@@ -110,6 +110,29 @@ async def test_script_is_reloaded_after_script_flush(
         await limiter.close()
 
 
+async def test_connection_broken_while_idle_is_replaced(
+    fresh_redis: RedisServer, clock: Clock
+) -> None:
+    """A restart between two checks leaves the limiter a dead connection: the next check
+    replaces it (once) and reloads the script, with no error and no lost count."""
+    limiter = create_limiter(redis_config(fresh_redis.url), clock=clock)
+    try:
+        assert accepted(await checks(limiter, 2)) == 2
+        fresh_redis.stop()
+        fresh_redis.start()  # empty again: counters and script are gone
+        assert accepted(await checks(limiter, 7)) == 5
+        assert limiter.redis_errors == 0
+        admin = Redis.from_url(fresh_redis.url)
+        try:
+            clients = await admin.client_list()
+        finally:
+            await admin.aclose()
+        # The checks share one connection (plus the admin's own).
+        assert len(clients) <= 3
+    finally:
+        await limiter.close()
+
+
 @pytest.mark.parametrize("on_error", ["allow", "reject"])
 async def test_redis_killed_mid_run(fresh_redis: RedisServer, clock: Clock, on_error: str) -> None:
     limiter = create_limiter(redis_config(fresh_redis.url, on_error=on_error), clock=clock)
