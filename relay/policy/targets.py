@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,14 +36,15 @@ class Target:
 
     def auth_header(self) -> str:
         assert self.dsn is not None
-        parts = [
-            f"Sentry sentry_key={self.dsn.public_key}",
-            "sentry_version=7",
-            f"sentry_client={CLIENT_NAME}",
-        ]
-        if self.dsn.secret_key:
-            parts.append(f"sentry_secret={self.dsn.secret_key}")
-        return ", ".join(parts)
+        return _auth_header(self.dsn.public_key, self.dsn.secret_key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _auth_header(public_key: str, secret_key: str | None) -> str:
+    parts = [f"Sentry sentry_key={public_key}", "sentry_version=7", f"sentry_client={CLIENT_NAME}"]
+    if secret_key:
+        parts.append(f"sentry_secret={secret_key}")
+    return ", ".join(parts)
 
 
 def resolve_target(

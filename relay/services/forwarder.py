@@ -81,6 +81,7 @@ class Forwarder:
         self._up.set()
         self._failures = 0
         self._probing = False
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
         self.keeps_unsent = keeps_unsent
 
@@ -230,7 +231,7 @@ class Forwarder:
         elif self.config.gzip and len(body) >= GZIP_MIN_BYTES:
             body = gzip_compress(body, self.config.gzip_level)
             headers["Content-Encoding"] = "gzip"
-        timeout = aiohttp.ClientTimeout(total=self.config.timeout_s)
+        timeout = self._timeout
         try:
             url = target.url if entry.endpoint == "envelope" else target.url_for(entry.endpoint)
             async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
