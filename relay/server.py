@@ -9,6 +9,7 @@ stop) to all of them, and exits when they have stopped.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -87,6 +88,7 @@ def serve_worker(config: Config, *, config_path: str | None, worker: int | None)
         loop.remove_signal_handler(signal.SIGHUP)
 
     app.cleanup_ctx.append(sighup)
+    app.on_startup.append(_tune_gc)
     web.run_app(
         app,
         host=config.listen.host,
@@ -98,6 +100,22 @@ def serve_worker(config: Config, *, config_path: str | None, worker: int | None)
         handle_signals=True,
     )
     return 0
+
+
+#: Allocations between young-generation collections (CPython's default is 700). A request
+#: allocates thousands of short-lived objects; collecting less often lets them die
+#: first instead of being scanned and promoted.
+GC_GEN0_THRESHOLD = 10_000
+
+
+async def _tune_gc(app: web.Application) -> None:
+    """After startup: the objects that live as long as the process (modules, compiled
+    policies) leave the collector's generations, and young collections run less often.
+    About 5% of a busy worker's CPU went to the cyclic collector before."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 class Supervisor:

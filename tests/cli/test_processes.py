@@ -189,3 +189,19 @@ async def test_two_relays_sharing_redis_accept_exactly_the_limit(
 
     config_path = relays[0].config_path
     assert await asyncio.to_thread(main, ["usage", "--config", str(config_path)]) == 0
+
+
+async def test_gc_is_tuned_for_serving() -> None:
+    """Startup objects leave the collector's generations; young collections run rarely."""
+    import gc
+
+    from relay.server import GC_GEN0_THRESHOLD, _tune_gc
+
+    before = gc.get_threshold()
+    try:
+        await _tune_gc(None)  # type: ignore[arg-type]
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
