@@ -37,6 +37,23 @@ class Body:
     wire: bytes
 
 
+def envelope_path(project: int) -> str:
+    """The envelope endpoint's path for `project`."""
+    return f"/api/{project}/envelope/"
+
+
+def request_headers(key: str, *, gzip_bodies: bool) -> dict[str, str]:
+    """The headers the SDK sends with an envelope (besides Host and Content-Length)."""
+    headers = {
+        "Content-Type": "application/x-sentry-envelope",
+        "User-Agent": SDK_CLIENT,
+        "X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7, sentry_client={SDK_CLIENT}",
+    }
+    if gzip_bodies:
+        headers["Content-Encoding"] = "gzip"
+    return headers
+
+
 def parse_mix(spec: str | None) -> dict[str, int]:
     """`name=weight,name=weight` (weight defaults to 1); None or "" is `DEFAULT_MIX`."""
     if not spec:

@@ -27,7 +27,16 @@ from typing import Any
 import aiohttp
 import orjson
 from aio import run
-from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, SDK_CLIENT, Body, parse_mix, sequence
+from corpus import (
+    CORPUS_KEY,
+    CORPUS_PROJECT,
+    DEFAULT_CORPUS,
+    Body,
+    envelope_path,
+    parse_mix,
+    request_headers,
+    sequence,
+)
 
 
 def percentile(ordered: list[float], q: float) -> float | None:
@@ -170,14 +179,8 @@ async def fixed_rate(
 
 async def main_async(args: argparse.Namespace) -> None:
     bodies = sequence(Path(args.corpus), parse_mix(args.mix), gzip_bodies=args.encoding == "gzip")
-    url = f"{args.url.rstrip('/')}/api/{args.project}/envelope/"
-    headers = {
-        "Content-Type": "application/x-sentry-envelope",
-        "User-Agent": SDK_CLIENT,
-        "X-Sentry-Auth": f"Sentry sentry_key={args.key}, sentry_version=7, sentry_client={SDK_CLIENT}",
-    }
-    if args.encoding == "gzip":
-        headers["Content-Encoding"] = "gzip"
+    url = args.url.rstrip("/") + envelope_path(args.project)
+    headers = request_headers(args.key, gzip_bodies=args.encoding == "gzip")
     connector = aiohttp.TCPConnector(limit=args.connections, limit_per_host=args.connections)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(
@@ -194,6 +197,7 @@ async def main_async(args: argparse.Namespace) -> None:
     extra: dict[str, Any] = {
         "mode": "fixed_rate" if args.rate > 0 else "closed_loop",
         "connections": args.connections,
+        "loadgen": "aiohttp",
         "loadgen_cpu_s": round(getattr(run_, "loadgen_cpu_s", 0.0), 3),
     }
     if args.rate > 0:

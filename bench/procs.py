@@ -1,7 +1,8 @@
 """Process plumbing for the benchmark harness: children that never outlive it, /proc stats.
 
 Every child is started in its own session (so its process group holds it and
-everything it forks) with a parent-death signal, and stopped with `stop_group`:
+everything it forks) with a parent-death signal and a raised open-file limit,
+and stopped with `stop_group`:
 SIGTERM to the group, then SIGKILL to whatever is left. CPU and memory are read
 from /proc, summed over a process and all its descendants (relay workers).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -34,9 +36,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def raise_nofile(want: int = 65536) -> int:
+    """Raise the soft open-file limit towards `want` (at most the hard limit); the new limit.
+
+    A thousand client connections need a thousand descriptors in the load generator
+    and as many in the target, more than the usual soft limit of 1,024.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        raise_nofile()
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -79,7 +98,7 @@ class Child:
             stderr=subprocess.PIPE,
             text=True,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_child_setup,
         )
         self._readers = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -210,18 +229,45 @@ def cpu_ticks(pids: Sequence[int]) -> dict[int, int]:
     return out
 
 
-def peak_rss_kib(pids: Sequence[int]) -> int:
-    """Sum of VmHWM (peak resident set) over the pids."""
+def _status_kib(pids: Sequence[int], key: str) -> int:
+    """Sum of one `/proc/<pid>/status` field given in kB (`VmHWM:`, `VmRSS:`) over the pids."""
     total = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     total += int(line.split()[1])
                     break
         except OSError:
             continue
     return total
+
+
+def peak_rss_kib(pids: Sequence[int]) -> int:
+    """Sum of VmHWM (peak resident set) over the pids."""
+    return _status_kib(pids, "VmHWM:")
+
+
+def rss_kib(pids: Sequence[int]) -> int:
+    """Sum of VmRSS (resident set now) over the pids."""
+    return _status_kib(pids, "VmRSS:")
+
+
+def growth_per_minute(series: Sequence[tuple[float, float]]) -> float | None:
+    """Slope of a least-squares line through (seconds, value) points, per minute.
+
+    None with fewer than two points or when they all share one time.
+    """
+    if len(series) < 2:
+        return None
+    n = len(series)
+    mean_t = sum(t for t, _ in series) / n
+    mean_v = sum(v for _, v in series) / n
+    var = sum((t - mean_t) ** 2 for t, _ in series)
+    if var == 0:
+        return None
+    cov = sum((t - mean_t) * (v - mean_v) for t, v in series)
+    return cov / var * 60.0
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -234,25 +280,38 @@ def machine_ticks() -> tuple[int, int]:
 
 @dataclass
 class TreeSampler:
-    """CPU of a process tree between `start()` and `stop()`, plus peak RSS and process count.
+    """CPU of a process tree between `start()` and `stop()`, plus RSS and process count.
 
     Parameters:
         pid: the root process (the relay, or the floor).
+        rss_interval: seconds between the RSS samples `sample_processes` takes.
     """
 
     pid: int
+    rss_interval: float = 1.0
     _start: dict[int, int] = field(default_factory=dict)
     _machine: tuple[int, int] = (0, 0)
+    _t0: float = 0.0
+    _next_rss: float = 0.0
     max_processes: int = 0
     cpu_s: float = 0.0
     machine_busy: float = 0.0
+    #: (seconds since `start()`, MiB summed over the tree), about every `rss_interval`.
+    rss: list[tuple[float, float]] = field(default_factory=list)
 
     def sample_processes(self) -> list[int]:
+        """The tree's pids now; also an RSS sample when one is due (after `start()`)."""
         pids = descendants(self.pid)
         self.max_processes = max(self.max_processes, len(pids))
+        now = time.monotonic()
+        if self._t0 and now >= self._next_rss:
+            self.rss.append((round(now - self._t0, 2), rss_kib(pids) / 1024))
+            # Keep the cadence; skip ticks missed while the caller was busy.
+            self._next_rss = max(self._next_rss + self.rss_interval, now)
         return pids
 
     def start(self) -> None:
+        self._t0 = self._next_rss = time.monotonic()
         self._start = cpu_ticks(self.sample_processes())
         self._machine = machine_ticks()
 
@@ -266,6 +325,27 @@ class TreeSampler:
 
     def peak_rss_mb(self) -> float:
         return peak_rss_kib(descendants(self.pid)) / 1024
+
+    def rss_summary(self) -> dict[str, object]:
+        """The RSS series of the window and what it says: start, end, peak, growth.
+
+        `rss_growth_mb_per_min` is the slope of a linear fit over the second half of
+        the window (the first half still holds warm-up effects: caches, pools, arenas).
+        """
+        if not self.rss:
+            return {"rss_mb": [], "rss_t_s": []}
+        values = [mb for _, mb in self.rss]
+        half = self.rss[-1][0] / 2
+        growth = growth_per_minute([(t, mb) for t, mb in self.rss if t >= half])
+        return {
+            "rss_interval_s": self.rss_interval,
+            "rss_t_s": [t for t, _ in self.rss],
+            "rss_mb": [round(mb, 1) for mb in values],
+            "rss_start_mb": round(values[0], 1),
+            "rss_end_mb": round(values[-1], 1),
+            "rss_peak_mb": round(max(values), 1),
+            "rss_growth_mb_per_min": round(growth, 3) if growth is not None else None,
+        }
 
 
 @contextlib.contextmanager

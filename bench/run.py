@@ -2,11 +2,14 @@
 
     python bench/run.py [--duration 10] [--warmup 2] [--connections 64]
                         [--scenarios none,default,...|all] [--rate-scenarios ...]
-                        [--json out.json] [--list]
+                        [--loadgen auto|wrk|aiohttp] [--json out.json] [--list]
+    python bench/run.py --soak      # `default`, 1,000 connections, 300 s: RSS over time
 
 Starts, each in its own process group: a recording upstream (bench/upstream.py),
 the target (bench/floor.py, or `python -m relay run` on a generated config), and
-the load generator (bench/loadgen.py). A scenario is a YAML file in
+the load generator: `wrk` with bench/wrk.lua (bench/wrkgen.py) for closed-loop
+runs when wrk is installed, else the aiohttp client bench/loadgen.py, which also
+drives every fixed-rate run (wrk has no constant-rate mode). A scenario is a YAML file in
 bench/scenarios/: a relay config plus a `bench:` section (`description`,
 optionally `baseline`), which the harness removes before filling in the listen
 port, the upstream, the corpus project, `redis.url` and `spool.path`.
@@ -17,8 +20,10 @@ whose feature shows no sign of work (no Redis commands, no spool files, a single
 process for `workers: 2`) is "not exercised", numbers kept.
 
 Then, at a fixed offered rate of half the floor's throughput, the floor and the
-`--rate-scenarios` are measured again for latency. Results: a table on stdout and
-JSON (bench/results/<time>.json unless --json).
+`--rate-scenarios` are measured again for latency. The target's resident set is
+sampled every second of each window (start, end, peak, growth per minute over the
+second half). Results: a table on stdout and JSON (bench/results/<time>.json
+unless --json).
 """
 
 from __future__ import annotations
@@ -43,13 +48,20 @@ from typing import Any
 
 import yaml
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, parse_mix
-from procs import LOOPBACK, Child, ChildFailed, TreeSampler, children, free_port
+from procs import LOOPBACK, Child, ChildFailed, TreeSampler, children, free_port, raise_nofile
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS_DIR = BENCH / "scenarios"
 RESULTS_DIR = BENCH / "results"
 DEFAULT_SCENARIOS = ("none", "default", "default-redis", "default-spool", "workers-2")
 DEFAULT_RATE_SCENARIOS = ("default", "default-redis")
+#: `--soak`: the issue's memory target, "RSS stays under 150 MB with 1,000 concurrent
+#: connections and does not grow over a 5-minute run".
+SOAK_SCENARIO = "default"
+SOAK_CONNECTIONS = 1000
+SOAK_DURATION_S = 300.0
+SOAK_WARMUP_S = 10.0
+SOAK_RSS_LIMIT_MB = 150.0
 PY = sys.executable
 
 OK = "ok"
@@ -142,6 +154,36 @@ class Options:
     duration: float
     project: int
     key: str
+    #: Closed-loop load generator: "wrk" or "aiohttp" (fixed-rate runs always use aiohttp).
+    loadgen: str = "aiohttp"
+    wrk_threads: int = 1
+
+
+def loadgen_argv(target_url: str, opts: Options, rate: float) -> list[str]:
+    """The command of the load generator for one run."""
+    common = [
+        "--url",
+        target_url,
+        "--corpus",
+        str(opts.corpus),
+        "--encoding",
+        opts.encoding,
+        "--connections",
+        str(opts.connections),
+        "--warmup",
+        str(opts.warmup),
+        "--duration",
+        str(opts.duration),
+        "--project",
+        str(opts.project),
+        "--key",
+        opts.key,
+    ]
+    if opts.mix:
+        common += ["--mix", opts.mix]
+    if rate <= 0 and opts.loadgen == "wrk":
+        return [PY, str(BENCH / "wrkgen.py"), *common, "--threads", str(opts.wrk_threads)]
+    return [PY, str(BENCH / "loadgen.py"), *common, "--rate", str(rate)]
 
 
 @dataclass
@@ -191,9 +233,9 @@ def _redis_commands(port: int) -> int:
         client.close()
 
 
-def _upstream_stats(base: str) -> dict[str, int]:
+def _upstream_stats(base: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"{base}/__bench/stats", timeout=5) as resp:
-        data: dict[str, int] = json.loads(resp.read())
+        data: dict[str, Any] = json.loads(resp.read())
         return data
 
 
@@ -211,35 +253,13 @@ def drive(
     """Run the load generator against a started target; return its metrics."""
     probe = probe or Probe()
     sampler = TreeSampler(target_pid)
-    argv = [
-        PY,
-        str(BENCH / "loadgen.py"),
-        "--url",
-        target_url,
-        "--corpus",
-        str(opts.corpus),
-        "--encoding",
-        opts.encoding,
-        "--connections",
-        str(opts.connections),
-        "--warmup",
-        str(opts.warmup),
-        "--duration",
-        str(opts.duration),
-        "--rate",
-        str(rate),
-        "--project",
-        str(opts.project),
-        "--key",
-        opts.key,
-    ]
-    if opts.mix:
-        argv += ["--mix", opts.mix]
+    argv = loadgen_argv(target_url, opts, rate)
     up_begin = _upstream_stats(upstream)["envelopes"]
     loadgen = Child("load generator", argv, cwd=BENCH)
     kids.append(loadgen)
     wait = opts.warmup + 30
-    loadgen.wait_for_line("measure-start", wait)
+    # Starting (imports, the mix, opening the connections) takes longer with many connections.
+    loadgen.wait_for_line("measure-start", wait + opts.connections / 50)
     sampler.start()
     probe.start()
     if hooks is not None:
@@ -264,6 +284,7 @@ def drive(
     result_line = loadgen.wait_for_line("result", 60)
     loadgen.stop()
     metrics: dict[str, Any] = json.loads(result_line.split(" ", 1)[1])
+    metrics.setdefault("loadgen", "aiohttp")
     up_final, drained = _wait_drained(upstream, DRAIN_TIMEOUT_S)
     window = metrics["window_s"] or 1.0
     ok = metrics["ok"]
@@ -280,9 +301,11 @@ def drive(
         backlog_at_end=up_final - up1["envelopes"],
         drained=drained,
         upstream_bad=up1["bad"] - up0["bad"],
+        upstream_cpu_s=round(up1.get("cpu_s", 0.0) - up0.get("cpu_s", 0.0), 3),
         cpu_s=round(sampler.cpu_s, 3),
         cpu_s_per_1000=round(sampler.cpu_s / ok * 1000, 4) if ok else None,
         peak_rss_mb=round(rss, 1),
+        **sampler.rss_summary(),
         processes=sampler.max_processes,
         machine_cpu_busy=round(sampler.machine_busy, 3),
     )
@@ -471,10 +494,10 @@ def start_redis(binary: str, port: int, workdir: Path) -> Child:
 # --- report -------------------------------------------------------------------------------
 
 
-def add_ratios(rows: list[dict[str, Any]], floor: dict[str, Any]) -> None:
+def add_ratios(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> None:
     by_name = {row["name"]: row for row in rows}
     for row in rows:
-        if row.get("status") == NOT_AVAILABLE:
+        if row.get("status") == NOT_AVAILABLE or floor is None:
             continue
         row["vs_floor"] = {
             "throughput": _ratio(_throughput(row), _throughput(floor)),
@@ -506,6 +529,22 @@ def _fmt(value: Any, spec: str = "") -> str:
     if value is None:
         return "-"
     return format(value, spec)
+
+
+def soak_summary(row: dict[str, Any]) -> str:
+    """One line on the memory target, from a closed-loop row's RSS series."""
+    head = f"soak {row['name']}, {row.get('connections')} connections, {row.get('window_s')}s"
+    if row.get("status") == NOT_AVAILABLE or not row.get("rss_mb"):
+        return f"{head}: no RSS samples ({row.get('status')}: {_clip(row.get('reason'))})"
+    growth = row.get("rss_growth_mb_per_min")
+    return (
+        f"{head} ({row.get('loadgen')}): RSS start {row['rss_start_mb']:.1f} MB, "
+        f"end {row['rss_end_mb']:.1f} MB, peak {row['rss_peak_mb']:.1f} MB "
+        f"(VmHWM {row['peak_rss_mb']:.1f} MB), growth {_fmt(growth, '+.3f')} MB/min "
+        f"over the second half; {_fmt(row.get('sustained_per_s'), '.0f')} envelopes/s, "
+        f"non200 {sum(row['non_200'].values())}, err {sum(row['errors'].values())} "
+        f"| target: RSS < {SOAK_RSS_LIMIT_MB:.0f} MB, growth ~0 (reported, not asserted)"
+    )
 
 
 def table(rows: list[dict[str, Any]], title: str) -> str:
@@ -579,18 +618,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
-    p.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
-    p.add_argument("--connections", type=int, default=64)
+    # Defaults of None are filled in by `apply_presets` (they differ under --soak).
+    p.add_argument(
+        "--duration", type=float, default=None, help="measured seconds per run (10; soak 300)"
+    )
+    p.add_argument(
+        "--warmup", type=float, default=None, help="unmeasured seconds before each run (2; soak 10)"
+    )
+    p.add_argument("--connections", type=int, default=None, help="64; soak 1000")
     p.add_argument(
         "--scenarios",
-        default=",".join(DEFAULT_SCENARIOS),
+        default=None,
         help="comma-separated names from bench/scenarios/ or paths to YAML files, or 'all'",
     )
     p.add_argument(
         "--rate-scenarios",
-        default=",".join(DEFAULT_RATE_SCENARIOS),
+        default=None,
         help="scenarios measured again at 50%% of the floor's throughput ('' to skip)",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "wrk", "aiohttp"),
+        default="auto",
+        help="closed-loop load generator; auto: wrk when on PATH (fixed rate: always aiohttp)",
+    )
+    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help=f"memory soak: `{SOAK_SCENARIO}`, closed loop, {SOAK_CONNECTIONS} connections, "
+        f"{SOAK_DURATION_S:.0f}s, no floor, no fixed-rate runs; RSS sampled every second",
     )
     p.add_argument("--rate-fraction", type=float, default=0.5)
     p.add_argument("--rate-duration", type=float, default=None, help="default: min(duration, 8)")
@@ -604,7 +661,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--list", action="store_true", help="list scenarios and whether they are available"
     )
-    return p.parse_args(argv)
+    return apply_presets(p.parse_args(argv))
+
+
+def apply_presets(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the options left unset: the default set, or the soak preset."""
+    soak = args.soak
+    defaults = {
+        "duration": SOAK_DURATION_S if soak else 10.0,
+        "warmup": SOAK_WARMUP_S if soak else 2.0,
+        "connections": SOAK_CONNECTIONS if soak else 64,
+        "scenarios": SOAK_SCENARIO if soak else ",".join(DEFAULT_SCENARIOS),
+        "rate_scenarios": "" if soak else ",".join(DEFAULT_RATE_SCENARIOS),
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if soak:
+        args.no_floor = True
+    return args
+
+
+def resolve_loadgen(choice: str) -> str:
+    """`auto` is wrk when it is on PATH, else the aiohttp generator."""
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "aiohttp"
+    if choice == "wrk" and shutil.which("wrk") is None:
+        raise SystemExit("--loadgen wrk: wrk is not on PATH (apt-get install wrk)")
+    return choice
+
+
+def describe_loadgen(loadgen: str, threads: int) -> str:
+    if loadgen == "wrk":
+        return (
+            f"wrk, {threads} thread{'s' if threads != 1 else ''} (bench/wrkgen.py, bench/wrk.lua)"
+        )
+    return "aiohttp (bench/loadgen.py)"
 
 
 def _resolve_name(name: str, scenarios: dict[str, Scenario]) -> str:
@@ -643,6 +735,8 @@ def list_scenarios(scenarios: dict[str, Scenario], opts: Options) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    raise_nofile()
+    loadgen = resolve_loadgen(args.loadgen)
     scenarios = load_scenarios()
     for sc in scenarios.values():
         if sc.baseline:
@@ -656,6 +750,8 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         project=args.project,
         key=args.key,
+        loadgen=loadgen,
+        wrk_threads=max(1, args.wrk_threads),
     )
     parse_mix(args.mix)
     if args.list:
@@ -681,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
             "host": platform.node(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "loadgen": "aiohttp (bench/loadgen.py)",
+            "loadgen": describe_loadgen(loadgen, opts.wrk_threads),
+            "loadgen_fixed_rate": describe_loadgen("aiohttp", 1),
+            "soak": args.soak,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "connections": args.connections,
@@ -696,14 +794,19 @@ def main(argv: list[str] | None = None) -> int:
         upstream_proc = Child("upstream", [PY, str(BENCH / "upstream.py")], cwd=BENCH)
         kids.append(upstream_proc)
         upstream = f"http://{LOOPBACK}:{upstream_proc.wait_for_line('listening', 30).split()[1]}"
-        print(f"floor: closed loop, {args.connections} connections, {args.duration:g}s", flush=True)
-        floor = run_floor(upstream, opts)
-        results["floor"] = floor
+        closed = f"closed loop ({loadgen})"
+        floor: dict[str, Any] | None = None
+        if not args.no_floor:
+            print(
+                f"floor: {closed}, {args.connections} connections, {args.duration:g}s", flush=True
+            )
+            floor = run_floor(upstream, opts)
+            results["floor"] = floor
         for name in names:
-            print(f"scenario {name}: closed loop", flush=True)
+            print(f"scenario {name}: {closed}", flush=True)
             results["scenarios"].append(run_scenario(scenarios[name], upstream, opts))
         add_ratios(results["scenarios"], floor)
-        if rate_names and floor["envelopes_per_s"]:
+        if rate_names and floor is not None and floor["envelopes_per_s"]:
             rate = round(floor["envelopes_per_s"] * args.rate_fraction, 1)
             rate_opts = copy.copy(opts)
             rate_opts.duration = args.rate_duration or min(args.duration, 8.0)
@@ -722,10 +825,13 @@ def main(argv: list[str] | None = None) -> int:
                 "scenarios": rows,
             }
     print()
+    floor_rows = [] if floor is None else [{**floor, "vs_floor": {"throughput": 1.0, "p99": 1.0}}]
     print(
         table(
-            [{**floor, "vs_floor": {"throughput": 1.0, "p99": 1.0}}, *results["scenarios"]],
-            f"closed loop: {args.connections} connections, {args.duration:g}s after {args.warmup:g}s warm-up, {args.encoding} bodies",
+            [*floor_rows, *results["scenarios"]],
+            f"closed loop: {args.connections} connections, {args.duration:g}s after "
+            f"{args.warmup:g}s warm-up, {args.encoding} bodies; "
+            f"load generator: {describe_loadgen(loadgen, opts.wrk_threads)}",
         )
     )
     fixed = results.get("fixed_rate")
@@ -737,10 +843,17 @@ def main(argv: list[str] | None = None) -> int:
                     {**fixed["floor"], "vs_floor": {"throughput": 1.0, "p99": 1.0}},
                     *fixed["scenarios"],
                 ],
-                f"fixed rate: {fixed['rate']:g} envelopes/s offered ({fixed['fraction_of_floor']:g} x floor)",
+                f"fixed rate: {fixed['rate']:g} envelopes/s offered "
+                f"({fixed['fraction_of_floor']:g} x floor); load generator: "
+                f"{describe_loadgen('aiohttp', 1)}",
             )
         )
     results["targets"] = targets(results)
+    if args.soak:
+        results["soak"] = [soak_summary(row) for row in results["scenarios"]]
+        print()
+        for line in results["soak"]:
+            print(line)
     if results["targets"]:
         print("\ntargets (reported, not asserted):")
         for line in results["targets"]:

@@ -1,13 +1,20 @@
-"""The benchmark harness runs end to end: floor and one scenario, two seconds each."""
+"""The benchmark harness runs end to end: floor and one scenario under wrk, then at a fixed rate."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench"))
+
+from procs import growth_per_minute  # noqa: E402
+from run import parse_args  # noqa: E402
+from upstream import peek  # noqa: E402
 
 METRICS = {
     "envelopes_per_s",
@@ -17,11 +24,28 @@ METRICS = {
     "peak_rss_mb",
     "non_200",
     "errors",
+    "loadgen",
+    "rss_mb",
+    "rss_t_s",
+    "rss_start_mb",
+    "rss_end_mb",
+    "rss_peak_mb",
+    "rss_growth_mb_per_min",
 }
 
-#: Two seconds of the `none` scenario and of the floor; no fixed-rate pass.
-ARGS = ["--duration", "2", "--warmup", "0.5", "--connections", "8"]
-ARGS += ["--scenarios", "none", "--rate-scenarios", ""]
+#: Two seconds of the `none` scenario and of the floor under wrk, then one second of
+#: each at a fixed rate under the aiohttp generator.
+ARGS = ["--duration", "2", "--warmup", "0.5", "--connections", "8", "--loadgen", "wrk"]
+ARGS += ["--scenarios", "none", "--rate-scenarios", "none", "--rate-duration", "1"]
+
+
+def _check_rss(row: dict[str, object]) -> None:
+    series = row["rss_mb"]
+    assert isinstance(series, list) and len(series) >= 2
+    assert len(row["rss_t_s"]) == len(series)  # type: ignore[arg-type]
+    assert all(isinstance(mb, float) and mb > 10 for mb in series)
+    assert row["rss_start_mb"] == series[0] and row["rss_end_mb"] == series[-1]
+    assert row["rss_peak_mb"] == max(series)
 
 
 def test_harness_smoke(tmp_path: Path) -> None:
@@ -34,17 +58,54 @@ def test_harness_smoke(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "load generator: wrk" in proc.stdout
     results = json.loads(out.read_text())
-    assert set(results) >= {"meta", "floor", "scenarios", "targets"}
+    assert set(results) >= {"meta", "floor", "scenarios", "targets", "fixed_rate"}
+    assert results["meta"]["loadgen"].startswith("wrk")
     floor = results["floor"]
     assert set(floor) >= METRICS
+    assert floor["loadgen"] == "wrk"
     assert floor["envelopes_per_s"] > 0
     assert floor["non_200"] == {} and floor["errors"] == {}
+    _check_rss(floor)
     (row,) = results["scenarios"]
     assert row["name"] == "none"
     assert row["status"] == "ok", row.get("reason")
     assert set(row) >= METRICS | {"vs_floor"}
+    assert row["loadgen"] == "wrk"
     assert row["envelopes_per_s"] > 0 and row["sustained_per_s"] > 0
+    # Everything answered reaches the upstream under `none`, in-flight requests included.
+    assert 0.97 <= row["delivery_fraction"] <= 1.03
     assert set(row["latency_ms"]) >= {"p50", "p99", "p999"}
     assert row["cpu_s_per_1000"] > 0 and row["peak_rss_mb"] > 0
     assert row["vs_floor"]["throughput"] > 0
+    _check_rss(row)
+    assert sum(row["mix_sent"].values()) == row["sent"]
+    fixed = results["fixed_rate"]
+    (rate_row,) = fixed["scenarios"]
+    assert fixed["floor"]["loadgen"] == "aiohttp" and rate_row["loadgen"] == "aiohttp"
+    assert rate_row["status"] == "ok", rate_row.get("reason")
+    assert rate_row["envelopes_per_s"] > 0
+
+
+def test_soak_preset() -> None:
+    args = parse_args(["--soak"])
+    assert (args.scenarios, args.rate_scenarios) == ("default", "")
+    assert (args.connections, args.duration, args.no_floor) == (1000, 300.0, True)
+    assert parse_args(["--soak", "--duration", "20"]).duration == 20.0
+    plain = parse_args([])
+    assert (plain.connections, plain.duration, plain.no_floor) == (64, 10.0, False)
+
+
+def test_growth_fit() -> None:
+    assert growth_per_minute([(0.0, 50.0), (1.0, 50.0), (2.0, 50.0)]) == 0.0
+    assert growth_per_minute([(0.0, 50.0), (30.0, 51.0), (60.0, 52.0)]) == 2.0
+    assert growth_per_minute([(5.0, 50.0)]) is None
+
+
+def test_upstream_peeks_instead_of_inflating() -> None:
+    envelope = b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n' + b"x" * 100_000
+    head, size = peek(gzip.compress(envelope), "gzip")
+    assert head[:1] == b"{" and len(head) <= 64 and size == len(envelope)
+    assert peek(zlib.compress(envelope), "deflate")[1] == len(envelope)
+    assert peek(envelope, "")[0][:1] == b"{"
