@@ -94,6 +94,7 @@ def serve_worker(config: Config, *, config_path: str | None, worker: int | None)
         host=config.listen.host,
         port=config.listen.port,
         reuse_port=worker is not None,
+        backlog=config.listen.backlog,
         shutdown_timeout=config.shutdown_timeout,
         print=None,
         access_log=None,

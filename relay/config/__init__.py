@@ -63,6 +63,8 @@ class ListenConfig(Section, frozen=True):
     metrics: str | None = None
     #: Proxies whose `X-Forwarded-For` is believed (IPs or CIDRs).
     trusted_proxies: list[str] = []
+    #: Pending connections the kernel queues before the relay accepts them (listen(2)).
+    backlog: int = 1024
 
 
 class UpstreamConfig(Section, frozen=True):
@@ -323,6 +325,8 @@ def _check_core(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     if not 0 < config.listen.port < 65536:
         problems.append(Problem("listen.port", "must be between 1 and 65535"))
+    if not 0 < config.listen.backlog <= 65535:
+        problems.append(Problem("listen.backlog", "must be between 1 and 65535"))
     if config.listen.metrics is not None:
         _, sep, port = config.listen.metrics.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:

@@ -131,3 +131,13 @@ def test_run_on_embedded_defaults_writes_outbox_and_stops_on_sigterm(tmp_path: P
     text = out.decode()
     assert f"127.0.0.1:{port}" in text
     assert f"example DSN: http://abc123def4567890abc123def4567890@127.0.0.1:{port}/42" in text
+
+
+@pytest.mark.parametrize("backlog", [0, 70000])
+def test_check_config_listen_backlog_bounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], backlog: int
+) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text(f"listen:\n  backlog: {backlog}\n")
+    assert main(["check-config", str(path)]) == 1
+    assert "listen.backlog: must be between 1 and 65535" in capsys.readouterr().err

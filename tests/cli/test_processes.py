@@ -205,3 +205,22 @@ async def test_gc_is_tuned_for_serving() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+
+def test_the_listener_gets_the_configured_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,024 pending connections by default, not aiohttp's 128: a burst of connections
+    is queued by the kernel, not dropped into SYN retries."""
+    from aiohttp import web
+
+    from relay import server
+    from relay.config import parse_config
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(web, "run_app", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(server, "_install_uvloop", lambda: None)
+    server.serve_worker(parse_config({}, env={}), config_path=None, worker=None)
+    assert seen["backlog"] == 1024
+    config = parse_config({"listen": {"backlog": 4096}}, env={})
+    server.serve_worker(config, config_path=None, worker=None)
+    assert seen["backlog"] == 4096
