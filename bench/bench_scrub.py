@@ -41,7 +41,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +73,13 @@ VOLATILE_KEYS = frozenset(
         "sample_rand",
     }
 )
+#: Id-shaped values that stay the same from one event to the next.
+STABLE_IDS = frozenset({"public_key"})
 #: A bare id anywhere: 16 or 32 hex digits, or a UUID, optionally in quotes.
 _ID = re.compile(
     r"'?(?:[0-9a-f]{16}|[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'?"
 )
-_ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z?")
+_ISO = re.compile(r"(\d{4}-\d\d-\d\d)T\d\d:\d\d:\d\d(?:\.(\d{1,6}))?(Z?)")
 _DECIMAL = re.compile(r"\d+\.\d+")
 _HEX = "0123456789abcdef"
 
@@ -92,7 +93,7 @@ def _volatile(value: Any, key: str | None, out: set[str]) -> None:
         for v in value:
             _volatile(v, None, out)
     elif isinstance(value, str):
-        if (key in VOLATILE_KEYS and value) or _ID.fullmatch(value):
+        if (key in VOLATILE_KEYS and value) or (key not in STABLE_IDS and _ID.fullmatch(value)):
             out.add(orjson.dumps(value).decode())
     elif isinstance(value, float) and key in VOLATILE_KEYS:
         out.add(repr(value))
@@ -101,20 +102,29 @@ def _volatile(value: Any, key: str | None, out: set[str]) -> None:
 def _fresh_value(text: str, rng: random.Random) -> str:
     """A new value of the same shape (and length) as the JSON text `text`."""
     inner = text[1:-1] if text.startswith('"') else text
-    if _ISO.fullmatch(inner):
-        frac = len(inner.split(".")[1].rstrip("Z")) if "." in inner else 0
-        when = datetime.fromisoformat(inner.rstrip("Z")) + timedelta(seconds=rng.uniform(0, 86_400))
-        new = when.strftime("%Y-%m-%dT%H:%M:%S")
+    iso = _ISO.fullmatch(inner)
+    if iso is not None:
+        # Same day, another time of it.
+        date, frac, zone = iso.group(1), iso.group(2), iso.group(3)
+        new = f"{date}T{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
         if frac:
-            new += "." + when.strftime("%f")[:frac]
-        new += "Z" if inner.endswith("Z") else ""
+            new += f".{rng.randrange(10 ** len(frac)):0{len(frac)}d}"
+        new += zone
     elif _DECIMAL.fullmatch(inner):
         whole, digits = inner.split(".")
         # A fraction in [0, 1) (`sample_rand`) or a time up to a day later.
         num = rng.random() if whole == "0" else float(inner) + rng.uniform(0, 86_400)
         new = f"{num:.{len(digits)}f}"
     else:
-        new = "".join(rng.choice(_HEX) if c in _HEX else c for c in inner)
+        count = sum(c in _HEX for c in inner)
+        fresh = f"{rng.getrandbits(4 * count):0{count}x}"
+        chars = list(inner)
+        at = 0
+        for i, c in enumerate(chars):
+            if c in _HEX:
+                chars[i] = fresh[at]
+                at += 1
+        new = "".join(chars)
     return f'"{new}"' if text.startswith('"') else new
 
 
@@ -129,22 +139,36 @@ class Variants:
         found: set[str] = set()
         for doc in docs:
             _volatile(doc, None, found)
-        self.tokens = sorted((t for t in found if t.encode() in raw), key=len, reverse=True)
+        tokens = sorted((t for t in found if t.encode() in raw), key=len, reverse=True)
+        self.tokens = tokens
         self.raw = raw
         self.rng = random.Random(seed)
-        self._re = re.compile(b"|".join(re.escape(t.encode()) for t in self.tokens) or b"(?!)")
+        # `raw` cut at every occurrence of a token: text, token, text, token, ..., text.
+        self.parts: list[bytes] = []
+        self.slots: list[int] = []
+        pos = 0
+        if tokens:
+            finder = re.compile(b"|".join(re.escape(t.encode()) for t in tokens))
+            for m in finder.finditer(raw):
+                self.parts.append(raw[pos : m.start()])
+                self.slots.append(tokens.index(m.group(0).decode()))
+                pos = m.end()
+        self.parts.append(raw[pos:])
         self.pool: list[bytes] = []
         self.pos = 0
 
     def make(self, n: int) -> None:
         """Replace the pool by `n` new variants (call outside the timed work)."""
-        rng, tokens, sub = self.rng, self.tokens, self._re.sub
+        rng, tokens, parts, slots = self.rng, self.tokens, self.parts, self.slots
         pool = []
         for _ in range(n):
-            new = {t.encode(): _fresh_value(t, rng).encode() for t in tokens}
-            out = sub(lambda m: new[m.group(0)], self.raw)  # noqa: B023 (used at once)
-            assert len(out) == len(self.raw)
-            pool.append(out)
+            new = [_fresh_value(t, rng).encode() for t in tokens]
+            out = [parts[0]]
+            for slot, part in zip(slots, parts[1:], strict=True):
+                out += (new[slot], part)
+            joined = b"".join(out)
+            assert len(joined) == len(self.raw)
+            pool.append(joined)
         self.pool = pool
         self.pos = 0
 
@@ -172,8 +196,9 @@ def _rates(
             variants = (fresh or {}).get(name)
             batch = 10
             if variants is not None:
-                # Enough for the round at 1.5x the best rate seen (any column).
-                top = max(best.values()) or 20_000.0
+                # Enough for the round at 1.5x its best rate so far (at first: the
+                # best of the columns before it, which repeat one payload).
+                top = best[name] or max(best.values()) or 20_000.0
                 variants.make(int(top * per_call * 1.5) + 2 * batch)
             n = 0
             start = time.perf_counter()

@@ -207,7 +207,6 @@ async def test_gc_is_tuned_for_serving() -> None:
         gc.set_threshold(*before)
 
 
-
 def test_the_listener_gets_the_configured_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
     """1,024 pending connections by default, not aiohttp's 128: a burst of connections
     is queued by the kernel, not dropped into SYN retries."""

@@ -59,6 +59,23 @@ class ScanCache:
         self.data[text] = result
         self.chars += size
 
+    def put_all(self, results: dict[str, ScanResult]) -> None:
+        """`put` of every item, in order."""
+        data = self.data
+        max_len, max_entries, max_chars = self.max_len, self.max_entries, self.max_chars
+        if max_entries <= 0:
+            return
+        for text, result in results.items():
+            size = len(text)
+            if size > max_len:
+                continue
+            if result is not None:
+                size += len(result[0])
+            if len(data) >= max_entries or self.chars + size > max_chars:
+                self.clear()
+            data[text] = result
+            self.chars += size
+
     def clear(self) -> None:
         self.data.clear()
         self.chars = 0

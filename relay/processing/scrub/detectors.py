@@ -21,6 +21,7 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import re2
@@ -34,36 +35,41 @@ _WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 _WORD_DASH = _WORD | {"-"}
 _WORD_DOT = _WORD | {"."}
 _EMAIL_LOCAL = _WORD | frozenset(".!#$%&*+^~-")
+_NOTHING: frozenset[str] = frozenset()
 _PATH_BEFORE = frozenset(" \t\r\n\"'`=:([,$\x00")
 
 Span = tuple[int, int]
 Verify = Callable[[str, "re.Match[str]"], Span | None]
 
 
-_LUHN_DOUBLE = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+#: Each digit of an even position from the right, doubled, digits summed.
+_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
+_NOT_DIGIT = re.compile(r"[^0-9]+")
 
 
 def luhn_ok(digits: str) -> bool:
     """Luhn checksum over the digits of `digits` (separators ignored)."""
-    rev = "".join(ch for ch in digits if "0" <= ch <= "9")[::-1]
-    total = sum(map(int, rev[0::2])) + sum([_LUHN_DOUBLE[int(c)] for c in rev[1::2]])
+    return _luhn_digits(_NOT_DIGIT.sub("", digits))
+
+
+def _luhn_digits(digits: str) -> bool:
+    """`luhn_ok` of a string of ASCII digits only."""
+    rev = digits[::-1]
+    # The byte values sum to the digit sum plus 48 per digit.
+    total = sum((rev[0::2] + rev[1::2].translate(_LUHN_DOUBLE)).encode()) - 48 * len(rev)
     return total % 10 == 0
+
+
+#: IBAN letters as the numbers ISO 13616 reads them (A = 10 ... Z = 35).
+_IBAN_NUMBERS = str.maketrans({chr(65 + i): str(10 + i) for i in range(26)})
 
 
 def iban_ok(text: str) -> bool:
     """ISO 13616 check: length 15..34 and mod-97 of the rearranged number is 1."""
     s = "".join(text.split()).upper()
-    if not 15 <= len(s) <= 34:
+    if not 15 <= len(s) <= 34 or not s.isascii() or not s.isalnum():
         return False
-    num = 0
-    for ch in s[4:] + s[:4]:
-        if "0" <= ch <= "9":
-            num = (num * 10 + ord(ch) - 48) % 97
-        elif "A" <= ch <= "Z":
-            num = (num * 100 + ord(ch) - 55) % 97
-        else:
-            return False
-    return num == 1
+    return int((s[4:] + s[:4]).translate(_IBAN_NUMBERS)) % 97 == 1
 
 
 def _prev(text: str, i: int) -> str:
@@ -74,24 +80,50 @@ def _next(text: str, i: int) -> str:
     return text[i] if i < len(text) else SEPARATOR
 
 
+#: Per pattern: the numbers of the target groups it has, of `T`, `T2`, `T3` in this
+#: order (see `_target`); bounded, as policies compile patterns of their own.
+_TARGET_GROUPS: dict[re.Pattern[str], tuple[int, ...]] = {}
+
+
+def _target_groups(pattern: re.Pattern[str]) -> tuple[int, ...]:
+    groups = _TARGET_GROUPS.get(pattern)
+    if groups is None:
+        if len(_TARGET_GROUPS) > 4096:
+            _TARGET_GROUPS.clear()
+        index = pattern.groupindex
+        groups = _TARGET_GROUPS[pattern] = tuple(index[n] for n in ("T", "T2", "T3") if n in index)
+    return groups
+
+
 def _target(m: re.Match[str]) -> Span:
     """The span of group `T` (or `T2`, `T3`) when it matched, else the whole match."""
-    groups = m.re.groupindex
-    for name in ("T", "T2", "T3"):
-        if name in groups:
-            s, e = m.span(name)
-            if s >= 0:
-                return s, e
+    groups = _TARGET_GROUPS.get(m.re)
+    if groups is None:
+        groups = _target_groups(m.re)
+    for group in groups:
+        s, e = m.span(group)
+        if s >= 0:
+            return s, e
     return m.span()
 
 
-def _not_after(chars: frozenset[str]) -> Verify:
-    def verify(text: str, m: re.Match[str]) -> Span | None:
-        if _prev(text, m.start()) in chars:
+class _NotAfter:
+    """Verify: no match right after one of `chars`; the span is `_target`'s."""
+
+    __slots__ = ("chars",)
+
+    def __init__(self, chars: frozenset[str]) -> None:
+        self.chars = chars
+
+    def __call__(self, text: str, m: re.Match[str]) -> Span | None:
+        s = m.start()
+        if s and text[s - 1] in self.chars:
             return None
         return _target(m)
 
-    return verify
+
+def _not_after(chars: frozenset[str]) -> Verify:
+    return _NotAfter(chars)
 
 
 def _whole(text: str, m: re.Match[str]) -> Span | None:
@@ -151,6 +183,23 @@ class Detector:
                 return []
         out: list[Span] = []
         verify = self.verify
+        # `_whole` and `_NotAfter` inlined (one call per match less).
+        if verify is _whole or type(verify) is _NotAfter:
+            after = verify.chars if type(verify) is _NotAfter else _NOTHING
+            groups = _target_groups(self.regex)
+            for m in self.regex.finditer(hay):
+                s = m.start()
+                if s and text[s - 1] in after:
+                    continue
+                for group in groups:
+                    s, e = m.span(group)
+                    if s >= 0:
+                        break
+                else:
+                    s, e = m.span()
+                if s < e:
+                    out.append((s, e))
+            return out
         for m in self.regex.finditer(hay):
             span = verify(text, m)
             if span is not None and span[0] < span[1]:
@@ -185,8 +234,17 @@ _SHAPE_TABLE = str.maketrans(
 )
 
 
+_SHAPE_BYTES = bytes.maketrans(
+    b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    b"0" * 10 + b"A" * 26 + b"a" * 26,
+)
+
+
 def shape_of(text: str) -> str:
     """`text` with every ASCII digit as `0`, upper-case letter as `A`, lower-case as `a`."""
+    if text.isascii():
+        # The same mapping, through a byte table (much faster than a str table).
+        return text.encode("ascii").translate(_SHAPE_BYTES).decode("ascii")
     return text.translate(_SHAPE_TABLE)
 
 
@@ -202,15 +260,18 @@ def _expand_digits_left(text: str, s: int, most: int) -> int:
 _EMAIL_DOMAIN = re.compile(r"@[a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63}){0,8}\.[a-zA-Z]{2,24}\b")
 
 
+#: The local part of an address, read backwards from the `@` (`_EMAIL_LOCAL`).
+_EMAIL_LOCAL_RUN = re.compile(r"[A-Za-z0-9_.!#$%&*+^~-]*")
+
+
 def _verify_email(text: str, m: re.Match[str]) -> Span | None:
     at = m.start()
-    i = at
-    limit = max(0, at - 256)
-    while i > limit and text[i - 1] in _EMAIL_LOCAL:
-        i -= 1
-    if i == at:
+    if not at or text[at - 1] not in _EMAIL_LOCAL:
         return None
-    return i, m.end()
+    limit = max(0, at - 256)
+    run = _EMAIL_LOCAL_RUN.match(text[limit:at][::-1])
+    assert run is not None  # `*` matches the empty string
+    return at - run.end(), m.end()
 
 
 EMAIL = Detector(
@@ -303,23 +364,25 @@ IPV6_FULL = Detector(
 _CARD_PREFIX = re.compile(r"3[47]|4|5[1-5]|2[2-7]|6011|65")
 
 
+_DIGIT_RUN = re.compile(r"[0-9]+")
+
+
 def _verify_card(text: str, m: re.Match[str]) -> Span | None:
     s, e = m.span()
-    if _prev(text, s) in _WORD_DASH or not _CARD_PREFIX.match(text, s):
+    if (s and text[s - 1] in _WORD_DASH) or not _CARD_PREFIX.match(text, s):
         return None
-    chunk = text[s:e]
-    digits = chunk.replace(" ", "").replace("-", "")
-    if len(digits) <= 19 and luhn_ok(digits):
+    # The match holds ASCII digits, spaces and dashes only (its shape is `0`, ` `, `-`).
+    digits = text[s:e].replace(" ", "").replace("-", "")
+    if len(digits) <= 19 and _luhn_digits(digits):
         return s, e
     # A card followed by more digit groups is still a card: try shorter runs that end
-    # where a group ends.
-    for end in range(e - 1, s, -1):
-        if not text[end - 1].isdigit() or text[end].isdigit():
-            continue
+    # where a group ends, longest first.
+    ends = [run.end() for run in _DIGIT_RUN.finditer(text, s, e)]
+    for end in reversed(ends[:-1]):
         digits = text[s:end].replace(" ", "").replace("-", "")
         if len(digits) < 13:
             break
-        if len(digits) <= 19 and luhn_ok(digits):
+        if len(digits) <= 19 and _luhn_digits(digits):
             return s, end
     return None
 
@@ -601,29 +664,36 @@ def scan(entries: Sequence[tuple[Detector, P]], text: str) -> list[Hit[P]]:
         if len(low) != len(text):
             low = None
     shape = shape_of(text) if any(d.shape for d, _ in entries) else None
-    found: list[tuple[int, int, int, P]] = []
-    for prio, (det, what) in enumerate(entries):
-        for s, e in det.spans(text, low, shape):
-            found.append((s, prio, e, what))
+    found: list[tuple[list[Span], P]] = []
+    for det, what in entries:
+        spans = det.spans(text, low, shape)
+        if spans:
+            found.append((spans, what))
     if not found:
         return []
-    if len(found) == 1:
-        s, _, e, what = found[0]
-        return [Hit(s, e, what)]
-    found.sort(key=lambda f: (f[1], f[0]))
+    # Earlier entries first, each left to right (a stable sort: equal starts keep their
+    # order); a span overlapping one already taken is dropped.
     starts: list[int] = []
-    taken: list[tuple[int, int, int, P]] = []
-    for f in found:
-        s, _, e, _ = f
-        i = bisect_right(starts, s)
-        if i > 0 and taken[i - 1][2] > s:
-            continue
-        if i < len(taken) and taken[i][0] < e:
-            continue
-        starts.insert(i, s)
-        taken.insert(i, f)
-    return [Hit(s, e, what) for s, _, e, what in taken]
+    ends: list[int] = []
+    whats: list[P] = []
+    for spans, what in found:
+        if len(spans) > 1:
+            spans.sort(key=_START)
+        for s, e in spans:
+            i = bisect_right(starts, s)
+            if i and ends[i - 1] > s:
+                continue
+            if i < len(starts) and starts[i] < e:
+                continue
+            starts.insert(i, s)
+            ends.insert(i, e)
+            whats.insert(i, what)
+    return [_new_hit(Hit, hit) for hit in zip(starts, ends, whats, strict=True)]
 
+
+_START = itemgetter(0)
+#: Builds a `Hit` from a tuple without the Python-level `__new__` of named tuples.
+_new_hit: Callable[[type[Hit[Any]], tuple[int, int, Any]], Hit[Any]] = tuple.__new__
 
 _SET_OPTIONS = re2.Options()
 _SET_OPTIONS.log_errors = False

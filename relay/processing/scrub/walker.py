@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -156,6 +155,10 @@ class Policy:
     #: The `_FAST` and `_DEAD` entries of `_plans` alone: key -> child node, or
     #: `_SKIP_NODE` for `_DEAD`.
     _fast_plans: dict[sch.Node, dict[str, sch.Node]] = field(default_factory=dict, repr=False)
+    #: Per schema node: its (`_fast_plans`, `_plans`) tables, made on first use.
+    _tables: dict[sch.Node, tuple[dict[str, sch.Node], dict[str, tuple[int, sch.Node]]]] = field(
+        default_factory=dict, repr=False
+    )
     _plan_size: int = field(default=0, repr=False)
     _app_keys: tuple[frozenset[str] | None, ...] = field(default=(), repr=False)
     #: `_meta` value objects of `Walk._record`, shared between payloads (never mutated).
@@ -174,9 +177,7 @@ class Policy:
             self.source_context,
             self.defaults,
             bool(self.entries),
-            self._plans,
-            self._fast_plans,
-            self.plan,
+            self._tables,
             self._key_cache,
             ~sch.SOURCE if self.source_context == "scrub" else -1,
         )
@@ -205,6 +206,12 @@ class Policy:
             cache.clear()
         cache[key] = verdict
         return verdict
+
+    def tables(self, node: sch.Node) -> tuple[dict[str, sch.Node], dict[str, tuple[int, sch.Node]]]:
+        """The plan tables of `node` (`_fast_plans`, `_plans`), made as needed."""
+        found = (self._fast_plans.setdefault(node, {}), self._plans.setdefault(node, {}))
+        self._tables[node] = found
+        return found
 
     def plan(self, node: sch.Node, key: str) -> tuple[int, sch.Node]:
         """What the walker does with `key` of an object at `node` (memoized per node).
@@ -250,6 +257,7 @@ class Policy:
             if self._plan_size > _MAX_KEY_CACHE:
                 self._plans.clear()
                 self._fast_plans.clear()
+                self._tables.clear()
                 self._plan_size = 0
             plans = self._plans.setdefault(node, {})
         found = (code, child)
@@ -269,7 +277,6 @@ Ref = list[Any] | None
 #: Stand-ins for lists a walk never fills (no report; no selectors): never appended to.
 _NO_ROWS: list[Any] = []
 _NO_STATES: list[State] = []
-_NO_FAST: dict[str, sch.Node] = {}
 
 #: `ScanCache` lookups: the string has not been scanned yet.
 _MISS: Any = object()
@@ -291,10 +298,8 @@ class Walk:
 
     __slots__ = (
         "_cget",
-        "_fast",
         "_kcache",
-        "_plan",
-        "_plans",
+        "_tables",
         "changes",
         "cookies",
         "flag_mask",
@@ -331,9 +336,7 @@ class Walk:
             self.source_mode,
             self.cookies,
             self.scan,
-            self._plans,
-            self._fast,
-            self._plan,
+            self._tables,
             self._kcache,
             self.flag_mask,
         ) = policy._walk_setup
@@ -446,29 +449,36 @@ class Walk:
         if node.flags & sch.ATTRS:
             self._attrs(d, ref)
             return
-        plans = self._plans.get(node)
-        if plans is None:
-            plans = {}
-        fast = self._fast.get(node)
-        if fast is None:
-            fast = _NO_FAST
+        tables = self._tables.get(node)
+        if tables is None:
+            tables = self.p.tables(node)
+        fast, plans = tables
         live = node.live
         pairs = d.items() if live is None else [(k, d[k]) for k in live if k in d]
-        plan = self._plan
         cget = self._cget
         slots = self.slots
         drop: list[str] | None = None
         for k, v in pairs:
             child = fast.get(k)
-            if child is None:
-                found = plans.get(k)
-                if found is None:
-                    found = plan(node, k)
-                code, child = found
-            elif child is _SKIP_NODE:
+            if child is not None:
+                # `_FAST` (or `_DEAD`), the common case.
+                if child is _SKIP_NODE:
+                    continue
+                tv = type(v)
+                if tv is str:
+                    if len(v) > 2:
+                        result = cget(v, _MISS)
+                        if result is not None:
+                            slots.append((d, k, ref, v, result))
+                elif tv is dict:
+                    self._dict(v, child, [ref, k, None])
+                elif tv is list:
+                    self._list(v, child, [ref, k, None])
                 continue
-            else:
-                code = _FAST
+            found = plans.get(k)
+            if found is None:
+                found = self.p.plan(node, k)
+            code, child = found
             if code == _FAST:
                 tv = type(v)
                 if tv is str:
@@ -949,25 +959,40 @@ def scan_texts(policy: Policy, texts: Sequence[str]) -> dict[str, ScanResult]:
     out: dict[str, ScanResult] = dict.fromkeys(uniq)
     hits = policy.scanner.scan(det.SEPARATOR.join(uniq)) if uniq else []
     if hits:
-        starts: list[int] = []
-        pos = 0
-        for t in uniq:
-            starts.append(pos)
-            pos += len(t) + 1
-        by_text: dict[int, list[det.Hit[Finding]]] = {}
+        # Hits come left to right: walk the texts along with them.
+        i = 0
+        text = uniq[0]
+        base = 0
+        end = len(text)
+        group: list[det.Hit[Finding]] = []
         for h in hits:
-            i = bisect_right(starts, h.start) - 1
-            by_text.setdefault(i, []).append(h)
-        for i, text_hits in by_text.items():
-            out[uniq[i]] = _rewrite(uniq[i], text_hits, starts[i])
-    put = policy.cache.put
-    for text, result in out.items():
-        put(text, result)
+            if h.start > end:
+                if group:
+                    out[text] = _rewrite(text, group, base)
+                    group = []
+                while h.start > end:
+                    base = end + 1
+                    i += 1
+                    text = uniq[i]
+                    end = base + len(text)
+            group.append(h)
+        out[text] = _rewrite(text, group, base)
+    policy.cache.put_all(out)
     return out
 
 
 def _rewrite(text: str, hits: Sequence[det.Hit[Finding]], base: int) -> ScanResult:
     """Apply detector hits (positions offset by `base`) to `text`."""
+    if len(hits) == 1:
+        s, e, what = hits[0]
+        s -= base
+        rule, rep = what.rule, what.replacement
+        b = s + len(rep)
+        return (
+            text[:s] + rep + text[e - base :],
+            ((rule, s, b),),
+            {"": {"rem": [[rule, "s", s, b]], "len": len(text)}},
+        )
     parts: list[str] = []
     changes: list[Change] = []
     pos = 0
