@@ -43,8 +43,8 @@ from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
-from relay.web.cors import cors_middleware
-from relay.web.errors import Handler, error_middleware
+from relay.web.cors import add_cors_headers
+from relay.web.errors import Handler, error_to_response
 
 #: The shadow queue is small: copies beyond it are dropped (counted), never waited for.
 SHADOW_QUEUE_ITEMS = 1000
@@ -60,18 +60,25 @@ def _endpoint_label(request: web.Request) -> str:
 
 
 @web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one layer around every handler: errors become JSON answers, browsers get CORS
+    headers (on errors too), and ingest requests are counted and timed."""
     start = time.perf_counter()
     status = 500
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            response = error_to_response(request, exc)
+        add_cors_headers(request, response)
         status = response.status
         return response
     except web.HTTPException as exc:
         status = exc.status
         raise
     finally:
-        if request.path.startswith("/api/") and not request.path.startswith("/api/relay/"):
+        path = request.path
+        if path.startswith("/api/") and not path.startswith("/api/relay/"):
             request.app[METRICS].count_request(
                 _endpoint_label(request), status, time.perf_counter() - start
             )
@@ -217,7 +224,7 @@ def create_app(
         worker: the worker index under `workers: N` (selects its own spool directory).
     """
     app = web.Application(
-        middlewares=[metrics_middleware, cors_middleware, error_middleware],
+        middlewares=[edge_middleware],
         handler_args=HANDLER_ARGS,
         client_max_size=config.limits.max_request_bytes,
     )

@@ -45,15 +45,12 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers)
 
 
-@web.middleware
-async def cors_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    """Add CORS headers to every /api/ answer to a browser (a request with an `Origin`),
+def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """CORS headers on every /api/ answer to a browser (a request with an `Origin`),
     errors included. Server-side SDKs send no `Origin` and get none."""
-    response = await handler(request)
     if (
         "Origin" in request.headers
         and request.path.startswith("/api/")
         and request.method != "OPTIONS"
     ):
         response.headers.update(cors_headers(request))
-    return response

@@ -85,14 +85,15 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """ApiError -> its response; aiohttp's HTTP errors -> JSON; anything else -> 500, logged."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
+def error_to_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """ApiError -> its response; aiohttp's HTTP errors -> JSON; anything else -> 500, logged.
+
+    Call it from an `except` block (the 500 is logged with the traceback). Redirects and
+    other non-error `HTTPException`s are raised again for aiohttp to answer.
+    """
+    if isinstance(exc, ApiError):
         return exc.response()
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status >= 400:
             return error_response(
                 exc.status,
@@ -101,7 +102,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                     k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")
                 },
             )
-        raise
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(500, "internal error")
+        raise exc
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "internal error")
