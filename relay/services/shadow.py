@@ -105,7 +105,7 @@ class Shadow:
         target = policy.shadow_target
         if cfg is None or target is None or policy.scrubber is None:
             return  # never mirror what could not be scrubbed
-        chosen = [d for d in drops if wanted(cfg, d)]
+        chosen = _one_per_item([d for d in drops if wanted(cfg, d)])
         if not chosen:
             return
         if cfg.sample_rate < 1.0 and random.random() >= cfg.sample_rate:
@@ -161,3 +161,14 @@ class Shadow:
                     OutcomeKind.SHADOWED, o.reason, o.category, o.quantity, o.project_id, o.rule
                 )
             )
+
+
+def _one_per_item(drops: list[Dropped]) -> list[Dropped]:
+    """One copy per item: a dry-run hit (kept, would have been dropped) gives way to a
+    real drop of the same item later in the pipeline (e.g. rate limited after all)."""
+    by_item: dict[int, Dropped] = {}
+    for drop in drops:
+        have = by_item.get(id(drop.work))
+        if have is None or (have.dry_run and not drop.dry_run):
+            by_item[id(drop.work)] = drop
+    return list(by_item.values())

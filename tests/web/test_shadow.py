@@ -130,6 +130,34 @@ async def test_dry_run_quota_forwards_and_mirrors(
     assert tags["relay.rule"] == "try-cap"
 
 
+async def test_dry_run_hit_then_really_rate_limited_is_mirrored_once(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    """One copy per item, tagged with what really happened to it (the rate limit)."""
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        filters={"error_types": {"types": ["ConnectionResetError"], "mode": "dry_run"}},
+        quotas=[{"id": "no-errors", "categories": ["error"], "limit": 0, "window": 60}],
+    )
+    resp = await relay.post("/api/42/envelope/", data=RESET, headers=auth_header())
+    assert resp.status == 429
+    await shadow_rec.wait_for(1)
+    await asyncio.sleep(0.2)
+    assert recorder.received == []
+    copies = [item for e in shadow_rec.envelopes for item in e.items]
+    assert len(copies) == 1
+    event = orjson.loads(copies[0].payload)
+    tags = dict(event["tags"]) if isinstance(event["tags"], list) else event["tags"]
+    assert tags["relay.rule"] == "no-errors"
+    assert "relay.dry_run" not in tags
+
+
 @pytest.mark.parametrize("trouble", ["slow", "down"])
 async def test_a_bad_shadow_never_delays_the_primary_path(
     aiohttp_server: Any,
