@@ -18,6 +18,7 @@ from aiohttp import web
 
 from relay.config import Config
 from relay.keys import (
+    BODY_BUDGET,
     CONFIG,
     FORWARDER,
     HTTP_SESSION,
@@ -43,6 +44,7 @@ from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
+from relay.web.body import BodyBudget
 from relay.web.cors import add_cors_headers
 from relay.web.errors import Handler, error_to_response
 
@@ -77,6 +79,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
         status = exc.status
         raise
     finally:
+        request.app[BODY_BUDGET].release(request)
         path = request.path
         if path.startswith("/api/") and not path.startswith("/api/relay/"):
             request.app[METRICS].count_request(
@@ -239,6 +242,7 @@ def create_app(
     app[OUTBOX] = outbox
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()
+    app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
     shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
     app[SHADOW] = shadow
     app[INGEST] = Ingest(

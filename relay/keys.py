@@ -16,6 +16,7 @@ from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox
 from relay.services.shadow import Shadow
 from relay.services.upstream_limits import UpstreamLimits
+from relay.web.body import BodyBudget
 
 
 class State:
@@ -37,5 +38,6 @@ INGEST = web.AppKey("ingest", Ingest)
 STATE = web.AppKey("state", State)
 SHADOW = web.AppKey("shadow", Shadow)
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 #: On the internal metrics app: the relay app whose metrics it serves.
 METRICS_SOURCE = web.AppKey("metrics_source", web.Application)

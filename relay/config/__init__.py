@@ -113,6 +113,9 @@ class SpoolConfig(Section, frozen=True):
 class LimitsConfig(Section, frozen=True):
     max_request_bytes: ByteSize = ByteSize(20 * 1024 * 1024)
     max_decompressed_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
+    #: Decoded request bodies held by all requests in progress together; beyond it new
+    #: body bytes are refused with 503 (a memory bound no single-request cap gives).
+    max_inflight_body_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
     max_event_bytes: ByteSize = ByteSize(1024 * 1024)
     max_attachment_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
     max_envelope_items: int = 10000
@@ -325,6 +328,13 @@ def _check_core(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     if not 0 < config.listen.port < 65536:
         problems.append(Problem("listen.port", "must be between 1 and 65535"))
+    if config.limits.max_inflight_body_bytes < config.limits.max_decompressed_bytes:
+        problems.append(
+            Problem(
+                "limits.max_inflight_body_bytes",
+                "must be at least limits.max_decompressed_bytes (or no body of that size fits)",
+            )
+        )
     if not 0 < config.listen.backlog <= 65535:
         problems.append(Problem("listen.backlog", "must be between 1 and 65535"))
     if config.listen.metrics is not None:

@@ -20,15 +20,59 @@ from relay.protocol.decompress import (
     UnsupportedEncoding,
     make_decompressor,
 )
-from relay.web.errors import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedMedia
+from relay.web.errors import (
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMedia,
+)
 
 CHUNK = 64 * 1024
 #: Longest stretch of decompression work before other requests get their turn.
 SLICE_S = 0.005
 
 
+class BodyBudget:
+    """Decoded body bytes held by the requests in progress, all together, up to `limit`.
+
+    `read_body` charges a request as its body grows; the charge is given back when
+    the request is answered (`release`, from the app's middleware). A request whose
+    body would pass the limit is answered 503 with `Retry-After`: per-request caps
+    bound one body, this bounds what many concurrent ones hold.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def charge(self, request: web.Request, size: int) -> None:
+        """Count `size` more bytes for `request`, or raise ServiceUnavailable."""
+        if self.used + size > self.limit:
+            raise ServiceUnavailable(
+                "the relay holds too many request bodies right now",
+                headers={"Retry-After": "1"},
+            )
+        self.used += size
+        request[CHARGED] = request.get(CHARGED, 0) + size
+
+    def release(self, request: web.Request) -> None:
+        self.used -= request.pop(CHARGED, 0)
+
+
+#: Bytes a request was charged against the app's `BodyBudget`.
+CHARGED = web.RequestKey("relay_body_charged", int)
+
+
 async def read_body(
-    request: web.Request, *, max_bytes: int, max_decompressed: int, timeout: float
+    request: web.Request,
+    *,
+    max_bytes: int,
+    max_decompressed: int,
+    timeout: float,
+    budget: BodyBudget | None = None,
 ) -> bytes:
     """The request body, decompressed; raises ApiError subclasses on any violation."""
     body, _ = await read_body_keep_gzip(
@@ -37,8 +81,30 @@ async def read_body(
         max_decompressed=max_decompressed,
         timeout=timeout,
         keep_gzip=False,
+        budget=budget,
     )
     return body
+
+
+class _Charge:
+    """Charges a request's growing decoded body to the budget (if any)."""
+
+    __slots__ = ("budget", "decompressor", "done", "request")
+
+    def __init__(
+        self, request: web.Request, budget: BodyBudget | None, decompressor: Decompressor
+    ) -> None:
+        self.request = request
+        self.budget = budget
+        self.decompressor = decompressor
+        self.done = 0
+
+    def update(self) -> None:
+        if self.budget is not None:
+            grown = self.decompressor.size - self.done
+            if grown > 0:
+                self.budget.charge(self.request, grown)
+                self.done += grown
 
 
 async def _inflate(decompressor: Decompressor, chunk: bytes | memoryview, pause_at: float) -> float:
@@ -64,6 +130,7 @@ async def read_body_keep_gzip(
     max_decompressed: int,
     timeout: float,
     keep_gzip: bool = True,
+    budget: BodyBudget | None = None,
 ) -> tuple[bytes, bytes | None]:
     """`read_body`, also returning the bytes as received when they are one plain gzip
     member (`Content-Encoding: gzip`, no optional header fields, nothing after the
@@ -77,6 +144,7 @@ async def read_body_keep_gzip(
     except UnsupportedEncoding as exc:
         raise UnsupportedMedia(str(exc)) from None
     raw: list[bytes] | None = [] if keep_gzip and decompressor.codings == ("gzip",) else None
+    charged = _Charge(request, budget, decompressor)
     content = request.content
     try:
         if content.is_eof():
@@ -91,6 +159,7 @@ async def read_body_keep_gzip(
             view = memoryview(chunk)
             for start in range(0, len(chunk), CHUNK):  # codecs take bounded input slices
                 pause_at = await _inflate(decompressor, view[start : start + CHUNK], pause_at)
+                charged.update()
         else:
             received = 0
             pause_at = time.perf_counter() + SLICE_S
@@ -102,7 +171,9 @@ async def read_body_keep_gzip(
                     if received > max_bytes:
                         raise PayloadTooLarge(f"request body too large: over {max_bytes} bytes")
                     pause_at = await _inflate(decompressor, chunk, pause_at)
+                    charged.update()
         body = decompressor.finish()
+        charged.update()
     except TimeoutError:
         raise RequestTimeout("timed out reading the request body") from None
     except TooLarge:

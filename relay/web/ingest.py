@@ -11,7 +11,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from relay.keys import INGEST, OUTBOX, REGISTRY, STATE
+from relay.keys import BODY_BUDGET, INGEST, OUTBOX, REGISTRY, STATE
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
@@ -25,7 +25,7 @@ from relay.protocol.security import SecurityReportError, security_report_envelop
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
 from relay.services.ingest import IngestResult, Received
 from relay.services.outbox import OutboxEntry, OutboxFull
-from relay.web.body import read_body, read_body_keep_gzip
+from relay.web.body import BodyBudget, read_body, read_body_keep_gzip
 from relay.web.errors import (
     ApiError,
     BadRequest,
@@ -89,6 +89,13 @@ def _check_ready(request: web.Request) -> None:
         )
 
 
+def _budget(request: web.Request) -> BodyBudget:
+    """The app's body budget, at the limit of the current (possibly reloaded) config."""
+    budget = request.app[BODY_BUDGET]
+    budget.limit = request.app[REGISTRY].current.config.limits.max_inflight_body_bytes
+    return budget
+
+
 async def _body(request: web.Request) -> bytes:
     limits = request.app[REGISTRY].current.config.limits
     return await read_body(
@@ -96,6 +103,7 @@ async def _body(request: web.Request) -> bytes:
         max_bytes=limits.max_request_bytes,
         max_decompressed=limits.max_decompressed_bytes,
         timeout=limits.read_timeout_s,
+        budget=_budget(request),
     )
 
 
@@ -167,6 +175,7 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
         max_bytes=limits.max_request_bytes,
         max_decompressed=limits.max_decompressed_bytes,
         timeout=limits.read_timeout_s,
+        budget=_budget(request),
     )
     try:
         envelope = parse_envelope(
