@@ -7,6 +7,7 @@ filter should drop (a `/healthz` transaction, a `ConnectionResetError`).
 
 from __future__ import annotations
 
+import argparse
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,23 @@ class Body:
     raw: bytes
     #: What goes on the wire (gzip-compressed when the run sends gzip, as SDKs do).
     wire: bytes
+
+
+def traffic_arguments(description: str | None) -> argparse.ArgumentParser:
+    """The options both load generators take: target, traffic, connections, timing."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--url", required=True, help="base URL of the target")
+    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
+    parser.add_argument("--mix", default="", help="name=weight,... (default: corpus.DEFAULT_MIX)")
+    parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--project", type=int, default=CORPUS_PROJECT)
+    parser.add_argument("--key", default=CORPUS_KEY)
+    return parser
 
 
 def envelope_path(project: int) -> str:

@@ -28,14 +28,12 @@ import aiohttp
 import orjson
 from aio import run
 from corpus import (
-    CORPUS_KEY,
-    CORPUS_PROJECT,
-    DEFAULT_CORPUS,
     Body,
     envelope_path,
     parse_mix,
     request_headers,
     sequence,
+    traffic_arguments,
 )
 
 
@@ -206,19 +204,8 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", required=True, help="base URL of the target")
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
-    parser.add_argument("--mix", default="", help="name=weight,... (default: corpus.DEFAULT_MIX)")
-    parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser = traffic_arguments(__doc__)
     parser.add_argument("--rate", type=float, default=0.0, help="envelopes/s; 0 = closed loop")
-    parser.add_argument("--project", type=int, default=CORPUS_PROJECT)
-    parser.add_argument("--key", default=CORPUS_KEY)
     run(main_async(parser.parse_args()))
 
 

@@ -36,13 +36,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from corpus import (
-    CORPUS_KEY,
-    CORPUS_PROJECT,
-    DEFAULT_CORPUS,
     envelope_path,
     parse_mix,
     request_headers,
     sequence,
+    traffic_arguments,
 )
 from procs import raise_nofile
 
@@ -145,19 +143,8 @@ def result(warm: dict[str, Any] | None, measured: dict[str, Any], **extra: Any) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--url", required=True, help="base URL of the target")
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS))
-    parser.add_argument("--mix", default="", help="name=weight,... (default: corpus.DEFAULT_MIX)")
-    parser.add_argument("--encoding", choices=("gzip", "identity"), default="gzip")
-    parser.add_argument("--connections", type=int, default=64)
+    parser = traffic_arguments(__doc__)
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (1 keeps its CPU low)")
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--project", type=int, default=CORPUS_PROJECT)
-    parser.add_argument("--key", default=CORPUS_KEY)
     parser.add_argument("--wrk", default="wrk", help="the wrk binary")
     args = parser.parse_args()
     binary = shutil.which(args.wrk)
