@@ -40,6 +40,7 @@ from relay.services.ingest import Ingest
 from relay.services.limiter import create_limiter
 from relay.services.metrics import LogCounter, Metrics
 from relay.services.outbox import MemoryOutbox, Outbox
+from relay.services.retarget import Retarget
 from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
 from relay.services.upstream_limits import UpstreamLimits
@@ -138,6 +139,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         metrics,
         metrics,
         keeps_unsent=durable,
+        retarget=Retarget(app[REGISTRY]),
     )
     if isinstance(outbox, DiskSpool):
         spool = outbox

@@ -66,6 +66,7 @@ class Forwarder:
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         concurrency: int | None = None,
         keeps_unsent: bool = False,
+        retarget: Callable[[OutboxEntry], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.session = session
@@ -84,6 +85,8 @@ class Forwarder:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
         self.keeps_unsent = keeps_unsent
+        #: Points an entry at its project's upstream under the current config (in place).
+        self._retarget = retarget
 
     def start(self) -> None:
         for i in range(self._concurrency):
@@ -163,6 +166,11 @@ class Forwarder:
                 await self._sleep(random.uniform(delay / 2, delay))
                 if self._up.is_set():
                     break
+                if self._retarget is not None:
+                    self._retarget(entry)  # a reload may have moved the upstream
+                    if entry.target.is_file:
+                        self._succeeded()  # nothing to probe: `_deliver` writes it
+                        return None
                 status = await self._post(entry)
                 if status is not None and (status < 500 or status == 429):
                     self._succeeded()
@@ -175,11 +183,13 @@ class Forwarder:
     # -- delivery ----------------------------------------------------------------------------
 
     async def _deliver(self, entry: OutboxEntry) -> None:
-        if entry.target.is_file:
-            await asyncio.to_thread(self._write_file, entry)
-            self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
-            return
         while True:
+            if self._retarget is not None:
+                self._retarget(entry)  # the config may have changed while it waited
+            if entry.target.is_file:
+                await asyncio.to_thread(self._write_file, entry)
+                self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
+                return
             if self._up.is_set():
                 entry.attempts += 1
                 status = await self._post(entry)

@@ -218,6 +218,7 @@ class Ingest:
             target=target,
             body=body,
             encoding=encoding,
+            app_key=ctx.public_key,
             project_id=ctx.project_id,
             quantities=[(w.category, w.quantity()) for w in prepared.kept],
             event_id=envelope.event_id,

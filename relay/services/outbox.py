@@ -31,6 +31,8 @@ class OutboxEntry:
     content_type: str = "application/x-sentry-envelope"
     #: `body`'s content coding: "" (as is) or "gzip" (already compressed, sent as is).
     encoding: str = ""
+    #: The SDK's public key the target was resolved for ("" for shadow copies).
+    app_key: str = ""
 
 
 class OutboxFull(Exception):

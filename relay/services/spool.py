@@ -61,8 +61,9 @@ class SpoolRecord(msgspec.Struct, array_like=True):
     content_type: str
     created: float
     body: bytes
-    #: Added later: records written before it read as "" (not compressed).
+    #: Added later: records written before them read as "" (not compressed, no key).
     encoding: str = ""
+    app_key: str = ""
 
 
 def _encode(entry: OutboxEntry, created: float) -> bytes:
@@ -80,6 +81,7 @@ def _encode(entry: OutboxEntry, created: float) -> bytes:
         created,
         entry.body,
         entry.encoding,
+        entry.app_key,
     )
     payload = msgspec.msgpack.encode(record)
     return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
@@ -102,6 +104,7 @@ def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
         endpoint=r.endpoint,
         content_type=r.content_type,
         encoding=r.encoding,
+        app_key=r.app_key,
     )
     return entry, r.created
 

@@ -278,6 +278,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         event_id=event_id,
         endpoint="minidump",
         content_type=content_type,
+        app_key=auth.public_key,
     )
     try:
         await request.app[OUTBOX].put(entry)

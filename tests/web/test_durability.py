@@ -138,3 +138,63 @@ async def test_restart_with_torn_segment_delivers_the_rest(
         assert "relay_spool_corrupt_records_total 1.0" in metrics
     finally:
         await second.close()
+
+
+async def test_backlog_follows_the_upstream_configured_after_restart(
+    aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Spooled under `upstream_dsn` of an old host, replayed after the config moved the
+    project to a new one: the new host gets it, with its own key and routing headers."""
+    old = SwitchableUpstream()  # down for good: being replaced
+    new = RecordingUpstream()
+    old_url = str((await aiohttp_server(old.app)).make_url("")).rstrip("/")
+    new_url = str((await aiohttp_server(new.app)).make_url("")).rstrip("/")
+    spool_dir = tmp_path / "spool"
+    app_key = auth_header()["X-Sentry-Auth"].split("sentry_key=")[1].split(",")[0]
+    old_dsn = f"http://{'b' * 32}@{old_url.split('//')[1]}/900"
+
+    def config(url: str, upstream_dsn: str | None) -> Any:
+        project: dict[str, Any] = {"id": 42, "keys": [app_key]}
+        if upstream_dsn:
+            project["upstream_dsn"] = upstream_dsn
+        return make_config(
+            url,
+            spool={"path": str(spool_dir)},
+            upstream={"outage_after": 1, "probe_max_s": 60},
+            projects=[project],
+        )
+
+    first = TestClient(TestServer(create_app(config(old_url, old_dsn))))
+    await first.start_server()
+    body = (
+        orjson.dumps(
+            {
+                "event_id": "1" * 32,
+                "dsn": f"http://{app_key}@relay.example/42",
+                "trace": {"trace_id": "2" * 32, "public_key": app_key},
+            }
+        )
+        + b'\n{"type":"event"}\n{"message":"queued while the old host was down"}\n'
+    )
+    assert (await first.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    for _ in range(100):
+        if old.attempts:
+            break
+        await asyncio.sleep(0.02)
+    await first.close()
+    assert old.attempts >= 1 and old.received == []
+
+    second = TestClient(TestServer(create_app(config(new_url, None))))
+    await second.start_server()
+    try:
+        await new.wait_for(1)
+        (got,) = new.received
+        assert got.path == "/api/42/envelope/"
+        assert f"sentry_key={app_key}" in got.headers["X-Sentry-Auth"]
+        envelope = got.envelope
+        assert envelope.headers["trace"]["public_key"] == app_key
+        assert envelope.headers["dsn"].startswith(f"http://{app_key}@")
+        assert "b" * 32 not in got.body.decode()  # nothing of the old upstream's key
+        assert orjson.loads(envelope.items[0].payload)["message"].startswith("queued")
+    finally:
+        await second.close()
