@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import brotli
 import zstandard
+from isal import isal_zlib
 
 __all__ = [
     "DecompressionError",
@@ -100,15 +101,23 @@ class _Identity:
         return iter(())
 
 
+#: zlib-compatible inflate from ISA-L: the same streams and API, about 25% faster.
+_inflate = isal_zlib.decompressobj
+_INFLATE_ERRORS: tuple[type[BaseException], ...] = (
+    zlib.error,
+    cast("type[BaseException]", isal_zlib.error),
+)
+
+
 class _Zlib:
     """gzip (possibly several members) and deflate (zlib-wrapped or raw)."""
 
     def __init__(self, coding: str) -> None:
         self._coding = coding
         self._head = b""  # deflate: the first bytes, until the wrapping is known
-        self._obj: zlib._Decompress | None = None
+        self._obj: Any = None
         if coding == "gzip":
-            self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            self._obj = _inflate(16 + zlib.MAX_WBITS)
         self._done = False  # the current stream reached its end
         self._seen = False  # an empty body stays empty, whatever its coding
         self.members = 0  # complete gzip members (or deflate streams) decoded
@@ -116,7 +125,7 @@ class _Zlib:
     def _start_deflate(self, head: bytes) -> None:
         cmf, flg = head[0], head[1]
         wrapped = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
-        self._obj = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        self._obj = _inflate(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if not data:
@@ -140,11 +149,11 @@ class _Zlib:
                 if self._coding != "gzip":
                     raise DecompressionError(f"{self._coding}: data after the end of the stream")
                 # Concatenated gzip members form one body (RFC 1952 2.2).
-                obj = self._obj = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                obj = self._obj = _inflate(16 + zlib.MAX_WBITS)
                 self._done = False
             try:
                 out = obj.decompress(data, CHUNK)
-            except zlib.error as exc:
+            except _INFLATE_ERRORS as exc:
                 raise DecompressionError(f"{self._coding}: {exc}") from None
             if out:
                 yield out
