@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -513,6 +514,46 @@ def add_ratios(rows: list[dict[str, Any]], floor: dict[str, Any] | None) -> None
 SCENARIO_BASELINES: dict[str, str] = {}
 
 
+def combine_rounds(
+    rounds: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]],
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The last round's rows, with every ratio replaced by its median over the rounds
+    (each round's own values kept under `rounds`). One noisy window, of the floor or of
+    a scenario, then moves a ratio much less."""
+    floor, rows = rounds[-1]
+    if len(rounds) == 1:
+        return floor, rows
+    if floor is not None:
+        floors = [f for f, _ in rounds if f is not None]
+        floor = {
+            **floor,
+            "envelopes_per_s": statistics.median(f["envelopes_per_s"] for f in floors),
+            "sustained_per_s": statistics.median(
+                f.get("sustained_per_s") or f["envelopes_per_s"] for f in floors
+            ),
+            "rounds": [
+                {"envelopes_per_s": f["envelopes_per_s"], "cpu_s_per_1k": f.get("cpu_s_per_1k")}
+                for f in floors
+            ],
+        }
+    for i, row in enumerate(rows):
+        per_round = [r[i] for _, r in rounds]
+        row["rounds"] = [
+            {
+                k: dict(v) if isinstance(v, dict) else v
+                for k, v in r.items()
+                if k.startswith("vs_") or k == "cpu_s_per_1k"
+            }
+            for r in per_round
+        ]
+        for key in [k for k in row if k.startswith("vs_")]:
+            for metric in row[key]:
+                values = [r[key][metric] for r in per_round if r.get(key, {}).get(metric)]
+                if values:
+                    row[key][metric] = round(statistics.median(values), 3)
+    return floor, rows
+
+
 def _throughput(row: dict[str, Any]) -> float | None:
     """Sustained envelopes/s: answered, less what piled up undelivered in the outbox."""
     value = row.get("sustained_per_s")
@@ -651,6 +692,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--rate-fraction", type=float, default=0.5)
     p.add_argument("--rate-duration", type=float, default=None, help="default: min(duration, 8)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="repeat the closed-loop floor + scenarios N times; ratios are the median",
+    )
     p.add_argument("--no-floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--mix", default="", help="name=weight,... (default: corpus.DEFAULT_MIX)")
@@ -796,16 +843,24 @@ def main(argv: list[str] | None = None) -> int:
         upstream = f"http://{LOOPBACK}:{upstream_proc.wait_for_line('listening', 30).split()[1]}"
         closed = f"closed loop ({loadgen})"
         floor: dict[str, Any] | None = None
-        if not args.no_floor:
-            print(
-                f"floor: {closed}, {args.connections} connections, {args.duration:g}s", flush=True
-            )
-            floor = run_floor(upstream, opts)
+        rounds: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]] = []
+        for round_no in range(max(1, args.rounds)):
+            tag = f" (round {round_no + 1} of {args.rounds})" if args.rounds > 1 else ""
+            if not args.no_floor:
+                print(
+                    f"floor: {closed}, {args.connections} connections, {args.duration:g}s{tag}",
+                    flush=True,
+                )
+                floor = run_floor(upstream, opts)
+            rows = []
+            for name in names:
+                print(f"scenario {name}: {closed}{tag}", flush=True)
+                rows.append(run_scenario(scenarios[name], upstream, opts))
+            add_ratios(rows, floor)
+            rounds.append((floor, rows))
+        floor, results["scenarios"] = combine_rounds(rounds)
+        if floor is not None:
             results["floor"] = floor
-        for name in names:
-            print(f"scenario {name}: {closed}", flush=True)
-            results["scenarios"].append(run_scenario(scenarios[name], upstream, opts))
-        add_ratios(results["scenarios"], floor)
         if rate_names and floor is not None and floor["envelopes_per_s"]:
             rate = round(floor["envelopes_per_s"] * args.rate_fraction, 1)
             rate_opts = copy.copy(opts)
@@ -834,6 +889,11 @@ def main(argv: list[str] | None = None) -> int:
             f"load generator: {describe_loadgen(loadgen, opts.wrk_threads)}",
         )
     )
+    if args.rounds > 1:
+        print(f"\nx floor per round (the table shows the median of {args.rounds}):")
+        for row in results["scenarios"]:
+            per_round = [r.get("vs_floor", {}).get("throughput") for r in row.get("rounds", [])]
+            print(f"  {row['name']:<15}" + "  ".join(_fmt(v, ".2f") for v in per_round))
     fixed = results.get("fixed_rate")
     if fixed:
         print()

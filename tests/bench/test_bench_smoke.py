@@ -8,12 +8,13 @@ import subprocess
 import sys
 import zlib
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from procs import growth_per_minute  # noqa: E402
-from run import parse_args  # noqa: E402
+from run import combine_rounds, parse_args  # noqa: E402
 from upstream import peek  # noqa: E402
 
 METRICS = {
@@ -109,3 +110,17 @@ def test_upstream_peeks_instead_of_inflating() -> None:
     assert head[:1] == b"{" and len(head) <= 64 and size == len(envelope)
     assert peek(zlib.compress(envelope), "deflate")[1] == len(envelope)
     assert peek(envelope, "")[0][:1] == b"{"
+
+
+def test_rounds_report_median_ratios_and_keep_each_round() -> None:
+    def round_(floor_rate: float, ratio: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        floor = {"envelopes_per_s": floor_rate, "sustained_per_s": floor_rate}
+        row = {"name": "none", "cpu_s_per_1k": 0.6, "vs_floor": {"throughput": ratio}}
+        return floor, [row]
+
+    floor, (row,) = combine_rounds([round_(1000, 0.7), round_(2000, 0.9), round_(1500, 0.5)])
+    assert floor is not None and floor["envelopes_per_s"] == 1500
+    assert row["vs_floor"]["throughput"] == 0.7
+    assert [r["vs_floor"]["throughput"] for r in row["rounds"]] == [0.7, 0.9, 0.5]
+    single_floor, single = combine_rounds([round_(1000, 0.7)])
+    assert single[0]["vs_floor"]["throughput"] == 0.7 and "rounds" not in single[0]
