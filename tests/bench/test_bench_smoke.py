@@ -122,5 +122,5 @@ def test_rounds_report_median_ratios_and_keep_each_round() -> None:
     assert floor is not None and floor["envelopes_per_s"] == 1500
     assert row["vs_floor"]["throughput"] == 0.7
     assert [r["vs_floor"]["throughput"] for r in row["rounds"]] == [0.7, 0.9, 0.5]
-    single_floor, single = combine_rounds([round_(1000, 0.7)])
+    _, single = combine_rounds([round_(1000, 0.7)])
     assert single[0]["vs_floor"]["throughput"] == 0.7 and "rounds" not in single[0]
