@@ -39,7 +39,7 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
                 event = orjson.loads(part.body)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict) and not json_exceeds_depth(part.body, event):
+            if isinstance(event, dict) and not json_exceeds_depth(part.body):
                 scrubber.scrub_event(event, "event", report=False)
                 part.body = orjson.dumps(event)
             else:

@@ -198,7 +198,7 @@ def prepare(
                 event = orjson.loads(item.payload)
             except orjson.JSONDecodeError:
                 event = None
-            if isinstance(event, dict) and json_exceeds_depth(item.payload, event):
+            if isinstance(event, dict) and json_exceeds_depth(item.payload):
                 event = None  # deeper than Sentry accepts: invalid, never a recursion error
             work.quantities = [
                 (str(c), q)

@@ -20,6 +20,7 @@ the same depth) is refused: `exceeds_depth` is the check for parsed payloads.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -135,16 +136,32 @@ class Envelope:
         return f"Envelope(event_id={self.event_id!r}, items={self.items!r})"
 
 
-def may_exceed_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Cheap bound for JSON text: with no more than `limit` brackets it cannot nest
-    deeper than `limit` levels (counting runs in C; most payloads stop here)."""
-    return data.count(b"{") + data.count(b"[") > limit
+_KEEP = b'"[]{}'
+_DROP = bytes(b for b in range(256) if b not in _KEEP)
+_STRINGS = re.compile(rb'"[^"]*"')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
 
 
-def json_exceeds_depth(data: bytes, value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """`exceeds_depth(value)` for `value` parsed from the JSON text `data`, skipping
-    the walk when `data` has too few brackets to be that deep."""
-    return may_exceed_depth(data, limit) and exceeds_depth(value, limit)
+def json_exceeds_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """`exceeds_depth` for JSON text `data` that orjson parsed, read from the bytes.
+
+    1. No more `{`/`[` bytes than the limit: it cannot nest deeper (the common case).
+    2. Else drop escaped backslashes and escaped quotes, keep only `"{}[]`, drop the
+       strings (now `"..."` with no quote inside) and read `{`/`}` as `[`/`]`: what is
+       left is the containers' bracket tree, whose height is the depth. Each pass of
+       `replace(b"[]", b"")` takes off the innermost level (at most `limit` passes).
+    """
+    if data.count(b"{") + data.count(b"[") <= limit:
+        return False
+    tree = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
+    tree = _STRINGS.sub(b"", tree).translate(_SQUARE)
+    depth = 0
+    while tree:
+        if depth >= limit:
+            return True
+        tree = tree.replace(b"[]", b"")
+        depth += 1
+    return False
 
 
 class _Duplicate(Exception):
@@ -197,7 +214,7 @@ def _load_header(line: bytes, what: str) -> dict[str, Any]:
         raise EnvelopeError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise EnvelopeError(f"{what} must be a JSON object")
-    if json_exceeds_depth(line, value):
+    if json_exceeds_depth(line):
         raise EnvelopeError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
     return value
 

@@ -104,7 +104,7 @@ def security_report_envelopes(
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise SecurityReportError(f"invalid JSON: {exc}") from None
-    if json_exceeds_depth(body, value):
+    if json_exceeds_depth(body):
         raise SecurityReportError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
 
     extra = {

@@ -105,7 +105,7 @@ def decode_store_body(body: bytes, *, max_decompressed: int) -> dict[str, Any]:
     event = _loads(data)
     if not isinstance(event, dict):
         raise StoreError("event must be a JSON object")
-    if json_exceeds_depth(data, event):
+    if json_exceeds_depth(data):
         raise StoreError(f"invalid JSON: nested more than {MAX_JSON_DEPTH} levels deep")
     if event.get("event_id") is not None and normalize_event_id(event["event_id"]) is None:
         raise StoreError("invalid event id")

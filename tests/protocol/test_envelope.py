@@ -364,7 +364,7 @@ def test_json_exceeds_depth_matches_the_walk(depth: int, outer: str) -> None:
     for level in range(depth):
         value = [value] if (level % 2 == 0) == (outer == "[") else {"k": value}
     data = json.dumps(value).encode()  # orjson refuses to write past 254 levels
-    assert json_exceeds_depth(data, value) == exceeds_depth(value) == (depth > MAX_JSON_DEPTH)
+    assert json_exceeds_depth(data) == exceeds_depth(value) == (depth > MAX_JSON_DEPTH)
     # Brackets inside strings only make the cheap bound say "maybe": the walk decides.
     noisy = {"s": "[" * 500, "v": value}
-    assert json_exceeds_depth(json.dumps(noisy).encode(), noisy) == exceeds_depth(noisy)
+    assert json_exceeds_depth(json.dumps(noisy).encode()) == exceeds_depth(noisy)

@@ -22,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from relay.processing.scrub.depth import nests_deeper
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
 from relay.processing.scrub.walker import Redaction, Walk
-from relay.protocol.envelope import MAX_JSON_DEPTH, has_duplicate_keys
+from relay.protocol.envelope import has_duplicate_keys, json_exceeds_depth
 
 if TYPE_CHECKING:
     from relay.processing.scrub.scrubber import Scrubber, ScrubReport
@@ -69,7 +68,7 @@ def _scrub_json_bytes(
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict | list) or nests_deeper(payload, MAX_JSON_DEPTH):
+    if not isinstance(data, dict | list) or json_exceeds_depth(payload):
         return None  # too deep to walk: scrubbed as text instead
     changed, red = scrubber.walk_payload(data, item_type, item=index, report=want)
     if not changed:

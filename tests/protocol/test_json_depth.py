@@ -1,4 +1,4 @@
-"""`nests_deeper` on bytes agrees with `exceeds_depth` on the parsed value."""
+"""`json_exceeds_depth` on bytes agrees with `exceeds_depth` on the parsed value."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.processing.scrub.depth import nests_deeper
-from relay.protocol.envelope import MAX_JSON_DEPTH, exceeds_depth
+from relay.protocol.envelope import MAX_JSON_DEPTH, exceeds_depth, json_exceeds_depth
 
 #: Strings rich in what could confuse a bytes-level reading of JSON.
 _TRICKY = st.text(alphabet=st.sampled_from('[]{}"\\/ ,:abé\n\t\x00\u2028'), max_size=12)
@@ -49,7 +48,7 @@ def _encodings(value: Any) -> list[bytes]:
 @given(_JSON, st.integers(min_value=0, max_value=8))
 def test_agrees_with_exceeds_depth(value: Any, limit: int) -> None:
     for raw in _encodings(value):
-        assert nests_deeper(raw, limit) == exceeds_depth(orjson.loads(raw), limit)
+        assert json_exceeds_depth(raw, limit) == exceeds_depth(orjson.loads(raw), limit)
 
 
 @settings(max_examples=60, deadline=None)
@@ -58,11 +57,11 @@ def test_agrees_on_deep_chains(depth: int, leaf: Any) -> None:
     value = _chain(depth, leaf)
     for raw in _encodings(value):
         for limit in (MAX_JSON_DEPTH, depth, max(0, depth - 1)):
-            assert nests_deeper(raw, limit) == exceeds_depth(orjson.loads(raw), limit)
+            assert json_exceeds_depth(raw, limit) == exceeds_depth(orjson.loads(raw), limit)
 
 
 def test_brackets_inside_strings_do_not_count() -> None:
     raw = orjson.dumps({"a": "[" * 500 + '\\"{' * 300})
-    assert not nests_deeper(raw, MAX_JSON_DEPTH)
-    assert nests_deeper(json.dumps(_chain(MAX_JSON_DEPTH + 1, 1)).encode(), MAX_JSON_DEPTH)
-    assert not nests_deeper(json.dumps(_chain(MAX_JSON_DEPTH, 1)).encode(), MAX_JSON_DEPTH)
+    assert not json_exceeds_depth(raw, MAX_JSON_DEPTH)
+    assert json_exceeds_depth(json.dumps(_chain(MAX_JSON_DEPTH + 1, 1)).encode(), MAX_JSON_DEPTH)
+    assert not json_exceeds_depth(json.dumps(_chain(MAX_JSON_DEPTH, 1)).encode(), MAX_JSON_DEPTH)
