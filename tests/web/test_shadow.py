@@ -32,6 +32,16 @@ async def _relay(
     return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
 
 
+def _tags(event: dict[str, Any]) -> dict[str, str]:
+    """An event's tags, whether the SDK sent them as an object or as pairs."""
+    tags = event["tags"]
+    return dict(tags) if isinstance(tags, list) else tags  # type: ignore[no-any-return]
+
+
+def _first_copy(recorder: RecordingUpstream) -> dict[str, Any]:
+    return orjson.loads(recorder.envelopes[0].items[0].payload)  # type: ignore[no-any-return]
+
+
 @pytest.fixture
 async def shadow(aiohttp_server: Any) -> tuple[RecordingUpstream, str]:
     recorder = RecordingUpstream()
@@ -61,10 +71,7 @@ async def test_dropped_items_go_only_to_the_shadow_tagged(
         orjson.loads(e.items[0].payload)["event_id"]: orjson.loads(e.items[0].payload)
         for e in shadow_rec.envelopes
     }
-    tags = {
-        eid: dict(ev["tags"]) if isinstance(ev["tags"], list) else ev["tags"]
-        for eid, ev in mirrored.items()
-    }
+    tags = {eid: _tags(ev) for eid, ev in mirrored.items()}
     assert {t["relay.dropped_reason"] for t in tags.values()} == {"filtered"}
     assert {t["relay.rule"] for t in tags.values()} == {"*/healthz", "ConnectionResetError"}
     assert all(r.path == "/api/7/envelope/" for r in shadow_rec.received)
@@ -93,9 +100,7 @@ async def test_dry_run_filter_forwards_and_mirrors(
     await shadow_rec.wait_for(1)
     forwarded = orjson.loads(recorder.envelopes[0].items[0].payload)
     assert "relay.dry_run" not in orjson.dumps(forwarded).decode()
-    copy = orjson.loads(shadow_rec.envelopes[0].items[0].payload)
-    tags = dict(copy["tags"]) if isinstance(copy["tags"], list) else copy["tags"]
-    assert tags["relay.dry_run"] == "true"
+    assert _tags(_first_copy(shadow_rec))["relay.dry_run"] == "true"
 
 
 async def test_dry_run_quota_forwards_and_mirrors(
@@ -125,9 +130,7 @@ async def test_dry_run_quota_forwards_and_mirrors(
     ).status == 200
     await recorder.wait_for(1)
     await shadow_rec.wait_for(1)
-    copy = orjson.loads(shadow_rec.envelopes[0].items[0].payload)
-    tags = dict(copy["tags"]) if isinstance(copy["tags"], list) else copy["tags"]
-    assert tags["relay.rule"] == "try-cap"
+    assert _tags(_first_copy(shadow_rec))["relay.rule"] == "try-cap"
 
 
 async def test_dry_run_hit_then_really_rate_limited_is_mirrored_once(
@@ -152,8 +155,7 @@ async def test_dry_run_hit_then_really_rate_limited_is_mirrored_once(
     assert recorder.received == []
     copies = [item for e in shadow_rec.envelopes for item in e.items]
     assert len(copies) == 1
-    event = orjson.loads(copies[0].payload)
-    tags = dict(event["tags"]) if isinstance(event["tags"], list) else event["tags"]
+    tags = _tags(orjson.loads(copies[0].payload))
     assert tags["relay.rule"] == "no-errors"
     assert "relay.dry_run" not in tags
 
