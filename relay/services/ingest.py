@@ -43,7 +43,7 @@ class ShadowSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class Received:
     """A request body as it came: `decoded`, and `gzip`, one plain gzip member that
-    encodes exactly `decoded` (see `relay.web.body.read_body_keep_gzip`)."""
+    encodes exactly `decoded` (see `relay.web.body.read_body`, `keep_gzip`)."""
 
     decoded: bytes
     gzip: bytes

@@ -66,26 +66,6 @@ class BodyBudget:
 CHARGED = web.RequestKey("relay_body_charged", int)
 
 
-async def read_body(
-    request: web.Request,
-    *,
-    max_bytes: int,
-    max_decompressed: int,
-    timeout: float,
-    budget: BodyBudget | None = None,
-) -> bytes:
-    """The request body, decompressed; raises ApiError subclasses on any violation."""
-    body, _ = await read_body_keep_gzip(
-        request,
-        max_bytes=max_bytes,
-        max_decompressed=max_decompressed,
-        timeout=timeout,
-        keep_gzip=False,
-        budget=budget,
-    )
-    return body
-
-
 class _Charge:
     """Charges a request's growing decoded body to the budget (if any)."""
 
@@ -123,19 +103,21 @@ def _plain_gzip_header(data: bytes) -> bool:
     return data[:4] == b"\x1f\x8b\x08\x00"
 
 
-async def read_body_keep_gzip(
+async def read_body(
     request: web.Request,
     *,
     max_bytes: int,
     max_decompressed: int,
     timeout: float,
-    keep_gzip: bool = True,
+    keep_gzip: bool = False,
     budget: BodyBudget | None = None,
 ) -> tuple[bytes, bytes | None]:
-    """`read_body`, also returning the bytes as received when they are one plain gzip
-    member (`Content-Encoding: gzip`, no optional header fields, nothing after the
-    member): then they encode exactly the decoded body and nothing else, and can be
-    forwarded as they came when processing changes nothing. Otherwise None."""
+    """The request body, decompressed; raises ApiError subclasses on any violation.
+
+    With `keep_gzip`, also the bytes as received when they are one plain gzip member
+    (`Content-Encoding: gzip`, no optional header fields, nothing after the member):
+    then they encode exactly the decoded body and nothing else, and can be forwarded
+    as they came when processing changes nothing. Otherwise (and without it) None."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise PayloadTooLarge(f"request body too large: {length} bytes, limit {max_bytes}")

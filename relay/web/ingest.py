@@ -25,7 +25,7 @@ from relay.protocol.security import SecurityReportError, security_report_envelop
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
 from relay.services.ingest import IngestResult, Received
 from relay.services.outbox import OutboxEntry, OutboxFull
-from relay.web.body import BodyBudget, read_body, read_body_keep_gzip
+from relay.web.body import BodyBudget, read_body
 from relay.web.errors import (
     ApiError,
     BadRequest,
@@ -96,15 +96,21 @@ def _budget(request: web.Request) -> BodyBudget:
     return budget
 
 
-async def _body(request: web.Request) -> bytes:
+async def _read(request: web.Request, *, keep_gzip: bool) -> tuple[bytes, bytes | None]:
+    """The body under the current limits (and the gzip bytes as received, if asked)."""
     limits = request.app[REGISTRY].current.config.limits
     return await read_body(
         request,
         max_bytes=limits.max_request_bytes,
         max_decompressed=limits.max_decompressed_bytes,
         timeout=limits.read_timeout_s,
+        keep_gzip=keep_gzip,
         budget=_budget(request),
     )
+
+
+async def _body(request: web.Request) -> bytes:
+    return (await _read(request, keep_gzip=False))[0]
 
 
 def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContext:
@@ -169,14 +175,7 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
         project = _resolve(request, project_id, header_auth)
     except Unauthorized:
         pass  # tunnel mode: the key may be in the envelope header
-    limits = request.app[REGISTRY].current.config.limits
-    body, gzipped = await read_body_keep_gzip(
-        request,
-        max_bytes=limits.max_request_bytes,
-        max_decompressed=limits.max_decompressed_bytes,
-        timeout=limits.read_timeout_s,
-        budget=_budget(request),
-    )
+    body, gzipped = await _read(request, keep_gzip=True)
     try:
         envelope = parse_envelope(
             body, max_items=request.app[REGISTRY].current.config.limits.max_envelope_items
