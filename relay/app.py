@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,6 +19,7 @@ from aiohttp import web
 from relay.config import Config
 from relay.keys import (
     BODY_BUDGET,
+    CLOCK,
     CONFIG,
     FORWARDER,
     HTTP_SESSION,
@@ -114,7 +115,7 @@ async def _outbox(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _limiter(app: web.Application) -> AsyncIterator[None]:
-    limiter = create_limiter(app[CONFIG].redis)
+    limiter = create_limiter(app[CONFIG].redis, clock=app[CLOCK])
     app[LIMITER] = limiter
     app[INGEST].limiter = limiter
     app[METRICS].add_counter_callback(
@@ -219,7 +220,11 @@ def make_outbox(config: Config, *, worker: int | None = None) -> Outbox:
 
 
 def create_app(
-    config: Config, *, registry: PolicyRegistry | None = None, worker: int | None = None
+    config: Config,
+    *,
+    registry: PolicyRegistry | None = None,
+    worker: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> web.Application:
     """Build the relay app from a validated config.
 
@@ -227,6 +232,7 @@ def create_app(
         config: the validated configuration.
         registry: compiled policies; built from `config` when omitted.
         worker: the worker index under `workers: N` (selects its own spool directory).
+        clock: Unix seconds for quota windows, retry times and spike hours.
     """
     app = web.Application(
         middlewares=[edge_middleware],
@@ -238,6 +244,7 @@ def create_app(
     outbox = make_outbox(config, worker=worker)
     upstream_limits = UpstreamLimits()
     app[CONFIG] = config
+    app[CLOCK] = clock
     app[REGISTRY] = RegistryRef(app_registry)
     app[METRICS] = metrics
     metrics.set_revision(app_registry.revision)

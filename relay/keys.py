@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 from aiohttp import web
@@ -39,5 +40,7 @@ STATE = web.AppKey("state", State)
 SHADOW = web.AppKey("shadow", Shadow)
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+#: Unix seconds for the limiter's windows (tests pass their own).
+CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 #: On the internal metrics app: the relay app whose metrics it serves.
 METRICS_SOURCE = web.AppKey("metrics_source", web.Application)

@@ -8,7 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
 from tests.support.redis_server import RedisServer
-from tests.support.relay import RelayFactory, make_config
+from tests.support.relay import RelayFactory, make_config, window_clock
 from tests.support.upstream import RecordingUpstream
 
 
@@ -52,7 +52,9 @@ def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
 
     async def make(**overrides: Any) -> TestClient:
         config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
-        return await aiohttp_client(create_app(config))  # type: ignore[no-any-return]
+        return await aiohttp_client(  # type: ignore[no-any-return]
+            create_app(config, clock=window_clock())
+        )
 
     return make
 

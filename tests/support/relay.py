@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +15,20 @@ RelayFactory = Callable[..., Awaitable[TestClient]]
 
 KEY = "abc123def4567890abc123def4567890"
 OTHER_KEY = "fedcba0987654321fedcba0987654321"
+
+#: 2027-01-01T00:00:00Z: a minute, hour, day and month all start here.
+WINDOW_START = 1_798_761_600
+
+
+def window_clock() -> Callable[[], float]:
+    """A clock that runs at real speed from one second into a fresh quota window.
+
+    On the wall clock a test's requests can straddle a window boundary (three events
+    counted before 12:00:00, the fourth after it, in a new window); on this clock a
+    test has the whole window to itself.
+    """
+    offset = WINDOW_START + 1 - time.time()
+    return lambda: time.time() + offset
 
 
 def make_config(upstream_url: str, **overrides: Any) -> Config:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import orjson
@@ -30,7 +31,7 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     if request.param == "memory":
         return {}
     server: RedisServer = request.getfixturevalue("redis_server")
-    return {"redis": {"url": server.url, "prefix": f"t{id(request)}"}}
+    return {"redis": {"url": server.url, "prefix": f"t{uuid.uuid4().hex}"}}
 
 
 def quota_policy(**quota: Any) -> dict[str, Any]:
