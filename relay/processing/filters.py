@@ -29,6 +29,7 @@ and `tag_for_shadow` (marks a copy of a dropped event for the shadow project).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
@@ -104,8 +105,15 @@ class FilterHit:
 # --- IP addresses ----------------------------------------------------------------------------
 
 
+#: Distinct addresses remembered by `parse_ip` and `_ip_text` (peers and hops repeat).
+_IP_CACHE = 4096
+
+
+@functools.lru_cache(maxsize=_IP_CACHE)
 def parse_ip(text: str | None) -> IpAddress | None:
-    """An address from `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`; IPv4-mapped IPv6 -> IPv4."""
+    """An address from `1.2.3.4`, `1.2.3.4:80`, `::1`, `[::1]:80`; IPv4-mapped IPv6 -> IPv4.
+
+    Memoized: the same few peers and proxy hops come with every request."""
     if not text:
         return None
     text = text.strip()
@@ -178,10 +186,12 @@ def resolve_client_ip(
     trusted proxy is the client. When every hop is trusted, the leftmost is used; an
     unparsable hop ends the walk at the last good address.
     """
+    if not x_forwarded_for:
+        return _ip_text(peer)
     current = parse_ip(peer)
     if current is None:
         return None
-    if not x_forwarded_for or _in_networks(current, trusted_proxies) is None:
+    if _in_networks(current, trusted_proxies) is None:
         return str(current)
     for hop in reversed(x_forwarded_for.split(",")):
         ip = parse_ip(hop)
@@ -191,6 +201,13 @@ def resolve_client_ip(
         if _in_networks(ip, trusted_proxies) is None:
             break
     return str(current)
+
+
+@functools.lru_cache(maxsize=_IP_CACHE)
+def _ip_text(text: str | None) -> str | None:
+    """`parse_ip(text)` in its normal written form."""
+    ip = parse_ip(text)
+    return None if ip is None else str(ip)
 
 
 # --- built-in lists (facts from Sentry's inbound filters) --------------------------------------

@@ -255,10 +255,10 @@ class Forwarder:
                         status,
                     )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            self.metrics.upstream_requests.labels("error").inc()
+            self.metrics.count_upstream(None)
             log.warning("upstream request failed: %s", type(exc).__name__)
             return None
-        self.metrics.upstream_requests.labels(str(status)).inc()
+        self.metrics.count_upstream(status)
         return status
 
     def _learn_limits(

@@ -129,6 +129,7 @@ class Metrics:
         # Label children, cached: `labels()` per request costs more than the increment.
         self._item_children: dict[tuple[str, OutcomeKind, str], tuple[Any, Any]] = {}
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._upstream_children: dict[int | None, Any] = {}
         self.log_messages = Counter(
             "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
         )
@@ -157,6 +158,14 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def count_upstream(self, status: int | None) -> None:
+        """One request to the upstream, by its status (None: no answer)."""
+        child = self._upstream_children.get(status)
+        if child is None:
+            child = self.upstream_requests.labels("error" if status is None else str(status))
+            self._upstream_children[status] = child
+        child.inc()
 
     def set_usage(self, rows: Iterable[UsageRow]) -> None:
         """Refresh the quota gauges from the limiter's usage rows (on scrape)."""
