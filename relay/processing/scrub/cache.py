@@ -13,6 +13,9 @@ A result is `None` (no detector matched) or `(new_text, changes, leaf)`, where
 `new_text`, and `leaf` the value's `_meta` object as Sentry writes it,
 `{"": {"rem": [[rule, "s", start, end], ...], "len": len(text)}}`. Leaves are shared by
 every payload the string appears in: the walker never mutates one in place.
+
+`clean` holds the stored strings whose result is `None`, so that the walker's common
+case, a string seen before in which nothing was found, is one set membership test.
 """
 
 from __future__ import annotations
@@ -34,12 +37,14 @@ class ScanCache:
         max_len: longer strings are not stored.
     """
 
-    __slots__ = ("chars", "data", "max_chars", "max_entries", "max_len")
+    __slots__ = ("chars", "clean", "data", "max_chars", "max_entries", "max_len")
 
     def __init__(
         self, max_entries: int = 20_000, max_chars: int = 4_000_000, max_len: int = 4096
     ) -> None:
         self.data: dict[str, ScanResult] = {}
+        #: The keys of `data` whose result is None (always a subset of `data`).
+        self.clean: set[str] = set()
         self.chars = 0
         self.max_entries = max_entries
         self.max_chars = max_chars
@@ -57,11 +62,16 @@ class ScanCache:
         if len(self.data) >= self.max_entries or self.chars + size > self.max_chars:
             self.clear()
         self.data[text] = result
+        if result is None:
+            self.clean.add(text)
+        else:
+            self.clean.discard(text)
         self.chars += size
 
     def put_all(self, results: dict[str, ScanResult]) -> None:
         """`put` of every item, in order."""
         data = self.data
+        clean = self.clean
         max_len, max_entries, max_chars = self.max_len, self.max_entries, self.max_chars
         if max_entries <= 0:
             return
@@ -74,8 +84,13 @@ class ScanCache:
             if len(data) >= max_entries or self.chars + size > max_chars:
                 self.clear()
             data[text] = result
+            if result is None:
+                clean.add(text)
+            else:
+                clean.discard(text)
             self.chars += size
 
     def clear(self) -> None:
         self.data.clear()
+        self.clean.clear()
         self.chars = 0

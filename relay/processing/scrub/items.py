@@ -201,7 +201,7 @@ def _scrub_header(scrubber: Scrubber, envelope: Envelope, report: ScrubReport) -
     trace = headers.get("trace")
     if isinstance(trace, dict):
         red += _pseudonymize_header_user(scrubber, trace)
-    walk = Walk(scrubber.policy, meta=False, report=report.want)
+    walk = Walk(scrubber.policy, False, report.want)
     walk.run(headers, ENVELOPE_HEADER)
     red += [Redaction(path, rule, method) for path, rule, method in walk.report_rows()]
     if red or walk.changes:

@@ -211,7 +211,7 @@ class Scrubber:
         policy = self.policy
         node = EVENT if item_type == "event" else item_schema(item_type, event)
         meta = policy.meta and item_type in META_ITEM_TYPES and isinstance(event, dict)
-        walk = Walk(policy, meta=meta, report=False)
+        walk = Walk(policy, meta, False)
         walk.run(event, node)
         if meta:
             walk.write_meta(event)
@@ -228,7 +228,7 @@ class Scrubber:
         """`scrub_payload`, also returning how many values changed."""
         node = EVENT if item_type == "event" else item_schema(item_type, payload)
         meta = self.policy.meta and item_type in META_ITEM_TYPES and isinstance(payload, dict)
-        walk = Walk(self.policy, meta=meta, report=report)
+        walk = Walk(self.policy, meta, report)
         walk.run(payload, node)
         if meta and isinstance(payload, dict):
             walk.write_meta(payload)

@@ -16,6 +16,13 @@ is kept as parent links and built only for values that change, and only when the
 report or `_meta` remarks (`{"": {"rem": [[rule, kind, start, end]], "len": n}}`, as
 Sentry writes them) need it. Selector state (keys and value types) is tracked only
 when the policy has selectors at all.
+
+What to do with a key is decided once per schema node and key (`NodePlan`): most keys
+need one table lookup, and at typed nodes (the event, frames, breadcrumbs, spans) the
+keys worth visiting are planned per tuple of keys, so never-PII fields cost nothing.
+Strings seen before in which nothing was found are one set test (`ScanCache.clean`).
+A policy with selectors takes the general per-value path everywhere; it gives the
+same results (`tests/processing/scrub/test_fast_equivalence.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -42,6 +49,7 @@ from relay.processing.scrub.selectors import (
 )
 
 FILTERED = det.FILTERED
+_FILTERED_SPAN = (0, len(FILTERED))
 
 #: Keys whose value is filtered when `defaults` is on (substring, case-insensitive).
 DENY_SUBSTRING = re.compile(
@@ -103,10 +111,11 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-#: Stands for `_DEAD` in `Policy._fast_plans` (never walked).
-_SKIP_NODE = sch.Node()
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS = 0, 1, 2, 3, 4, 5
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY = 0, 1, 2, 3, 4, 5, 6
+_LIST_DEAD, _LIST_SLOW, _LIST_FAST = 0, 1, 2
 _MAX_KEY_CACHE = 20000
+_MAX_SHAPES = 64
+_MAX_SHAPE_KEYS = 64
 _MAX_LEAVES = 4096
 
 
@@ -119,6 +128,39 @@ class Redaction(NamedTuple):
     #: Index of the envelope item (None: the envelope header or a bare event).
     item: int | None = None
     item_type: str | None = None
+
+
+class NodePlan:
+    """What a policy's walker does at one schema node, filled in as keys show up.
+
+    Parameters:
+        node: the schema node.
+        shaped: the node has dead children (see `Policy.shape_plan`).
+    """
+
+    __slots__ = ("fast", "items", "live", "node", "plans", "shapes")
+
+    def __init__(self, node: sch.Node, shaped: bool) -> None:
+        self.node = node
+        #: key -> (code, child node); see `Policy.plan`.
+        self.plans: dict[str, tuple[int, sch.Node]] = {}
+        #: Every key of `plans` too, for the walker's one lookup per key: the child's
+        #: plan for `_FAST`, None for `_DEAD`, `_PLANNED` for the other codes.
+        self.fast: dict[str, NodePlan | None] = {}
+        #: The keys worth visiting of a never-PII object (`Node.live`).
+        self.live = node.live
+        #: The keys of an object, in order -> `ShapePlan` (nodes with dead children).
+        self.shapes: dict[tuple[str, ...], ShapePlan] | None = {} if shaped else None
+        #: For an array at this node: (its items' plan, `_LIST_DEAD`, `_LIST_SLOW` or
+        #: `_LIST_FAST`); see `Policy.list_plan`.
+        self.items: tuple[NodePlan, int] | None = None
+
+
+#: Stands for every code but `_FAST` and `_DEAD` in `NodePlan.fast`: see `plans`.
+_PLANNED = NodePlan(sch.NONE, False)
+#: The keys of an object worth visiting, in order, each with its `NodePlan.fast` entry
+#: (a child's plan or `_PLANNED`); see `Policy.shape_plan`.
+ShapePlan = tuple[tuple[str, NodePlan], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +190,13 @@ class Policy:
     pseudonymize_key: bytes = b""
     entries: tuple[tuple[det.Detector, Finding], ...] = ()
     _key_cache: dict[str, int] = field(default_factory=dict, repr=False)
-    #: Per schema node: key -> (what the walker does with it, child node); see `plan`.
-    _plans: dict[sch.Node, dict[str, tuple[int, sch.Node]]] = field(
-        default_factory=dict, repr=False
-    )
-    #: The `_FAST` and `_DEAD` entries of `_plans` alone: key -> child node, or
-    #: `_SKIP_NODE` for `_DEAD`.
-    _fast_plans: dict[sch.Node, dict[str, sch.Node]] = field(default_factory=dict, repr=False)
-    #: Per schema node: its (`_fast_plans`, `_plans`) tables, made on first use.
-    _tables: dict[sch.Node, tuple[dict[str, sch.Node], dict[str, tuple[int, sch.Node]]]] = field(
-        default_factory=dict, repr=False
-    )
+    #: The keys of `_key_cache` whose verdict is `_NONE` (the common case, one set test),
+    #: and those whose verdict is `_IP`.
+    _plain_keys: set[str] = field(default_factory=set, repr=False)
+    _ip_keys: set[str] = field(default_factory=set, repr=False)
+    #: Per schema node: its plan, made on first use (see `node_plan`).
+    _node_plans: dict[sch.Node, NodePlan] = field(default_factory=dict, repr=False)
+    #: Keys planned in all `_node_plans` (bounded by `_MAX_KEY_CACHE`).
     _plan_size: int = field(default=0, repr=False)
     _app_keys: tuple[frozenset[str] | None, ...] = field(default=(), repr=False)
     #: `_meta` value objects of `Walk._record`, shared between payloads (never mutated).
@@ -172,15 +210,7 @@ class Policy:
     def __post_init__(self) -> None:
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
         self.scanner = det.Scanner(self.entries)
-        self._walk_setup = (
-            self.uses_selectors,
-            self.source_context,
-            self.defaults,
-            bool(self.entries),
-            self._tables,
-            self._key_cache,
-            ~sch.SOURCE if self.source_context == "scrub" else -1,
-        )
+        self._walk_setup = (self.uses_selectors, self._plain_keys, bool(self.entries))
 
     @property
     def uses_selectors(self) -> bool:
@@ -204,17 +234,66 @@ class Policy:
             verdict = _FILTER
         if len(cache) > _MAX_KEY_CACHE:
             cache.clear()
+            self._plain_keys.clear()
+            self._ip_keys.clear()
         cache[key] = verdict
+        if verdict == _NONE:
+            self._plain_keys.add(key)
+        elif verdict == _IP:
+            self._ip_keys.add(key)
         return verdict
 
-    def tables(self, node: sch.Node) -> tuple[dict[str, sch.Node], dict[str, tuple[int, sch.Node]]]:
-        """The plan tables of `node` (`_fast_plans`, `_plans`), made as needed."""
-        found = (self._fast_plans.setdefault(node, {}), self._plans.setdefault(node, {}))
-        self._tables[node] = found
+    def node_plan(self, node: sch.Node) -> NodePlan:
+        """The plan of `node`, made as needed."""
+        found = self._node_plans.get(node)
+        if found is None:
+            shaped = node.live is None and any(c.dead for c in node.children.values())
+            found = self._node_plans[node] = NodePlan(node, shaped)
         return found
 
-    def plan(self, node: sch.Node, key: str) -> tuple[int, sch.Node]:
-        """What the walker does with `key` of an object at `node` (memoized per node).
+    def shape_plan(self, np: NodePlan, keys: tuple[str, ...]) -> ShapePlan | None:
+        """The keys of an object at `np` with `keys` (in that order) that are not dead,
+        each with its `NodePlan.fast` entry; memoized per node, None once the node has
+        `_MAX_SHAPES` of them (the walker then looks keys up one by one).
+
+        Objects at a typed node (frames, breadcrumbs, spans, the event) mostly come
+        with the same keys, many of them never PII: this skips those at no cost.
+        """
+        shapes = np.shapes
+        if shapes is None or len(shapes) >= _MAX_SHAPES or len(keys) > _MAX_SHAPE_KEYS:
+            return None
+        fast = np.fast
+        out = []
+        for key in keys:
+            entry = fast[key] if key in fast else self._fast_entry(*self.plan(np, key))
+            if entry is not None:
+                out.append((key, entry))
+        found = shapes[keys] = tuple(out)
+        return found
+
+    def list_plan(self, np: NodePlan) -> tuple[NodePlan, int]:
+        """The items' plan of an array at `np` and what the walker does with them.
+
+        `_LIST_DEAD`: nothing; `_LIST_FAST`: PII, no flags that need the full per-value
+        path, no selectors: strings are queued, objects walked; `_LIST_SLOW`: full
+        per-value processing.
+        """
+        item = np.node.item()
+        flag_mask = ~sch.SOURCE if self.source_context == "scrub" else -1
+        if item.dead:
+            mode = _LIST_DEAD
+        elif not self.uses_selectors and item.pii == PII_TRUE and not (item.flags & flag_mask):
+            mode = _LIST_FAST
+        else:
+            mode = _LIST_SLOW
+        found = np.items = (self.node_plan(item), mode)
+        return found
+
+    def _fast_entry(self, code: int, child: sch.Node) -> NodePlan | None:
+        return self.node_plan(child) if code == _FAST else None if code == _DEAD else _PLANNED
+
+    def plan(self, np: NodePlan, key: str) -> tuple[int, sch.Node]:
+        """What the walker does with `key` of an object at `np` (memoized in it).
 
         `_DEAD`: nothing; `_FALSE`: never PII itself, enter containers; `_FAST`: PII, no
         flags, no selectors, key not denylisted: queue strings, enter containers;
@@ -222,8 +301,11 @@ class Policy:
         apply, which leave the value itself alone, so only containers are entered;
         `_ATTRS`: an attributes object under a key that is not denylisted, no
         selectors: an object value goes straight to the attributes walk;
+        `_DENY`: PII, no flags, no selectors, key denylisted: the value is filtered
+        (a string) or removed (anything but null and booleans);
         `_SLOW`: anything else (full per-value processing).
         """
+        node = np.node
         children = node.children
         child = children.get(key)
         if child is None:
@@ -248,24 +330,22 @@ class Policy:
             code = _SLOW
         elif child.pii == PII_TRUE and self.key_verdict(key) == _NONE:
             code = _FAST
+        elif child.pii == PII_TRUE and self.key_verdict(key) == _FILTER:
+            code = _DENY
         elif child.pii == PII_MAYBE and not (self.ip_addresses and self.key_verdict(key) == _IP):
             code = _MAYBE
         else:
             code = _SLOW
-        plans = self._plans.get(node)
-        if plans is None or self._plan_size > _MAX_KEY_CACHE:
-            if self._plan_size > _MAX_KEY_CACHE:
-                self._plans.clear()
-                self._fast_plans.clear()
-                self._tables.clear()
-                self._plan_size = 0
-            plans = self._plans.setdefault(node, {})
-        found = (code, child)
-        plans[key] = found
-        if code == _FAST:
-            self._fast_plans.setdefault(node, {})[key] = child
-        elif code == _DEAD:
-            self._fast_plans.setdefault(node, {})[key] = _SKIP_NODE
+        if self._plan_size > _MAX_KEY_CACHE:
+            # Bounded memory: start over (plans in use stay valid, just unlisted).
+            for known in self._node_plans.values():
+                known.plans.clear()
+                known.fast.clear()
+                if known.shapes is not None:
+                    known.shapes.clear()
+            self._plan_size = 0
+        found = np.plans[key] = (code, child)
+        np.fast[key] = self._fast_entry(code, child)
         self._plan_size += 1
         return found
 
@@ -298,25 +378,21 @@ class Walk:
 
     __slots__ = (
         "_cget",
-        "_kcache",
-        "_tables",
+        "_clean",
+        "_plain",
         "changes",
-        "cookies",
-        "flag_mask",
         "meta",
         "p",
         "redactions",
         "remarks",
         "report",
-        "scan",
         "slots",
         "slow",
-        "source_mode",
         "states",
         "track",
     )
 
-    def __init__(self, policy: Policy, *, meta: bool, report: bool = True) -> None:
+    def __init__(self, policy: Policy, meta: bool, report: bool = True) -> None:
         self.p = policy
         self.meta = meta
         self.report = report
@@ -327,22 +403,24 @@ class Walk:
         self.redactions: list[tuple[Ref, str | int, str, str]] = [] if report else _NO_ROWS
         #: `_meta` remarks made by this walk, as a tree shaped like `_meta`, when `meta`.
         self.remarks: dict[str, Any] = {}
-        #: Strings for the value detectors: (container, key, ref, text, result or _MISS).
-        self.slots: list[tuple[Any, str | int, Ref, str, Any]] = []
-        #: `flag_mask`: flags that need the full per-value path (source context is plain
-        #: text when it is scrubbed).
-        (
-            self.slow,
-            self.source_mode,
-            self.cookies,
-            self.scan,
-            self._tables,
-            self._kcache,
-            self.flag_mask,
-        ) = policy._walk_setup
+        #: Strings for the value detectors: (container, key, its `_meta` name, ref, text,
+        #: result or _MISS).
+        self.slots: list[tuple[Any, str | int, str, Ref, str, Any]] = []
+        #: `slow`: the policy has selectors (their state is tracked per level);
+        #: `_plain`: keys whose verdict is known to be `_NONE`.
+        slow, self._plain, scan = policy._walk_setup
+        self.slow = slow
         #: Selector state per level (only when the policy has selectors).
-        self.states: list[State] = [] if self.slow else _NO_STATES
-        self._cget = policy.cache.data.get if self.scan else _never_scan
+        self.states: list[State] = [] if slow else _NO_STATES
+        #: Detector results per string (`_cget`), and the strings known clean (`_clean`,
+        #: a subset; tested first, as most strings are).
+        if scan:
+            cache = policy.cache
+            self._cget: Callable[[str, Any], Any] = cache.data.get
+            self._clean: set[str] | frozenset[str] = cache.clean
+        else:
+            self._cget = _never_scan
+            self._clean = frozenset()
 
     # --- recording ---------------------------------------------------------------------------
 
@@ -387,20 +465,21 @@ class Walk:
             node[name] = leaf
 
     def _meta_node(self, ref: list[Any]) -> dict[str, Any]:
-        """The object of `remarks` for the container at `ref`, created as needed."""
-        parent = ref[0]
-        if parent is None:
-            above: dict[str, Any] = self.remarks
-        else:
-            above = parent[2]
-            if above is None:
-                above = self._meta_node(parent)
-        seg = ref[1]
-        name = seg if type(seg) is str else str(seg)
-        node = above.get(name)
-        if not isinstance(node, dict):
-            node = above[name] = {}
-        ref[2] = node
+        """The object of `remarks` for the container at `ref`, created as needed (with
+        those of its containers that have none yet, outermost first)."""
+        missing = [ref]
+        up = ref[0]
+        while up is not None and up[2] is None:
+            missing.append(up)
+            up = up[0]
+        node: dict[str, Any] = self.remarks if up is None else up[2]
+        for link in reversed(missing):
+            seg = link[1]
+            name = seg if type(seg) is str else str(seg)
+            below = node.get(name)
+            if not isinstance(below, dict):
+                below = node[name] = {}
+            link[2] = node = below
         return node
 
     def _replace_whole(
@@ -440,82 +519,77 @@ class Walk:
                     skip = node.children.get("_meta")
                     if skip is not None and skip.dead:
                         self.remarks = have
-            self._dict(root, node, None)
+            if node.flags & sch.ATTRS:
+                self._attrs(root, None)
+            else:
+                self._dict(root, self.p.node_plan(node), None)
         elif isinstance(root, list):
-            self._list(root, node, None)
+            self._list(root, self.p.node_plan(node), None)
         self._scan_queued()
 
-    def _dict(self, d: dict[str, Any], node: sch.Node, ref: Ref) -> None:
-        if node.flags & sch.ATTRS:
-            self._attrs(d, ref)
-            return
-        tables = self._tables.get(node)
-        if tables is None:
-            tables = self.p.tables(node)
-        fast, plans = tables
-        live = node.live
-        pairs = d.items() if live is None else [(k, d[k]) for k in live if k in d]
-        cget = self._cget
-        slots = self.slots
+    def _dict(self, d: dict[str, Any], np: NodePlan, ref: Ref) -> None:
+        """The keys of an object at `np` (never an attributes node: `run` and `_descend`
+        send those to `_attrs`, and `_FAST` children and fast list items have no flags)."""
+        clean = self._clean
         drop: list[str] | None = None
-        for k, v in pairs:
-            child = fast.get(k)
-            if child is not None:
-                # `_FAST` (or `_DEAD`), the common case.
-                if child is _SKIP_NODE:
-                    continue
-                tv = type(v)
-                if tv is str:
-                    if len(v) > 2:
-                        result = cget(v, _MISS)
-                        if result is not None:
-                            slots.append((d, k, ref, v, result))
-                elif tv is dict:
-                    self._dict(v, child, [ref, k, None])
-                elif tv is list:
-                    self._list(v, child, [ref, k, None])
-                continue
-            found = plans.get(k)
-            if found is None:
-                found = self.p.plan(node, k)
-            code, child = found
-            if code == _FAST:
-                tv = type(v)
-                if tv is str:
-                    if len(v) > 2:
-                        result = cget(v, _MISS)
-                        if result is not None:
-                            slots.append((d, k, ref, v, result))
-                elif tv is dict:
-                    self._dict(v, child, [ref, k, None])
-                elif tv is list:
-                    self._list(v, child, [ref, k, None])
-                continue
-            if code == _DEAD:
-                continue
-            if code == _MAYBE and type(v) is not dict and type(v) is not list:
-                continue
-            if code == _FALSE:
-                if type(v) is dict or type(v) is list:
-                    self._descend(d, k, v, child, ref, k)
-                continue
-            if code == _ATTRS and type(v) is dict:
-                self._attrs(v, [ref, k, None])
-                continue
-            flags = child.flags
-            if flags & sch.SOURCE:
-                if self.source_mode == "drop":
+        child: NodePlan | None
+        planned = None
+        shapes = np.shapes
+        if shapes is not None:
+            keys = tuple(d)
+            planned = shapes.get(keys)
+            if planned is None:
+                planned = self.p.shape_plan(np, keys)
+        if planned is not None:
+            # The keys worth visiting (dead ones left out), planned for objects with
+            # these keys at this node before.
+            for k, child in planned:
+                v = d[k]
+                if child is not _PLANNED:
+                    # `_FAST`, the common case (as in the loop below).
+                    tv = type(v)
+                    if tv is str:
+                        if v not in clean and len(v) > 2:
+                            result = self._cget(v, _MISS)
+                            if result is not None:
+                                self.slots.append((d, k, k, ref, v, result))
+                    elif tv is dict:
+                        self._dict(v, child, [ref, k, None])
+                    elif tv is list:
+                        self._list(v, child, [ref, k, None])
+                elif self._planned(d, k, v, np, ref):
                     if drop is None:
                         drop = []
                     drop.append(k)
-                    continue
-                if self.source_mode == "keep":
-                    continue
-            if child.pii == PII_FALSE and not (flags & sch.IP_FIELD):
-                if type(v) is dict or type(v) is list:
-                    self._descend(d, k, v, child, ref, k)
-                continue
-            self._value(d, k, v, child, ref, k, k if type(k) is str else None)
+        else:
+            fast = np.fast
+            live = np.live
+            pairs = d.items() if live is None else [(k, d[k]) for k in live if k in d]
+            for k, v in pairs:
+                # Every key planned at this node before is in `fast` (see `Policy.plan`).
+                try:
+                    child = fast[k]
+                except KeyError:
+                    child = _PLANNED
+                if child is None:
+                    continue  # `_DEAD`
+                if child is not _PLANNED:
+                    # `_FAST`, the common case.
+                    tv = type(v)
+                    if tv is str:
+                        # Most strings were seen before and are clean: one set test.
+                        if v not in clean and len(v) > 2:
+                            result = self._cget(v, _MISS)
+                            if result is not None:
+                                self.slots.append((d, k, k, ref, v, result))
+                    elif tv is dict:
+                        self._dict(v, child, [ref, k, None])
+                    elif tv is list:
+                        self._list(v, child, [ref, k, None])
+                elif self._planned(d, k, v, np, ref):
+                    if drop is None:
+                        drop = []
+                    drop.append(k)
         if drop:
             for k in drop:
                 del d[k]
@@ -523,101 +597,203 @@ class Walk:
                 if self.track:
                     self._record(ref, k, "@source_context:drop", "remove", None, None)
 
-    def _list(self, lst: list[Any], node: sch.Node, ref: Ref) -> None:
-        item_node = node.item()
-        if item_node.dead or not lst:
+    def _planned(self, d: dict[str, Any], k: str, v: Any, np: NodePlan, ref: Ref) -> bool:
+        """Key `k` of `d` (at `np`) by its plan code, unless `_FAST` or `_DEAD` was seen
+        in `NodePlan.fast` already; True when source context is to be dropped."""
+        found = np.plans.get(k)
+        if found is None:
+            found = self.p.plan(np, k)
+        code, child = found
+        if code == _MAYBE and type(v) is not dict and type(v) is not list:
+            return False
+        if code == _ATTRS and type(v) is dict:
+            self._attrs(v, [ref, k, None])
+            return False
+        if code == _FALSE:
+            if type(v) is dict or type(v) is list:
+                self._descend(d, k, v, child, ref, k)
+            return False
+        if code == _DENY:
+            # What `_value` does with a denylisted key's value (`_replace_whole` inline).
+            if type(v) is str:
+                d[k] = FILTERED
+                self.changes += 1
+                if self.track:
+                    self._record(ref, k, "@password:filter", "replace", _FILTERED_SPAN, len(v))
+            elif v is not None and type(v) is not bool:
+                self._remove(d, k, ref, "@password:filter")
+            return False
+        if code == _FAST:
+            # A key not planned at this node before.
+            tv = type(v)
+            if tv is str:
+                if v not in self._clean and len(v) > 2:
+                    result = self._cget(v, _MISS)
+                    if result is not None:
+                        self.slots.append((d, k, k, ref, v, result))
+            elif tv is dict:
+                self._dict(v, self.p.node_plan(child), [ref, k, None])
+            elif tv is list:
+                self._list(v, self.p.node_plan(child), [ref, k, None])
+            return False
+        if code == _DEAD:
+            return False
+        flags = child.flags
+        if flags & sch.SOURCE:
+            mode = self.p.source_context
+            if mode == "drop":
+                return True
+            if mode == "keep":
+                return False
+        if child.pii == PII_FALSE and not (flags & sch.IP_FIELD):
+            if type(v) is dict or type(v) is list:
+                self._descend(d, k, v, child, ref, k)
+            return False
+        self._value(d, k, v, child, ref, k, k if type(k) is str else None)
+        return False
+
+    def _list(self, lst: list[Any], np: NodePlan, ref: Ref) -> None:
+        items = np.items
+        if items is None:
+            items = self.p.list_plan(np)
+        item_np, mode = items
+        if mode == _LIST_DEAD or not lst:
             return
-        if type(lst[0]) is list and _is_pairs(lst):
+        item_node = item_np.node
+        first = type(lst[0])
+        if first is list and _is_pairs(lst):
             for i, v in enumerate(lst):
                 key = v[0]
                 self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
             return
-        pii = item_node.pii
-        fast = not self.slow and pii == PII_TRUE and not (item_node.flags & self.flag_mask)
+        if mode == _LIST_SLOW:
+            pairs = item_node.pii != PII_FALSE
+            for i, v in enumerate(lst):
+                if pairs and type(v) is dict and _is_pair(v):
+                    key = v["key"]
+                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                else:
+                    self._value(lst, i, v, item_node, ref, i, None)
+            return
+        clean = self._clean
         cget = self._cget
         slots = self.slots
-        if fast and type(lst[0]) is str:
+        if first is str:
             # Lines of text (source context, argv, fingerprints): strings first.
             for i, v in enumerate(lst):
                 if type(v) is str:
-                    if len(v) > 2:
+                    if v not in clean and len(v) > 2:
                         result = cget(v, _MISS)
                         if result is not None:
-                            slots.append((lst, i, ref, v, result))
+                            slots.append((lst, i, str(i), ref, v, result))
                 elif type(v) is dict:
-                    self._list_item(lst, i, v, item_node, ref)
+                    self._list_item(lst, i, v, item_np, ref)
                 else:
                     self._value(lst, i, v, item_node, ref, i, None)
             return
         for i, v in enumerate(lst):
             tv = type(v)
             if tv is dict:
-                if pii != PII_FALSE and len(v) == 2 and type(v.get("key")) is str and "value" in v:
+                if len(v) == 2 and _is_pair(v):
                     key = v["key"]
                     self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
-                    continue
-                if fast:
-                    self._dict(v, item_node, [ref, i, None])
-                    continue
-            elif tv is str and fast:
-                if len(v) > 2:
+                else:
+                    self._dict(v, item_np, [ref, i, None])
+            elif tv is str:
+                if v not in clean and len(v) > 2:
                     result = cget(v, _MISS)
                     if result is not None:
-                        slots.append((lst, i, ref, v, result))
-                continue
-            self._value(lst, i, v, item_node, ref, i, None)
+                        slots.append((lst, i, str(i), ref, v, result))
+            elif tv is list:
+                self._descend(lst, i, v, item_node, ref, i)
+            # Numbers, booleans and nulls in a fast array need nothing (see `_value`).
 
     def _list_item(
-        self, lst: list[Any], i: int, v: dict[str, Any], item_node: sch.Node, ref: Ref
+        self, lst: list[Any], i: int, v: dict[str, Any], item_np: NodePlan, ref: Ref
     ) -> None:
         """An object in a list of a fast list (see `_list`)."""
-        if len(v) == 2 and type(v.get("key")) is str and "value" in v:
+        if _is_pair(v):
             key = v["key"]
-            self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+            self._value(v, "value", v["value"], item_np.node, [ref, i, None], key, key)
         else:
-            self._dict(v, item_node, [ref, i, None])
+            self._dict(v, item_np, [ref, i, None])
 
     def _attrs(self, d: dict[str, Any], ref: Ref) -> None:
-        kcache = self._kcache
-        slow = self.slow
-        fast = not slow
+        """Sentry attributes: `{name: {"value": ..., "type": ...}}`; the name is the key
+        the denylist sees."""
+        if self.slow:
+            for name, attr in d.items():
+                self._attr(d, name, attr, ref)
+            return
+        plain = self._plain
+        clean = self._clean
         cget = self._cget
         slots = self.slots
+        track = self.track
+        applied = 0
         for name, attr in d.items():
+            try:
+                value = attr["value"]
+                # The common case first: a string seen before and clean (`clean` holds
+                # strings only), under a name that is not denylisted.
+                if value in clean and name in plain:
+                    continue
+            except (KeyError, TypeError):
+                # No object with a "value", or a value that is an array or an object.
+                self._attr(d, name, attr, ref)
+                continue
             if type(attr) is dict:
-                value = attr.get("value", _MISS)
-                # The common case first: a string under a name seen before and not
-                # denylisted (`_NONE` is 0; a name not seen yet gives None).
-                if type(value) is str and fast and kcache.get(name) == _NONE:
-                    if len(value) > 2:
-                        found = cget(value, _MISS)
-                        if found is not None:
-                            slots.append((attr, "value", [ref, name, None], value, found))
-                    continue
-                if value is not _MISS:
-                    verdict = kcache.get(name)
-                    if verdict is None:
-                        verdict = self.p.key_verdict(name) if type(name) is str else _NONE
-                    if verdict == _NONE and not slow:
-                        tv = type(value)
-                        if tv is str:
-                            if len(value) > 2:
-                                found = cget(value, _MISS)
-                                if found is not None:
-                                    slots.append((attr, "value", [ref, name, None], value, found))
-                            continue
-                        if tv is not dict and tv is not list:
-                            continue
-                    if verdict == _IP:
-                        self._remove(d, name, ref, "@anything:remove")
+                if name in plain:
+                    if type(value) is str:
+                        if len(value) > 2:
+                            found = cget(value, _MISS)
+                            if found is _MISS or (found is not None and track):
+                                slots.append(
+                                    (attr, "value", "value", [ref, name, None], value, found)
+                                )
+                            elif found is not None:
+                                # Nothing to record (logs, spans): apply it now, in any order.
+                                attr["value"] = found[0]
+                                applied += 1
                         continue
-                    if slow:
-                        self.states.append((name, sch.ANY.typesets[dict]))
-                    self._value(attr, "value", value, sch.ANY, [ref, name, None], "value", name)
-                    if slow:
-                        self.states.pop()
+                    if type(value) is not dict and type(value) is not list:
+                        continue  # a number, boolean or null
+                elif name in self.p._ip_keys:
+                    # As `_attr` does: the attribute goes, whatever its value.
+                    self._remove(d, name, ref, "@anything:remove")
                     continue
-            self._value(d, name, attr, sch.ANY, ref, name, name)
+            self._attr(d, name, attr, ref)
+        self.changes += applied
+
+    def _attr(self, d: dict[str, Any], name: str, attr: Any, ref: Ref) -> None:
+        """One attribute of `_attrs`, any case."""
+        if type(attr) is dict:
+            value = attr.get("value", _MISS)
+            if value is not _MISS:
+                verdict = self.p.key_verdict(name) if type(name) is str else _NONE
+                slow = self.slow
+                if verdict == _NONE and not slow:
+                    tv = type(value)
+                    if tv is str:
+                        if len(value) > 2:
+                            found = self._cget(value, _MISS)
+                            if found is not None:
+                                self.slots.append(
+                                    (attr, "value", "value", [ref, name, None], value, found)
+                                )
+                        return
+                    if tv is not dict and tv is not list:
+                        return
+                if verdict == _IP:
+                    self._remove(d, name, ref, "@anything:remove")
+                    return
+                if slow:
+                    self.states.append((name, sch.ANY.typesets[dict]))
+                self._value(attr, "value", value, sch.ANY, [ref, name, None], "value", name)
+                if slow:
+                    self.states.pop()
+                return
+        self._value(d, name, attr, sch.ANY, ref, name, name)
 
     def _value(
         self,
@@ -641,13 +817,13 @@ class Walk:
             return
         if value is None:
             return
-        if flags & sch.SOURCE and self.source_mode == "keep":
+        if flags & sch.SOURCE and p.source_context == "keep":
             return
         verdict = p.key_verdict(key) if key is not None else _NONE
         if p.ip_addresses and (verdict == _IP or flags & sch.IP_FIELD):
             self._remove(container, ckey, ref, "@anything:remove")
             return
-        if flags & sch.COOKIES and self.cookies:
+        if flags & sch.COOKIES and p.defaults:
             self._cookies(container, ckey, value, ref)
             return
         if self.slow:
@@ -667,10 +843,11 @@ class Walk:
                 self._remove(container, ckey, ref, "@password:filter")
             return
         if tv is str:
-            if pii == PII_TRUE and verdict != _SAFE and len(value) > 2 and self.scan:
+            if pii == PII_TRUE and verdict != _SAFE and len(value) > 2:
                 found = self._cget(value, _MISS)
                 if found is not None:
-                    self.slots.append((container, ckey, ref, value, found))
+                    name = ckey if type(ckey) is str else str(ckey)
+                    self.slots.append((container, ckey, name, ref, value, found))
             return
         if tv is dict or tv is list:
             self._descend(container, ckey, value, node, ref, seg)
@@ -683,10 +860,12 @@ class Walk:
         slow = self.slow
         if slow:
             self.states.append((seg, node.typesets[type(value)]))
-        if type(value) is dict:
-            self._dict(value, node, [ref, ckey, None])
+        if type(value) is not dict:
+            self._list(value, self.p.node_plan(node), [ref, ckey, None])
+        elif node.flags & sch.ATTRS:
+            self._attrs(value, [ref, ckey, None])
         else:
-            self._list(value, node, [ref, ckey, None])
+            self._dict(value, self.p.node_plan(node), [ref, ckey, None])
         if slow:
             self.states.pop()
 
@@ -818,51 +997,67 @@ class Walk:
             return
         fresh: dict[str, ScanResult] | None = None
         report = self.redactions if self.report else None
-        meta = self.meta
+        unchanged = 0
+        if not self.meta:
+            for container, ckey, _, ref, text, found in slots:
+                if found is _MISS:
+                    if fresh is None:
+                        fresh = self._scan_missed()
+                    found = fresh[text]
+                    if found is None:
+                        unchanged += 1
+                        continue
+                container[ckey] = found[0]
+                if report is not None:
+                    for rule, _, _ in found[1]:
+                        report.append((ref, ckey, rule, "replace"))
+            self.changes += len(slots) - unchanged
+            return
         root = self.remarks
-        n = 0
         #: The `_meta` object of the last slot's container (slots of one container
         #: are queued one after the other).
         last: Any = _MISS
         node: dict[str, Any] = root
-        for container, ckey, ref, text, found in slots:
+        for container, ckey, name, ref, text, found in slots:
             if found is _MISS:
                 if fresh is None:
-                    fresh = scan_texts(self.p, [slot[3] for slot in slots if slot[4] is _MISS])
+                    fresh = self._scan_missed()
                 found = fresh[text]
                 if found is None:
+                    unchanged += 1
                     continue
-            new, changes, leaf = found
-            container[ckey] = new
-            n += 1
+            container[ckey] = found[0]
             if report is not None:
-                for rule, _, _ in changes:
+                for rule, _, _ in found[1]:
                     report.append((ref, ckey, rule, "replace"))
-            if meta:
-                if ref is not last:
-                    last = ref
-                    if ref is None:
-                        node = root
-                    else:
-                        have = ref[2]
-                        if have is None:
-                            # Usually the parent's object exists: make this one inline.
-                            parent = ref[0]
-                            above = root if parent is None else parent[2]
-                            seg = ref[1]
-                            if type(seg) is not str:
-                                seg = str(seg)
-                            if above is not None and seg not in above:
-                                have = above[seg] = ref[2] = {}
-                            else:
-                                have = self._meta_node(ref)
-                        node = have
-                name = ckey if type(ckey) is str else str(ckey)
-                if name in node:
-                    _put_leaf(node, name, leaf)
+            if ref is not last:
+                last = ref
+                if ref is None:
+                    node = root
                 else:
-                    node[name] = leaf
-        self.changes += n
+                    have = ref[2]
+                    if have is None:
+                        # Usually the parent's object exists: make this one inline,
+                        # with its first remark.
+                        parent = ref[0]
+                        above = root if parent is None else parent[2]
+                        seg = ref[1]
+                        if type(seg) is not str:
+                            seg = str(seg)
+                        if above is not None and seg not in above:
+                            node = above[seg] = ref[2] = {name: found[2]}
+                            continue
+                        have = self._meta_node(ref)
+                    node = have
+            if name in node:
+                _put_leaf(node, name, found[2])
+            else:
+                node[name] = found[2]
+        self.changes += len(slots) - unchanged
+
+    def _scan_missed(self) -> dict[str, ScanResult]:
+        """Scan the queued strings not seen before (one joined pass)."""
+        return scan_texts(self.p, [slot[4] for slot in self.slots if slot[5] is _MISS])
 
     # --- results --------------------------------------------------------------------------------
 
@@ -904,7 +1099,7 @@ def _put_leaf(node: dict[str, Any], name: str, leaf: dict[str, Any]) -> None:
         if "len" in entry and "len" not in have:
             merged["len"] = entry["len"]
         entry = merged
-    if _is_leaf(cur):
+    if len(cur) == 1 and "" in cur:  # `_is_leaf`
         node[name] = {"": entry}
     else:
         # The value's object exists for remarks below it (never a shared leaf).
@@ -1010,6 +1205,12 @@ def _rewrite(text: str, hits: Sequence[det.Hit[Finding]], base: int) -> ScanResu
     parts.append(text[pos:])
     leaf = {"": {"rem": [[r, "s", a, b] for r, a, b in changes], "len": len(text)}}
     return "".join(parts), tuple(changes), leaf
+
+
+def _is_pair(obj: dict[str, Any]) -> bool:
+    """Whether `obj` is a `{"key": name, "value": value}` pair (the name is what the
+    denylist sees)."""
+    return len(obj) == 2 and type(obj.get("key")) is str and "value" in obj
 
 
 def _is_pairs(lst: list[Any]) -> bool:
