@@ -3,8 +3,11 @@
 One Lua script (`script.lua`) checks and consumes all-or-nothing per category. It is
 called by SHA (`EVALSHA`) and loaded on `NOSCRIPT`, e.g. after Redis restarted.
 
-Batching: checks that arrive in the same event-loop iteration leave in one pipeline,
-one `EVALSHA` per check (per slot in Cluster mode), so a burst costs one round trip.
+Batching: checks that arrive in the same event-loop iteration leave together, so a
+burst costs one round trip. Standalone and Sentinel send them as one `EVALSHA` (the
+groups of every check, in arrival order, up to `MAX_MERGED_GROUPS` groups per call):
+one script run and one reply instead of one per check. Cluster mode sends one
+`EVALSHA` per check and slot in one pipeline.
 One pipeline is in flight at a time per limiter; checks arriving meanwhile wait for
 it and leave together in the next one. This keeps the order of one process's checks
 the same on every node, and batches grow by themselves when Redis is slow.
@@ -42,6 +45,7 @@ connect attempt per request; then redis-py reconnects on the next call.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import Sequence
@@ -81,6 +85,9 @@ CONNECT_TIMEOUT_S = 1.0
 SOCKET_TIMEOUT_S = 2.0
 #: Cluster mode: how long a full counter is believed before Redis is asked again.
 CLUSTER_FULL_CACHE_S = 1.0
+#: Standalone and Sentinel: most category groups merged into one script call (a bound
+#: on how long one script run keeps Redis busy).
+MAX_MERGED_GROUPS = 512
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
@@ -106,7 +113,9 @@ class _Job:
     future: asyncio.Future[list[tuple[bool, list[int]]]]
 
 
+@functools.lru_cache(maxsize=8192)
 def _bulk(value: str | int) -> bytes:
+    """One RESP bulk string; counter keys, limits, increments and ttls repeat a lot."""
     data = value.encode("utf-8") if isinstance(value, str) else b"%d" % value
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
@@ -224,9 +233,11 @@ class RedisLimiter(BaseLimiter):
             self._flush_scheduled = False
 
     async def _run(self, jobs: list[_Job]) -> None:
-        calls = [call for job in jobs for call in job.calls]
         try:
-            results = await self._eval(calls)
+            if self._cluster:
+                results = await self._eval([call for job in jobs for call in job.calls])
+            else:
+                results = await self._merged_eval(jobs)
         except LimiterUnavailable as exc:
             for job in jobs:
                 if not job.future.done():
@@ -259,6 +270,38 @@ class RedisLimiter(BaseLimiter):
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
+
+    async def _merged_eval(self, jobs: list[_Job]) -> list[Any]:
+        """Standalone and Sentinel: every job has one call (one slot); they go as few script
+        calls as `MAX_MERGED_GROUPS` allows, and each job gets its part of the answers (an
+        error reply is every merged job's answer)."""
+        merged: list[_Call] = []
+        members: list[list[tuple[_Job, int]]] = []  # per merged call: (job, answer length)
+        current: _Call | None = None
+        for job in jobs:
+            for call in job.calls:
+                groups = len(call.groups)
+                if current is None or len(current.groups) + groups > MAX_MERGED_GROUPS:
+                    current = _Call(args=["c", 0])
+                    merged.append(current)
+                    members.append([])
+                current.keys.extend(call.keys)
+                current.args.extend(call.args[2:])
+                current.groups.extend(call.groups)
+                current.args[1] = len(current.groups)
+                # One answer per group, then one value per counter.
+                members[-1].append((job, groups + len(call.keys)))
+        answers = await self._eval(merged)
+        results: list[Any] = []
+        for flat, parts in zip(answers, members, strict=True):
+            pos = 0
+            for _, length in parts:
+                if isinstance(flat, BaseException):
+                    results.append(flat)
+                else:
+                    results.append(flat[pos : pos + length])
+                    pos += length
+        return results
 
     async def _refund(self, refunds: list[tuple[str, int]]) -> None:
         by_slot: dict[int, _Call] = {}

@@ -95,6 +95,52 @@ async def test_concurrent_checks_share_pipelines(redis_server: RedisServer, cloc
         await limiter.close()
 
 
+async def test_merged_script_calls_answer_each_check(
+    redis_server: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks of one flush go as few script calls (at most MAX_MERGED_GROUPS groups each);
+    every check still gets exactly its own answers: per category, accept or reject."""
+    import relay.services.limiter.redis as redis_module
+
+    class Counting(RedisLimiter):
+        calls: list[int] = []
+
+        async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
+            self.calls.append(len(calls))
+            return await super()._pipeline_eval(calls)
+
+    monkeypatch.setattr(redis_module, "MAX_MERGED_GROUPS", 7)
+    cfg = redis_config(redis_server.url)
+    limiter = Counting(connect(cfg)[0], clock=clock, prefix=cfg.prefix)
+    compiled = quotas(
+        {"id": "errors", "categories": ["error"], "limit": 10, "window": 60},
+        {"id": "spans", "categories": ["span"], "limit": 100, "window": 60},
+    )
+    try:
+        await limiter.check(P42, [("error", 0)], PROBE)  # loads the script
+        limiter.calls.clear()
+        wanted = [[("error", 1), ("span", 3)] if i % 2 else [("span", 7)] for i in range(40)]
+        results = await asyncio.gather(*(limiter.check(P42, q, compiled) for q in wanted))
+        # Errors: 20 checks ask for one each, the first 10 fit.
+        with_errors = [r for q, r in zip(wanted, results, strict=True) if len(q) == 2]
+        assert [r.is_rejected("error") for r in with_errors] == [False] * 10 + [True] * 10
+        # Spans, in arrival order: 3 or 7 each, accepted while they fit in 100.
+        used, expected = 0, []
+        for q in wanted:
+            fits = used + q[-1][1] <= 100
+            used += q[-1][1] if fits else 0
+            expected.append(not fits)
+        assert [r.is_rejected("span") for r in results] == expected
+        rows = {r.id: r.used for r in await limiter.usage([(P42, compiled)])}
+        assert rows == {"errors": 10, "spans": used}
+        assert limiter.redis_errors == 0
+        # 60 groups in at most 7 per call: the merged calls were split, and far fewer
+        # calls went out than checks were made.
+        assert sum(limiter.calls) >= 9 and sum(limiter.calls) < 40
+    finally:
+        await limiter.close()
+
+
 async def test_script_is_reloaded_after_script_flush(
     redis_server: RedisServer, clock: Clock
 ) -> None:
