@@ -26,7 +26,7 @@ from typing import Any
 
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS
 from procs import LOOPBACK, REPO, Child, child_env, children
-from run import PY, Hooks, Options, load_scenarios, run_scenario
+from run import PY, Hooks, Options, load_scenarios, run_floor, run_scenario
 
 BENCH = Path(__file__).resolve().parent
 #: `func (path/to/file.py:123)` as py-spy writes frames in its raw format.
@@ -127,7 +127,11 @@ def report(
     )
     date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     lines = [
-        f"Profile of the relay, scenario `{scenario}` (bench/scenarios/{scenario}.yaml), {date}",
+        (
+            f"Profile of the pass-through floor (bench/floor.py), {date}"
+            if scenario == "floor"
+            else f"Profile of the relay, scenario `{scenario}` (bench/scenarios/{scenario}.yaml), {date}"
+        ),
         f"py-spy record --subprocesses --nonblocking --rate {args.sample_rate}, {args.duration:g}s "
         f"after {args.warmup:g}s warm-up; load: {load}, gzip bodies, the default mix.",
         f"Under the profiler: {metrics.get('envelopes_per_s')} envelopes/s, p99 "
@@ -155,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--scenario", default="default")
+    p.add_argument("--scenario", default="default", help="a name from bench/scenarios/, or `floor`")
     p.add_argument("--duration", type=float, default=12.0)
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--connections", type=int, default=64)
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         print("py-spy is not installed: pip install py-spy", file=sys.stderr)
         return 2
     scenarios = load_scenarios()
-    if args.scenario not in scenarios:
+    if args.scenario != "floor" and args.scenario not in scenarios:
         print(f"unknown scenario {args.scenario}; have {', '.join(scenarios)}", file=sys.stderr)
         return 2
     opts = Options(
@@ -199,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             upstream = (
                 f"http://{LOOPBACK}:{upstream_proc.wait_for_line('listening', 30).split()[1]}"
             )
-            metrics = run_scenario(
-                scenarios[args.scenario], upstream, opts, rate=args.load_rate, hooks=spy
-            )
+            if args.scenario == "floor":
+                metrics = run_floor(upstream, opts, rate=args.load_rate, hooks=spy)
+            else:
+                metrics = run_scenario(
+                    scenarios[args.scenario], upstream, opts, rate=args.load_rate, hooks=spy
+                )
         if metrics.get("status") == "not available":
             print(
                 f"scenario {args.scenario} is not available: {metrics.get('reason')}",

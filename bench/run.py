@@ -353,13 +353,21 @@ def wait_http(url: str, child: Child, timeout: float) -> None:
     raise ChildFailed(f"{child.name} did not answer {url} within {timeout:.0f}s", child)
 
 
-def run_floor(upstream: str, opts: Options, *, rate: float = 0.0) -> dict[str, Any]:
+def run_floor(
+    upstream: str, opts: Options, *, rate: float = 0.0, hooks: Hooks | None = None
+) -> dict[str, Any]:
     with children() as kids:
         floor = Child("floor", [PY, str(BENCH / "floor.py"), "--upstream", upstream], cwd=BENCH)
         kids.append(floor)
         port = int(floor.wait_for_line("listening", 30).split()[1])
         metrics = drive(
-            f"http://{LOOPBACK}:{port}", floor.pid, upstream, opts, rate=rate, kids=kids
+            f"http://{LOOPBACK}:{port}",
+            floor.pid,
+            upstream,
+            opts,
+            rate=rate,
+            kids=kids,
+            hooks=hooks,
         )
     return {
         "name": "floor",

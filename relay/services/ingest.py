@@ -158,7 +158,8 @@ class Ingest:
         result = IngestResult(event_id=envelope.event_id)
         target = project.target(ctx.public_key)
         total_items = len(envelope.items)
-        await self.outbox.wait_for_room(self.backpressure_wait)
+        if self.outbox.over_high_water():
+            await self.outbox.wait_for_room(self.backpressure_wait)
         if not self.outbox.has_room(sum(len(i.payload) for i in envelope.items)):
             # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
             self._overloaded(
@@ -171,14 +172,15 @@ class Ingest:
             envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
         )
 
-        rejected: dict[str, tuple[str, str | None]] = {}
-        for category in prepared.categories():
-            limit = self.upstream_limits.check(target.key, category)
-            if limit is not None:
-                rejected[category] = (limit.reason or Reason.UPSTREAM_RATE_LIMITED, None)
-                if limit not in result.rate_limits:
-                    result.rate_limits.append(limit)
-        pipeline.drop_categories(prepared, rejected)
+        if self.upstream_limits.has(target.key):
+            rejected: dict[str, tuple[str, str | None]] = {}
+            for category in prepared.categories():
+                limit = self.upstream_limits.check(target.key, category)
+                if limit is not None:
+                    rejected[category] = (limit.reason or Reason.UPSTREAM_RATE_LIMITED, None)
+                    if limit not in result.rate_limits:
+                        result.rate_limits.append(limit)
+            pipeline.drop_categories(prepared, rejected)
 
         if self.limiter is not None and policy.quotas and prepared.kept:
             await self._check_quotas(prepared, ctx, policy, result)

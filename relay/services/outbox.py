@@ -52,6 +52,8 @@ class Outbox(Protocol):
 
     def has_room(self, size: int) -> bool: ...
 
+    def over_high_water(self) -> bool: ...
+
     async def wait_for_room(self, timeout: float) -> None: ...
 
     async def put(self, entry: OutboxEntry) -> None: ...
@@ -96,6 +98,10 @@ class MemoryOutbox:
 
     async def put(self, entry: OutboxEntry) -> None:
         self.put_nowait(entry)
+
+    def over_high_water(self) -> bool:
+        """Producers should wait (`wait_for_room`) before queueing more."""
+        return len(self._queue) >= self.high_water
 
     async def wait_for_room(self, timeout: float) -> None:
         """Back-pressure: while the queue is above its high-water mark, wait (bounded)."""

@@ -54,7 +54,7 @@ class Retarget:
             return
         new = found.target(entry.app_key)
         old = entry.target
-        if new == old:
+        if new is old or new == old:
             return
         body = entry.body
         if entry.encoding == "gzip":

@@ -247,6 +247,10 @@ class DiskSpool:
             return 0.0
         return max(0.0, (time.time() if now is None else now) - self._oldest_created)
 
+    def over_high_water(self) -> bool:
+        """The spool absorbs backlogs on disk; producers never wait for the forwarder."""
+        return False
+
     async def wait_for_room(self, timeout: float) -> None:
         """The spool absorbs backlogs on disk; producers never wait for the forwarder."""
 

@@ -38,6 +38,10 @@ class UpstreamLimits:
             self._limits.pop(key, None)
         return alive
 
+    def has(self, key: str) -> bool:
+        """Whether any limit (possibly expired) is kept for `key`: a cheap pre-check."""
+        return key in self._limits
+
     def check(self, key: str, category: str) -> RateLimit | None:
         """The longest active limit for this key that covers `category`, with remaining time."""
         now = self._clock()

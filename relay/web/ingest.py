@@ -127,9 +127,9 @@ def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContex
 
 
 def _respond(result: IngestResult) -> web.Response:
-    headers: dict[str, str] = {}
+    headers: dict[str, str] | None = None
     if result.rate_limits:
-        headers["X-Sentry-Rate-Limits"] = format_rate_limits(result.rate_limits)
+        headers = {"X-Sentry-Rate-Limits": format_rate_limits(result.rate_limits)}
         headers["Retry-After"] = str(
             max(1, int(max(r.retry_after for r in result.rate_limits) + 0.999))
         )
@@ -166,7 +166,9 @@ async def _submit(
 
 
 async def envelope_endpoint(request: web.Request) -> web.Response:
-    _check_ready(request)
+    app = request.app
+    if app[STATE].draining:
+        _check_ready(request)
     project_id = _project_id(request)
     header_auth: Auth | None = None
     project: ProjectPolicy | None = None
@@ -178,7 +180,7 @@ async def envelope_endpoint(request: web.Request) -> web.Response:
     body, gzipped = await _read(request, keep_gzip=True)
     try:
         envelope = parse_envelope(
-            body, max_items=request.app[REGISTRY].current.config.limits.max_envelope_items
+            body, max_items=app[REGISTRY].current.config.limits.max_envelope_items
         )
     except EnvelopeError as exc:
         raise BadRequest(f"invalid envelope: {exc}") from None
