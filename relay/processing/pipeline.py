@@ -249,7 +249,7 @@ def _decide(
     filters: FilterStage | None,
     sampler: SamplingStage | None,
 ) -> tuple[OutcomeKind, Decision] | None:
-    if filters is not None:
+    if filters:  # None, or compiled without any filter: nothing to check
         hit = filters.check(event, work.type, ctx)
         if hit is not None:
             return OutcomeKind.FILTERED, hit
