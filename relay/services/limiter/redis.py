@@ -128,6 +128,8 @@ def _pack(call: _Call) -> bytes:
 
 
 def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> list[_Call]:
+    if not cluster:
+        return [_one_call(demands, prefix)]
     by_slot: dict[int, _Call] = {}
     for d, demand in enumerate(demands):
         per_slot: dict[int, list[int]] = {}
@@ -148,6 +150,21 @@ def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> l
     for call in calls:
         call.args[:0] = ["c", len(call.groups)]
     return calls
+
+
+def _one_call(demands: list[CategoryDemand], prefix: str) -> _Call:
+    """`_build_calls` outside Cluster mode: every counter in one call, one group per demand."""
+    call = _Call(args=["c", len(demands)])
+    keys, args, groups = call.keys, call.args, call.groups
+    for d, demand in enumerate(demands):
+        counters = demand.counters
+        groups.append((d, list(range(len(counters)))))
+        args.append(len(counters))
+        for counter in counters:
+            keys.append(counter.key(prefix))
+            limit = counter.limit if counter.gating and counter.limit is not None else -1
+            args += (limit, counter.increment, counter.ttl)
+    return call
 
 
 class RedisLimiter(BaseLimiter):

@@ -262,6 +262,8 @@ def test_demands_are_grouped_per_slot_only_in_cluster_mode() -> None:
     assert single.args[:3] == ["c", 2, 3]
     assert single.args[3:6] == [5, 1, 120]
     assert single.args[9:12] == [-1, 1, 120]  # dry run: counted, never rejects
+    assert single.groups == [(0, [0, 1, 2]), (1, [0, 1, 2])]
+    assert single.keys[3:] == [c.key("relay") for c in demands[1].counters]
     per_slot = _build_calls(demands, "relay", cluster=True)
     assert len(per_slot) == 3
     assert all(len(call.groups) == 2 for call in per_slot)
