@@ -7,7 +7,8 @@
 `make_decompressor(content_encoding, max_bytes)` returns a `Decompressor`; `feed()`
 it the body chunk by chunk as it arrives and call `finish()` for the whole output.
 `feed_steps()` is `feed()` in small steps, for callers that must not block an event
-loop for the whole of a highly compressed chunk.
+loop for the whole of a highly compressed chunk. `inflate_whole()` decodes a whole
+small gzip or deflate body in a few calls, with the same results where it can decide.
 Every stage decodes with a bounded output buffer (zlib `max_length`, brotli
 `output_buffer_limit`, zstd in small input slices), so a bomb is stopped after
 about `max_bytes` plus one chunk of work, never after materializing its output.
@@ -35,6 +36,7 @@ __all__ = [
     "TooLarge",
     "UnsupportedEncoding",
     "decompress",
+    "inflate_whole",
     "make_decompressor",
     "parse_content_encoding",
 ]
@@ -109,6 +111,14 @@ _INFLATE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def _deflate_wbits(head: bytes) -> int:
+    """Window bits for a `deflate` body that starts with `head` (two bytes at least):
+    zlib-wrapped when they form a valid zlib header, raw deflate otherwise."""
+    cmf, flg = head[0], head[1]
+    wrapped = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
+    return zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS
+
+
 class _Zlib:
     """gzip (possibly several members) and deflate (zlib-wrapped or raw)."""
 
@@ -123,9 +133,7 @@ class _Zlib:
         self.members = 0  # complete gzip members (or deflate streams) decoded
 
     def _start_deflate(self, head: bytes) -> None:
-        cmf, flg = head[0], head[1]
-        wrapped = cmf & 0x0F == 8 and cmf >> 4 <= 7 and (cmf << 8 | flg) % 31 == 0
-        self._obj = _inflate(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        self._obj = _inflate(_deflate_wbits(head))
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if not data:
@@ -340,6 +348,48 @@ def make_decompressor(content_encoding: str | None, max_bytes: int) -> Decompres
     for a coding we do not know.
     """
     return Decompressor(parse_content_encoding(content_encoding), max_bytes)
+
+
+def inflate_whole(data: bytes, coding: str, max_bytes: int, max_work: int) -> bytes | None:
+    """`data`, a whole body in `coding` (`gzip` or `deflate` alone), decoded without a
+    `Decompressor`, or None where one must decide: a second gzip member, data after the
+    end of a deflate stream, truncated data, or more than `max_work` bytes of output
+    without the end of the stream (which bounds the work of one call: `max_work` plus
+    `CHUNK` bytes of output at most).
+
+    Makes the very codec calls that a `Decompressor` fed `data` in one piece makes, so
+    it raises TooLarge and DecompressionError where `feed` would, with the same message.
+    A gzip body decoded here is exactly one complete member.
+    """
+    if not data:
+        return b""
+    if coding == "gzip":
+        obj = _inflate(16 + zlib.MAX_WBITS)
+    elif len(data) < 2:
+        return None
+    else:
+        obj = _inflate(_deflate_wbits(data))
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            out: bytes = obj.decompress(data, CHUNK)
+        except _INFLATE_ERRORS as exc:
+            raise DecompressionError(f"{coding}: {exc}") from None
+        size += len(out)
+        if size > max_bytes:
+            raise TooLarge(max_bytes)
+        if obj.eof:
+            if obj.unused_data:
+                return None
+            if not pieces:
+                return out
+            pieces.append(out)
+            return b"".join(pieces)
+        data = obj.unconsumed_tail
+        if (not data and len(out) < CHUNK) or size > max_work:
+            return None
+        pieces.append(out)
 
 
 def decompress(data: bytes, content_encoding: str | None, max_bytes: int) -> bytes:

@@ -19,6 +19,7 @@ from relay.protocol.decompress import (
     TooLarge,
     UnsupportedEncoding,
     decompress,
+    inflate_whole,
     make_decompressor,
     parse_content_encoding,
 )
@@ -279,3 +280,120 @@ def test_inflate_agrees_with_the_standard_library(
     except DecompressionError:
         got = None
     assert got == expected
+
+
+# --- inflate_whole: a whole small body in a few direct calls --------------------
+
+
+def _inflate_whole_or_error(body: bytes, coding: str, cap: int, work: int) -> object:
+    try:
+        return inflate_whole(body, coding, cap, work)
+    except DecompressionError as exc:
+        return (type(exc), str(exc))
+
+
+def _decompress_or_error(body: bytes, coding: str, cap: int) -> object:
+    try:
+        return decompress(body, coding, cap)
+    except DecompressionError as exc:
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", gzip.compress(PAYLOAD)),
+        ("gzip", gzip.compress(b"")),
+        ("gzip", gzip.compress(bytes(300_000))),  # several calls of output
+        ("deflate", zlib.compress(PAYLOAD)),
+        ("deflate", _raw_deflate(PAYLOAD)),
+        ("deflate", zlib.compress(b"")),
+        ("gzip", b""),
+        ("deflate", b""),
+    ],
+)
+def test_inflate_whole_decodes_what_decompress_decodes(coding: str, body: bytes) -> None:
+    assert inflate_whole(body, coding, CAP, CAP) == decompress(body, coding, CAP)
+
+
+@pytest.mark.parametrize(
+    ("coding", "body"),
+    [
+        ("gzip", gzip.compress(b"ab") + gzip.compress(b"cd")),  # a second member
+        ("gzip", gzip.compress(PAYLOAD)[:-1]),  # truncated
+        ("gzip", gzip.compress(PAYLOAD)[:5]),
+        ("gzip", gzip.compress(b"abc") + b"junk"),
+        ("deflate", zlib.compress(b"abc") + b"junk"),  # data after the stream
+        ("deflate", b"\x78"),  # too short to tell the wrapping
+        ("gzip", gzip.compress(bytes(3 * MiB))),  # more output than the work bound
+    ],
+)
+def test_inflate_whole_leaves_the_rest_to_the_decompressor(coding: str, body: bytes) -> None:
+    assert inflate_whole(body, coding, CAP, MiB) is None
+
+
+def test_inflate_whole_errors_are_those_of_decompress() -> None:
+    corrupt = bytearray(gzip.compress(PAYLOAD))
+    corrupt[20] ^= 0xFF
+    cases = [
+        ("gzip", bytes(corrupt), CAP),
+        ("gzip", b"\x00\xffthis is not compressed at all" * 10, CAP),
+        ("deflate", b"\x00\xffthis is not compressed at all" * 10, CAP),
+        ("gzip", gzip.compress(PAYLOAD), len(PAYLOAD) - 1),
+        ("gzip", gzip.compress(bytes(300_000)), 200_000),
+        ("deflate", zlib.compress(PAYLOAD), 0),
+    ]
+    for coding, body, cap in cases:
+        got = _inflate_whole_or_error(body, coding, cap, CAP)
+        assert isinstance(got, tuple)
+        assert got == _decompress_or_error(body, coding, cap)
+
+
+def test_inflate_whole_stops_a_bomb_after_the_work_bound() -> None:
+    body = _gzip_bomb()
+    tracemalloc.start()
+    try:
+        assert inflate_whole(body, "gzip", GiB, MiB) is None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # About the work bound of output (pieces and their join) and copies of the input.
+    assert peak < 3 * MiB + 2 * len(body)
+    with pytest.raises(TooLarge):
+        inflate_whole(body, "gzip", MiB, CAP)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(min_size=1, max_size=300),
+    size=st.sampled_from([0, 1, 300, 5000, 70_000, 300_000]),
+    coding=st.sampled_from(["gzip", "deflate", "raw-deflate"]),
+    damage=st.sampled_from(["none", "flip", "cut", "tail"]),
+    where=st.integers(min_value=0, max_value=400),
+    tail=st.sampled_from([b"\x00", b"junk", b"\x1f\x8b\x08\x00", gzip.compress(b"x")]),
+    cap=st.one_of(st.just(CAP), st.integers(min_value=0, max_value=400_000)),
+    work=st.sampled_from([0, 1, 65536, 131072, MiB]),
+)
+def test_property_inflate_whole_agrees_with_decompress(
+    data: bytes,
+    size: int,
+    coding: str,
+    damage: str,
+    where: int,
+    tail: bytes,
+    cap: int,
+    work: int,
+) -> None:
+    """Where inflate_whole decides, it decides as the Decompressor fed the same body does."""
+    encoded = {"gzip": gzip.compress, "deflate": zlib.compress, "raw-deflate": _raw_deflate}
+    body = encoded[coding]((data * (size // len(data) + 1))[:size])
+    if damage == "flip":
+        body = body[:where] + bytes([body[where % len(body)] ^ 0x55]) + body[where + 1 :]
+    elif damage == "cut":
+        body = body[:where]
+    elif damage == "tail":
+        body += tail
+    coding = "deflate" if coding == "raw-deflate" else coding
+    got = _inflate_whole_or_error(body, coding, cap, work)
+    if got is not None:
+        assert got == _decompress_or_error(body, coding, cap)

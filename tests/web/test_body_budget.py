@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,9 +22,11 @@ def _envelope(size: int) -> bytes:
     return head + str(size).encode() + b"}\n" + b"x" * size + b"\n"
 
 
+@pytest.mark.parametrize("encoding", [None, "gzip"])
 async def test_a_body_over_what_is_left_gets_503_until_the_holder_is_done(
-    relay_factory: RelayFactory,
+    relay_factory: RelayFactory, encoding: str | None
 ) -> None:
+    """The bodies sent whole are charged their decoded size, plain or gzip."""
     relay: TestClient = await relay_factory(limits=LIMITS)
     budget = relay.app[BODY_BUDGET]
     release = asyncio.Event()
@@ -43,18 +46,25 @@ async def test_a_body_over_what_is_left_gets_503_until_the_holder_is_done(
         await asyncio.sleep(0.01)
     assert budget.used >= 500 * 1024
 
-    refused = await relay.post("/api/42/envelope/", data=big, headers=auth_header())
+    headers = auth_header()
+    if encoding == "gzip":
+        headers["Content-Encoding"] = "gzip"
+
+    def encoded(body: bytes) -> bytes:
+        return gzip.compress(body) if encoding == "gzip" else body
+
+    refused = await relay.post("/api/42/envelope/", data=encoded(big), headers=headers)
     assert refused.status == 503
     assert refused.headers["Retry-After"] == "1"
     assert "too many request bodies" in (await refused.json())["detail"]
 
-    small = await relay.post("/api/42/envelope/", data=_envelope(10), headers=auth_header())
+    small = await relay.post("/api/42/envelope/", data=encoded(_envelope(10)), headers=headers)
     assert small.status == 200  # what is left still serves small bodies
 
     release.set()
     assert (await holder).status == 200
     assert budget.used == 0
-    again = await relay.post("/api/42/envelope/", data=big, headers=auth_header())
+    again = await relay.post("/api/42/envelope/", data=encoded(big), headers=headers)
     assert again.status == 200
     assert budget.used == 0
 
