@@ -293,7 +293,7 @@ class RedisLimiter(BaseLimiter):
         calls as `MAX_MERGED_GROUPS` allows, and each job gets its part of the answers (an
         error reply is every merged job's answer)."""
         merged: list[_Call] = []
-        members: list[list[tuple[_Job, int]]] = []  # per merged call: (job, answer length)
+        lengths: list[list[int]] = []  # per merged call: each call's answer length
         current: _Call | None = None
         for job in jobs:
             for call in job.calls:
@@ -301,18 +301,18 @@ class RedisLimiter(BaseLimiter):
                 if current is None or len(current.groups) + groups > MAX_MERGED_GROUPS:
                     current = _Call(args=["c", 0])
                     merged.append(current)
-                    members.append([])
+                    lengths.append([])
                 current.keys.extend(call.keys)
                 current.args.extend(call.args[2:])
                 current.groups.extend(call.groups)
                 current.args[1] = len(current.groups)
                 # One answer per group, then one value per counter.
-                members[-1].append((job, groups + len(call.keys)))
+                lengths[-1].append(groups + len(call.keys))
         answers = await self._eval(merged)
         results: list[Any] = []
-        for flat, parts in zip(answers, members, strict=True):
+        for flat, parts in zip(answers, lengths, strict=True):
             pos = 0
-            for _, length in parts:
+            for length in parts:
                 if isinstance(flat, BaseException):
                     results.append(flat)
                 else:
