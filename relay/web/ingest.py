@@ -167,8 +167,7 @@ async def _submit(
 
 async def envelope_endpoint(request: web.Request) -> web.Response:
     app = request.app
-    if app[STATE].draining:
-        _check_ready(request)
+    _check_ready(request)
     project_id = _project_id(request)
     header_auth: Auth | None = None
     project: ProjectPolicy | None = None
