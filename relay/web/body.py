@@ -28,6 +28,7 @@ from relay.protocol.decompress import (
     parse_content_encoding,
 )
 from relay.web.errors import (
+    ApiError,
     BadRequest,
     PayloadTooLarge,
     RequestTimeout,
@@ -178,12 +179,8 @@ async def read_body(
             coding = codings[0]
             try:
                 body = inflate_whole(whole, coding, max_decompressed, FAST_OUTPUT_LIMIT)
-            except TooLarge:
-                raise PayloadTooLarge(
-                    f"decompressed body too large: over {max_decompressed} bytes"
-                ) from None
             except DecompressionError as exc:
-                raise BadRequest(f"invalid body encoding: {exc}") from None
+                raise _decode_error(exc, max_decompressed) from None
             if body is not None:
                 if budget is not None and body:
                     budget.charge(request, len(body))
@@ -193,6 +190,13 @@ async def read_body(
     return await _decode(
         request, codings, whole, max_bytes, max_decompressed, timeout, keep_gzip, budget
     )
+
+
+def _decode_error(exc: DecompressionError, max_decompressed: int) -> ApiError:
+    """The answer to a body that does not decode: 413 past the cap, else 400."""
+    if isinstance(exc, TooLarge):
+        return PayloadTooLarge(f"decompressed body too large: over {max_decompressed} bytes")
+    return BadRequest(f"invalid body encoding: {exc}")
 
 
 async def _decode(
@@ -235,12 +239,8 @@ async def _decode(
         charged.update()
     except TimeoutError:
         raise RequestTimeout("timed out reading the request body") from None
-    except TooLarge:
-        raise PayloadTooLarge(
-            f"decompressed body too large: over {max_decompressed} bytes"
-        ) from None
     except DecompressionError as exc:
-        raise BadRequest(f"invalid body encoding: {exc}") from None
+        raise _decode_error(exc, max_decompressed) from None
     if raw is None or not decompressor.single_gzip_member:
         return body, None
     original = raw[0] if len(raw) == 1 else b"".join(raw)
