@@ -130,7 +130,8 @@ def _sentry_auth(value: str, source: str) -> Auth:
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:
+    if value is None and isinstance(headers, dict):
+        # A plain dict is case-sensitive; request headers (a CIMultiDict) are not.
         lowered = name.lower()
         for key, val in headers.items():
             if key.lower() == lowered:

@@ -145,13 +145,14 @@ _SQUARE = bytes.maketrans(b"{}", b"[]")
 def json_exceeds_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     """`exceeds_depth` for JSON text `data` that orjson parsed, read from the bytes.
 
-    1. No more `{`/`[` bytes than the limit: it cannot nest deeper (the common case).
+    1. No more `{`/`[` bytes (or bytes at all) than the limit: it cannot nest deeper
+       (the common case).
     2. Else drop escaped backslashes and escaped quotes, keep only `"{}[]`, drop the
        strings (now `"..."` with no quote inside) and read `{`/`}` as `[`/`]`: what is
        left is the containers' bracket tree, whose height is the depth. Each pass of
        `replace(b"[]", b"")` takes off the innermost level (at most `limit` passes).
     """
-    if data.count(b"{") + data.count(b"[") <= limit:
+    if len(data) <= limit or data.count(b"{") + data.count(b"[") <= limit:
         return False
     tree = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _DROP)
     tree = _STRINGS.sub(b"", tree).translate(_SQUARE)

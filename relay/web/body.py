@@ -67,11 +67,14 @@ class BodyBudget:
     bound one body, this bounds what many concurrent ones hold.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("_held", "limit", "used")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
+        #: Bytes held per request in progress, by `id(request)`: the request is alive
+        #: until the middleware releases it, so its id cannot be reused before.
+        self._held: dict[int, int] = {}
 
     def charge(self, request: web.Request, size: int) -> None:
         """Count `size` more bytes for `request`, or raise ServiceUnavailable."""
@@ -81,14 +84,16 @@ class BodyBudget:
                 headers={"Retry-After": "1"},
             )
         self.used += size
-        request[CHARGED] = request.get(CHARGED, 0) + size
+        held = self._held
+        key = id(request)
+        held[key] = held.get(key, 0) + size
+
+    def held(self, request: web.Request) -> int:
+        """Bytes `request` holds now."""
+        return self._held.get(id(request), 0)
 
     def release(self, request: web.Request) -> None:
-        self.used -= request.pop(CHARGED, 0)
-
-
-#: Bytes a request was charged against the app's `BodyBudget`.
-CHARGED = web.RequestKey("relay_body_charged", int)
+        self.used -= self._held.pop(id(request), 0)
 
 
 class _Charge:

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import relay.web.body as body_module
-from relay.web.body import CHARGED, CHUNK, FAST_OUTPUT_LIMIT, BodyBudget, read_body
+from relay.web.body import CHUNK, FAST_OUTPUT_LIMIT, BodyBudget, read_body
 from relay.web.errors import ApiError
 
 KiB = 1024
@@ -85,7 +85,7 @@ async def _read(
             outcome = ("ok", decoded, kept)
         except ApiError as exc:
             outcome = (exc.status, exc.detail, exc.headers)
-    charged = request.get(CHARGED, 0)
+    charged = budget.held(request)
     assert budget.used == limits.used + charged
     budget.release(request)
     assert budget.used == limits.used
