@@ -299,6 +299,10 @@ class CompiledQuotas:
 
     quotas: tuple[CompiledQuota, ...] = ()
     spike: CompiledSpike | None = None
+    #: Plans by (scoping, category), reused while their windows last (see `plan_check`).
+    plans: dict[tuple[Scoping, str], _CategoryPlan] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def __bool__(self) -> bool:
         return bool(self.quotas) or self.spike is not None
@@ -500,6 +504,121 @@ def spike_history_suffixes(now: float, history_hours: int) -> list[str]:
     return [str(hour - k) for k in range(1, history_hours + 1)]
 
 
+@dataclass(frozen=True, slots=True)
+class _CounterTemplate:
+    """What a `Counter` keeps while its window lasts; the envelope adds amount and ttl."""
+
+    tag: str
+    suffix: str
+    limit: int | None
+    window_end: int
+    gating: bool
+    quota: CompiledQuota | None
+    #: Seconds the key outlives its window (grace, plus the spike history).
+    extra_ttl: int
+
+    def counter(self, category: str, quantity: int, now: float) -> Counter:
+        quota = self.quota
+        return Counter(
+            self.tag,
+            self.suffix,
+            self.limit,
+            quota.cost(category, quantity) if quota is not None else quantity,
+            self.window_end,
+            max(1, math.ceil(self.window_end - now)) + self.extra_ttl,
+            self.gating,
+            quota,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _CategoryPlan:
+    """The counters of one (scoping, category), valid for `valid_from <= now < valid_until`."""
+
+    valid_from: float
+    valid_until: float
+    templates: tuple[_CounterTemplate, ...]
+    blocked_by: CompiledQuota | None
+    dry_run_blocked: tuple[CompiledQuota, ...]
+
+
+#: Cached plans per `CompiledQuotas` before the cache starts over.
+MAX_CACHED_PLANS = 4096
+
+
+def _build_plan(
+    compiled: CompiledQuotas, scoping: Scoping, category: str, now: float
+) -> _CategoryPlan:
+    templates: list[_CounterTemplate] = []
+    blocked_by: CompiledQuota | None = None
+    dry_run_blocked: list[CompiledQuota] = []
+    valid_from, valid_until = -math.inf, math.inf
+    seen: dict[str, int] = {}
+    for quota in compiled.quotas:
+        if not quota.applies(category, scoping):
+            continue
+        if quota.limit == 0 and quota.kind == "quota":
+            if quota.dry_run:
+                dry_run_blocked.append(quota)
+            elif blocked_by is None:
+                blocked_by = quota
+            continue
+        template = _quota_template(quota, scoping, category, now)
+        valid_from = max(valid_from, template.window_end - _window_length(quota, now))
+        valid_until = min(valid_until, template.window_end)
+        ident = f"{template.tag}:{template.suffix}"
+        index = seen.get(ident)
+        if index is not None:
+            other = templates[index]
+            if template.gating and (not other.gating or (template.limit or 0) < (other.limit or 0)):
+                templates[index] = template
+            continue
+        seen[ident] = len(templates)
+        templates.append(template)
+    spike = compiled.spike
+    if spike is not None and spike.applies(category):
+        hour = math.floor(now / 3600)
+        templates.append(
+            _CounterTemplate(
+                spike_tag(scoping.project_id, category),
+                str(hour),
+                None,
+                (hour + 1) * 3600,
+                True,
+                None,
+                spike.history_hours * 3600 + KEY_GRACE_S,
+            )
+        )
+        valid_from = max(valid_from, hour * 3600)
+        valid_until = min(valid_until, (hour + 1) * 3600)
+    return _CategoryPlan(
+        valid_from, valid_until, tuple(templates), blocked_by, tuple(dry_run_blocked)
+    )
+
+
+def _quota_template(
+    quota: CompiledQuota, scoping: Scoping, category: str, now: float
+) -> _CounterTemplate:
+    assert quota.window is not None
+    start, end = quota.window.bounds(now)
+    letter = "b" if quota.kind == "budget" else "q"
+    return _CounterTemplate(
+        f"{letter}:{quota.id}:{scoping.scope_id(quota.scope)}",
+        f"{category}:{start}" if quota.per_category else str(start),
+        quota.limit,
+        end,
+        not quota.dry_run,
+        quota,
+        KEY_GRACE_S,
+    )
+
+
+def _window_length(quota: CompiledQuota, now: float) -> int:
+    assert quota.window is not None
+    start, end = quota.window.bounds(now)
+    return end - start
+
+
 def plan_check(
     compiled: CompiledQuotas, scoping: Scoping, quantities: Iterable[tuple[str, int]], now: float
 ) -> list[CategoryDemand]:
@@ -508,37 +627,31 @@ def plan_check(
     Categories with quantity 0 get no counters (they always fit) but still meet
     `limit: 0` quotas. A counter key that two quotas share (same id and scope id at
     org and project level) is counted once, against the smaller limit.
+
+    Which counters a (scoping, category) has only changes when a window ends, so the
+    plan is kept in `compiled.plans` and reused while `now` is inside all its windows.
     """
+    plans = compiled.plans
     demands: list[CategoryDemand] = []
     for category, quantity in sum_quantities(quantities).items():
-        demand = CategoryDemand(category, quantity, [])
-        seen: dict[str, Counter] = {}
-        for quota in compiled.quotas:
-            if not quota.applies(category, scoping):
-                continue
-            if quota.limit == 0 and quota.kind == "quota":
-                if quota.dry_run:
-                    demand.dry_run_blocked.append(quota)
-                elif demand.blocked_by is None:
-                    demand.blocked_by = quota
-                continue
-            if quantity == 0:
-                continue
-            counter = quota_counter(quota, scoping, category, quantity, now)
-            ident = f"{counter.tag}:{counter.suffix}"
-            other = seen.get(ident)
-            if other is not None:
-                if counter.gating and (
-                    not other.gating or (counter.limit or 0) < (other.limit or 0)
-                ):
-                    demand.counters[demand.counters.index(other)] = counter
-                    seen[ident] = counter
-                continue
-            seen[ident] = counter
-            demand.counters.append(counter)
-        if quantity > 0 and compiled.spike is not None and compiled.spike.applies(category):
-            demand.counters.append(spike_counter(compiled.spike, scoping, category, quantity, now))
-        demands.append(demand)
+        key = (scoping, category)
+        plan = plans.get(key)
+        if plan is None or not plan.valid_from <= now < plan.valid_until:
+            plan = _build_plan(compiled, scoping, category, now)
+            if len(plans) >= MAX_CACHED_PLANS:
+                plans.clear()
+            plans[key] = plan
+        demands.append(
+            CategoryDemand(
+                category,
+                quantity,
+                [t.counter(category, quantity, now) for t in plan.templates]
+                if quantity > 0
+                else [],
+                plan.blocked_by,
+                list(plan.dry_run_blocked),
+            )
+        )
     return demands
 
 

@@ -135,7 +135,8 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
         lowered = name.lower()
         for key, val in headers.items():
             if key.lower() == lowered:
-                return val
+                found: str = val
+                return found
     return value
 
 

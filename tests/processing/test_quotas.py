@@ -307,3 +307,38 @@ def test_spike_baseline_leans_on_the_same_hour_of_the_week() -> None:
 def test_spike_baseline_with_less_than_a_day_of_history() -> None:
     assert spike_baseline([30, 10]) == 20.0
     assert spike_threshold([30, 10], 0, 2.5) == 50
+
+
+def test_plans_are_reused_within_their_windows_and_rebuilt_after() -> None:
+    quotas = [quota(id="minute", window=60), quota(id="hour", window="hour", categories=["error"])]
+    compiled = compile_quotas(quotas, spike=CompiledSpike(frozenset(), 100, 5.0, 24))
+    start = int(ts(2026, 3, 10, 12, 30))
+
+    def plan(now: float, quantity: int = 2, scope: Scoping = SCOPE) -> list[tuple[str, int, int]]:
+        (demand,) = plan_check(compiled, scope, [("error", quantity)], now)
+        return [(c.key("r"), c.increment, c.ttl) for c in demand.counters]
+
+    first = plan(start + 1)
+    assert [k for k, _, _ in first] == [
+        f"{{r:q:minute:default}}:error:{start}",
+        f"{{r:q:hour:default}}:{int(ts(2026, 3, 10, 12))}",
+        f"{{r:s:42:error}}:{int(start // 3600)}",
+    ]
+    assert len(compiled.plans) == 1
+    # Same window: the cached plan, with this envelope's quantity and the time left.
+    later = plan(start + 50, quantity=5)
+    assert [k for k, _, _ in later] == [k for k, _, _ in first]
+    assert [i for _, i, _ in later] == [5, 5, 5]
+    assert later[0][2] == first[0][2] - 49
+    # The minute window ends: a new plan (new minute key), the same hour keys.
+    after = plan(start + 60)
+    assert after[0][0] == f"{{r:q:minute:default}}:error:{start + 60}"
+    assert [k for k, _, _ in after[1:]] == [k for k, _, _ in first[1:]]
+    # A clock that steps back gets the plan of its own time, never a later window's.
+    assert plan(start + 1) == first
+    # Another key of the same project: its own plan, the same project-scoped keys.
+    other = Scoping(42, "def")
+    assert [k for k, _, _ in plan(start + 1, scope=other)] == [k for k, _, _ in first]
+    assert len(compiled.plans) == 2
+    # The cache takes no part in equality.
+    assert compiled == compile_quotas(quotas, spike=compiled.spike)
