@@ -39,6 +39,8 @@ log = logging.getLogger("relay.forwarder")
 
 #: Bodies smaller than this go uncompressed (gzip would cost more than it saves).
 GZIP_MIN_BYTES = 1024
+#: Shared `accepted` outcomes kept before the cache starts over.
+_ACCEPTED_CACHE_SIZE = 4096
 
 
 class Forwarder:
@@ -87,6 +89,8 @@ class Forwarder:
         self.keeps_unsent = keeps_unsent
         #: Points an entry at its project's upstream under the current config (in place).
         self._retarget = retarget
+        #: `accepted` outcomes by (reason, category, quantity, project id).
+        self._accepted: dict[tuple[str, str, int, int | None], Outcome] = {}
 
     def start(self) -> None:
         for i in range(self._concurrency):
@@ -131,8 +135,23 @@ class Forwarder:
                 self.outbox.done(entry)
 
     def _finish(self, entry: OutboxEntry, kind: OutcomeKind, reason: str) -> None:
+        emit = self.outcomes.emit
+        project_id = entry.project_id
+        if kind is OutcomeKind.ACCEPTED:
+            # The outcome of nearly every item: the same few values over and over, and
+            # an Outcome is immutable, so they are shared instead of built per item.
+            cache = self._accepted
+            for category, quantity in entry.quantities:
+                key = (reason, category, quantity, project_id)
+                outcome = cache.get(key)
+                if outcome is None:
+                    if len(cache) >= _ACCEPTED_CACHE_SIZE:
+                        cache.clear()
+                    outcome = cache[key] = Outcome(kind, reason, category, quantity, project_id)
+                emit(outcome)
+            return
         for category, quantity in entry.quantities:
-            self.outcomes.emit(Outcome(kind, reason, category, quantity, entry.project_id))
+            emit(Outcome(kind, reason, category, quantity, project_id))
 
     # -- upstream health -------------------------------------------------------------------
 
