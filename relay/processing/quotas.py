@@ -460,21 +460,7 @@ def sum_quantities(quantities: Iterable[tuple[str, int]]) -> dict[str, int]:
 def quota_counter(
     quota: CompiledQuota, scoping: Scoping, category: str, quantity: int, now: float
 ) -> Counter:
-    assert quota.window is not None
-    start, end = quota.window.bounds(now)
-    scope_id = scoping.scope_id(quota.scope)
-    letter = "b" if quota.kind == "budget" else "q"
-    suffix = f"{category}:{start}" if quota.per_category else str(start)
-    return Counter(
-        tag=f"{letter}:{quota.id}:{scope_id}",
-        suffix=suffix,
-        limit=quota.limit,
-        increment=quota.cost(category, quantity),
-        window_end=end,
-        ttl=max(1, math.ceil(end - now)) + KEY_GRACE_S,
-        gating=not quota.dry_run,
-        quota=quota,
-    )
+    return _quota_template(quota, scoping, category, now)[0].counter(category, quantity, now)
 
 
 def spike_tag(project_id: int, category: str) -> str:
@@ -484,18 +470,7 @@ def spike_tag(project_id: int, category: str) -> str:
 def spike_counter(
     spike: CompiledSpike, scoping: Scoping, category: str, quantity: int, now: float
 ) -> Counter:
-    hour = math.floor(now / 3600)
-    end = (hour + 1) * 3600
-    return Counter(
-        tag=spike_tag(scoping.project_id, category),
-        suffix=str(hour),
-        limit=None,
-        increment=quantity,
-        window_end=end,
-        ttl=max(1, math.ceil(end - now)) + spike.history_hours * 3600 + KEY_GRACE_S,
-        gating=True,
-        quota=None,
-    )
+    return _spike_template(spike, scoping, category, now).counter(category, quantity, now)
 
 
 def spike_history_suffixes(now: float, history_hours: int) -> list[str]:
@@ -563,8 +538,8 @@ def _build_plan(
             elif blocked_by is None:
                 blocked_by = quota
             continue
-        template = _quota_template(quota, scoping, category, now)
-        valid_from = max(valid_from, template.window_end - _window_length(quota, now))
+        template, start = _quota_template(quota, scoping, category, now)
+        valid_from = max(valid_from, start)
         valid_until = min(valid_until, template.window_end)
         ident = f"{template.tag}:{template.suffix}"
         index = seen.get(ident)
@@ -577,20 +552,10 @@ def _build_plan(
         templates.append(template)
     spike = compiled.spike
     if spike is not None and spike.applies(category):
-        hour = math.floor(now / 3600)
-        templates.append(
-            _CounterTemplate(
-                spike_tag(scoping.project_id, category),
-                str(hour),
-                None,
-                (hour + 1) * 3600,
-                True,
-                None,
-                spike.history_hours * 3600 + KEY_GRACE_S,
-            )
-        )
-        valid_from = max(valid_from, hour * 3600)
-        valid_until = min(valid_until, (hour + 1) * 3600)
+        template = _spike_template(spike, scoping, category, now)
+        templates.append(template)
+        valid_from = max(valid_from, template.window_end - 3600)
+        valid_until = min(valid_until, template.window_end)
     return _CategoryPlan(
         valid_from, valid_until, tuple(templates), blocked_by, tuple(dry_run_blocked)
     )
@@ -598,11 +563,12 @@ def _build_plan(
 
 def _quota_template(
     quota: CompiledQuota, scoping: Scoping, category: str, now: float
-) -> _CounterTemplate:
+) -> tuple[_CounterTemplate, int]:
+    """The quota's counter in the window containing `now`, and that window's start."""
     assert quota.window is not None
     start, end = quota.window.bounds(now)
     letter = "b" if quota.kind == "budget" else "q"
-    return _CounterTemplate(
+    template = _CounterTemplate(
         f"{letter}:{quota.id}:{scoping.scope_id(quota.scope)}",
         f"{category}:{start}" if quota.per_category else str(start),
         quota.limit,
@@ -611,12 +577,23 @@ def _quota_template(
         quota,
         KEY_GRACE_S,
     )
+    return template, start
 
 
-def _window_length(quota: CompiledQuota, now: float) -> int:
-    assert quota.window is not None
-    start, end = quota.window.bounds(now)
-    return end - start
+def _spike_template(
+    spike: CompiledSpike, scoping: Scoping, category: str, now: float
+) -> _CounterTemplate:
+    """The spike counter of the hour containing `now` (its limit is filled in later)."""
+    hour = math.floor(now / 3600)
+    return _CounterTemplate(
+        spike_tag(scoping.project_id, category),
+        str(hour),
+        None,
+        (hour + 1) * 3600,
+        True,
+        None,
+        spike.history_hours * 3600 + KEY_GRACE_S,
+    )
 
 
 def plan_check(
