@@ -9,24 +9,36 @@ Names (dashboards and alerts depend on them):
     relay_upstream_requests_total{status}
     relay_outbox_size / relay_outbox_bytes
     relay_upstream_limits_active
+
+The counts touched on every request or item (requests, durations, items, upstream
+requests, shadow deliveries, log lines) live in plain Python lists without locks
+(each worker process runs one event loop). `LabelledCounter` and `LabelledHistogram`
+export them when scraped; each is registered where its family appears in the output.
+The rarely changed ones (reloads, gauges) stay prometheus_client objects.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any
+import math
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     disable_created_metrics,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from relay.outcomes import Outcome, OutcomeKind
 from relay.services.limiter.core import UsageRow
@@ -35,6 +47,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+#: Upper bounds of `relay_request_duration_seconds` (+Inf is added).
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+_NEGATIVE = "Counters can only be incremented by non-negative amounts."
+
 
 class Metrics:
     """The relay's metrics; also an `OutcomeSink`."""
@@ -42,48 +59,30 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "relay_requests",
-            "HTTP requests by endpoint and status.",
-            ["endpoint", "status"],
-            registry=r,
+        self.requests = LabelledCounter(
+            "relay_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], r
         )
-        self.request_duration = Histogram(
+        self.request_duration = LabelledHistogram(
             "relay_request_duration_seconds",
             "Time to answer an ingest request.",
             ["endpoint"],
-            buckets=(
-                0.0005,
-                0.001,
-                0.0025,
-                0.005,
-                0.01,
-                0.025,
-                0.05,
-                0.1,
-                0.25,
-                0.5,
-                1,
-                2.5,
-                5,
-                10,
-            ),
-            registry=r,
+            DURATION_BUCKETS,
+            r,
         )
-        self.items = Counter(
+        self.items = LabelledCounter(
             "relay_items",
             "Envelope items by final outcome.",
             ["category", "outcome", "reason"],
-            registry=r,
+            r,
         )
-        self.item_quantity = Counter(
+        self.item_quantity = LabelledCounter(
             "relay_item_quantity",
             "Quantity (items, bytes, spans) by outcome.",
             ["category", "outcome"],
-            registry=r,
+            r,
         )
-        self.upstream_requests = Counter(
-            "relay_upstream_requests", "Requests to the upstream by status.", ["status"], registry=r
+        self.upstream_requests = LabelledCounter(
+            "relay_upstream_requests", "Requests to the upstream by status.", ["status"], r
         )
         self.outbox_size = Gauge(
             "relay_outbox_size", "Envelopes waiting for the forwarder.", registry=r
@@ -107,8 +106,8 @@ class Metrics:
             "relay_config_info", "The config revision in force (label).", ["revision"], registry=r
         )
         self._revision: str | None = None
-        self.shadow_deliveries = Counter(
-            "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], registry=r
+        self.shadow_deliveries = LabelledCounter(
+            "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], r
         )
         self.shadow_outcomes = _ShadowOutcomes(self.shadow_deliveries)
         self.quota_used = Gauge(
@@ -126,46 +125,59 @@ class Metrics:
             ["project", "category"],
             registry=r,
         )
-        # Label children, cached: `labels()` per request costs more than the increment.
-        self._item_children: dict[tuple[str, OutcomeKind, str], tuple[Any, Any]] = {}
-        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._upstream_children: dict[int | None, Any] = {}
-        self.log_messages = Counter(
-            "relay_log_messages", "Log lines of note by level.", ["level"], registry=r
+        self.log_messages = LabelledCounter(
+            "relay_log_messages", "Log lines of note by level.", ["level"], r
         )
+        # The cells each hot call adds to, by the caller's own key: one dict lookup a call.
+        self._item_cells: dict[tuple[str, OutcomeKind, str], tuple[list[float], list[float]]] = {}
+        self._request_cells: dict[tuple[str, int], tuple[list[float], list[float]]] = {}
+        self._upstream_cells: dict[int | None, list[float]] = {}
+        self._bounds = self.request_duration.bounds
 
     def emit(self, outcome: Outcome) -> None:
-        key = (outcome.category, outcome.kind, outcome.reason)
-        children = self._item_children.get(key)
-        if children is None:
-            category, kind = str(outcome.category), outcome.kind.value
-            children = (
-                self.items.labels(category, kind, outcome.reason),
-                self.item_quantity.labels(category, kind),
-            )
-            self._item_children[key] = children
-        children[0].inc()
-        children[1].inc(outcome.quantity)
+        cells = self._item_cells.get((outcome.category, outcome.kind, outcome.reason))
+        if cells is None:
+            cells = self._new_item_cells(outcome)
+        cells[0][0] += 1.0
+        quantity = outcome.quantity
+        if quantity < 0:
+            raise ValueError(_NEGATIVE)
+        cells[1][0] += quantity
+
+    def _new_item_cells(self, outcome: Outcome) -> tuple[list[float], list[float]]:
+        category, kind = str(outcome.category), outcome.kind.value
+        cells = (
+            self.items.cell(category, kind, outcome.reason),
+            self.item_quantity.cell(category, kind),
+        )
+        self._item_cells[(outcome.category, outcome.kind, outcome.reason)] = cells
+        return cells
 
     def count_request(self, endpoint: str, status: int, seconds: float) -> None:
-        key = (endpoint, status)
-        children = self._request_children.get(key)
-        if children is None:
-            children = (
-                self.requests.labels(endpoint, str(status)),
-                self.request_duration.labels(endpoint),
+        """One answered ingest request, and the seconds it took."""
+        cells = self._request_cells.get((endpoint, status))
+        if cells is None:
+            cells = self._request_cells[(endpoint, status)] = (
+                self.requests.cell(endpoint, str(status)),
+                self.request_duration.series(endpoint),
             )
-            self._request_children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        count, series = cells
+        count[0] += 1.0
+        series[-1] += seconds
+        bounds = self._bounds
+        # The first bucket with seconds <= le; NaN lands in none (bisect_left says 0).
+        i = bisect_left(bounds, seconds)
+        if i or seconds <= bounds[0]:
+            series[i] += 1.0
 
     def count_upstream(self, status: int | None) -> None:
         """One request to the upstream, by its status (None: no answer)."""
-        child = self._upstream_children.get(status)
-        if child is None:
-            child = self.upstream_requests.labels("error" if status is None else str(status))
-            self._upstream_children[status] = child
-        child.inc()
+        cell = self._upstream_cells.get(status)
+        if cell is None:
+            cell = self._upstream_cells[status] = self.upstream_requests.cell(
+                "error" if status is None else str(status)
+            )
+        cell[0] += 1.0
 
     def set_usage(self, rows: Iterable[UsageRow]) -> None:
         """Refresh the quota gauges from the limiter's usage rows (on scrape)."""
@@ -207,6 +219,120 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class LabelledCounter(Collector):
+    """A labelled counter kept in plain Python, exported when scraped.
+
+    Each label set has a cell, a one-element list holding its total; callers on a
+    hot path keep the cell and add to `cell[0]` themselves. Label sets are exported
+    in the order of first use, as prometheus_client does.
+
+    Parameters:
+        name: the family name, without `_total`.
+        documentation: the HELP text.
+        labelnames: the label names, in the order values are given.
+        registry: where it is registered at once (its place in the output).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        self._cells: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def cell(self, *labelvalues: object) -> list[float]:
+        """The cell of a label set (values are turned into strings), made on first use."""
+        key = tuple(str(v) for v in labelvalues)
+        if len(key) != len(self.labelnames):
+            raise ValueError("Incorrect label count")
+        found = self._cells.get(key)
+        if found is None:
+            found = self._cells[key] = [0.0]
+        return found
+
+    def inc(self, *labelvalues: str) -> None:
+        """Add one to a label set."""
+        found = self._cells.get(labelvalues)
+        if found is None:
+            found = self.cell(*labelvalues)
+        found[0] += 1.0
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, cell in tuple(self._cells.items()):
+            family.add_metric(key, cell[0])
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+class LabelledHistogram(Collector):
+    """A labelled histogram kept in plain Python, exported when scraped.
+
+    Each label set has a series: one count per bucket (not cumulative: a value is
+    counted in the first bucket whose upper bound is >= it; NaN in none), then the
+    sum of the values. Callers add to a series themselves (see `Metrics.count_request`).
+
+    Parameters:
+        name: the family name.
+        documentation: the HELP text.
+        labelnames: the label names, in the order values are given.
+        buckets: the upper bounds, ascending (+Inf is added when missing).
+        registry: where it is registered at once (its place in the output).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: Sequence[str],
+        buckets: Iterable[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("Buckets not in sorted order")
+        if bounds and bounds[-1] != math.inf:
+            bounds.append(math.inf)
+        if len(bounds) < 2:
+            raise ValueError("Must have at least two buckets")
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        #: Upper bounds, ascending, +Inf last.
+        self.bounds = tuple(bounds)
+        self._le: tuple[str, ...] = tuple(floatToGoString(b) for b in bounds)  # type: ignore[no-untyped-call]
+        self._series: dict[tuple[str, ...], list[float]] = {}
+        registry.register(self)
+
+    def series(self, *labelvalues: object) -> list[float]:
+        """The series of a label set (values are turned into strings), made on first use."""
+        key = tuple(str(v) for v in labelvalues)
+        if len(key) != len(self.labelnames):
+            raise ValueError("Incorrect label count")
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = [0.0] * (len(self.bounds) + 1)
+        return found
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, series in tuple(self._series.items()):
+            total = 0.0
+            buckets = []
+            for le, count in zip(self._le, series, strict=False):
+                total += count
+                buckets.append((le, total))
+            family.add_metric(key, buckets, series[-1])
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
 class _Callback(Collector):
     """A gauge or counter whose value is read from another component when scraped."""
 
@@ -229,19 +355,19 @@ class _Callback(Collector):
 class _ShadowOutcomes:
     """Outcomes of shadow copies are not item outcomes: counted on their own."""
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: LabelledCounter) -> None:
         self.counter = counter
 
     def emit(self, outcome: Outcome) -> None:
-        self.counter.labels(outcome.kind.value).inc()
+        self.counter.inc(outcome.kind.value)
 
 
 class LogCounter(logging.Handler):
     """Counts the relay's own log lines of note (warning and above) by level."""
 
-    def __init__(self, counter: Counter) -> None:
+    def __init__(self, counter: LabelledCounter) -> None:
         super().__init__(level=logging.WARNING)
         self.counter = counter
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.counter.labels(record.levelname.lower()).inc()
+        self.counter.inc(record.levelname.lower())
