@@ -219,6 +219,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _label_key(labelvalues: Sequence[object], labelnames: Sequence[str]) -> tuple[str, ...]:
+    """A label set as stored: its values as strings, one per label name."""
+    key = tuple(str(v) for v in labelvalues)
+    if len(key) != len(labelnames):
+        raise ValueError("Incorrect label count")
+    return key
+
+
 class LabelledCounter(Collector):
     """A labelled counter kept in plain Python, exported when scraped.
 
@@ -246,9 +254,7 @@ class LabelledCounter(Collector):
 
     def cell(self, *labelvalues: object) -> list[float]:
         """The cell of a label set (values are turned into strings), made on first use."""
-        key = tuple(str(v) for v in labelvalues)
-        if len(key) != len(self.labelnames):
-            raise ValueError("Incorrect label count")
+        key = _label_key(labelvalues, self.labelnames)
         found = self._cells.get(key)
         if found is None:
             found = self._cells[key] = [0.0]
@@ -310,9 +316,7 @@ class LabelledHistogram(Collector):
 
     def series(self, *labelvalues: object) -> list[float]:
         """The series of a label set (values are turned into strings), made on first use."""
-        key = tuple(str(v) for v in labelvalues)
-        if len(key) != len(self.labelnames):
-            raise ValueError("Incorrect label count")
+        key = _label_key(labelvalues, self.labelnames)
         found = self._series.get(key)
         if found is None:
             found = self._series[key] = [0.0] * (len(self.bounds) + 1)
@@ -323,7 +327,7 @@ class LabelledHistogram(Collector):
         for key, series in tuple(self._series.items()):
             total = 0.0
             buckets = []
-            for le, count in zip(self._le, series, strict=False):
+            for le, count in zip(self._le, series[:-1], strict=True):
                 total += count
                 buckets.append((le, total))
             family.add_metric(key, buckets, series[-1])
