@@ -709,9 +709,19 @@ def targets(results: dict[str, Any]) -> list[str]:
         for row in fixed["scenarios"]:
             if row["name"] in P99_TARGETS and row.get("status") == OK and row.get("vs_floor"):
                 out.append(
-                    f"{row['name']} p99 at {fixed['rate']:.0f}/s < 2x floor p99: {row['vs_floor']['p99']}x"
+                    f"{row['name']} p99 at {fixed['rate']:.0f}/s < 2x floor p99: "
+                    f"{row['vs_floor']['p99']}x{_busy(row)}"
                 )
     return out
+
+
+def _busy(row: dict[str, Any]) -> str:
+    """How much CPU the target used at the fixed rate: near one core (a worker's all),
+    requests queue and the p99 measures that, not the relay's added latency."""
+    cpu, window = row.get("cpu_s"), row.get("window_s")
+    if not cpu or not window:
+        return ""
+    return f" (the relay used {cpu / window:.2f} cores at this rate)"
 
 
 # --- main ---------------------------------------------------------------------------------
