@@ -21,7 +21,7 @@ from relay.policy.registry import ProjectPolicy
 from relay.policy.targets import Target
 from relay.processing import pipeline
 from relay.processing.context import RequestContext
-from relay.processing.quotas import Scoping
+from relay.processing.quotas import Counter, Scoping
 from relay.protocol.categories import primary_category
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
@@ -101,8 +101,9 @@ class Ingest:
         ctx: RequestContext,
         policy: CompiledPolicy,
         result: IngestResult,
-    ) -> None:
-        """Quotas, budgets and spike protection: one limiter call for the whole envelope."""
+    ) -> list[Counter]:
+        """Quotas, budgets and spike protection: one limiter call for the whole envelope.
+        Returns the counters it incremented (for a refund if the envelope is not queued)."""
         assert self.limiter is not None
         checked = await self.limiter.check(
             Scoping(ctx.project_id, ctx.public_key),
@@ -134,6 +135,7 @@ class Ingest:
                         hit.quota_id,
                     )
                     prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
+        return checked.consumed
 
     def _overloaded(self, quantities: list[tuple[str, int]], project_id: int) -> None:
         for category, quantity in quantities:
@@ -182,8 +184,9 @@ class Ingest:
                         result.rate_limits.append(limit)
             pipeline.drop_categories(prepared, rejected)
 
+        counted: list[Counter] = []
         if self.limiter is not None and policy.quotas and prepared.kept:
-            await self._check_quotas(prepared, ctx, policy, result)
+            counted = await self._check_quotas(prepared, ctx, policy, result)
 
         for dropped in prepared.dropped:
             if not dropped.dry_run:
@@ -228,6 +231,10 @@ class Ingest:
         try:
             await self.outbox.put(entry)
         except OutboxFull:
+            if counted and self.limiter is not None:
+                # Filled while this envelope was checked: the client retries it later, and
+                # the retry must not be charged twice.
+                await self.limiter.refund(counted)
             self._overloaded([(w.category, w.quantity()) for w in prepared.kept], ctx.project_id)
             result.overloaded = True
             return result

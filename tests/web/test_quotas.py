@@ -213,3 +213,34 @@ async def test_redis_down_then_back(
             break
         await asyncio.sleep(0.1)
     assert status == 200
+
+
+async def test_envelope_refused_for_a_full_outbox_is_not_charged(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    """The outbox fills while an envelope's quota is checked (the early room check passed):
+    the 503 makes the SDK send it again, so what the check counted is taken back."""
+    from relay.keys import INGEST
+    from relay.services.outbox import OutboxEntry, OutboxFull
+
+    relay: TestClient = await relay_factory(policy=quota_policy(), **backend)
+    outbox = relay.app[INGEST].outbox
+
+    async def full(entry: OutboxEntry) -> None:
+        raise OutboxFull
+
+    outbox.put = full  # type: ignore[method-assign]
+    for n in range(5):
+        resp = await relay.post("/api/42/envelope/", data=event(n), headers=auth_header())
+        assert resp.status == 503 and "outbox is full" in (await resp.json())["detail"]
+    del outbox.put  # room again: the quota (3 per minute) is untouched
+    statuses = [
+        (await relay.post("/api/42/envelope/", data=event(n), headers=auth_header())).status
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+    await recorder.wait_for(3)
+    metrics = await (await relay.get("/metrics")).text()
+    assert (
+        'relay_items_total{category="error",outcome="internal",reason="outbox_full"} 5.0' in metrics
+    )

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from relay.config import RedisConfig
-from relay.processing.quotas import CompiledQuotas, Scoping
+from relay.processing.quotas import CompiledQuotas, Counter, Scoping
 from relay.services.limiter.core import (
     REDIS_UNAVAILABLE,
     DryRunHit,
@@ -61,6 +61,10 @@ class Limiter(Protocol):
 
     async def usage(self, scopes: Iterable[tuple[Scoping, CompiledQuotas]]) -> list[UsageRow]:
         """Used, limit and window end of every counter the scopes reach."""
+        ...
+
+    async def refund(self, counters: Iterable[Counter]) -> None:
+        """Take back what a check counted (`LimitResult.consumed`); best effort."""
         ...
 
     async def close(self) -> None: ...

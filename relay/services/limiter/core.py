@@ -89,6 +89,9 @@ class LimitResult:
     dry_run: list[DryRunHit] = field(default_factory=list)
     #: The store failed during this check (`on_error` decided).
     store_error: bool = False
+    #: The counters this check incremented (of the accepted categories): what `refund`
+    #: takes back if the envelope then goes nowhere.
+    consumed: list[Counter] = field(default_factory=list)
 
     def is_rejected(self, category: str) -> bool:
         return category in self.rejected
@@ -183,10 +186,29 @@ class BaseLimiter:
         """Current values (0 when absent). Raises LimiterUnavailable."""
         raise NotImplementedError
 
+    async def _give_back(self, amounts: list[tuple[str, int]]) -> None:
+        """Decrement each key (that still exists) by its amount. Raises LimiterUnavailable."""
+        raise NotImplementedError
+
     async def close(self) -> None:
         """Release the store's connections."""
 
     # -- checks -----------------------------------------------------------------------
+
+    async def refund(self, counters: Iterable[Counter]) -> None:
+        """Take back what a check counted (`LimitResult.consumed`) for an envelope that was
+        then not queued after all (the outbox filled meanwhile): the client retries it,
+        and the retry must not be charged twice. Best effort: a store failure is counted
+        in `redis_errors`, never raised."""
+        amounts = [(c.key(self.prefix), c.increment) for c in counters if c.increment > 0]
+        if not amounts:
+            return
+        for key, _ in amounts:
+            self.active_limits.discard(key)  # it may have room again
+        try:
+            await self._give_back(amounts)
+        except LimiterUnavailable:
+            self.redis_errors += 1
 
     async def check(
         self, scope: Scoping, quantities: list[tuple[str, int]], quotas: CompiledQuotas
@@ -281,6 +303,7 @@ class BaseLimiter:
             ):
                 decisive, decisive_full = counter, full
         if consumed:
+            result.consumed += demand.counters
             return
         if decisive is None:  # the store said no, yet every counter fits: be safe
             decisive = next((c for c in demand.counters if c.gating), demand.counters[0])

@@ -58,6 +58,12 @@ class MemoryLimiter(BaseLimiter):
             answers.append((fits, values))
         return answers
 
+    async def _give_back(self, amounts: list[tuple[str, int]]) -> None:
+        for key, amount in amounts:
+            entry = self._counters.get(key)
+            if entry is not None:
+                self._counters[key] = (max(0, entry[0] - amount), entry[1])
+
     async def _read(self, keys: list[str]) -> list[int]:
         now = self._clock()
         return [self._get(k, now) for k in keys]

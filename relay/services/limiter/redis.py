@@ -321,13 +321,9 @@ class RedisLimiter(BaseLimiter):
         return results
 
     async def _refund(self, refunds: list[tuple[str, int]]) -> None:
-        by_slot: dict[int, _Call] = {}
-        for key, amount in refunds:
-            call = by_slot.setdefault(key_slot(key.encode("utf-8")), _Call(args=["r"]))
-            call.keys.append(key)
-            call.args.append(amount)
+        """Within a flush (on the flushes' connection): undo a partial reservation."""
         try:
-            await self._eval(list(by_slot.values()))
+            await self._eval(_refund_calls(refunds))
         except LimiterUnavailable:
             self.redis_errors += 1
 
@@ -407,6 +403,23 @@ class RedisLimiter(BaseLimiter):
         assert isinstance(self._client, Redis)  # not used in Cluster mode
         return self._client.connection_pool
 
+    async def _give_back(self, amounts: list[tuple[str, int]]) -> None:
+        """Refunds through the client's pool, like `_read`: never on the flushes' own
+        connection, which a flush may be using right now. One script call per slot."""
+        self._check_up()
+        try:
+            for call in _refund_calls(amounts):
+                argv = ("EVALSHA", SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
+                try:
+                    await self._client.execute_command(*argv)
+                except NoScriptError:
+                    await self._client.script_load(SCRIPT)
+                    await self._client.execute_command(*argv)
+        except _ERRORS as exc:
+            if _is_outage(exc):
+                raise self._failed(exc) from exc
+            raise LimiterUnavailable(f"redis answered an error: {exc}") from exc
+
     async def _read(self, keys: list[str]) -> list[int]:
         if not keys:
             return []
@@ -444,6 +457,16 @@ class RedisLimiter(BaseLimiter):
         await self._client.aclose()
         for helper in self._helpers:
             await helper.aclose()
+
+
+def _refund_calls(refunds: list[tuple[str, int]]) -> list[_Call]:
+    """Script calls that decrement each key by its amount, one per hash slot."""
+    by_slot: dict[int, _Call] = {}
+    for key, amount in refunds:
+        call = by_slot.setdefault(key_slot(key.encode("utf-8")), _Call(args=["r"]))
+        call.keys.append(key)
+        call.args.append(amount)
+    return list(by_slot.values())
 
 
 def _is_outage(exc: BaseException) -> bool:

@@ -174,3 +174,24 @@ async def test_cluster_spike_and_budget(cluster: list[RedisServer], clock: Clock
         assert spikes == [("1", 7, 7), ("2", 3, 7)]
     finally:
         await limiter.close()
+
+
+async def test_cluster_refund_across_slots(cluster: list[RedisServer], clock: Clock) -> None:
+    """A refund of counters in three slots (org, project, key): one call per slot."""
+    cfg = redis_config(cluster[2].url.removesuffix("/0"), mode="cluster")
+    limiter = create_limiter(cfg, clock=clock)
+    compiled = quotas(
+        {"id": "org", "categories": ["error"], "limit": 100, "window": 60},
+        {"id": "proj", "categories": ["error"], "scope": "project", "limit": 100, "window": 60},
+        {"id": "key", "categories": ["error"], "scope": "key", "limit": 100, "window": 60},
+    )
+    scope = Scoping(5, "key5")
+    try:
+        kept = [await limiter.check(scope, [("error", 2)], compiled) for _ in range(3)]
+        assert len({key_slot(c.key(cfg.prefix).encode()) for c in kept[0].consumed}) == 3
+        await limiter.refund(kept[0].consumed)
+        rows = {r.id: r.used for r in await limiter.usage([(scope, compiled)])}
+        assert rows == {"org": 4, "proj": 4, "key": 4}
+        assert limiter.redis_errors == 0
+    finally:
+        await limiter.close()

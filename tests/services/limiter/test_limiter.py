@@ -319,3 +319,36 @@ async def test_usage_lists_every_counter_once(make_limiter: MakeLimiter) -> None
     assert org.categories == ("error",) and not org.active
     fresh = await limiter.usage([(Scoping(9, "z"), compiled)])
     assert ("any", "9", None, 0) in [(r.id, r.scope_id, r.category, r.used) for r in fresh]
+
+
+async def test_refund_takes_back_what_a_check_counted(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter()
+    compiled = quotas(
+        {"id": "e", "categories": ["error"], "scope": "project", "limit": 3, "window": 60},
+        {"id": "shadow", "categories": ["error"], "limit": 1, "window": 60, "mode": "dry_run"},
+        budgets=[
+            {
+                "id": "spend",
+                "scope": "project",
+                "amount": 1.0,
+                "currency": "USD",
+                "prices": {"error": 0.25},
+            }
+        ],
+    )
+    first = await limiter.check(P42, [("error", 1), ("transaction", 2)], compiled)
+    # Every counter the accepted category incremented, dry-run ones too: nothing else.
+    assert sorted(c.quota_id for c in first.consumed) == ["e", "shadow", "spend"]
+    for _ in range(2):
+        await limiter.check(P42, [("error", 1)], compiled)
+    full = await limiter.check(P42, [("error", 1)], compiled)
+    assert full.limited and full.consumed == []  # rejected: nothing counted, nothing to refund
+
+    await limiter.refund(first.consumed)
+    rows = {r.id: r for r in await limiter.usage([(P42, compiled)])}
+    assert (rows["e"].used, rows["shadow"].used, rows["spend"].spend) == (2, 2, 0.5)
+    # The full counter had been cached as full: after the refund it is asked again, and fits.
+    again = await limiter.check(P42, [("error", 1)], compiled)
+    assert not again.limited
+    assert (await limiter.check(P42, [("error", 1)], compiled)).limited
+    await limiter.refund([])  # nothing counted: nothing asked

@@ -156,6 +156,41 @@ async def test_script_is_reloaded_after_script_flush(
         await limiter.close()
 
 
+async def test_refund_while_a_flush_runs_and_after_a_script_flush(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    """Refunds go through the pool, never the flushes' own connection: interleaved with
+    concurrent checks, every answer still matches its check, and the counts add up."""
+    limiter = create_limiter(redis_config(redis_server.url), clock=clock)
+    admin = Redis.from_url(redis_server.url)
+    compiled = quotas({"id": "r", "categories": ["error"], "limit": 10**6, "window": 60})
+    try:
+        first = await checks(limiter, 20, compiled)
+        await admin.script_flush()  # the refund loads the script again
+        await asyncio.gather(
+            *(limiter.refund(r.consumed) for r in first),
+            *(limiter.check(P42, [("error", 1)], compiled) for _ in range(30)),
+        )
+        (row,) = await limiter.usage([(P42, compiled)])
+        assert row.used == 30 and limiter.redis_errors == 0
+    finally:
+        await admin.aclose()
+        await limiter.close()
+
+
+async def test_refund_with_redis_down_is_counted_not_raised(
+    fresh_redis: RedisServer, clock: Clock
+) -> None:
+    limiter = create_limiter(redis_config(fresh_redis.url), clock=clock)
+    try:
+        (counted,) = await checks(limiter, 1)
+        fresh_redis.stop()
+        await limiter.refund(counted.consumed)
+        assert limiter.redis_errors == 1
+    finally:
+        await limiter.close()
+
+
 async def test_connection_broken_while_idle_is_replaced(
     fresh_redis: RedisServer, clock: Clock
 ) -> None:
