@@ -11,7 +11,8 @@ exp first, ...), and the report is the per-pair difference: its median, and its 
 with the standard error.
 
 A version is a git revision, checked out into a temporary work tree (removed at the
-end), or `.` for this checkout as it is, uncommitted changes included. Each side runs
+end; after a hard kill, `git worktree prune` forgets it), or `.` for this checkout as
+it is, uncommitted changes included. Each side runs
 its own `bench/` harness and relay code, under this Python, with this checkout's
 corpus (a temporary work tree has no `../shared` beside it).
 """
