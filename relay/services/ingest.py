@@ -103,7 +103,8 @@ class Ingest:
         result: IngestResult,
     ) -> list[Counter]:
         """Quotas, budgets and spike protection: one limiter call for the whole envelope.
-        Returns the counters it incremented (for a refund if the envelope is not queued)."""
+        Returns the counters it incremented for what is still kept (for a refund if the
+        envelope is not queued after all)."""
         assert self.limiter is not None
         checked = await self.limiter.check(
             Scoping(ctx.project_id, ctx.public_key),
@@ -120,6 +121,17 @@ class Ingest:
         ):
             result.store_unavailable = True
         pipeline.drop_categories(prepared, rejected)
+        consumed = checked.consumed
+        if rejected and consumed:
+            # Items dropped for a rejected category were counted in their other ones too (a
+            # transaction whose spans hit a quota; an event's attachments): a category none
+            # of whose items is left gets its count back. One still partly kept keeps it.
+            present = {c for work in prepared.kept for c, _ in work.quantities}
+            gone: list[Counter] = []
+            for category in [cat for cat in consumed if cat not in present]:
+                gone += consumed.pop(category)
+            if gone:
+                await self.limiter.refund(gone)
         if checked.dry_run:
             # Would-be drops: kept and forwarded, mirrored to the shadow project as dry-run.
             hits = {hit.category: hit for hit in checked.dry_run}
@@ -135,7 +147,7 @@ class Ingest:
                         hit.quota_id,
                     )
                     prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
-        return checked.consumed
+        return [c for counters in consumed.values() for c in counters]
 
     def _overloaded(self, quantities: list[tuple[str, int]], project_id: int) -> None:
         for category, quantity in quantities:

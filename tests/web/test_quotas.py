@@ -244,3 +244,30 @@ async def test_envelope_refused_for_a_full_outbox_is_not_charged(
     assert (
         'relay_items_total{category="error",outcome="internal",reason="outbox_full"} 5.0' in metrics
     )
+
+
+async def test_item_dropped_for_another_category_is_not_charged(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    """A transaction counts as a transaction and as spans: when its spans hit their quota
+    it is dropped, and its transaction count is taken back."""
+    policy = {
+        "quotas": [
+            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
+             "window": 60},
+            {"id": "spans", "categories": ["span"], "scope": "project", "limit": 3, "window": 60},
+        ]
+    }  # fmt: skip
+    relay: TestClient = await relay_factory(
+        policy=policy, admin={"token": "s3cret-token"}, **backend
+    )
+    body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
+    statuses = [
+        (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
+        for _ in range(3)
+    ]
+    assert statuses == [200, 429, 429]
+    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
+    used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
+    assert used == {"tx": 1, "spans": 2}
+    await recorder.wait_for(1)

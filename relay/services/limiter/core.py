@@ -89,9 +89,9 @@ class LimitResult:
     dry_run: list[DryRunHit] = field(default_factory=list)
     #: The store failed during this check (`on_error` decided).
     store_error: bool = False
-    #: The counters this check incremented (of the accepted categories): what `refund`
-    #: takes back if the envelope then goes nowhere.
-    consumed: list[Counter] = field(default_factory=list)
+    #: The counters this check incremented, per accepted category: what `refund` takes
+    #: back for items that then go nowhere.
+    consumed: dict[str, list[Counter]] = field(default_factory=dict)
 
     def is_rejected(self, category: str) -> bool:
         return category in self.rejected
@@ -303,7 +303,7 @@ class BaseLimiter:
             ):
                 decisive, decisive_full = counter, full
         if consumed:
-            result.consumed += demand.counters
+            result.consumed[demand.category] = demand.counters
             return
         if decisive is None:  # the store said no, yet every counter fits: be safe
             decisive = next((c for c in demand.counters if c.gating), demand.counters[0])

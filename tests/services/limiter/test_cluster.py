@@ -188,8 +188,9 @@ async def test_cluster_refund_across_slots(cluster: list[RedisServer], clock: Cl
     scope = Scoping(5, "key5")
     try:
         kept = [await limiter.check(scope, [("error", 2)], compiled) for _ in range(3)]
-        assert len({key_slot(c.key(cfg.prefix).encode()) for c in kept[0].consumed}) == 3
-        await limiter.refund(kept[0].consumed)
+        (counted,) = kept[0].consumed.values()
+        assert len({key_slot(c.key(cfg.prefix).encode()) for c in counted}) == 3
+        await limiter.refund(counted)
         rows = {r.id: r.used for r in await limiter.usage([(scope, compiled)])}
         assert rows == {"org": 4, "proj": 4, "key": 4}
         assert limiter.redis_errors == 0

@@ -338,13 +338,14 @@ async def test_refund_takes_back_what_a_check_counted(make_limiter: MakeLimiter)
     )
     first = await limiter.check(P42, [("error", 1), ("transaction", 2)], compiled)
     # Every counter the accepted category incremented, dry-run ones too: nothing else.
-    assert sorted(c.quota_id for c in first.consumed) == ["e", "shadow", "spend"]
+    assert list(first.consumed) == ["error"]
+    assert sorted(c.quota_id for c in first.consumed["error"]) == ["e", "shadow", "spend"]
     for _ in range(2):
         await limiter.check(P42, [("error", 1)], compiled)
     full = await limiter.check(P42, [("error", 1)], compiled)
-    assert full.limited and full.consumed == []  # rejected: nothing counted, nothing to refund
+    assert full.limited and full.consumed == {}  # rejected: nothing counted, nothing to refund
 
-    await limiter.refund(first.consumed)
+    await limiter.refund(first.consumed["error"])
     rows = {r.id: r for r in await limiter.usage([(P42, compiled)])}
     assert (rows["e"].used, rows["shadow"].used, rows["spend"].spend) == (2, 2, 0.5)
     # The full counter had been cached as full: after the refund it is asked again, and fits.

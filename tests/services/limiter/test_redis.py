@@ -168,7 +168,7 @@ async def test_refund_while_a_flush_runs_and_after_a_script_flush(
         first = await checks(limiter, 20, compiled)
         await admin.script_flush()  # the refund loads the script again
         await asyncio.gather(
-            *(limiter.refund(r.consumed) for r in first),
+            *(limiter.refund(r.consumed["error"]) for r in first),
             *(limiter.check(P42, [("error", 1)], compiled) for _ in range(30)),
         )
         (row,) = await limiter.usage([(P42, compiled)])
@@ -185,7 +185,7 @@ async def test_refund_with_redis_down_is_counted_not_raised(
     try:
         (counted,) = await checks(limiter, 1)
         fresh_redis.stop()
-        await limiter.refund(counted.consumed)
+        await limiter.refund(counted.consumed["error"])
         assert limiter.redis_errors == 1
     finally:
         await limiter.close()
