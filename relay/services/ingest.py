@@ -101,10 +101,10 @@ class Ingest:
         ctx: RequestContext,
         policy: CompiledPolicy,
         result: IngestResult,
-    ) -> list[Counter]:
+    ) -> dict[str, list[Counter]]:
         """Quotas, budgets and spike protection: one limiter call for the whole envelope.
-        Returns the counters it incremented for what is still kept (for a refund if the
-        envelope is not queued after all)."""
+        Returns the counters it incremented for what is still kept, per category (for a
+        refund if the envelope is not queued after all)."""
         assert self.limiter is not None
         checked = await self.limiter.check(
             Scoping(ctx.project_id, ctx.public_key),
@@ -147,7 +147,7 @@ class Ingest:
                         hit.quota_id,
                     )
                     prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
-        return [c for counters in consumed.values() for c in counters]
+        return consumed
 
     def _overloaded(self, quantities: list[tuple[str, int]], project_id: int) -> None:
         for category, quantity in quantities:
@@ -196,7 +196,7 @@ class Ingest:
                         result.rate_limits.append(limit)
             pipeline.drop_categories(prepared, rejected)
 
-        counted: list[Counter] = []
+        counted: dict[str, list[Counter]] = {}
         if self.limiter is not None and policy.quotas and prepared.kept:
             counted = await self._check_quotas(prepared, ctx, policy, result)
 
@@ -246,7 +246,7 @@ class Ingest:
             if counted and self.limiter is not None:
                 # Filled while this envelope was checked: the client retries it later, and
                 # the retry must not be charged twice.
-                await self.limiter.refund(counted)
+                await self.limiter.refund(c for counters in counted.values() for c in counters)
             self._overloaded([(w.category, w.quantity()) for w in prepared.kept], ctx.project_id)
             result.overloaded = True
             return result
