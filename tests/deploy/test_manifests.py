@@ -299,13 +299,7 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
 
 def test_requirements_lock_pins_every_runtime_dependency() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    pins: dict[str, str] = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            name, sep, version = line.partition("==")
-            assert sep and version, line
-            pins[_canonical(name)] = version
+    pins = _pins(ROOT / "requirements.lock")
     for dep in pyproject["project"]["dependencies"]:
         name = re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]
         assert _canonical(name) in pins, name
@@ -316,6 +310,34 @@ def test_requirements_lock_pins_every_runtime_dependency() -> None:
     ]
     assert ".git" in text and ".venv" in text
     assert "requirements.lock" not in text and "relay" not in text
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version, line
+            pins[_canonical(name)] = version
+    return pins
+
+
+def test_test_lock_pins_the_test_tools_and_bootstrap_installs_with_both_locks() -> None:
+    runtime = _pins(ROOT / "requirements.lock")
+    tools = _pins(ROOT / "requirements-test.lock")
+    assert not runtime.keys() & tools.keys()  # one version per package, in one file
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for dep in pyproject["project"]["optional-dependencies"]["test"]:
+        name = re.split(r"[<>=!~;\[ ]", dep, maxsplit=1)[0]
+        assert _canonical(name) in tools, name
+    bootstrap = (ROOT / "scripts" / "bootstrap").read_text()
+    installs = [line for line in bootstrap.splitlines() if "pip install" in line and "-e " in line]
+    assert installs and all("--constraint requirements-test.lock" in line for line in installs)
+    plain = [
+        line for line in bootstrap.splitlines() if "pip install" in line and "upgrade" not in line
+    ]
+    assert len(plain) == 2 and all("--constraint requirements.lock" in line for line in plain)
 
 
 def _canonical(name: str) -> str:

@@ -535,7 +535,7 @@ def connect(cfg: RedisConfig) -> tuple[Client, list[Redis]]:
             name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
             nodes.append((name, int(port or 26379)))
         db = int(parts.path.strip("/") or 0)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             nodes,
             sentinel_kwargs={
                 "socket_timeout": SOCKET_TIMEOUT_S,
