@@ -10,6 +10,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -178,3 +180,36 @@ def test_cpu_ratio_counts_redis_and_reaches_the_targets() -> None:
         # `none` runs at the fixed rate for its CPU only: no latency target.
         "default-redis p99 at 800/s < 2x floor p99: 1.0x (the relay used 1.20 cores at this rate)",
     ]
+
+
+def test_two_workers_with_redis_are_reported_beside_the_one_core_targets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import run
+
+    scenario = run.load_scenarios()["workers-2-redis"]
+    assert scenario.config["workers"] == 2 and "redis" in scenario.config
+    monkeypatch.setitem(run.SCENARIO_BASELINES, scenario.name, scenario.baseline)
+    floor = _row("floor", 0.4)
+    closed = [_row("default-redis", 0.8), _row("workers-2-redis", 0.8)]
+    closed[1]["sustained_per_s"] = 1700.0
+    add_ratios(closed, floor)
+    assert closed[1]["vs_default-redis"] == {"throughput": 1.7}
+    fixed_floor = _row("floor", 0.6)
+    fixed = [_row("default-redis", 0.9), _row("workers-2-redis", 1.0)]
+    fixed[0]["latency_ms"] = {"p99": 300.0}
+    fixed[1]["latency_ms"] = {"p99": 15.0}
+    add_ratios(fixed, fixed_floor)
+    lines = targets(
+        {
+            "scenarios": closed,
+            "fixed_rate": {"rate": 800.0, "floor": fixed_floor, "scenarios": fixed},
+        }
+    )
+    assert lines[-3:] == [
+        "  (workers-2-redis: 1.7x default-redis, reported, no target)",
+        "default-redis p99 at 800/s < 2x floor p99: 30.0x (the relay used 0.90 cores at this rate)",
+        "  (workers-2-redis p99 at 800/s < 2x floor p99: 1.5x (the relay used 1.00 cores at this"
+        " rate); two workers, the target is for one)",
+    ]
+    assert run.DEFAULT_RATE_SCENARIOS[-1] == "workers-2-redis"
