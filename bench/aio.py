@@ -39,3 +39,16 @@ async def serve_app(app: web.Application, port: int) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
+
+
+async def serve_server(server: web.Server, port: int) -> None:
+    """Serve a low-level `server` on loopback until cancelled, as `serve_app` does."""
+    runner = web.ServerRunner(server, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
+    await site.start()
+    print(f"listening {runner.addresses[0][1]}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -213,3 +213,39 @@ def test_two_workers_with_redis_are_reported_beside_the_one_core_targets(
         " rate); two workers, the target is for one)",
     ]
     assert run.DEFAULT_RATE_SCENARIOS[-1] == "workers-2-redis"
+
+
+async def test_upstream_counts_envelopes_and_refuses_what_is_not_one() -> None:
+    import aiohttp
+    from aiohttp import web
+    from upstream import Counters, make_server
+
+    counters = Counters()
+    runner = web.ServerRunner(make_server(counters), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    envelope = b'{"event_id":"a"}\n{"type":"event"}\n{}\n'
+    try:
+        async with aiohttp.ClientSession(auto_decompress=False) as session:
+
+            async def post(path: str, body: bytes, encoding: str = "") -> int:
+                headers = {"Content-Encoding": encoding} if encoding else {}
+                async with session.post(base + path, data=body, headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+            assert await post("/api/1/envelope/", gzip.compress(envelope), "gzip") == 200
+            assert await post("/api/1/envelope/", envelope) == 200
+            assert await post("/api/1/envelope/", b"[]") == 400
+            assert await post("/api/1/envelope/", b"not gzip", "gzip") == 400
+            assert await post("/api/1/store/", b"{}") == 200
+            assert await post("/api/1/envelope", envelope) == 404
+            assert await post("/other/", envelope) == 404
+            async with session.get(base + "/__bench/stats") as resp:
+                stats = await resp.json()
+    finally:
+        await runner.cleanup()
+    assert stats["requests"] == 5 and stats["envelopes"] == 2 and stats["bad"] == 2
+    assert stats["bytes_inflated"] == 2 * len(envelope) + 2 + 2 and stats["cpu_s"] > 0
