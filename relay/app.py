@@ -186,7 +186,9 @@ async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
     side = web.Application()
     side[METRICS_SOURCE] = app
     side.router.add_get("/metrics", health.metrics_of_parent)
-    runner = web.AppRunner(side, access_log=None)
+    runner = web.AppRunner(
+        side, access_log=None, keepalive_timeout=float(app[CONFIG].listen.keepalive_timeout_s)
+    )
     await runner.setup()
     site = web.TCPSite(
         runner, host.strip("[]") or "127.0.0.1", int(port), reuse_port=app[CONFIG].workers > 1

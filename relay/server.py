@@ -95,6 +95,7 @@ def serve_worker(config: Config, *, config_path: str | None, worker: int | None)
         port=config.listen.port,
         reuse_port=worker is not None,
         backlog=config.listen.backlog,
+        keepalive_timeout=float(config.listen.keepalive_timeout_s),
         shutdown_timeout=config.shutdown_timeout,
         print=None,
         access_log=None,

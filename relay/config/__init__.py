@@ -65,6 +65,9 @@ class ListenConfig(Section, frozen=True):
     trusted_proxies: list[str] = []
     #: Pending connections the kernel queues before the relay accepts them (listen(2)).
     backlog: int = 1024
+    #: How long a connection may stay idle between requests, and the most a client may
+    #: take to send a request's line and headers, before the relay closes it.
+    keepalive_timeout_s: Duration = Duration(75)
 
 
 class UpstreamConfig(Section, frozen=True):
@@ -337,6 +340,10 @@ def _check_core(config: Config) -> list[Problem]:
         )
     if not 0 < config.listen.backlog <= 65535:
         problems.append(Problem("listen.backlog", "must be between 1 and 65535"))
+    if not 0 < config.listen.keepalive_timeout_s <= 3600:
+        problems.append(
+            Problem("listen.keepalive_timeout_s", "must be more than 0 and at most 3600 seconds")
+        )
     if config.listen.metrics is not None:
         _, sep, port = config.listen.metrics.rpartition(":")
         if not sep or not port.isdigit() or not 0 < int(port) < 65536:

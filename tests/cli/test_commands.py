@@ -141,3 +141,14 @@ def test_check_config_listen_backlog_bounds(
     path.write_text(f"listen:\n  backlog: {backlog}\n")
     assert main(["check-config", str(path)]) == 1
     assert "listen.backlog: must be between 1 and 65535" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "2h"])
+def test_check_config_listen_keepalive_timeout_bounds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text(f"listen:\n  keepalive_timeout_s: {value}\n")
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "listen.keepalive_timeout_s: must be more than 0 and at most 3600 seconds" in err

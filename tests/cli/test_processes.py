@@ -220,6 +220,41 @@ def test_the_listener_gets_the_configured_backlog(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(server, "_install_uvloop", lambda: None)
     server.serve_worker(parse_config({}, env={}), config_path=None, worker=None)
     assert seen["backlog"] == 1024
-    config = parse_config({"listen": {"backlog": 4096}}, env={})
+    assert seen["keepalive_timeout"] == 75.0
+    config = parse_config({"listen": {"backlog": 4096, "keepalive_timeout_s": "30s"}}, env={})
     server.serve_worker(config, config_path=None, worker=None)
     assert seen["backlog"] == 4096
+    assert seen["keepalive_timeout"] == 30.0
+
+
+async def test_a_client_slow_to_send_its_headers_is_cut_off_at_the_keepalive_timeout(
+    tmp_path: Path, upstream_url: str, processes: list[RelayProcess]
+) -> None:
+    """A connection that trickles its request line and headers (slowloris) is closed
+    `listen.keepalive_timeout_s` after it opened, however steadily it sends."""
+    relay = RelayProcess(tmp_path, base_config(upstream_url, listen={"keepalive_timeout_s": 1}))
+    processes.append(relay)
+    await asyncio.to_thread(relay.start)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    opened = time.monotonic()
+    writer.write(b"POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\n")
+    closed_after: float | None = None
+    for n in range(40):  # one header line every 0.1 s: 4 s if never cut off
+        writer.write(b"X-Slow-%d: x\r\n" % n)
+        try:
+            await writer.drain()
+            got = await asyncio.wait_for(reader.read(1024), 0.1)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            got = b""
+        if not got:
+            closed_after = time.monotonic() - opened
+            break
+    writer.close()
+    assert closed_after is not None, "the relay kept a slow-header connection for 4 s"
+    assert 0.9 < closed_after < 3.0
+    # An ordinary client on its own connection is served as usual.
+    async with aiohttp.ClientSession() as session:
+        assert await post(session, relay.url, envelope(1)) == 200
+    assert relay.stop() == 0

@@ -20,7 +20,8 @@ from tests.support.redis_server import free_port
 class RelayProcess:
     def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
         self.port = free_port()
-        config = {**config, "listen": {"host": "127.0.0.1", "port": self.port}}
+        listen = {**config.get("listen", {}), "host": "127.0.0.1", "port": self.port}
+        config = {**config, "listen": listen}
         self.config_path = tmp / "relay.yml"
         self.write_config(config)
         self.pid_file = tmp / "relay.pid"
