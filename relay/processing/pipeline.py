@@ -14,7 +14,7 @@ it, as Sentry does. Every dropped item yields exactly one `Outcome`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -281,6 +281,20 @@ def _drop_dependents(result: Prepared, cause: Dropped) -> None:
         else:
             kept.append(work)
     result.kept = kept
+
+
+def categories_left(prepared: Prepared, rejected: Collection[str]) -> set[str]:
+    """The categories the kept items would still count in once `drop_categories` dropped
+    those of `rejected` (and, with a dropped event, its dependents); nothing is changed."""
+    left = [w for w in prepared.kept if not any(c in rejected for c, _ in w.quantities)]
+    if len(left) < len(prepared.kept) and any(
+        w.event is not None
+        and w.type in ("event", "transaction")
+        and any(c in rejected for c, _ in w.quantities)
+        for w in prepared.kept
+    ):
+        left = [w for w in left if w.type not in DEPENDENT_TYPES]
+    return {c for w in left for c, _ in w.quantities}
 
 
 def drop_categories(

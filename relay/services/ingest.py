@@ -13,6 +13,7 @@ forwarder. Only the scrubbed, serialized envelope reaches the outbox.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
@@ -110,6 +111,7 @@ class Ingest:
             Scoping(ctx.project_id, ctx.public_key),
             list(prepared.quantities().items()),
             policy.quotas,
+            partial(pipeline.categories_left, prepared),
         )
         rejected: dict[str, tuple[str, str | None]] = {}
         for category, rejection in checked.rejected.items():
@@ -123,9 +125,10 @@ class Ingest:
         pipeline.drop_categories(prepared, rejected)
         consumed = checked.consumed
         if rejected and consumed:
-            # Items dropped for a rejected category were counted in their other ones too (a
-            # transaction whose spans hit a quota; an event's attachments): a category none
-            # of whose items is left gets its count back. One still partly kept keeps it.
+            # Items dropped for a category rejected by this very check were counted in their
+            # other ones too (a transaction whose spans hit a quota; an event's attachments):
+            # a category none of whose items is left gets its count back; one still partly
+            # kept keeps it. (A category known full beforehand had them skipped: `left`.)
             present = {c for work in prepared.kept for c, _ in work.quantities}
             gone: list[Counter] = []
             for category in [cat for cat in consumed if cat not in present]:

@@ -271,3 +271,42 @@ async def test_item_dropped_for_another_category_is_not_charged(
     used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
     assert used == {"tx": 1, "spans": 2}
     await recorder.wait_for(1)
+
+
+async def test_item_going_with_a_category_known_full_is_not_counted_at_all(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    """Once the span counter is known to be full, a transaction is rejected without its
+    transaction count being taken and given back: no refund, no extra round trip."""
+    from relay.keys import INGEST
+
+    policy = {
+        "quotas": [
+            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
+             "window": 60},
+            {"id": "spans", "categories": ["span"], "scope": "project", "limit": 4, "window": 60},
+        ]
+    }  # fmt: skip
+    relay: TestClient = await relay_factory(
+        policy=policy, admin={"token": "s3cret-token"}, **backend
+    )
+    limiter = relay.app[INGEST].limiter
+    refunds: list[object] = []
+    give_back = limiter._give_back
+
+    async def counted(amounts: Any) -> None:
+        refunds.append(amounts)
+        await give_back(amounts)
+
+    limiter._give_back = counted
+    body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
+    statuses = [
+        (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
+        for _ in range(5)
+    ]
+    assert statuses == [200, 200, 429, 429, 429]
+    assert refunds == []
+    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
+    used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
+    assert used == {"tx": 2, "spans": 4}
+    await recorder.wait_for(2)

@@ -17,7 +17,7 @@ their window ends).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 from relay.config import RedisConfig
@@ -54,9 +54,15 @@ class Limiter(Protocol):
         ...
 
     async def check(
-        self, scope: Scoping, quantities: list[tuple[str, int]], quotas: CompiledQuotas
+        self,
+        scope: Scoping,
+        quantities: list[tuple[str, int]],
+        quotas: CompiledQuotas,
+        left: Callable[[Collection[str]], Collection[str]] | None = None,
     ) -> LimitResult:
-        """Consume what fits, per category all-or-nothing; say what was rejected."""
+        """Consume what fits, per category all-or-nothing; say what was rejected. `left`
+        names the categories still kept once those rejected before counting are dropped:
+        no other is counted."""
         ...
 
     async def usage(self, scopes: Iterable[tuple[Scoping, CompiledQuotas]]) -> list[UsageRow]:

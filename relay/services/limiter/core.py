@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from relay.processing.quotas import (
@@ -211,9 +211,20 @@ class BaseLimiter:
             self.redis_errors += 1
 
     async def check(
-        self, scope: Scoping, quantities: list[tuple[str, int]], quotas: CompiledQuotas
+        self,
+        scope: Scoping,
+        quantities: list[tuple[str, int]],
+        quotas: CompiledQuotas,
+        left: Callable[[Collection[str]], Collection[str]] | None = None,
     ) -> LimitResult:
-        """Count an envelope's quantities against every quota that applies."""
+        """Count an envelope's quantities against every quota that applies.
+
+        `left`: given the categories rejected before anything is counted (a zero limit,
+        or a counter known to be full), the categories whose items are still kept. A
+        category outside it is not counted at all: its items go with the rejected ones
+        (a transaction whose spans are over quota, a rejected event's attachments), so
+        counting it would only have to be given back.
+        """
         result = LimitResult()
         if not quotas:
             return result
@@ -236,6 +247,9 @@ class BaseLimiter:
                 result.rejected[demand.category] = _cached_rejection(demand, cached, now)
                 continue
             pending.append(demand)
+        if result.rejected and pending and left is not None:
+            kept = left(result.rejected.keys())
+            pending = [demand for demand in pending if demand.category in kept]
         if not pending:
             return result
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from relay.processing.quotas import Scoping
@@ -353,3 +354,35 @@ async def test_refund_takes_back_what_a_check_counted(make_limiter: MakeLimiter)
     assert not again.limited
     assert (await limiter.check(P42, [("error", 1)], compiled)).limited
     await limiter.refund([])  # nothing counted: nothing asked
+
+
+async def test_categories_going_with_a_known_rejection_are_not_counted(
+    make_limiter: MakeLimiter,
+) -> None:
+    """A transaction counts as a transaction and as spans: once the span counter is known to
+    be full, the transaction (dropped with its spans) is not counted, so nothing has to
+    be given back."""
+    limiter = make_limiter()
+    compiled = quotas(
+        {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
+         "window": 60},
+        {"id": "spans", "categories": ["span"], "scope": "project", "limit": 4, "window": 60},
+    )  # fmt: skip
+    both = [("transaction", 1), ("span", 2)]
+    asked: list[set[str]] = []
+
+    def left(rejected: Collection[str]) -> set[str]:
+        asked.append(set(rejected))
+        return set() if "span" in rejected else {"transaction", "span"}
+
+    for _ in range(2):
+        assert not (await limiter.check(P42, both, compiled, left)).limited
+    assert asked == []  # nothing rejected before counting: not asked
+    third = await limiter.check(P42, both, compiled, left)
+    assert asked == [{"span"}]
+    assert list(third.rejected) == ["span"] and third.consumed == {}
+    # Without `left` the transaction is counted, though its item goes with the spans.
+    fourth = await limiter.check(P42, both, compiled)
+    assert list(fourth.rejected) == ["span"] and list(fourth.consumed) == ["transaction"]
+    used = {r.id: r.used for r in await limiter.usage([(P42, compiled)])}
+    assert used == {"tx": 3, "spans": 4}
