@@ -30,20 +30,15 @@ LOOPBACK = "127.0.0.1"
 
 async def serve_app(app: web.Application, port: int) -> None:
     """Serve `app` on loopback until cancelled; print the bound port for the harness."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
-    await site.start()
-    print(f"listening {runner.addresses[0][1]}", flush=True)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await runner.cleanup()
+    await _serve(web.AppRunner(app, access_log=None), port)
 
 
 async def serve_server(server: web.Server, port: int) -> None:
     """Serve a low-level `server` on loopback until cancelled, as `serve_app` does."""
-    runner = web.ServerRunner(server, access_log=None)
+    await _serve(web.ServerRunner(server, access_log=None), port)
+
+
+async def _serve(runner: web.BaseRunner, port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
     await site.start()
