@@ -30,15 +30,7 @@ LOOPBACK = "127.0.0.1"
 
 async def serve_app(app: web.Application, port: int) -> None:
     """Serve `app` on loopback until cancelled; print the bound port for the harness."""
-    await _serve(web.AppRunner(app, access_log=None), port)
-
-
-async def serve_server(server: web.Server, port: int) -> None:
-    """Serve a low-level `server` on loopback until cancelled, as `serve_app` does."""
-    await _serve(web.ServerRunner(server, access_log=None), port)
-
-
-async def _serve(runner: web.BaseRunner, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, LOOPBACK, port, backlog=1024)
     await site.start()

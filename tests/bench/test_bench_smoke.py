@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import subprocess
@@ -217,35 +218,59 @@ def test_two_workers_with_redis_are_reported_beside_the_one_core_targets(
 
 async def test_upstream_counts_envelopes_and_refuses_what_is_not_one() -> None:
     import aiohttp
-    from aiohttp import web
-    from upstream import Counters, make_server
+    from upstream import Counters, start
 
     counters = Counters()
-    runner = web.ServerRunner(make_server(counters), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    server = await start(counters)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
     envelope = b'{"event_id":"a"}\n{"type":"event"}\n{}\n'
-    try:
-        async with aiohttp.ClientSession(auto_decompress=False) as session:
 
-            async def post(path: str, body: bytes, encoding: str = "") -> int:
+    async def chunks() -> Any:
+        yield envelope[:10]
+        yield envelope[10:]
+
+    try:
+        connector = aiohttp.TCPConnector(limit=1)  # every request on the one kept-alive connection
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+
+            async def post(path: str, body: Any, encoding: str = "") -> tuple[int, bytes]:
                 headers = {"Content-Encoding": encoding} if encoding else {}
                 async with session.post(base + path, data=body, headers=headers) as resp:
-                    await resp.read()
-                    return resp.status
+                    return resp.status, await resp.read()
 
-            assert await post("/api/1/envelope/", gzip.compress(envelope), "gzip") == 200
-            assert await post("/api/1/envelope/", envelope) == 200
-            assert await post("/api/1/envelope/", b"[]") == 400
-            assert await post("/api/1/envelope/", b"not gzip", "gzip") == 400
-            assert await post("/api/1/store/", b"{}") == 200
-            assert await post("/api/1/envelope", envelope) == 404
-            assert await post("/other/", envelope) == 404
+            assert await post("/api/1/envelope/", gzip.compress(envelope), "gzip") == (
+                200,
+                b'{"id":null}',
+            )
+            assert (await post("/api/1/envelope/", envelope))[0] == 200
+            assert (await post("/api/1/envelope/?sentry_key=k", chunks()))[0] == 200  # chunked
+            assert (await post("/api/1/envelope/", b"[]"))[0] == 400
+            assert (await post("/api/1/envelope/", b"not gzip", "gzip"))[0] == 400
+            assert (await post("/api/1/store/", b"{}"))[0] == 200
+            assert (await post("/api/1/envelope", envelope))[0] == 404
+            assert (await post("/other/", envelope))[0] == 404
             async with session.get(base + "/__bench/stats") as resp:
                 stats = await resp.json()
+            assert len(connector._conns) == 1  # all on one connection: keep-alive works
+
+        # Two requests in one write (pipelined) are answered in order; then a malformed
+        # one is answered 400 and the connection closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        one = b"POST /api/1/envelope/ HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(envelope),
+            envelope,
+        )
+        writer.write(one + one.replace(b"envelope/", b"nothing/x/"))
+        first = await reader.readuntil(b'{"id":null}')
+        second = await reader.readuntil(b'{"detail":"not found"}')
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b"HTTP/1.1 404" in second
+        writer.write(b"NOT HTTP\r\n\r\n")
+        rest = await asyncio.wait_for(reader.read(), 5)  # read to EOF: the server closed
+        assert rest.startswith(b"HTTP/1.1 400") and b"Connection: close" in rest
+        writer.close()
     finally:
-        await runner.cleanup()
-    assert stats["requests"] == 5 and stats["envelopes"] == 2 and stats["bad"] == 2
-    assert stats["bytes_inflated"] == 2 * len(envelope) + 2 + 2 and stats["cpu_s"] > 0
+        server.close()
+        await server.wait_closed()
+    assert stats["requests"] == 6 and stats["envelopes"] == 3 and stats["bad"] == 2
+    assert stats["bytes_inflated"] == 3 * len(envelope) + 2 + 2 and stats["cpu_s"] > 0
+    assert counters.envelopes == 4 and counters.requests == 7
