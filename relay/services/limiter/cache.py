@@ -1,19 +1,25 @@
-"""Active limits: counters known to be full, remembered in-process until their window ends.
+"""Active limits: counters known to have too little room, remembered in-process until
+their window ends.
 
-A counter is cached only when it has no room left at all (`used >= limit`). Counters
-only grow within a window, so such a counter rejects every further item until the
-window ends, and answering from the cache is exact: a limited SDK costs no Redis call.
+A counter is cached when a check found it without room for what was asked: full
+(`used >= limit`, room 0), or with `room` left but less than a demand needed (a
+transaction's spans, an attachment's bytes: quantities above 1 leave a counter over
+for them yet not full). Counters only grow within a window, so a later demand larger
+than the cached room is rejected exactly as the store would reject it, without asking
+it; a demand that fits the room is asked as usual. (Refunds shrink a counter: the
+limiter forgets the counters it gives back to.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, slots=True)
 class CachedLimit:
-    """Why a full counter rejects, and until when (Unix seconds on the limiter's clock)."""
+    """Why a counter rejects demands above `room`, and until when (Unix seconds on the
+    limiter's clock)."""
 
     expires_at: float
     quota_id: str
@@ -21,10 +27,15 @@ class CachedLimit:
     scope: str
     #: Categories an SDK should stop sending (`X-Sentry-Rate-Limits`).
     categories: tuple[str, ...]
+    #: The counter's limit when it was cached: under another limit (a reload, a new spike
+    #: threshold) the entry says nothing and is dropped.
+    limit: int
+    #: What still fits (0: the counter is full).
+    room: int = 0
 
 
 class ActiveLimits:
-    """Full counters by key.
+    """Counters with too little room, by key.
 
     Parameters:
         max_entries: bound on remembered counters; when reached, expired entries are
@@ -45,19 +56,29 @@ class ActiveLimits:
                 del self._entries[next(iter(self._entries))]
         self._entries[key] = limit
 
-    def lookup(self, keys: Iterable[str], now: float) -> CachedLimit | None:
-        """The active limit among `keys` that lasts longest, or None."""
+    def lookup(
+        self, demands: Iterable[tuple[str, int, int | None]], now: float
+    ) -> CachedLimit | None:
+        """Of the active limits of the (key, increment, limit) `demands` that reject their
+        increment, the one that lasts longest; or None. A limit of None (a spike threshold
+        not looked up yet, fixed for its hour-long window) matches any entry."""
         found: CachedLimit | None = None
-        for key in keys:
+        for key, increment, limit in demands:
             entry = self._entries.get(key)
             if entry is None:
                 continue
-            if entry.expires_at <= now:
+            if entry.expires_at <= now or (limit is not None and entry.limit != limit):
                 del self._entries[key]
                 continue
-            if found is None or entry.expires_at > found.expires_at:
+            if increment > entry.room and (found is None or entry.expires_at > found.expires_at):
                 found = entry
         return found
+
+    def narrow(self, key: str, room: int) -> None:
+        """A check counted on `key` and left it `room`: a cached entry keeps the smaller room."""
+        entry = self._entries.get(key)
+        if entry is not None and room < entry.room:
+            self._entries[key] = replace(entry, room=room)
 
     def discard(self, key: str) -> None:
         self._entries.pop(key, None)

@@ -1,8 +1,8 @@
 """What every limiter backend shares: results, usage rows, and the check itself.
 
 `BaseLimiter.check` plans the counters (`relay.processing.quotas.plan_check`),
-answers what it can without the backend (`limit: 0`, full counters cached in
-`ActiveLimits`), fills in spike thresholds (recomputed once per hour from the
+answers what it can without the backend (`limit: 0`, counters cached in
+`ActiveLimits` as full or with less room than asked), fills in spike thresholds (recomputed once per hour from the
 backend's history), lets the backend consume (`_consume`: per category
 all-or-nothing, categories independent), and turns the answer into a `LimitResult`.
 
@@ -166,7 +166,8 @@ class BaseLimiter:
         self._on_error = on_error
         self.prefix = prefix
         self.active_limits = ActiveLimits()
-        #: How long a full counter is believed without asking the store again;
+        #: How long a cached counter (full, or its room) is believed without asking the
+        #: store again;
         #: None: until its window ends (exact whenever counters never shrink).
         self.full_cache_s: float | None = None
         #: Store failures (`relay_redis_errors_total`): checks decided without the store,
@@ -220,7 +221,7 @@ class BaseLimiter:
         """Count an envelope's quantities against every quota that applies.
 
         `left`: given the categories rejected before anything is counted (a zero limit,
-        or a counter known to be full), the categories whose items are still kept. A
+        or a counter known to lack room), the categories whose items are still kept. A
         category outside it is not counted at all: its items go with the rejected ones
         (a transaction whose spans are over quota, a rejected event's attachments), so
         counting it would only have to be given back.
@@ -241,7 +242,8 @@ class BaseLimiter:
             if not demand.counters:
                 continue
             cached = self.active_limits.lookup(
-                (c.key(self.prefix) for c in demand.counters if c.gating), now
+                ((c.key(self.prefix), c.increment, c.limit) for c in demand.counters if c.gating),
+                now,
             )
             if cached is not None:
                 result.rejected[demand.category] = _cached_rejection(demand, cached, now)
@@ -294,7 +296,10 @@ class BaseLimiter:
                     )
                 continue
             full = after >= limit
-            if full:
+            over = not consumed and before + counter.increment > limit
+            if full or over:
+                # No room left, or less than this demand needed: later demands above the
+                # room are rejected from the cache (see `ActiveLimits`).
                 self.active_limits.add(
                     counter.key(self.prefix),
                     CachedLimit(
@@ -306,15 +311,19 @@ class BaseLimiter:
                         quota_id=counter.quota_id,
                         reason=counter.reason,
                         scope=counter.scope,
-                        categories=counter.header_categories(demand.category),
+                        categories=(
+                            counter.header_categories(demand.category)
+                            if full
+                            else (demand.category,)
+                        ),
+                        limit=limit,
+                        room=max(0, limit - after),
                     ),
                     now,
                 )
-            if (
-                not consumed
-                and before + counter.increment > limit
-                and (decisive is None or counter.window_end > decisive.window_end)
-            ):
+            elif consumed and self.active_limits:
+                self.active_limits.narrow(counter.key(self.prefix), limit - after)
+            if over and (decisive is None or counter.window_end > decisive.window_end):
                 decisive, decisive_full = counter, full
         if consumed:
             result.consumed[demand.category] = demand.counters
@@ -563,7 +572,8 @@ def _cached_rejection(demand: CategoryDemand, cached: CachedLimit, now: float) -
         cached.reason,
         RateLimit(
             retry_after=max(1.0, cached.expires_at - now),
-            categories=cached.categories,
+            # A full counter stops all its categories; one with room left, this one.
+            categories=cached.categories if cached.room == 0 else (demand.category,),
             scope=cached.scope,
             reason=cached.reason,
         ),

@@ -31,8 +31,9 @@ check returns. Consequences, documented and tested:
   check can be rejected by the reservation it undoes. Under contention on several
   slots at once the relay can therefore accept slightly fewer items than a limit
   allows, never more;
-- since counters can shrink (refunds), a full counter is believed from the in-process
-  cache for `CLUSTER_FULL_CACHE_S` only, not until its window ends.
+- since counters can shrink (refunds), a full counter (or the room left in one) is
+  believed from the in-process cache for `CLUSTER_FULL_CACHE_S` only, not until its
+  window ends.
 
 Standalone and Sentinel run the whole check as one script call, fully atomic.
 

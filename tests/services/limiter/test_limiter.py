@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
+from typing import Any
 
 from relay.processing.quotas import Scoping
 from relay.protocol.ratelimit_header import RateLimit, format_rate_limits
@@ -209,6 +210,94 @@ async def test_full_counters_are_answered_from_the_cache(make_limiter: MakeLimit
     assert len(limiter.active_limits) == 1  # type: ignore[attr-defined]
     result = await limiter.check(P42, [("error", 1)], compiled)
     assert result.rejected["error"].quota_id == "c"
+
+
+def count_store_calls(limiter: Any) -> Callable[[], int]:
+    """How many times the limiter has asked its store to count (a spy, the store is real)."""
+    calls = 0
+    consume = limiter._consume
+
+    async def counting(demands: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await consume(demands)
+
+    limiter._consume = counting
+    return lambda: calls
+
+
+async def test_counters_with_too_little_room_are_answered_from_the_cache(
+    make_limiter: MakeLimiter,
+) -> None:
+    """Spans count many to an envelope: a demand they overflow leaves the counter over for
+    it but not full. Until the window ends, a demand above the room left is rejected
+    without asking the store; one that fits is asked, and narrows the room."""
+    limiter = make_limiter()
+    compiled = quotas(
+        {"id": "spans", "categories": ["span"], "scope": "project", "limit": 10, "window": 60}
+    )
+    calls = count_store_calls(limiter)
+    assert not (await limiter.check(P42, [("span", 7)], compiled)).limited
+    first = await limiter.check(P42, [("span", 5)], compiled)  # 7 + 5 > 10: the store says no
+    assert first.rejected["span"].rate_limit == RateLimit(45.0, ("span",), "project", "spans")
+    assert calls() == 2
+    again = await limiter.check(P42, [("span", 4)], compiled)  # above the room of 3
+    assert again.rejected["span"].rate_limit == first.rejected["span"].rate_limit
+    assert again.rejected["span"].quantity == 4 and again.consumed == {}
+    assert calls() == 2  # answered from the cache
+    assert not (await limiter.check(P42, [("span", 2)], compiled)).limited  # fits: 9 of 10
+    assert calls() == 3
+    assert (await limiter.check(P42, [("span", 2)], compiled)).limited  # the room is 1 now
+    assert calls() == 3
+    assert not (await limiter.check(P42, [("span", 1)], compiled)).limited  # 10: full
+    full = await limiter.check(P42, [("span", 1)], compiled)
+    assert full.limited and calls() == 4
+    rows = {r.id: r for r in await limiter.usage([(P42, compiled)])}
+    assert rows["spans"].used == 10
+
+
+async def test_a_cached_room_rejects_each_category_of_a_shared_counter_for_itself(
+    make_limiter: MakeLimiter, clock: Clock
+) -> None:
+    limiter = make_limiter()
+    compiled = quotas(
+        {"id": "e", "categories": ["error", "default"], "scope": "project", "limit": 3,
+         "window": 60},
+        {"id": "a", "categories": ["attachment"], "scope": "project", "limit": 1000,
+         "window": 60},
+    )  # fmt: skip
+    assert not (await limiter.check(P42, [("error", 2)], compiled)).limited
+    assert (await limiter.check(P42, [("default", 2)], compiled)).rejected[
+        "default"
+    ].rate_limit.categories == ("default",)
+    calls = count_store_calls(limiter)
+    cached = await limiter.check(P42, [("error", 2), ("attachment", 600)], compiled)
+    # Not full: the header names the category asked for, not the one that found the room.
+    assert cached.rejected["error"].rate_limit.categories == ("error",)
+    assert list(cached.consumed) == ["attachment"] and calls() == 1
+    assert (await limiter.check(P42, [("attachment", 500)], compiled)).limited  # 600 + 500
+    assert (await limiter.check(P42, [("attachment", 401)], compiled)).limited  # room 400
+    assert calls() == 2
+    clock.advance(60)  # a new window: a new counter, nothing cached for it
+    assert not (await limiter.check(P42, [("attachment", 900), ("error", 2)], compiled)).limited
+    assert calls() == 3
+
+
+async def test_a_cached_limit_is_forgotten_when_the_quota_changes(
+    make_limiter: MakeLimiter,
+) -> None:
+    """A reload that raises a quota's limit takes effect at once, cached counters or not."""
+    limiter = make_limiter()
+    entry = {"id": "c", "categories": ["error", "span"], "scope": "project", "window": 60}
+    small = quotas({**entry, "limit": 2})
+    for _ in range(2):
+        await limiter.check(P42, [("error", 1)], small)
+    assert (await limiter.check(P42, [("span", 1)], small)).limited  # full, cached
+    larger = quotas({**entry, "limit": 4})
+    assert not (await limiter.check(P42, [("error", 1)], larger)).limited
+    assert (await limiter.check(P42, [("span", 2)], larger)).limited  # over: room 1, cached
+    larger_still = quotas({**entry, "limit": 5})
+    assert not (await limiter.check(P42, [("span", 2)], larger_still)).limited
 
 
 async def test_dry_run_accepts_and_reports(make_limiter: MakeLimiter) -> None:
