@@ -267,11 +267,13 @@ class RedisLimiter(BaseLimiter):
         for job in jobs:
             job_results = results[pos : pos + len(job.calls)]
             pos += len(job.calls)
-            answers, job_refunds = _assemble(job, job_results)
+            answers, job_refunds, broken = _assemble(job, job_results)
             refunds.extend(job_refunds)
             failed = next((r for r in job_results if isinstance(r, BaseException)), None)
-            if failed is None:
+            if failed is None and broken is None:
                 outcomes.append((job, answers))
+            elif failed is None:
+                outcomes.append((job, LimiterUnavailable(f"redis could not count: {broken}")))
             elif _is_outage(failed):
                 outcomes.append((job, self._failed(failed)))
             else:
@@ -291,8 +293,9 @@ class RedisLimiter(BaseLimiter):
 
     async def _merged_eval(self, jobs: list[_Job]) -> list[Any]:
         """Standalone and Sentinel: every job has one call (one slot); they go as few script
-        calls as `MAX_MERGED_GROUPS` allows, and each job gets its part of the answers (an
-        error reply is every merged job's answer)."""
+        calls as `MAX_MERGED_GROUPS` allows, and each job gets its part of the answers. A
+        key that holds no integer fails only its own group (the script says so per group);
+        an error reply of the whole call (e.g. Redis out of memory) is every merged job's."""
         merged: list[_Call] = []
         lengths: list[list[int]] = []  # per merged call: each call's answer length
         current: _Call | None = None
@@ -475,17 +478,25 @@ def _is_outage(exc: BaseException) -> bool:
     return not isinstance(exc, ResponseError) or isinstance(exc, ClusterError)
 
 
+#: A group's flag in the script's answer when one of its keys holds no integer.
+_BROKEN = 2
+
+
 def _assemble(
     job: _Job, results: list[Any]
-) -> tuple[list[tuple[bool, list[int]]], list[tuple[str, int]]]:
-    """Per demand: consumed in every slot?, values before; and what to refund.
+) -> tuple[list[tuple[bool, list[int]]], list[tuple[str, int]], str | None]:
+    """Per demand: consumed in every slot?, values before; what to refund; and why the
+    store could not answer this job, if it could not.
 
     A call that failed counts as rejecting each of its groups, so what the job's other
-    calls consumed is given back.
+    calls consumed is given back. A group whose counter holds no integer (a key written
+    by something else) fails the job, and everything the job consumed is given back:
+    the check is decided as if Redis were unavailable, for this job only.
     """
     consumed = [True] * len(job.demands)
     values = [[0] * len(d.counters) for d in job.demands]
     taken: list[list[tuple[str, int]]] = [[] for _ in job.demands]
+    broken: str | None = None
     for call, flat in zip(job.calls, results, strict=True):
         if isinstance(flat, BaseException):
             for d, _ in call.groups:
@@ -494,7 +505,11 @@ def _assemble(
         pos = 0
         key_pos = 0
         for d, indices in call.groups:
-            ok = int(flat[pos]) == 1
+            flag = int(flat[pos])
+            ok = flag == 1
+            if flag == _BROKEN and broken is None:
+                bad = call.keys[key_pos : key_pos + len(indices)]
+                broken = f"a counter holds no integer (one of {', '.join(bad)})"
             pos += 1
             for i in indices:
                 values[d][i] = int(flat[pos])
@@ -506,10 +521,10 @@ def _assemble(
                 consumed[d] = False
     refunds: list[tuple[str, int]] = []
     for d in range(len(job.demands)):
-        if not consumed[d]:
+        if broken is not None or not consumed[d]:
             # Rejected in one slot: give back what other slots consumed.
             refunds.extend(taken[d])
-    return list(zip(consumed, values, strict=True)), refunds
+    return list(zip(consumed, values, strict=True)), refunds, broken
 
 
 def connect(cfg: RedisConfig) -> tuple[Client, list[Redis]]:

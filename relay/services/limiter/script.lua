@@ -5,13 +5,33 @@
 -- KEYS holds the counters of all groups in order. A group is one data category:
 -- when every counter of the group fits (value + increment <= limit), each of them is
 -- incremented (a new key gets its ttl); otherwise none is. Returns a flat array: per
--- group 1 (consumed) or 0 (rejected), then each counter's value before the check.
+-- group 1 (consumed), 0 (rejected) or 2 (a counter of the group holds something other
+-- than an integer: nothing of the group is touched), then each counter's value before
+-- the check (0 for a key that holds no integer). A bad key fails only its own group.
 --
--- Refund: ARGV = "r", then one amount per key; decrements the keys that still exist.
+-- Refund: ARGV = "r", then one amount per key; decrements the keys that still exist
+-- and hold an integer.
+
+local function is_integer(raw)
+  return type(raw) == "string" and string.match(raw, "^-?%d+$") ~= nil
+end
+
+-- The counter's value: 0 when absent, nil when the key holds anything but an integer
+-- (another type answers GET with an error, which `pcall` returns instead of raising).
+local function counter_at(key)
+  local raw = redis.pcall("GET", key)
+  if raw == false then
+    return 0
+  end
+  if not is_integer(raw) then
+    return nil
+  end
+  return tonumber(raw)
+end
 
 if ARGV[1] == "r" then
   for i = 1, #KEYS do
-    if redis.call("EXISTS", KEYS[i]) == 1 then
+    if is_integer(redis.pcall("GET", KEYS[i])) then
       redis.call("DECRBY", KEYS[i], ARGV[i + 1])
     end
   end
@@ -26,8 +46,13 @@ for _ = 1, tonumber(ARGV[2]) do
   pos = pos + 1
   local values = {}
   local fits = true
+  local broken = false
   for i = 1, n do
-    local value = tonumber(redis.call("GET", KEYS[base + i]) or "0")
+    local value = counter_at(KEYS[base + i])
+    if value == nil then
+      broken = true
+      value = 0
+    end
     values[i] = value
     local limit = tonumber(ARGV[pos + 3 * (i - 1)])
     local increment = tonumber(ARGV[pos + 3 * (i - 1) + 1])
@@ -35,9 +60,13 @@ for _ = 1, tonumber(ARGV[2]) do
       fits = false
     end
   end
-  out[#out + 1] = fits and 1 or 0
+  if broken then
+    out[#out + 1] = 2
+  else
+    out[#out + 1] = fits and 1 or 0
+  end
   for i = 1, n do
-    if fits then
+    if fits and not broken then
       local key = KEYS[base + i]
       local increment = ARGV[pos + 3 * (i - 1) + 1]
       local after = redis.call("INCRBY", key, increment)

@@ -141,6 +141,53 @@ async def test_merged_script_calls_answer_each_check(
         await limiter.close()
 
 
+@pytest.mark.parametrize("bad", ["list", "text", "decimal"])
+async def test_a_counter_key_holding_no_integer_fails_only_its_own_check(
+    redis_server: RedisServer, clock: Clock, bad: str
+) -> None:
+    """A key in the relay's prefix overwritten by something else (another type, text) fails
+    the checks that need it, as an unavailable store would, and nothing else: the checks
+    merged into the same script call are answered and counted as usual, and what the
+    failed check counted in its other categories is given back."""
+    cfg = redis_config(redis_server.url)
+    limiter = create_limiter(cfg, clock=clock)
+    admin = Redis.from_url(redis_server.url)
+    p43 = Scoping(project_id=43, public_key="abc")
+    compiled = quotas(
+        {"id": "errors", "categories": ["error"], "scope": "project", "limit": 10, "window": 60},
+        {"id": "spans", "categories": ["span"], "scope": "project", "limit": 100, "window": 60},
+    )
+    try:
+        first = await limiter.check(p43, [("error", 1)], compiled)
+        key = first.consumed["error"][0].key(cfg.prefix)
+        await admin.delete(key)
+        if bad == "list":
+            await admin.lpush(key, "x")
+        else:
+            await admin.set(key, "abc" if bad == "text" else "1.5")
+        results = await asyncio.gather(
+            limiter.check(P42, [("error", 1)], compiled),
+            limiter.check(p43, [("span", 5), ("error", 1)], compiled),
+            limiter.check(P42, [("error", 2), ("span", 3)], compiled),
+        )
+        assert [r.store_error for r in results] == [False, True, False]
+        assert not results[0].limited and not results[2].limited
+        assert list(results[2].consumed) == ["error", "span"]
+        assert limiter.redis_errors == 1
+        rows = {(r.scope_id, r.id): r.used for r in await limiter.usage(
+            [(P42, compiled), (p43, compiled)]
+        )}  # fmt: skip
+        # Project 43's spans were counted by the script, then given back with the error.
+        assert rows[("42", "errors")] == 3 and rows[("42", "spans")] == 3
+        assert rows[("43", "spans")] == 0
+        assert (await admin.type(key)) == (b"list" if bad == "list" else b"string")
+        await limiter.refund(first.consumed["error"])  # a refund skips the bad key
+        assert limiter.redis_errors == 1
+    finally:
+        await admin.aclose()
+        await limiter.close()
+
+
 async def test_script_is_reloaded_after_script_flush(
     redis_server: RedisServer, clock: Clock
 ) -> None:
