@@ -50,7 +50,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     config_path = args.config or os.environ.get("RELAY_CONFIG")
-    return serve(config, config_path=config_path, worker=args.worker, pid_file=args.pid_file)
+    return serve(
+        config,
+        config_path=config_path,
+        worker=args.worker,
+        worker_dir=args.worker_dir,
+        pid_file=args.pid_file,
+    )
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -116,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--pid-file", help="write the process id here (for `relay reload`)")
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-dir", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
     reload = sub.add_parser("reload", help="ask a running relay to re-read its config (SIGHUP)")

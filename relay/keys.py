@@ -15,6 +15,7 @@ from relay.services.ingest import Ingest
 from relay.services.limiter import Limiter
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox
+from relay.services.peers import WorkerPeers
 from relay.services.shadow import Shadow
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web.body import BodyBudget
@@ -44,3 +45,5 @@ BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 #: On the internal metrics app: the relay app whose metrics it serves.
 METRICS_SOURCE = web.AppKey("metrics_source", web.Application)
+#: Under `workers: N`: the other workers, whose metrics a scrape includes.
+PEERS = web.AppKey("peers", WorkerPeers)

@@ -12,19 +12,25 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from aiohttp import web
 
 from relay.app import create_app
 from relay.config import Config
+from relay.keys import PEERS
 from relay.logs import setup_logging
+from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
+from relay.web.health import render_metrics
 
 log = logging.getLogger("relay")
 
@@ -65,6 +71,7 @@ def serve(
     *,
     config_path: str | None = None,
     worker: int | None = None,
+    worker_dir: str | None = None,
     pid_file: str | None = None,
 ) -> int:
     setup_logging(config.log.level, config.log.format)
@@ -74,12 +81,22 @@ def serve(
             Path(pid_file).write_text(f"{os.getpid()}\n")
         if config.workers > 1:
             return Supervisor(config, config_path).run()
-    return serve_worker(config, config_path=config_path, worker=worker)
+    return serve_worker(config, config_path=config_path, worker=worker, worker_dir=worker_dir)
 
 
-def serve_worker(config: Config, *, config_path: str | None, worker: int | None) -> int:
+def serve_worker(
+    config: Config,
+    *,
+    config_path: str | None,
+    worker: int | None,
+    worker_dir: str | None = None,
+) -> int:
     _install_uvloop()
     app = create_app(config, worker=worker)
+    if worker is not None and worker_dir is not None:
+        peers = WorkerPeers(worker_dir, worker, config.workers)
+        app[PEERS] = peers
+        app.cleanup_ctx.append(peers.serving(partial(render_metrics, app)))
 
     async def sighup(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
@@ -135,11 +152,23 @@ class Supervisor:
         self.restarts: dict[int, list[float]] = {}
         self._stopping = False
         self._reload = False
+        #: The workers' private sockets (their metrics, for one scrape of all of them).
+        self.worker_dir: str | None = None
+        try:
+            self.worker_dir = tempfile.mkdtemp(prefix="relay-workers-")
+        except OSError as exc:
+            log.warning(
+                "no directory for the workers' sockets (%s): each scrape of /metrics "
+                "shows one worker",
+                exc,
+            )
 
     def _spawn(self, index: int) -> None:
         args = [sys.executable, "-m", "relay", "run", "--worker", str(index)]
         if self.config_path:
             args += ["--config", self.config_path]
+        if self.worker_dir is not None:
+            args += ["--worker-dir", self.worker_dir]
         self.children[index] = subprocess.Popen(args)
         log.info("worker %d started (pid %d)", index, self.children[index].pid)
 
@@ -190,4 +219,6 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+        if self.worker_dir is not None:
+            shutil.rmtree(self.worker_dir, ignore_errors=True)
         return 0

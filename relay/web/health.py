@@ -13,6 +13,7 @@ from relay.keys import (
     METRICS,
     METRICS_SOURCE,
     OUTBOX,
+    PEERS,
     REGISTRY,
     STATE,
     UPSTREAM_LIMITS,
@@ -53,14 +54,24 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return await render_metrics(request.app)
+    return await _metrics_response(request.app)
 
 
 async def metrics_of_parent(request: web.Request) -> web.Response:
-    return await render_metrics(request.app[METRICS_SOURCE])
+    return await _metrics_response(request.app[METRICS_SOURCE])
 
 
-async def render_metrics(app: web.Application) -> web.Response:
+async def _metrics_response(app: web.Application) -> web.Response:
+    """This process's metrics; under `workers: N`, every worker's (`WorkerPeers`)."""
+    body = await render_metrics(app)
+    peers = app.get(PEERS)
+    if peers is not None:
+        body = await peers.gather(body)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def render_metrics(app: web.Application) -> bytes:
+    """This process's metrics, gauges read now, as Prometheus text."""
     m = app[METRICS]
     outbox = app[OUTBOX]
     m.outbox_size.set(len(outbox))
@@ -78,7 +89,7 @@ async def render_metrics(app: web.Application) -> web.Response:
             rows = None
         if rows is not None:
             m.set_usage(rows)
-    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE})
+    return m.render()
 
 
 def add_routes(app: web.Application, *, with_metrics: bool = True) -> None:

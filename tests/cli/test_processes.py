@@ -83,6 +83,27 @@ async def test_sighup_reload_applies_good_config_and_keeps_old_on_bad(
     assert relay.stop() == 0
 
 
+async def scrape(url: str) -> tuple[dict[str, float], float]:
+    """`relay_requests_total{endpoint="envelope",status="200"}` by worker, and
+    `relay_workers_scraped`, of one scrape on a new connection (any worker may answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(f"{url}/metrics") as resp,
+    ):
+        assert resp.status == 200
+        text = await resp.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    per_worker = {
+        s.labels["worker"]: s.value
+        for s in families["relay_requests"].samples
+        if s.labels.get("endpoint") == "envelope" and s.labels.get("status") == "200"
+    }
+    return per_worker, families["relay_workers_scraped"].samples[0].value
+
+
 async def test_workers_share_the_port_and_a_killed_worker_is_restarted(
     tmp_path: Path, upstream_url: str, recorder: RecordingUpstream, processes: list[RelayProcess]
 ) -> None:
@@ -93,10 +114,18 @@ async def test_workers_share_the_port_and_a_killed_worker_is_restarted(
         while len(relay.children()) < 2:
             await asyncio.sleep(0.05)
     first = relay.children()
+    async with asyncio.timeout(15):  # both workers listening: a scrape reaches both
+        while (await scrape(relay.url))[1] < 2:
+            await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as session:
         statuses = await asyncio.gather(*(post(session, relay.url, envelope(n)) for n in range(40)))
         assert set(statuses) == {200}
         await recorder.wait_for(40)
+        # Whichever worker a scrape reaches answers for both: the counts add up to 40.
+        for _ in range(6):
+            per_worker, scraped = await scrape(relay.url)
+            assert scraped == 2 and sum(per_worker.values()) == 40
+            assert set(per_worker) <= {"0", "1"}
         os.kill(first[0], signal.SIGKILL)
         async with asyncio.timeout(15):
             while True:
@@ -108,6 +137,9 @@ async def test_workers_share_the_port_and_a_killed_worker_is_restarted(
             *(post(session, relay.url, envelope(n)) for n in range(100, 140))
         )
         assert set(statuses) == {200}
+        async with asyncio.timeout(15):  # the new worker serves its socket in turn
+            while (await scrape(relay.url))[1] < 2:
+                await asyncio.sleep(0.05)
     await recorder.wait_for(80)
     assert relay.stop() == 0
 
