@@ -52,13 +52,13 @@ class WorkerPeers:
 
     def serving(
         self, render: Callable[[], Awaitable[bytes]]
-    ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-        """A cleanup context serving this worker's own metrics (`render`) on its socket."""
+    ) -> Callable[[web.Application], AsyncIterator[None]]:
+        """A cleanup context (for `app.cleanup_ctx`) serving this worker's own metrics
+        (`render`) on its socket."""
 
         async def own(request: web.Request) -> web.Response:
             return web.Response(body=await render())
 
-        @contextlib.asynccontextmanager
         async def ctx(app: web.Application) -> AsyncIterator[None]:
             side = web.Application()
             side.router.add_get("/metrics", own)

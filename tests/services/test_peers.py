@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -67,7 +68,7 @@ async def test_a_worker_answers_for_the_others_it_reaches(tmp_path: Path) -> Non
 
     app = web.Application()
     (tmp_path / "worker-0.sock").write_text("stale")  # left by a previous process
-    async with peers[0].serving(render_zero)(app):
+    async with asynccontextmanager(peers[0].serving(render_zero))(app):
         merged = (await peers[1].gather(worker_metrics(2, 0).encode())).decode()
     got = samples(merged)
     key = ("relay_requests_total", (("endpoint", "envelope"), ("status", "200")))

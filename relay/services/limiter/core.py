@@ -2,9 +2,10 @@
 
 `BaseLimiter.check` plans the counters (`relay.processing.quotas.plan_check`),
 answers what it can without the backend (`limit: 0`, counters cached in
-`ActiveLimits` as full or with less room than asked), fills in spike thresholds (recomputed once per hour from the
-backend's history), lets the backend consume (`_consume`: per category
-all-or-nothing, categories independent), and turns the answer into a `LimitResult`.
+`ActiveLimits` as full or with less room than asked), fills in spike thresholds
+(recomputed once per hour from the backend's history), lets the backend consume
+(`_consume`: per category all-or-nothing, categories independent), and turns the
+answer into a `LimitResult`.
 
 Dry-run quotas never reject. They count what the category actually accepted (so
 their usage can go past the limit) and report a `DryRunHit` whenever an accepted
