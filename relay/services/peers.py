@@ -65,9 +65,16 @@ class WorkerPeers:
             runner = web.AppRunner(side, access_log=None)
             await runner.setup()
             path = self.socket_path(self.index)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)  # left by this worker's previous process
-            await web.UnixSite(runner, path).start()
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)  # left by this worker's previous process
+                await web.UnixSite(runner, path).start()
+            except OSError as exc:
+                # The worker serves without it: scrapes that reach another worker miss
+                # this one's metrics (`relay_workers_scraped` says so).
+                log.warning(
+                    "worker %d cannot serve its metrics socket %s: %s", self.index, path, exc
+                )
             try:
                 yield
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,3 +77,23 @@ async def test_a_worker_answers_for_the_others_it_reaches(tmp_path: Path) -> Non
     assert got[(key[0], (*key[1], ("worker", "1")))] == 2
     assert not any(("worker", "2") in labels for _, labels in got)
     assert got[("relay_workers_scraped", ())] == 2 and got[("relay_workers", ())] == 3
+
+
+async def test_a_socket_that_cannot_be_served_leaves_the_worker_running(
+    tmp_path: Path, caplog: Any
+) -> None:
+    """A directory whose socket path is too long for AF_UNIX (a long `$TMPDIR`): the worker
+    goes on serving, and a scrape reaching another worker counts it as not scraped."""
+    from aiohttp import web
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    peers = [WorkerPeers(str(deep), i, 2) for i in range(2)]
+
+    async def render() -> bytes:
+        return worker_metrics(1, 0).encode()
+
+    async with asynccontextmanager(peers[0].serving(render))(web.Application()):
+        assert "cannot serve its metrics socket" in caplog.text
+        merged = (await peers[1].gather(worker_metrics(2, 0).encode())).decode()
+    assert samples(merged)[("relay_workers_scraped", ())] == 1
