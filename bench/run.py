@@ -9,7 +9,8 @@ Starts, each in its own process group: a recording upstream (bench/upstream.py),
 the target (bench/floor.py, or `python -m relay run` on a generated config), and
 the load generator: `wrk` with bench/wrk.lua (bench/wrkgen.py) for closed-loop
 runs when wrk is installed, else the aiohttp client bench/loadgen.py, which also
-drives every fixed-rate run (wrk has no constant-rate mode). A scenario is a YAML file in
+drives every fixed-rate run, on its lean httptools client (wrk has no constant-rate
+mode). A scenario is a YAML file in
 bench/scenarios/: a relay config plus a `bench:` section (`description`,
 optionally `baseline`), which the harness removes before filling in the listen
 port, the upstream, the corpus project, `redis.url` and `spool.path`.
@@ -167,7 +168,8 @@ class Options:
     duration: float
     project: int
     key: str
-    #: Closed-loop load generator: "wrk" or "aiohttp" (fixed-rate runs always use aiohttp).
+    #: Closed-loop load generator: "wrk" or "aiohttp" (fixed-rate runs always use
+    #: bench/loadgen.py's httptools client).
     loadgen: str = "aiohttp"
     wrk_threads: int = 1
 
@@ -772,7 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--loadgen",
         choices=("auto", "wrk", "aiohttp"),
         default="auto",
-        help="closed-loop load generator; auto: wrk when on PATH (fixed rate: always aiohttp)",
+        help="closed-loop load generator; auto: wrk when on PATH (fixed rate: always "
+        "bench/loadgen.py on httptools)",
     )
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
     p.add_argument(
@@ -834,7 +837,7 @@ def describe_loadgen(loadgen: str, threads: int) -> str:
         return (
             f"wrk, {threads} thread{'s' if threads != 1 else ''} (bench/wrkgen.py, bench/wrk.lua)"
         )
-    return "aiohttp (bench/loadgen.py)"
+    return f"{loadgen} (bench/loadgen.py)"
 
 
 def _resolve_name(name: str, scenarios: dict[str, Scenario]) -> str:
@@ -916,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "loadgen": describe_loadgen(loadgen, opts.wrk_threads),
-            "loadgen_fixed_rate": describe_loadgen("aiohttp", 1),
+            "loadgen_fixed_rate": describe_loadgen("httptools", 1),
             "soak": args.soak,
             "duration_s": args.duration,
             "warmup_s": args.warmup,
@@ -997,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 f"fixed rate: {fixed['rate']:g} envelopes/s offered "
                 f"({fixed['fraction_of_floor']:g} x floor); load generator: "
-                f"{describe_loadgen('aiohttp', 1)}",
+                f"{describe_loadgen('httptools', 1)}",
             )
         )
     results["targets"] = targets(results)

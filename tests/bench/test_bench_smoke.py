@@ -38,7 +38,7 @@ METRICS = {
 }
 
 #: Two seconds of the `none` scenario and of the floor under wrk, then one second of
-#: each at a fixed rate under the aiohttp generator.
+#: each at a fixed rate under bench/loadgen.py's httptools client.
 ARGS = ["--duration", "2", "--warmup", "0.5", "--connections", "8", "--loadgen", "wrk"]
 ARGS += ["--scenarios", "none", "--rate-scenarios", "none", "--rate-duration", "1"]
 
@@ -87,7 +87,7 @@ def test_harness_smoke(tmp_path: Path) -> None:
     assert sum(row["mix_sent"].values()) == row["sent"]
     fixed = results["fixed_rate"]
     (rate_row,) = fixed["scenarios"]
-    assert fixed["floor"]["loadgen"] == "aiohttp" and rate_row["loadgen"] == "aiohttp"
+    assert fixed["floor"]["loadgen"] == "httptools" and rate_row["loadgen"] == "httptools"
     assert rate_row["status"] == "ok", rate_row.get("reason")
     assert rate_row["envelopes_per_s"] > 0
 
@@ -274,3 +274,52 @@ async def test_upstream_counts_envelopes_and_refuses_what_is_not_one() -> None:
     assert stats["requests"] == 6 and stats["envelopes"] == 3 and stats["bad"] == 2
     assert stats["bytes_inflated"] == 3 * len(envelope) + 2 + 2 and stats["cpu_s"] > 0
     assert counters.envelopes == 4 and counters.requests == 7
+
+
+async def test_lean_fixed_rate_client_queues_on_its_connections_and_reports_failures() -> None:
+    """bench/loadgen.py's httptools client: at most `limit` keep-alive connections, requests
+    beyond them wait in order, every request is answered once (status or error)."""
+    from corpus import Body
+    from loadgen import LeanClient, request_bytes
+    from upstream import Counters, start
+
+    from tests.support.redis_server import free_port
+
+    counters = Counters()
+    server = await start(counters)
+    port = server.sockets[0].getsockname()[1]
+    envelope = b'{"event_id":"a"}\n{"type":"event"}\n{}\n'
+    body = Body("e", envelope, gzip.compress(envelope))
+    headers = {"Content-Type": "application/x-sentry-envelope", "Content-Encoding": "gzip"}
+    answers: list[tuple[int | None, str | None]] = []
+    all_done = asyncio.Event()
+
+    def done(status: int | None, error: str | None) -> None:
+        answers.append((status, error))
+        if len(answers) == 30:
+            all_done.set()
+
+    client = LeanClient("127.0.0.1", port, limit=4)
+    try:
+        for i in range(30):
+            url = f"http://127.0.0.1:{port}{'/api/42/envelope/' if i % 10 else '/other/'}"
+            client.send(request_bytes(url, body, headers), done)
+        assert client.open == 4 and len(client.waiting) == 30
+        await asyncio.wait_for(all_done.wait(), 10)
+        assert sorted(answers, key=str) == [(200, None)] * 27 + [(404, None)] * 3
+        assert client.open == 4 and len(client.idle) == 4  # kept alive, reused
+        assert counters.envelopes == 27
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    refused: list[tuple[int | None, str | None]] = []
+    down = LeanClient("127.0.0.1", free_port(), limit=2)
+    down.send(request_bytes("http://127.0.0.1:1/api/42/envelope/", body, headers),
+              lambda s, e: refused.append((s, e)))  # fmt: skip
+    for _ in range(100):
+        if refused:
+            break
+        await asyncio.sleep(0.02)
+    assert refused == [(None, "ConnectionRefusedError")] and down.open == 0
