@@ -27,7 +27,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -270,14 +270,7 @@ async def lean_fixed_rate(
         return done
 
     try:
-        for i in itertools.count():
-            scheduled = begin + i / rate
-            if scheduled >= run_.end:
-                break
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            run_.sent += 1
+        async for i, scheduled in schedule(begin, rate, run_):
             outstanding += 1
             finished.clear()
             n = i % len(bodies)
@@ -290,6 +283,20 @@ async def lean_fixed_rate(
                 pass
     finally:
         client.close()
+
+
+async def schedule(begin: float, rate: float, run_: Run) -> AsyncIterator[tuple[int, float]]:
+    """The fixed-rate schedule: (index, scheduled start) of each send, `rate` per second
+    from `begin` until the window ends, each yielded at its time and counted as sent."""
+    for i in itertools.count():
+        scheduled = begin + i / rate
+        if scheduled >= run_.end:
+            return
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        run_.sent += 1
+        yield i, scheduled
 
 
 async def announce(run_: Run) -> None:
@@ -337,14 +344,7 @@ async def fixed_rate(
         status, error = await send(session, url, body, headers)
         run_.record(scheduled, status, error, body)
 
-    for i in itertools.count():
-        scheduled = begin + i / rate
-        if scheduled >= run_.end:
-            break
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        run_.sent += 1
+    async for i, scheduled in schedule(begin, rate, run_):
         task = asyncio.create_task(one(scheduled, bodies[i % len(bodies)]))
         pending.add(task)
         task.add_done_callback(pending.discard)

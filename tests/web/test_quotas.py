@@ -246,6 +246,22 @@ async def test_envelope_refused_for_a_full_outbox_is_not_charged(
     )
 
 
+def spy_refunds(relay: TestClient) -> list[object]:
+    """What the relay's limiter gives back, call by call (it still gives it back)."""
+    from relay.keys import INGEST
+
+    limiter: Any = relay.app[INGEST].limiter
+    refunds: list[object] = []
+    give_back = limiter._give_back
+
+    async def counted(amounts: Any) -> None:
+        refunds.append(amounts)
+        await give_back(amounts)
+
+    limiter._give_back = counted
+    return refunds
+
+
 async def test_item_dropped_for_another_category_is_not_charged(
     relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
 ) -> None:
@@ -253,8 +269,6 @@ async def test_item_dropped_for_another_category_is_not_charged(
     it is dropped, and its transaction count is taken back. The span counter is then over
     for two spans, not full (3 of 3 would be): later transactions are rejected from the
     limiter's cache of its room, so there is nothing to take back for them."""
-    from relay.keys import INGEST
-
     policy = {
         "quotas": [
             {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
@@ -265,15 +279,7 @@ async def test_item_dropped_for_another_category_is_not_charged(
     relay: TestClient = await relay_factory(
         policy=policy, admin={"token": "s3cret-token"}, **backend
     )
-    limiter = relay.app[INGEST].limiter
-    refunds: list[object] = []
-    give_back = limiter._give_back
-
-    async def counted(amounts: Any) -> None:
-        refunds.append(amounts)
-        await give_back(amounts)
-
-    limiter._give_back = counted
+    refunds = spy_refunds(relay)
     body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
     statuses = [
         (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
@@ -292,8 +298,6 @@ async def test_item_going_with_a_category_known_full_is_not_counted_at_all(
 ) -> None:
     """Once the span counter is known to be full, a transaction is rejected without its
     transaction count being taken and given back: no refund, no extra round trip."""
-    from relay.keys import INGEST
-
     policy = {
         "quotas": [
             {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
@@ -304,15 +308,7 @@ async def test_item_going_with_a_category_known_full_is_not_counted_at_all(
     relay: TestClient = await relay_factory(
         policy=policy, admin={"token": "s3cret-token"}, **backend
     )
-    limiter = relay.app[INGEST].limiter
-    refunds: list[object] = []
-    give_back = limiter._give_back
-
-    async def counted(amounts: Any) -> None:
-        refunds.append(amounts)
-        await give_back(amounts)
-
-    limiter._give_back = counted
+    refunds = spy_refunds(relay)
     body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
     statuses = [
         (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
