@@ -41,6 +41,7 @@ from relay.services.ingest import Ingest
 from relay.services.limiter import create_limiter
 from relay.services.metrics import LogCounter, Metrics
 from relay.services.outbox import MemoryOutbox, Outbox
+from relay.services.peers import WORKERS, WORKERS_SCRAPED
 from relay.services.retarget import Retarget
 from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
@@ -253,6 +254,10 @@ def create_app(
     app[OUTBOX] = outbox
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()
+    # A scrape of this process alone; under `workers: N` with sockets, `WorkerPeers`
+    # answers for all workers and sets both.
+    metrics.add_gauge_callback(*WORKERS, lambda: float(config.workers))
+    metrics.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
     shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
     app[SHADOW] = shadow

@@ -8,7 +8,7 @@ series gains a `worker` label and each family is written once, so `sum by (...)`
 one scrape counts the whole relay. A worker that does not answer within
 `PEER_TIMEOUT_S` (one being restarted) is left out of that scrape; the gauges
 `relay_workers` and `relay_workers_scraped` tell how many there are and how many
-answered. Series that describe shared state (quota usage read from Redis, the config
+answered (a process answering for itself alone exports them as well). Series that describe shared state (quota usage read from Redis, the config
 revision) appear once per worker, with the same value.
 """
 
@@ -31,6 +31,11 @@ log = logging.getLogger("relay")
 
 #: How long the scraped worker waits for each of the others.
 PEER_TIMEOUT_S = 2.0
+
+#: The gauges that say how complete a scrape is. A process that answers only for itself
+#: (one worker, or workers without their sockets) exports `workers` and 1.
+WORKERS = ("relay_workers", "Worker processes the relay runs.")
+WORKERS_SCRAPED = ("relay_workers_scraped", "Workers whose metrics this scrape includes.")
 
 
 class WorkerPeers:
@@ -123,6 +128,8 @@ def merge_expositions(texts: Sequence[tuple[int, str]], workers: int) -> bytes:
     for index, text in texts:
         worker = str(index)
         for family in text_string_to_metric_families(text):
+            if family.name in (WORKERS[0], WORKERS_SCRAPED[0]):
+                continue  # each worker's view of itself: replaced below
             into = merged.get(family.name)
             if into is None:
                 into = merged[family.name] = Metric(
@@ -132,10 +139,8 @@ def merge_expositions(texts: Sequence[tuple[int, str]], workers: int) -> bytes:
                 Sample(s.name, {"worker": worker, **s.labels}, s.value, s.timestamp, s.exemplar)
                 for s in family.samples
             )
-    total = GaugeMetricFamily("relay_workers", "Worker processes the relay runs.", workers)
-    scraped = GaugeMetricFamily(
-        "relay_workers_scraped", "Workers whose metrics this scrape includes.", len(texts)
-    )
+    total = GaugeMetricFamily(*WORKERS, value=workers)
+    scraped = GaugeMetricFamily(*WORKERS_SCRAPED, value=len(texts))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged([*merged.values(), total, scraped]))
     return generate_latest(registry)

@@ -96,6 +96,7 @@ async def scrape(url: str) -> tuple[dict[str, float], float]:
         assert resp.status == 200
         text = await resp.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [(s.labels, s.value) for s in families["relay_workers"].samples] == [({}, 2.0)]
     per_worker = {
         s.labels["worker"]: s.value
         for s in families["relay_requests"].samples

@@ -10,11 +10,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.services.metrics import Metrics
-from relay.services.peers import WorkerPeers, merge_expositions
+from relay.services.peers import WORKERS, WORKERS_SCRAPED, WorkerPeers, merge_expositions
 
 
 def worker_metrics(requests: int, items: int) -> str:
     m = Metrics()
+    m.add_gauge_callback(*WORKERS, lambda: 3.0)  # as `create_app` registers them
+    m.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     for _ in range(requests):
         m.count_request("envelope", 200, 0.003)
     for _ in range(items):
@@ -44,9 +46,16 @@ def test_each_family_once_and_every_series_labelled_with_its_worker() -> None:
     assert got[(items[0], (*items[1], ("reason", "forwarded"), ("worker", "0")))] == 5
     assert got[("relay_outbox_size", (("worker", "2"),))] == 4
     assert got[("relay_workers", ())] == 3 and got[("relay_workers_scraped", ())] == 2
-    # Nothing lost or invented: each worker's own samples, each with its label.
+    # Each worker's view of itself is replaced by the scrape's: one sample each.
+    assert [k for k in got if k[0].startswith("relay_workers")] == [
+        ("relay_workers", ()),
+        ("relay_workers_scraped", ()),
+    ]
+    # Nothing else lost or invented: each worker's own samples, each with its label.
     for index, text in ((0, zero), (2, two)):
         for (name, labels), value in samples(text).items():
+            if name.startswith("relay_workers"):
+                continue
             assert got[(name, tuple(sorted((*labels, ("worker", str(index))))))] == value
     buckets = [
         s
