@@ -254,8 +254,8 @@ def create_app(
     app[OUTBOX] = outbox
     app[UPSTREAM_LIMITS] = upstream_limits
     app[STATE] = State()
-    # A scrape of this process alone; under `workers: N` with sockets, `WorkerPeers`
-    # answers for all workers and sets both.
+    # What a scrape of this process alone shows; under `workers: N` with their sockets,
+    # `WorkerPeers` answers for every worker and sets both itself.
     metrics.add_gauge_callback(*WORKERS, lambda: float(config.workers))
     metrics.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)

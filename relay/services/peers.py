@@ -8,8 +8,9 @@ series gains a `worker` label and each family is written once, so `sum by (...)`
 one scrape counts the whole relay. A worker that does not answer within
 `PEER_TIMEOUT_S` (one being restarted) is left out of that scrape; the gauges
 `relay_workers` and `relay_workers_scraped` tell how many there are and how many
-answered (a process answering for itself alone exports them as well). Series that describe shared state (quota usage read from Redis, the config
-revision) appear once per worker, with the same value.
+answered (a process answering for itself alone exports them as well). Series that
+describe shared state (quota usage read from Redis, the config revision) appear once
+per worker, with the same value.
 """
 
 from __future__ import annotations
