@@ -262,6 +262,34 @@ def spy_refunds(relay: TestClient) -> list[object]:
     return refunds
 
 
+async def transactions_against_span_quota(
+    relay_factory: Any, backend: dict[str, Any], span_limit: int, sends: int
+) -> tuple[list[int], list[object], dict[str, int]]:
+    """`sends` checkout transactions (1 transaction, 2 spans each) against a generous
+    transaction quota and a span quota of `span_limit`: the statuses, the refunds, and
+    the usage of both quotas afterwards."""
+    policy = {
+        "quotas": [
+            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
+             "window": 60},
+            {"id": "spans", "categories": ["span"], "scope": "project", "limit": span_limit,
+             "window": 60},
+        ]
+    }  # fmt: skip
+    relay: TestClient = await relay_factory(
+        policy=policy, admin={"token": "s3cret-token"}, **backend
+    )
+    refunds = spy_refunds(relay)
+    body = (CORPUS / "transaction-checkout.envelope").read_bytes()
+    statuses = [
+        (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
+        for _ in range(sends)
+    ]
+    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
+    used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
+    return statuses, refunds, used
+
+
 async def test_item_dropped_for_another_category_is_not_charged(
     relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
 ) -> None:
@@ -269,26 +297,11 @@ async def test_item_dropped_for_another_category_is_not_charged(
     it is dropped, and its transaction count is taken back. The span counter is then over
     for two spans, not full (3 of 3 would be): later transactions are rejected from the
     limiter's cache of its room, so there is nothing to take back for them."""
-    policy = {
-        "quotas": [
-            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
-             "window": 60},
-            {"id": "spans", "categories": ["span"], "scope": "project", "limit": 3, "window": 60},
-        ]
-    }  # fmt: skip
-    relay: TestClient = await relay_factory(
-        policy=policy, admin={"token": "s3cret-token"}, **backend
+    statuses, refunds, used = await transactions_against_span_quota(
+        relay_factory, backend, span_limit=3, sends=4
     )
-    refunds = spy_refunds(relay)
-    body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
-    statuses = [
-        (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
-        for _ in range(4)
-    ]
     assert statuses == [200, 429, 429, 429]
     assert len(refunds) == 1  # the second request's transaction; none for the later ones
-    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
-    used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
     assert used == {"tx": 1, "spans": 2}
     await recorder.wait_for(1)
 
@@ -298,25 +311,10 @@ async def test_item_going_with_a_category_known_full_is_not_counted_at_all(
 ) -> None:
     """Once the span counter is known to be full, a transaction is rejected without its
     transaction count being taken and given back: no refund, no extra round trip."""
-    policy = {
-        "quotas": [
-            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
-             "window": 60},
-            {"id": "spans", "categories": ["span"], "scope": "project", "limit": 4, "window": 60},
-        ]
-    }  # fmt: skip
-    relay: TestClient = await relay_factory(
-        policy=policy, admin={"token": "s3cret-token"}, **backend
+    statuses, refunds, used = await transactions_against_span_quota(
+        relay_factory, backend, span_limit=4, sends=5
     )
-    refunds = spy_refunds(relay)
-    body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
-    statuses = [
-        (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
-        for _ in range(5)
-    ]
     assert statuses == [200, 200, 429, 429, 429]
     assert refunds == []
-    resp = await relay.get("/api/relay/usage/", headers={"Authorization": "Bearer s3cret-token"})
-    used = {r["id"]: r["used"] for r in (await resp.json())["usage"] if r["scope_id"] == "42"}
     assert used == {"tx": 2, "spans": 4}
     await recorder.wait_for(2)
