@@ -22,6 +22,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import re2
@@ -201,6 +202,11 @@ class Rule:
     @property
     def method(self) -> str:
         return self.redaction.method
+
+    @cached_property
+    def keyed(self) -> bool:
+        """Can the key select the whole value (`anything`, or patterns on the key)?"""
+        return self.type == "anything" or bool(self.key_patterns)
 
     def applies_to_key(self, key: str | None) -> bool:
         """Does the key alone select the whole value?"""

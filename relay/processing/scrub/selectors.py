@@ -316,6 +316,20 @@ def matches(sel: Selector, states: Sequence[State], pii: int) -> bool:
     return not matches(sel.inner, states, pii)
 
 
+def is_local(sel: Selector) -> bool:
+    """Is `sel` decided by the value's own types and PII attribute alone?
+
+    True for value types (`$string`, `$message`, ...) and their `&&`, `||` and `!`
+    combinations: a one-item path of a type compares only the last state, so no keys,
+    indexes or depth are needed to match it (see `Policy.local_rules` in the walker).
+    """
+    if isinstance(sel, PathSel):
+        return len(sel.items) == 1 and sel.items[0].kind == "type"
+    if isinstance(sel, AndSel | OrSel):
+        return all(is_local(p) for p in sel.parts)
+    return is_local(sel.inner)
+
+
 def last_keys(sel: Selector) -> frozenset[str] | None:
     """Keys one of which must be the last path segment for `sel` to match, or None if any."""
     if isinstance(sel, PathSel):

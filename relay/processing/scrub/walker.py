@@ -21,8 +21,11 @@ What to do with a key is decided once per schema node and key (`NodePlan`): most
 need one table lookup, and at typed nodes (the event, frames, breadcrumbs, spans) the
 keys worth visiting are planned per tuple of keys, so never-PII fields cost nothing.
 Strings seen before in which nothing was found are one set test (`ScanCache.clean`).
-A policy with selectors takes the general per-value path everywhere; it gives the
-same results (`tests/processing/scrub/test_fast_equivalence.py`).
+A policy whose selectors name value types only (`$string`, `$message`, ...: `local`)
+finds its rules per schema node and value type and keeps the fast paths where no rule
+applies. Any other selector (a key, an index, `**`) takes the general per-value path,
+with the path of every value tracked, everywhere. Both give the same results
+(`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from relay.processing.scrub.selectors import (
     PII_TRUE,
     Selector,
     State,
+    is_local,
     last_keys,
     matches,
 )
@@ -111,7 +115,7 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY = 0, 1, 2, 3, 4, 5, 6
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED = 0, 1, 2, 3, 4, 5, 6, 7
 _LIST_DEAD, _LIST_SLOW, _LIST_FAST = 0, 1, 2
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
@@ -206,15 +210,76 @@ class Policy:
     _walk_setup: tuple[Any, ...] = field(init=False, repr=False)
     #: Detector results per string, for this policy only.
     cache: ScanCache = field(default_factory=ScanCache, repr=False)
+    #: Every selector is an application's and local (`selectors.is_local`): rules are
+    #: found per schema node and value type (`local_rules`), no path is tracked.
+    local: bool = field(init=False, repr=False)
+    #: Selectors need the path of every value (`Walk.states`): the general path.
+    tracks_paths: bool = field(init=False, repr=False)
+    #: `local_rules` per (node, value type), and whether any can apply at a node.
+    _local_rules: dict[tuple[sch.Node, type], tuple[Rule, ...]] = field(
+        default_factory=dict, repr=False
+    )
+    _local_nodes: dict[sch.Node, bool] = field(default_factory=dict, repr=False)
+    #: Per `local_rules` tuple (by id; the tuples live in `_local_rules`) whose rules
+    #: never look at the key: the strings they change nothing in.
+    _local_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
+    #: Per rule (by id; rules live as long as the policy): strings it found nothing in.
+    _rule_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
         self.scanner = det.Scanner(self.entries)
-        self._walk_setup = (self.uses_selectors, self._plain_keys, bool(self.entries))
+        self.local = (
+            bool(self.applications)
+            and not self.pseudonymize
+            and not self.safe_selectors
+            and all(is_local(a.selector) for a in self.applications)
+        )
+        self.tracks_paths = self.uses_selectors and not self.local
+        self._walk_setup = (self.tracks_paths, self._plain_keys, bool(self.entries))
 
     @property
     def uses_selectors(self) -> bool:
         return bool(self.applications or self.pseudonymize or self.safe_selectors)
+
+    def local_rules(self, node: sch.Node, tv: type) -> tuple[Rule, ...]:
+        """The rules, in application order, of a `local` policy that apply to a value of
+        type `tv` at `node`: what `Walk._selected` finds with the path tracked, since a
+        local selector looks at the last state only (`(segment, types)`, the segment
+        unused) and the value's PII attribute."""
+        found = self._local_rules.get((node, tv))
+        if found is None:
+            state: list[State] = [("", node.typesets.get(tv, node.types))]
+            rules: list[Rule] = []
+            for app in self.applications:
+                if matches(app.selector, state, node.pii):
+                    rules.extend(app.rules)
+            found = self._local_rules[(node, tv)] = tuple(rules)
+            if rules and tv is str and not any(r.keyed for r in rules):
+                self._local_clean[id(found)] = ScanCache(max_chars=1_000_000)
+        return found
+
+    def local_possible(self, node: sch.Node) -> bool:
+        """Can a rule of a `local` policy apply to some value at `node`? Where one can,
+        the walker takes the per-value path (`_value`), which applies them."""
+        if not self.local:
+            return False
+        found = self._local_nodes.get(node)
+        if found is None:
+            found = self._local_nodes[node] = any(self.local_rules(node, tv) for tv in _VALUE_TYPES)
+        return found
+
+    def rule_spans(self, rule: Rule, text: str) -> list[tuple[int, int]]:
+        """`rule.spans(text)`, remembering the strings in which it found nothing (most)."""
+        clean = self._rule_clean.get(id(rule))
+        if clean is None:
+            clean = self._rule_clean[id(rule)] = ScanCache(max_chars=1_000_000)
+        elif text in clean.clean:
+            return []
+        spans = rule.spans(text)
+        if not spans:
+            clean.put(text, None)
+        return spans
 
     def key_verdict(self, key: str) -> int:
         cache = self._key_cache
@@ -282,7 +347,12 @@ class Policy:
         flag_mask = ~sch.SOURCE if self.source_context == "scrub" else -1
         if item.dead:
             mode = _LIST_DEAD
-        elif not self.uses_selectors and item.pii == PII_TRUE and not (item.flags & flag_mask):
+        elif (
+            not self.tracks_paths
+            and item.pii == PII_TRUE
+            and not (item.flags & flag_mask)
+            and not self.local_possible(item)
+        ):
             mode = _LIST_FAST
         else:
             mode = _LIST_SLOW
@@ -303,7 +373,9 @@ class Policy:
         selectors: an object value goes straight to the attributes walk;
         `_DENY`: PII, no flags, no selectors, key denylisted: the value is filtered
         (a string) or removed (anything but null and booleans);
-        `_SLOW`: anything else (full per-value processing).
+        `_SLOW`: anything else (full per-value processing). With a `local` policy, a key
+        where a rule may apply is `_RULED` (`_FAST` for value types no rule applies to)
+        instead of `_FAST`, and `_SLOW` instead of `_MAYBE`, `_ATTRS` or `_DENY`.
         """
         node = np.node
         children = node.children
@@ -317,7 +389,7 @@ class Policy:
             code = _DEAD
         elif (
             flags == sch.ATTRS
-            and not self.uses_selectors
+            and not self.tracks_paths
             and type(key) is str
             and self.key_verdict(key) == _NONE
         ):
@@ -326,7 +398,7 @@ class Policy:
             code = _SLOW
         elif child.pii == PII_FALSE:
             code = _FALSE
-        elif self.uses_selectors or type(key) is not str:
+        elif self.tracks_paths or type(key) is not str:
             code = _SLOW
         elif child.pii == PII_TRUE and self.key_verdict(key) == _NONE:
             code = _FAST
@@ -336,6 +408,10 @@ class Policy:
             code = _MAYBE
         else:
             code = _SLOW
+        if code != _DEAD and code != _FALSE and code != _SLOW and self.local_possible(child):
+            # A local rule may apply: `_FAST` but for the values it applies to, anything
+            # else by the per-value path.
+            code = _RULED if code == _FAST else _SLOW
         if self._plan_size > _MAX_KEY_CACHE:
             # Bounded memory: start over (plans in use stay valid, just unlisted).
             for known in self._node_plans.values():
@@ -360,6 +436,8 @@ _NO_STATES: list[State] = []
 
 #: `ScanCache` lookups: the string has not been scanned yet.
 _MISS: Any = object()
+#: The types of JSON values a rule can apply to (`_value` returns early for null).
+_VALUE_TYPES = (str, int, float, bool, dict, list)
 
 
 def _never_scan(text: str, default: Any) -> None:
@@ -381,6 +459,8 @@ class Walk:
         "_clean",
         "_plain",
         "changes",
+        "local",
+        "local_any",
         "meta",
         "p",
         "redactions",
@@ -412,6 +492,10 @@ class Walk:
         self.slow = slow
         #: Selector state per level (only when the policy has selectors).
         self.states: list[State] = [] if slow else _NO_STATES
+        #: A local policy (`Policy.local`): `_value` applies its rules; `local_any`: they
+        #: may apply to attribute values, so attributes take the per-value path too.
+        self.local = policy.local
+        self.local_any = policy.local_possible(sch.ANY)
         #: Detector results per string (`_cget`), and the strings known clean (`_clean`,
         #: a subset; tested first, as most strings are).
         if scan:
@@ -604,6 +688,37 @@ class Walk:
         if found is None:
             found = self.p.plan(np, k)
         code, child = found
+        if code == _RULED:
+            # `_FAST` with rules of a local policy: `_value`'s steps for such a key.
+            tv = type(v)
+            p = self.p
+            rules = p._local_rules.get((child, tv))
+            if rules is None:
+                if v is None:
+                    return False  # as in `_value`: nothing applies to null
+                rules = p.local_rules(child, tv)
+            if rules:
+                clean = p._local_clean.get(id(rules))
+                if clean is None or v not in clean.clean:
+                    changes = self.changes
+                    if self._apply_rules(d, k, v, ref, k, rules):
+                        return False
+                    if changes == self.changes:
+                        if clean is not None:
+                            clean.put(v, None)
+                    else:
+                        v = d[k]
+                        tv = type(v)
+            if tv is str:
+                if v not in self._clean and len(v) > 2:
+                    result = self._cget(v, _MISS)
+                    if result is not None:
+                        self.slots.append((d, k, k, ref, v, result))
+            elif tv is dict:
+                self._dict(v, p.node_plan(child), [ref, k, None])
+            elif tv is list:
+                self._list(v, p.node_plan(child), [ref, k, None])
+            return False
         if code == _MAYBE and type(v) is not dict and type(v) is not list:
             return False
         if code == _ATTRS and type(v) is dict:
@@ -721,7 +836,7 @@ class Walk:
     def _attrs(self, d: dict[str, Any], ref: Ref) -> None:
         """Sentry attributes: `{name: {"value": ..., "type": ...}}`; the name is the key
         the denylist sees."""
-        if self.slow:
+        if self.slow or self.local_any:
             for name, attr in d.items():
                 self._attr(d, name, attr, ref)
             return
@@ -772,7 +887,7 @@ class Walk:
             if value is not _MISS:
                 verdict = self.p.key_verdict(name) if type(name) is str else _NONE
                 slow = self.slow
-                if verdict == _NONE and not slow:
+                if verdict == _NONE and not slow and not self.local_any:
                     tv = type(value)
                     if tv is str:
                         if len(value) > 2:
@@ -836,6 +951,14 @@ class Walk:
             # Rules may have rewritten the string: the detectors see the rewritten text.
             value = container[ckey]
             tv = type(value)
+        elif self.local and verdict != _SAFE:
+            # What `_selected` does for a local policy, without the path.
+            rules = p.local_rules(node, tv)
+            if rules:
+                if self._apply_rules(container, ckey, value, ref, key, rules):
+                    return
+                value = container[ckey]
+                tv = type(value)
         if verdict == _FILTER and pii == PII_TRUE and tv is not bool:
             if tv is str:
                 self._replace_whole(container, ckey, value, ref, "@password:filter", FILTERED)
@@ -971,11 +1094,11 @@ class Walk:
         current = value
         changed = False
         for rule in rules:
-            whole = rule.type == "anything" or rule.applies_to_key(key)
+            whole = rule.keyed and (rule.type == "anything" or rule.applies_to_key(key))
             if whole and rule.method == "remove":
                 self._remove(container, ckey, ref, rule.origin)
                 return True
-            spans = [(0, len(current))] if whole else rule.spans(current)
+            spans = [(0, len(current))] if whole else self.p.rule_spans(rule, current)
             if not spans:
                 continue
             new, ranges = rewrite(current, merge_spans(spans), rule.redaction.substitute)

@@ -1,0 +1,115 @@
+"""Policies whose selectors are local (value types only) agree with the general path.
+
+A policy whose applications all use selectors such as `$string`, `$message` or
+`!$number` finds its rules per schema node and value type, and walks without
+tracking paths (`Policy.local`). The same policy plus a safe field that never
+matches (`$binary`) takes the general per-value path, with every path tracked. On
+any payload both must give the same bytes, `_meta` remarks and report rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from relay.processing.scrub import compile_scrubber
+from tests.processing.scrub.conftest import cfg
+from tests.processing.scrub.test_fast_equivalence import _scrub, payloads
+
+RULES: dict[str, Any] = {
+    "digits": {
+        "type": "pattern",
+        "pattern": r"[0-9]{2,}",
+        "redaction": {"method": "replace", "text": "[num]"},
+    },
+    "hello": {"type": "pattern", "pattern": "(?i)hello|bob", "redaction": {"method": "mask"}},
+    "word": {"type": "pattern", "pattern": r"wor(ld)", "redaction": {"method": "remove"}},
+}
+
+APPLICATIONS: list[dict[str, list[str]]] = [
+    {"$string": ["digits"]},
+    {"$string": ["digits", "hello"], "$message": ["word"]},
+    {"$message": ["hello"], "$string": ["@email"]},
+    {"$number": ["@anything:remove"]},
+    {"$boolean || $number": ["@anything:remove"], "$string": ["@ip"]},
+    {"$object": ["@anything:remove"]},
+    {"$array": ["@anything:remove"], "$string": ["word"]},
+    {"!$string": ["@anything:remove"]},
+    {"$string && !$message": ["@password"]},
+    {"$error || $frame || $http": ["@anything:remove"]},
+    {"$string": ["@anything:replace"]},
+    {"$datetime": ["@anything:remove"], "$logentry": ["@anything:remove"]},
+]
+
+
+def _pair(applications: dict[str, list[str]], **extra: Any) -> tuple[Any, Any]:
+    config = {"rules": RULES, "applications": applications}
+    local = compile_scrubber(cfg(pii_config=config, **extra))
+    general = compile_scrubber(cfg(pii_config=config, safe_fields=["$binary"], **extra))
+    return local, general
+
+
+PAIRS = [_pair(apps) for apps in APPLICATIONS]
+QUIET = [_pair(apps, meta=False) for apps in APPLICATIONS[:3]]
+
+
+@pytest.mark.parametrize("index", range(len(PAIRS)), ids=[str(a) for a in APPLICATIONS])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=payloads())
+def test_local_policies_agree_with_the_general_path(
+    index: int, case: tuple[dict[str, Any], str]
+) -> None:
+    local, general = PAIRS[index]
+    assert local.policy.local and not local.policy.tracks_paths
+    assert general.policy.tracks_paths and not general.policy.local
+    payload, item_type = case
+    for _ in range(2):  # the second time from the policies' caches
+        for report in (True, False):
+            assert _scrub(local, payload, item_type, report) == _scrub(
+                general, payload, item_type, report
+            )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=payloads())
+def test_local_policies_without_meta_agree(case: tuple[dict[str, Any], str]) -> None:
+    payload, item_type = case
+    for local, general in QUIET:
+        for report in (True, False):
+            assert _scrub(local, payload, item_type, report) == _scrub(
+                general, payload, item_type, report
+            )
+
+
+def test_path_selectors_keep_the_general_path() -> None:
+    for applications in ({"extra.a": ["digits"]}, {"**": ["digits"]}, {"$frame.vars": ["hello"]}):
+        scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
+        assert scrubber.policy.tracks_paths and not scrubber.policy.local
+    mixed = {"$string": ["digits"], "extra.a": ["hello"]}
+    assert compile_scrubber(
+        cfg(pii_config={"rules": RULES, "applications": mixed})
+    ).policy.tracks_paths
+    safe_path = compile_scrubber(
+        cfg(
+            pii_config={"rules": RULES, "applications": {"$string": ["digits"]}},
+            safe_fields=["extra.a"],
+        )
+    )
+    assert safe_path.policy.tracks_paths and not safe_path.policy.local
+
+
+def test_a_string_rule_redacts_everywhere_it_would_on_the_general_path() -> None:
+    local, general = _pair({"$string": ["digits"]})
+    event = {
+        "message": "order 12345",
+        "extra": {"a": "id 42", "n": 7, "list": ["x 99", {"k": "v 100"}]},
+        "exception": {"values": [{"type": "E", "value": "code 500"}]},
+        "logentry": {"message": "took 250 ms"},
+    }
+    out, rows = _scrub(local, event, "event", True)
+    assert (out, rows) == _scrub(general, event, "event", True)
+    for secret in (b"12345", b"42", b"99", b"100", b"500", b"250"):
+        assert secret not in out.split(b'"_meta"')[0]
+    assert b"[num]" in out and len(rows) >= 6
