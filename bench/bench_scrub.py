@@ -20,6 +20,10 @@ scrubbed, in the same process and on the same bytes, by
   timed work, and none is scrubbed twice;
 - cold:   `relay` with the policy's string cache emptied before every event, i.e. an
   event none of whose strings was seen before;
+- rule:   `relay` under the default policy plus one custom pattern rule applied to
+  `$string` (the `full` scenario's), a selector that names a value type only;
+- path:   the same rule applied to `$http.headers.x-api-key`, a path selector, which
+  sends every value down the walker's general path (each value's path tracked);
 - sdk:    `sentry_sdk.scrubber.EventScrubber(recursive=True).scrub_event(event)`
   (key denylist only).
 
@@ -52,10 +56,29 @@ from sentry_sdk.scrubber import EventScrubber
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from relay.config.scrubbing import ScrubbingConfig
 from relay.processing.scrub import compile_scrubber
 from relay.protocol.envelope import parse_envelope
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "python-sdk"
+
+#: The custom rule of the `rule` and `path` columns (bench/scenarios/full.yaml's).
+CUSTOM_RULE = {
+    "stripe_keys": {
+        "type": "pattern",
+        "pattern": "sk_(live|test)_[A-Za-z0-9]{10,}",
+        "redaction": {"method": "replace", "text": "[stripe-key]"},
+    }
+}
+
+
+def _with_rule(selector: str) -> Any:
+    return compile_scrubber(
+        ScrubbingConfig(
+            pii_config={"rules": CUSTOM_RULE, "applications": {selector: ["stripe_keys"]}}
+        )
+    )
+
 
 #: Keys whose values are new in every event (ids and times).
 VOLATILE_KEYS = frozenset(
@@ -238,6 +261,8 @@ def main() -> None:
     args = ap.parse_args()
 
     scrubber = compile_scrubber(None)
+    ruled = _with_rule("$string")
+    pathed = _with_rule("$http.headers.x-api-key")
     sdk = EventScrubber(recursive=True)
     rows = []
     for seed, path in enumerate(sorted(args.corpus.glob("*.envelope"))):
@@ -266,6 +291,12 @@ def main() -> None:
             scrubber.policy.cache.clear()
             scrubber.scrub_event(orjson.loads(payload), item_type, report=False)
 
+        def rule(payload: bytes = payload, item_type: str = item_type) -> None:
+            ruled.scrub_event(orjson.loads(payload), item_type, report=False)
+
+        def path_(payload: bytes = payload, item_type: str = item_type) -> None:
+            pathed.scrub_event(orjson.loads(payload), item_type, report=False)
+
         def theirs(payload: bytes = payload) -> None:
             sdk.scrub_event(orjson.loads(payload))
 
@@ -288,6 +319,8 @@ def main() -> None:
                 "report": reported,
                 "fresh": fresh,
                 "cold": cold,
+                "rule": rule,
+                "path": path_,
                 "sdk": theirs,
                 "parse": parse,
             },
@@ -304,7 +337,7 @@ def main() -> None:
         )[0]
         rows.append((path.stem, item_type, len(payload), rates))
 
-    cols = ("relay", "report", "fresh", "cold", "sdk")
+    cols = ("relay", "report", "fresh", "cold", "rule", "path", "sdk")
     head = (
         f"{'event':24} {'type':12} {'bytes':>6} "
         + " ".join(f"{c + ' ev/s':>11}" for c in cols)

@@ -116,7 +116,7 @@ IP_KEYS = frozenset(
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
 _DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED = 0, 1, 2, 3, 4, 5, 6, 7
-_LIST_DEAD, _LIST_SLOW, _LIST_FAST = 0, 1, 2
+_LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED = 0, 1, 2, 3
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
 _MAX_SHAPE_KEYS = 64
@@ -340,20 +340,17 @@ class Policy:
         """The items' plan of an array at `np` and what the walker does with them.
 
         `_LIST_DEAD`: nothing; `_LIST_FAST`: PII, no flags that need the full per-value
-        path, no selectors: strings are queued, objects walked; `_LIST_SLOW`: full
-        per-value processing.
+        path, no selectors: strings are queued, objects walked; `_LIST_RULED`: the same
+        but where a rule of a local policy may apply: objects no rule applies to are
+        walked, anything else takes the per-value path; `_LIST_SLOW`: full per-value
+        processing.
         """
         item = np.node.item()
         flag_mask = ~sch.SOURCE if self.source_context == "scrub" else -1
         if item.dead:
             mode = _LIST_DEAD
-        elif (
-            not self.tracks_paths
-            and item.pii == PII_TRUE
-            and not (item.flags & flag_mask)
-            and not self.local_possible(item)
-        ):
-            mode = _LIST_FAST
+        elif not self.tracks_paths and item.pii == PII_TRUE and not (item.flags & flag_mask):
+            mode = _LIST_RULED if self.local_possible(item) else _LIST_FAST
         else:
             mode = _LIST_SLOW
         found = np.items = (self.node_plan(item), mode)
@@ -780,6 +777,15 @@ class Walk:
             for i, v in enumerate(lst):
                 key = v[0]
                 self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
+            return
+        if mode == _LIST_RULED:
+            # Objects as in a fast list when no rule applies to them, the rest by `_value`.
+            objects = not self.p.local_rules(item_node, dict)
+            for i, v in enumerate(lst):
+                if type(v) is dict and (objects or _is_pair(v)):
+                    self._list_item(lst, i, v, item_np, ref)
+                else:
+                    self._value(lst, i, v, item_node, ref, i, None)
             return
         if mode == _LIST_SLOW:
             pairs = item_node.pii != PII_FALSE
