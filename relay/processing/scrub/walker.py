@@ -23,9 +23,12 @@ keys worth visiting are planned per tuple of keys, so never-PII fields cost noth
 Strings seen before in which nothing was found are one set test (`ScanCache.clean`).
 A policy whose selectors name value types only (`$string`, `$message`, ...: `local`)
 finds its rules per schema node and value type and keeps the fast paths where no rule
-applies. Any other selector (a key, an index, `**`) takes the general per-value path,
-with the path of every value tracked, everywhere. Both give the same results
-(`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
+applies. Other selectors need the path of every value tracked. When each of them
+ends in a key (`extra.a`, `$http.headers.x-api-key`, `user.id`: `keyed`), only values
+under those keys take the per-value path; the others keep the fast codes, and
+containers are entered with their path tracked. Anything else (`**`, an index, a
+wildcard last) takes the general per-value path everywhere. All give the same
+results (`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED = 0, 1, 2, 3, 4, 5, 6, 7
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED, _TRACKED = 0, 1, 2, 3, 4, 5, 6, 7, 8
 _LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED = 0, 1, 2, 3
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
@@ -215,6 +218,11 @@ class Policy:
     local: bool = field(init=False, repr=False)
     #: Selectors need the path of every value (`Walk.states`): the general path.
     tracks_paths: bool = field(init=False, repr=False)
+    #: Paths are tracked, and every selector ends in a key (`selectors.last_keys`): only
+    #: values under one of those keys (`_candidates`) can be selected, the others take
+    #: the fast plan codes (scalars) or just have their path tracked (containers).
+    keyed: bool = field(init=False, repr=False)
+    _candidates: frozenset[str] = field(init=False, repr=False)
     #: `local_rules` per (node, value type), and whether any can apply at a node.
     _local_rules: dict[tuple[sch.Node, type], tuple[Rule, ...]] = field(
         default_factory=dict, repr=False
@@ -236,6 +244,10 @@ class Policy:
             and all(is_local(a.selector) for a in self.applications)
         )
         self.tracks_paths = self.uses_selectors and not self.local
+        ends = [last_keys(s) for s in (*self.safe_selectors, *self.pseudonymize)]
+        ends += self._app_keys
+        self.keyed = self.tracks_paths and all(keys is not None for keys in ends)
+        self._candidates = frozenset(k for keys in ends if keys is not None for k in keys)
         self._walk_setup = (self.tracks_paths, self._plain_keys, bool(self.entries))
 
     @property
@@ -370,7 +382,11 @@ class Policy:
         selectors: an object value goes straight to the attributes walk;
         `_DENY`: PII, no flags, no selectors, key denylisted: the value is filtered
         (a string) or removed (anything but null and booleans);
-        `_SLOW`: anything else (full per-value processing). With a `local` policy, a key
+        `_SLOW`: anything else (full per-value processing). With a `keyed` policy, a key
+        no selector ends in is `_TRACKED` instead of `_FAST` (scalars as `_FAST`,
+        containers entered with their path tracked), and one that a selector ends in is
+        `_SLOW`; the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and `_SLOW`.
+        With a `local` policy, a key
         where a rule may apply is `_RULED` (`_FAST` for value types no rule applies to)
         instead of `_FAST`, and `_SLOW` instead of `_MAYBE`, `_ATTRS` or `_DENY`.
         """
@@ -395,7 +411,7 @@ class Policy:
             code = _SLOW
         elif child.pii == PII_FALSE:
             code = _FALSE
-        elif self.tracks_paths or type(key) is not str:
+        elif (self.tracks_paths and not self.keyed) or type(key) is not str:
             code = _SLOW
         elif child.pii == PII_TRUE and self.key_verdict(key) == _NONE:
             code = _FAST
@@ -409,6 +425,11 @@ class Policy:
             # A local rule may apply: `_FAST` but for the values it applies to, anything
             # else by the per-value path.
             code = _RULED if code == _FAST else _SLOW
+        elif self.keyed and code in (_FAST, _DENY, _MAYBE):
+            if key.lower() in self._candidates:
+                code = _SLOW  # a selector may select it
+            elif code == _FAST:
+                code = _TRACKED
         if self._plan_size > _MAX_KEY_CACHE:
             # Bounded memory: start over (plans in use stay valid, just unlisted).
             for known in self._node_plans.values():
@@ -715,6 +736,18 @@ class Walk:
                 self._dict(v, p.node_plan(child), [ref, k, None])
             elif tv is list:
                 self._list(v, p.node_plan(child), [ref, k, None])
+            return False
+        if code == _TRACKED:
+            # `_FAST` under a keyed policy: no selector can select this value (what
+            # `_value` would find), but a container's path is tracked.
+            tv = type(v)
+            if tv is str:
+                if v not in self._clean and len(v) > 2:
+                    result = self._cget(v, _MISS)
+                    if result is not None:
+                        self.slots.append((d, k, k, ref, v, result))
+            elif tv is dict or tv is list:
+                self._descend(d, k, v, child, ref, k)
             return False
         if code == _MAYBE and type(v) is not dict and type(v) is not list:
             return False

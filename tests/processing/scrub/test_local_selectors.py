@@ -1,10 +1,13 @@
-"""Policies whose selectors are local (value types only) agree with the general path.
+"""Local and keyed policies agree with the general path.
 
 A policy whose applications all use selectors such as `$string`, `$message` or
 `!$number` finds its rules per schema node and value type, and walks without
-tracking paths (`Policy.local`). The same policy plus a safe field that never
-matches (`$binary`) takes the general per-value path, with every path tracked. On
-any payload both must give the same bytes, `_meta` remarks and report rows.
+tracking paths (`Policy.local`). A policy whose selectors all end in a key
+(`extra.a`, `$http.headers.x-api-key`, safe fields and pseudonymized fields such as
+`user.id`) tracks paths but takes the per-value path only under those keys
+(`Policy.keyed`). The same policy plus a safe field that never matches (`$binary`)
+takes the general per-value path everywhere. On any payload both must give the same
+bytes, `_meta` remarks and report rows.
 """
 
 from __future__ import annotations
@@ -54,6 +57,37 @@ def _pair(applications: dict[str, list[str]], **extra: Any) -> tuple[Any, Any]:
 PAIRS = [_pair(apps) for apps in APPLICATIONS]
 QUIET = [_pair(apps, meta=False) for apps in APPLICATIONS[:3]]
 
+#: Keyed policies: applications, safe fields and pseudonymized fields whose selectors all
+#: end in a key (keys of the payloads drawn by `payloads`).
+KEYED: list[dict[str, Any]] = [
+    {"pii_config": {"rules": RULES, "applications": {"extra.a": ["digits"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"a": ["digits"], "note": ["hello"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"**.value": ["digits"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"$frame.vars.a || extra.note": ["word"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"password": ["@anything:replace"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"key && $string": ["hello"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"$http.headers.a": ["@anything:remove"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"extra.*.a": ["@anything:remove"]}}},
+    {"safe_fields": ["extra.a", "$frame.vars.password"]},
+    {"safe_fields": ["extra.password", "contexts.trace.a"], "sensitive_fields": ["note"]},
+    {"pseudonymize": {"fields": ["user.id", "extra.a", "$user.email"], "key": "k"}},
+    {
+        "pseudonymize": {"fields": ["a"], "key": "k"},
+        "safe_fields": ["extra.value"],
+        "pii_config": {"rules": RULES, "applications": {"note": ["digits"]}},
+    },
+]
+
+
+def _keyed_pair(config: dict[str, Any]) -> tuple[Any, Any]:
+    keyed = compile_scrubber(cfg(**config))
+    safe = [*config.get("safe_fields", []), "$binary"]
+    general = compile_scrubber(cfg(**{**config, "safe_fields": safe}))
+    return keyed, general
+
+
+KEYED_PAIRS = [_keyed_pair(config) for config in KEYED]
+
 
 @pytest.mark.parametrize("index", range(len(PAIRS)), ids=[str(a) for a in APPLICATIONS])
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,10 +117,29 @@ def test_local_policies_without_meta_agree(case: tuple[dict[str, Any], str]) -> 
             )
 
 
+@pytest.mark.parametrize("index", range(len(KEYED)), ids=[str(c) for c in KEYED])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=payloads())
+def test_keyed_policies_agree_with_the_general_path(
+    index: int, case: tuple[dict[str, Any], str]
+) -> None:
+    keyed, general = KEYED_PAIRS[index]
+    assert keyed.policy.keyed and not general.policy.keyed and general.policy.tracks_paths
+    payload, item_type = case
+    for _ in range(2):
+        for report in (True, False):
+            assert _scrub(keyed, payload, item_type, report) == _scrub(
+                general, payload, item_type, report
+            )
+
+
 def test_path_selectors_keep_the_general_path() -> None:
     for applications in ({"extra.a": ["digits"]}, {"**": ["digits"]}, {"$frame.vars": ["hello"]}):
         scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
         assert scrubber.policy.tracks_paths and not scrubber.policy.local
+    for applications in ({"**": ["digits"]}, {"$frame.vars.*": ["hello"]}, {"extra.0": ["word"]}):
+        scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
+        assert not scrubber.policy.keyed
     mixed = {"$string": ["digits"], "extra.a": ["hello"]}
     assert compile_scrubber(
         cfg(pii_config={"rules": RULES, "applications": mixed})
