@@ -119,7 +119,7 @@ IP_KEYS = frozenset(
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
 _DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED, _TRACKED = 0, 1, 2, 3, 4, 5, 6, 7, 8
-_LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED = 0, 1, 2, 3
+_LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED, _LIST_TRACKED = 0, 1, 2, 3, 4
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
 _MAX_SHAPE_KEYS = 64
@@ -354,15 +354,23 @@ class Policy:
         `_LIST_DEAD`: nothing; `_LIST_FAST`: PII, no flags that need the full per-value
         path, no selectors: strings are queued, objects walked; `_LIST_RULED`: the same
         but where a rule of a local policy may apply: objects no rule applies to are
-        walked, anything else takes the per-value path; `_LIST_SLOW`: full per-value
-        processing.
+        walked, anything else takes the per-value path; `_LIST_TRACKED`: the same as
+        fast under a keyed policy, objects and arrays entered with their path tracked (no
+        selector ends in an index); `_LIST_SLOW`: full per-value processing.
         """
         item = np.node.item()
         flag_mask = ~sch.SOURCE if self.source_context == "scrub" else -1
         if item.dead:
             mode = _LIST_DEAD
-        elif not self.tracks_paths and item.pii == PII_TRUE and not (item.flags & flag_mask):
-            mode = _LIST_RULED if self.local_possible(item) else _LIST_FAST
+        elif (
+            (self.keyed or not self.tracks_paths)
+            and item.pii == PII_TRUE
+            and not (item.flags & flag_mask)
+        ):
+            if self.keyed:
+                mode = _LIST_TRACKED
+            else:
+                mode = _LIST_RULED if self.local_possible(item) else _LIST_FAST
         else:
             mode = _LIST_SLOW
         found = np.items = (self.node_plan(item), mode)
@@ -476,6 +484,7 @@ class Walk:
         "_cget",
         "_clean",
         "_plain",
+        "attrs_fast",
         "changes",
         "local",
         "local_any",
@@ -514,6 +523,11 @@ class Walk:
         #: may apply to attribute values, so attributes take the per-value path too.
         self.local = policy.local
         self.local_any = policy.local_possible(sch.ANY)
+        #: Attributes objects take the fast loop in `_attrs` (with a keyed policy: when
+        #: no selector ends in `value`, no attribute's value can be selected).
+        self.attrs_fast = not self.local_any and (
+            not slow or (policy.keyed and "value" not in policy._candidates)
+        )
         #: Detector results per string (`_cget`), and the strings known clean (`_clean`,
         #: a subset; tested first, as most strings are).
         if scan:
@@ -820,6 +834,20 @@ class Walk:
                 else:
                     self._value(lst, i, v, item_node, ref, i, None)
             return
+        if mode == _LIST_TRACKED:
+            for i, v in enumerate(lst):
+                tv = type(v)
+                if tv is str:
+                    if v not in self._clean and len(v) > 2:
+                        result = self._cget(v, _MISS)
+                        if result is not None:
+                            self.slots.append((lst, i, str(i), ref, v, result))
+                elif tv is dict and _is_pair(v):
+                    key = v["key"]
+                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                elif tv is dict or tv is list:
+                    self._descend(lst, i, v, item_node, ref, i)
+            return
         if mode == _LIST_SLOW:
             pairs = item_node.pii != PII_FALSE
             for i, v in enumerate(lst):
@@ -875,7 +903,7 @@ class Walk:
     def _attrs(self, d: dict[str, Any], ref: Ref) -> None:
         """Sentry attributes: `{name: {"value": ..., "type": ...}}`; the name is the key
         the denylist sees."""
-        if self.slow or self.local_any:
+        if not self.attrs_fast:
             for name, attr in d.items():
                 self._attr(d, name, attr, ref)
             return

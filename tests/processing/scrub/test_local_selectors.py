@@ -166,3 +166,33 @@ def test_a_string_rule_redacts_everywhere_it_would_on_the_general_path() -> None
     for secret in (b"12345", b"42", b"99", b"100", b"500", b"250"):
         assert secret not in out.split(b'"_meta"')[0]
     assert b"[num]" in out and len(rows) >= 6
+
+
+def test_keyed_selectors_reach_attribute_values_again_and_again() -> None:
+    """Attributes take the fast loop under a keyed policy unless a selector ends in
+    `value`; a name seen before (so known plain) must not let a value past a rule."""
+    log = {
+        "version": 2,
+        "items": [
+            {
+                "body": "took 250 ms",
+                "attributes": {
+                    "a": {"value": "x 12345", "type": "string"},
+                    "n": {"value": 42, "type": "integer"},
+                    "note": "bob 77",
+                },
+            }
+        ],
+    }
+    for config in (
+        {"pii_config": {"rules": RULES, "applications": {"**.value": ["digits"]}}},
+        {"pii_config": {"rules": RULES, "applications": {"note": ["hello"], "a": ["digits"]}}},
+    ):
+        keyed, general = _keyed_pair(config)
+        assert keyed.policy.keyed
+        for _ in range(3):
+            assert _scrub(keyed, log, "log", True) == _scrub(general, log, "log", True)
+    keyed, _ = _keyed_pair(KEYED[2])
+    for _ in range(2):
+        out = _scrub(keyed, log, "log", False)[0]
+        assert b"12345" not in out and b"x [num]" in out
