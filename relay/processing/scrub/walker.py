@@ -25,8 +25,9 @@ A policy whose selectors name value types only (`$string`, `$message`, ...: `loc
 finds its rules per schema node and value type and keeps the fast paths where no rule
 applies. Other selectors need the path of every value tracked. When each of them
 ends in a key (`extra.a`, `$http.headers.x-api-key`, `user.id`: `keyed`), only values
-under those keys take the per-value path; the others keep the fast codes, and
-containers are entered with their path tracked. Anything else (`**`, an index, a
+under those keys take the per-value path; the others keep the fast codes (with the
+rules of local applications, if any), and containers are entered with their path
+tracked. Anything else (`**`, an index, a
 wildcard last) takes the general per-value path everywhere. All give the same
 results (`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
 """
@@ -218,9 +219,10 @@ class Policy:
     local: bool = field(init=False, repr=False)
     #: Selectors need the path of every value (`Walk.states`): the general path.
     tracks_paths: bool = field(init=False, repr=False)
-    #: Paths are tracked, and every selector ends in a key (`selectors.last_keys`): only
-    #: values under one of those keys (`_candidates`) can be selected, the others take
-    #: the fast plan codes (scalars) or just have their path tracked (containers).
+    #: Paths are tracked, and every selector but local ones ends in a key
+    #: (`selectors.last_keys`): only values under one of those keys (`_candidates`) can
+    #: be selected by them, the others take the fast plan codes (scalars, with the rules
+    #: of local applications) or just have their path tracked (containers).
     keyed: bool = field(init=False, repr=False)
     _candidates: frozenset[str] = field(init=False, repr=False)
     #: `local_rules` per (node, value type), and whether any can apply at a node.
@@ -228,6 +230,8 @@ class Policy:
         default_factory=dict, repr=False
     )
     _local_nodes: dict[sch.Node, bool] = field(default_factory=dict, repr=False)
+    #: The applications whose selectors are local (all of them in a `local` policy).
+    _local_apps: tuple[Application, ...] = field(init=False, repr=False)
     #: Per `local_rules` tuple (by id; the tuples live in `_local_rules`) whose rules
     #: never look at the key: the strings they change nothing in.
     _local_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
@@ -237,15 +241,20 @@ class Policy:
     def __post_init__(self) -> None:
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
         self.scanner = det.Scanner(self.entries)
+        self._local_apps = tuple(a for a in self.applications if is_local(a.selector))
         self.local = (
             bool(self.applications)
             and not self.pseudonymize
             and not self.safe_selectors
-            and all(is_local(a.selector) for a in self.applications)
+            and len(self._local_apps) == len(self.applications)
         )
         self.tracks_paths = self.uses_selectors and not self.local
         ends = [last_keys(s) for s in (*self.safe_selectors, *self.pseudonymize)]
-        ends += self._app_keys
+        ends += (
+            k
+            for a, k in zip(self.applications, self._app_keys, strict=True)
+            if not is_local(a.selector)
+        )
         self.keyed = self.tracks_paths and all(keys is not None for keys in ends)
         self._candidates = frozenset(k for keys in ends if keys is not None for k in keys)
         self._walk_setup = (self.tracks_paths, self._plain_keys, bool(self.entries))
@@ -263,7 +272,7 @@ class Policy:
         if found is None:
             state: list[State] = [("", node.typesets.get(tv, node.types))]
             rules: list[Rule] = []
-            for app in self.applications:
+            for app in self._local_apps:
                 if matches(app.selector, state, node.pii):
                     rules.extend(app.rules)
             found = self._local_rules[(node, tv)] = tuple(rules)
@@ -274,7 +283,7 @@ class Policy:
     def local_possible(self, node: sch.Node) -> bool:
         """Can a rule of a `local` policy apply to some value at `node`? Where one can,
         the walker takes the per-value path (`_value`), which applies them."""
-        if not self.local:
+        if not self._local_apps:
             return False
         found = self._local_nodes.get(node)
         if found is None:
@@ -367,10 +376,10 @@ class Policy:
             and item.pii == PII_TRUE
             and not (item.flags & flag_mask)
         ):
-            if self.keyed:
-                mode = _LIST_TRACKED
+            if self.local_possible(item):
+                mode = _LIST_SLOW if self.keyed else _LIST_RULED
             else:
-                mode = _LIST_RULED if self.local_possible(item) else _LIST_FAST
+                mode = _LIST_TRACKED if self.keyed else _LIST_FAST
         else:
             mode = _LIST_SLOW
         found = np.items = (self.node_plan(item), mode)
@@ -429,15 +438,17 @@ class Policy:
             code = _MAYBE
         else:
             code = _SLOW
-        if code != _DEAD and code != _FALSE and code != _SLOW and self.local_possible(child):
-            # A local rule may apply: `_FAST` but for the values it applies to, anything
-            # else by the per-value path.
-            code = _RULED if code == _FAST else _SLOW
-        elif self.keyed and code in (_FAST, _DENY, _MAYBE):
+        if self.keyed and code in (_FAST, _DENY, _MAYBE):
             if key.lower() in self._candidates:
                 code = _SLOW  # a selector may select it
             elif code == _FAST:
-                code = _TRACKED
+                code = _TRACKED  # applies the rules of local applications too
+            elif self.local_possible(child):
+                code = _SLOW
+        elif code != _DEAD and code != _FALSE and code != _SLOW and self.local_possible(child):
+            # A local rule may apply: `_FAST` but for the values it applies to, anything
+            # else by the per-value path.
+            code = _RULED if code == _FAST else _SLOW
         if self._plan_size > _MAX_KEY_CACHE:
             # Bounded memory: start over (plans in use stay valid, just unlisted).
             for known in self._node_plans.values():
@@ -720,8 +731,10 @@ class Walk:
         if found is None:
             found = self.p.plan(np, k)
         code, child = found
-        if code == _RULED:
-            # `_FAST` with rules of a local policy: `_value`'s steps for such a key.
+        if code in (_RULED, _TRACKED):
+            # `_FAST` with the rules of local applications (`_RULED`: a local policy;
+            # `_TRACKED`: a keyed policy, where no other selector can select this value
+            # and containers are entered with their path tracked): `_value`'s steps.
             tv = type(v)
             p = self.p
             rules = p._local_rules.get((child, tv))
@@ -746,22 +759,13 @@ class Walk:
                     result = self._cget(v, _MISS)
                     if result is not None:
                         self.slots.append((d, k, k, ref, v, result))
-            elif tv is dict:
-                self._dict(v, p.node_plan(child), [ref, k, None])
-            elif tv is list:
-                self._list(v, p.node_plan(child), [ref, k, None])
-            return False
-        if code == _TRACKED:
-            # `_FAST` under a keyed policy: no selector can select this value (what
-            # `_value` would find), but a container's path is tracked.
-            tv = type(v)
-            if tv is str:
-                if v not in self._clean and len(v) > 2:
-                    result = self._cget(v, _MISS)
-                    if result is not None:
-                        self.slots.append((d, k, k, ref, v, result))
             elif tv is dict or tv is list:
-                self._descend(d, k, v, child, ref, k)
+                if code == _TRACKED:
+                    self._descend(d, k, v, child, ref, k)
+                elif tv is dict:
+                    self._dict(v, p.node_plan(child), [ref, k, None])
+                else:
+                    self._list(v, p.node_plan(child), [ref, k, None])
             return False
         if code == _MAYBE and type(v) is not dict and type(v) is not list:
             return False

@@ -76,6 +76,25 @@ KEYED: list[dict[str, Any]] = [
         "safe_fields": ["extra.value"],
         "pii_config": {"rules": RULES, "applications": {"note": ["digits"]}},
     },
+    # With local applications too: their rules apply everywhere, as in a local policy.
+    {"pii_config": {"rules": RULES, "applications": {"$string": ["digits"], "a": ["hello"]}}},
+    {
+        "safe_fields": ["extra.a"],
+        "pii_config": {"rules": RULES, "applications": {"$string": ["word"]}},
+    },
+    {
+        "pseudonymize": {"fields": ["user.id"], "key": "k"},
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"$number || $boolean": ["@anything:remove"], "$message": ["hello"]},
+        },
+    },
+    {
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"$object": ["@anything:remove"], "extra.a": ["digits"]},
+        }
+    },
 ]
 
 
