@@ -330,6 +330,43 @@ def is_local(sel: Selector) -> bool:
     return is_local(sel.inner)
 
 
+#: What a selector needs of a path (see `path_keys`): keys one of which is the value's own
+#: last segment, and keys one of which is the segment of a container above it.
+PathKeys = tuple[frozenset[str], frozenset[str]]
+
+
+def path_keys(sel: Selector) -> PathKeys | None:
+    """Keys without which `sel` cannot select a value: `(own, above)`, where a selected
+    value's own segment is in `own` or a container above it has its segment in
+    `above`; None when no key is needed (`**`, `$frame.*`, `!a`).
+
+    A path that ends in a key needs it as the value's own segment; one that ends in a
+    wildcard or an index needs its last key item on a container above (a key item
+    matches one state, and every state but the last is a container's).
+    """
+    if isinstance(sel, PathSel):
+        own_key = sel.last_key()
+        if own_key is not None:
+            return frozenset({own_key}), frozenset()
+        keys = [i.value for i in sel.items[:-1] if i.kind == "key" and isinstance(i.value, str)]
+        return (frozenset(), frozenset({keys[-1]})) if keys else None
+    if isinstance(sel, OrSel):
+        own: frozenset[str] = frozenset()
+        above: frozenset[str] = frozenset()
+        for p in sel.parts:
+            found = path_keys(p)
+            if found is None:
+                return None
+            own, above = own | found[0], above | found[1]
+        return own, above
+    if isinstance(sel, AndSel):
+        for p in sel.parts:
+            found = path_keys(p)
+            if found is not None:
+                return found
+    return None
+
+
 def last_keys(sel: Selector) -> frozenset[str] | None:
     """Keys one of which must be the last path segment for `sel` to match, or None if any."""
     if isinstance(sel, PathSel):

@@ -24,11 +24,12 @@ Strings seen before in which nothing was found are one set test (`ScanCache.clea
 A policy whose selectors name value types only (`$string`, `$message`, ...: `local`)
 finds its rules per schema node and value type and keeps the fast paths where no rule
 applies. Other selectors need the path of every value tracked. When each of them
-ends in a key (`extra.a`, `$http.headers.x-api-key`, `user.id`: `keyed`), only values
-under those keys take the per-value path; the others keep the fast codes (with the
-rules of local applications, if any), and containers are entered with their path
-tracked. Anything else (`**`, an index, a
-wildcard last) takes the general per-value path everywhere. All give the same
+needs a key in the path (`keyed`): the value's own (`extra.a`, `$http.headers.x-api-key`,
+`user.id`) or a container's above it (`vars` of `$frame.vars.**`, `extra` of `extra.*`),
+only values under those keys, and every value below such a container, take the
+per-value path; the others keep the fast codes (with the rules of local applications,
+if any), and containers are entered with their path tracked. Anything else (`**`,
+`$frame.*`, `!a`) takes the general per-value path everywhere. All give the same
 results (`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
 """
 
@@ -54,6 +55,7 @@ from relay.processing.scrub.selectors import (
     is_local,
     last_keys,
     matches,
+    path_keys,
 )
 
 FILTERED = det.FILTERED
@@ -219,12 +221,15 @@ class Policy:
     local: bool = field(init=False, repr=False)
     #: Selectors need the path of every value (`Walk.states`): the general path.
     tracks_paths: bool = field(init=False, repr=False)
-    #: Paths are tracked, and every selector but local ones ends in a key
-    #: (`selectors.last_keys`): only values under one of those keys (`_candidates`) can
-    #: be selected by them, the others take the fast plan codes (scalars, with the rules
-    #: of local applications) or just have their path tracked (containers).
+    #: Paths are tracked, and every selector but local ones needs a key in the path
+    #: (`selectors.path_keys`): only values under one of the keys they end in
+    #: (`_candidates`), and every value below a container under one of the keys they
+    #: need above (`_anchors`, e.g. `vars` of `$frame.vars.**`), can be selected by
+    #: them. The others take the fast plan codes (scalars, with the rules of local
+    #: applications) or just have their path tracked (containers).
     keyed: bool = field(init=False, repr=False)
     _candidates: frozenset[str] = field(init=False, repr=False)
+    _anchors: frozenset[str] = field(init=False, repr=False)
     #: `local_rules` per (node, value type), and whether any can apply at a node.
     _local_rules: dict[tuple[sch.Node, type], tuple[Rule, ...]] = field(
         default_factory=dict, repr=False
@@ -249,14 +254,17 @@ class Policy:
             and len(self._local_apps) == len(self.applications)
         )
         self.tracks_paths = self.uses_selectors and not self.local
-        ends = [last_keys(s) for s in (*self.safe_selectors, *self.pseudonymize)]
-        ends += (
-            k
-            for a, k in zip(self.applications, self._app_keys, strict=True)
-            if not is_local(a.selector)
-        )
-        self.keyed = self.tracks_paths and all(keys is not None for keys in ends)
-        self._candidates = frozenset(k for keys in ends if keys is not None for k in keys)
+        needs = [
+            path_keys(sel)
+            for sel in (
+                *self.safe_selectors,
+                *self.pseudonymize,
+                *(a.selector for a in self.applications if not is_local(a.selector)),
+            )
+        ]
+        self.keyed = self.tracks_paths and all(keys is not None for keys in needs)
+        self._candidates = frozenset(k for keys in needs if keys is not None for k in keys[0])
+        self._anchors = frozenset(k for keys in needs if keys is not None for k in keys[1])
         self._walk_setup = (self.tracks_paths, self._plain_keys, bool(self.entries))
 
     @property
@@ -402,7 +410,8 @@ class Policy:
         `_SLOW`: anything else (full per-value processing). With a `keyed` policy, a key
         no selector ends in is `_TRACKED` instead of `_FAST` (scalars as `_FAST`,
         containers entered with their path tracked), and one that a selector ends in is
-        `_SLOW`; the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and `_SLOW`.
+        `_SLOW` (below a container under an anchor key, the walk reads all three as
+        `_SLOW`); the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and `_SLOW`.
         With a `local` policy, a key
         where a rule may apply is `_RULED` (`_FAST` for value types no rule applies to)
         instead of `_FAST`, and `_SLOW` instead of `_MAYBE`, `_ATTRS` or `_DENY`.
@@ -495,6 +504,8 @@ class Walk:
         "_cget",
         "_clean",
         "_plain",
+        "anchored",
+        "anchors",
         "attrs_fast",
         "changes",
         "local",
@@ -537,8 +548,12 @@ class Walk:
         #: Attributes objects take the fast loop in `_attrs` (with a keyed policy: when
         #: no selector ends in `value`, no attribute's value can be selected).
         self.attrs_fast = not self.local_any and (
-            not slow or (policy.keyed and "value" not in policy._candidates)
+            not slow or (policy.keyed and "value" not in policy._candidates and not policy._anchors)
         )
+        #: A keyed policy's `_anchors`, and how many containers under one of them the walk
+        #: is in: everything below one takes the per-value path (`_planned`, `_list`).
+        self.anchors = policy._anchors if policy.keyed else frozenset()
+        self.anchored = 0
         #: Detector results per string (`_cget`), and the strings known clean (`_clean`,
         #: a subset; tested first, as most strings are).
         if scan:
@@ -731,6 +746,8 @@ class Walk:
         if found is None:
             found = self.p.plan(np, k)
         code, child = found
+        if self.anchored and code in (_TRACKED, _MAYBE, _DENY):
+            code = _SLOW  # below an anchor every value may be selected
         if code in (_RULED, _TRACKED):
             # `_FAST` with the rules of local applications (`_RULED`: a local policy;
             # `_TRACKED`: a keyed policy, where no other selector can select this value
@@ -838,7 +855,7 @@ class Walk:
                 else:
                     self._value(lst, i, v, item_node, ref, i, None)
             return
-        if mode == _LIST_TRACKED:
+        if mode == _LIST_TRACKED and not self.anchored:
             for i, v in enumerate(lst):
                 tv = type(v)
                 if tv is str:
@@ -852,7 +869,7 @@ class Walk:
                 elif tv is dict or tv is list:
                     self._descend(lst, i, v, item_node, ref, i)
             return
-        if mode == _LIST_SLOW:
+        if mode in (_LIST_SLOW, _LIST_TRACKED):
             pairs = item_node.pii != PII_FALSE
             for i, v in enumerate(lst):
                 if pairs and type(v) is dict and _is_pair(v):
@@ -973,11 +990,17 @@ class Walk:
                 if verdict == _IP:
                     self._remove(d, name, ref, "@anything:remove")
                     return
+                anchor = False
                 if slow:
                     self.states.append((name, sch.ANY.typesets[dict]))
+                    if self.anchors and type(name) is str and name.lower() in self.anchors:
+                        anchor = True
+                        self.anchored += 1
                 self._value(attr, "value", value, sch.ANY, [ref, name, None], "value", name)
                 if slow:
                     self.states.pop()
+                    if anchor:
+                        self.anchored -= 1
                 return
         self._value(d, name, attr, sch.ANY, ref, name, name)
 
@@ -1052,8 +1075,12 @@ class Walk:
         if node.dead:
             return
         slow = self.slow
+        anchor = False
         if slow:
             self.states.append((seg, node.typesets[type(value)]))
+            if self.anchors and type(seg) is str and seg.lower() in self.anchors:
+                anchor = True
+                self.anchored += 1
         if type(value) is not dict:
             self._list(value, self.p.node_plan(node), [ref, ckey, None])
         elif node.flags & sch.ATTRS:
@@ -1062,6 +1089,8 @@ class Walk:
             self._dict(value, self.p.node_plan(node), [ref, ckey, None])
         if slow:
             self.states.pop()
+            if anchor:
+                self.anchored -= 1
 
     def _cookies(self, container: Any, ckey: str | int, value: Any, ref: Ref) -> None:
         if isinstance(value, str):

@@ -95,6 +95,25 @@ KEYED: list[dict[str, Any]] = [
             "applications": {"$object": ["@anything:remove"], "extra.a": ["digits"]},
         }
     },
+    # Selectors that end in a wildcard or an index need a key on a container above.
+    {"pii_config": {"rules": RULES, "applications": {"$frame.vars.**": ["digits"]}}},
+    {
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"extra.*": ["@anything:remove"], "a": ["hello"]},
+        }
+    },
+    {"pii_config": {"rules": RULES, "applications": {"values.0 || attributes.*": ["digits"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"data.** && $string": ["word"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"attributes.**": ["digits"]}}},
+    {"safe_fields": ["extra.**"], "pseudonymize": {"fields": ["headers.*"], "key": "k"}},
+    {
+        "safe_fields": ["contexts.*"],
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"$string": ["digits"], "tags.**": ["hello"]},
+        },
+    },
 ]
 
 
@@ -156,7 +175,7 @@ def test_path_selectors_keep_the_general_path() -> None:
     for applications in ({"extra.a": ["digits"]}, {"**": ["digits"]}, {"$frame.vars": ["hello"]}):
         scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
         assert scrubber.policy.tracks_paths and not scrubber.policy.local
-    for applications in ({"**": ["digits"]}, {"$frame.vars.*": ["hello"]}, {"extra.0": ["word"]}):
+    for applications in ({"**": ["digits"]}, {"$frame.*": ["hello"]}, {"!extra.a": ["word"]}):
         scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
         assert not scrubber.policy.keyed
     mixed = {"$string": ["digits"], "extra.a": ["hello"]}
@@ -206,6 +225,8 @@ def test_keyed_selectors_reach_attribute_values_again_and_again() -> None:
     for config in (
         {"pii_config": {"rules": RULES, "applications": {"**.value": ["digits"]}}},
         {"pii_config": {"rules": RULES, "applications": {"note": ["hello"], "a": ["digits"]}}},
+        {"pii_config": {"rules": RULES, "applications": {"attributes.**": ["digits"]}}},
+        {"pii_config": {"rules": RULES, "applications": {"items.** && $string": ["digits"]}}},
     ):
         keyed, general = _keyed_pair(config)
         assert keyed.policy.keyed
@@ -215,3 +236,21 @@ def test_keyed_selectors_reach_attribute_values_again_and_again() -> None:
     for _ in range(2):
         out = _scrub(keyed, log, "log", False)[0]
         assert b"12345" not in out and b"x [num]" in out
+
+
+def test_path_keys_name_what_a_selector_needs_of_a_path() -> None:
+    from relay.processing.scrub.selectors import parse_selector, path_keys
+
+    def keys(text: str) -> tuple[set[str], set[str]] | None:
+        found = path_keys(parse_selector(text))
+        return None if found is None else (set(found[0]), set(found[1]))
+
+    assert keys("extra.a") == ({"a"}, set())
+    assert keys("$http.headers.X-Api-Key") == ({"x-api-key"}, set())
+    assert keys("$frame.vars.**") == (set(), {"vars"})
+    assert keys("exception.values.0") == (set(), {"values"})
+    assert keys("a.**.b.*") == (set(), {"b"})
+    assert keys("a || b.*") == ({"a"}, {"b"})
+    assert keys("$string && extra.*") == (set(), {"extra"})
+    for general in ("**", "$frame.*", "!a", "a || **", "$string && $frame.0"):
+        assert keys(general) is None, general
