@@ -316,18 +316,23 @@ def matches(sel: Selector, states: Sequence[State], pii: int) -> bool:
     return not matches(sel.inner, states, pii)
 
 
-def is_local(sel: Selector) -> bool:
+def is_local(sel: Selector, *, deep: bool = False) -> bool:
     """Is `sel` decided by the value's own types and PII attribute alone?
 
     True for value types (`$string`, `$message`, ...) and their `&&`, `||` and `!`
     combinations: a one-item path of a type compares only the last state, so no keys,
     indexes or depth are needed to match it (see `Policy.local_rules` in the walker).
+    `deep=True` also admits `**` alone, which needs one thing more: whether the path
+    has two states or more (the value is not in the root).
     """
     if isinstance(sel, PathSel):
-        return len(sel.items) == 1 and sel.items[0].kind == "type"
+        if len(sel.items) != 1:
+            return False
+        kind = sel.items[0].kind
+        return kind == "type" or (deep and kind == "**")
     if isinstance(sel, AndSel | OrSel):
-        return all(is_local(p) for p in sel.parts)
-    return is_local(sel.inner)
+        return all(is_local(p, deep=deep) for p in sel.parts)
+    return is_local(sel.inner, deep=deep)
 
 
 #: What a selector needs of a path (see `path_keys`): keys one of which is the value's own

@@ -28,8 +28,9 @@ needs a key in the path (`keyed`): the value's own (`extra.a`, `$http.headers.x-
 `user.id`) or a container's above it (`vars` of `$frame.vars.**`, `extra` of `extra.*`),
 only values under those keys, and every value below such a container, take the
 per-value path; the others keep the fast codes (with the rules of local applications,
-if any), and containers are entered with their path tracked. Anything else (`**`,
-`$frame.*`, `!a`) takes the general per-value path everywhere. All give the same
+if any, and `**`, whose depth the tracked path tells), and containers are entered
+with their path tracked. Anything else (`$frame.**`, `$frame.*`, `!a`) takes the
+general per-value path everywhere. All give the same
 results (`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
 """
 
@@ -230,13 +231,16 @@ class Policy:
     keyed: bool = field(init=False, repr=False)
     _candidates: frozenset[str] = field(init=False, repr=False)
     _anchors: frozenset[str] = field(init=False, repr=False)
-    #: `local_rules` per (node, value type), and whether any can apply at a node.
-    _local_rules: dict[tuple[sch.Node, type], tuple[Rule, ...]] = field(
+    #: `local_rules` per (node, value type, deep), and whether any can apply at a node.
+    _local_rules: dict[tuple[sch.Node, type, bool], tuple[Rule, ...]] = field(
         default_factory=dict, repr=False
     )
     _local_nodes: dict[sch.Node, bool] = field(default_factory=dict, repr=False)
-    #: The applications whose selectors are local (all of them in a `local` policy).
+    #: The applications whose selectors are local (all of them in a `local` policy), and
+    #: those `local_rules` applies: these, or in a policy that tracks paths also those
+    #: with `**` (`is_local(deep=True)`: the walk knows the depth there).
     _local_apps: tuple[Application, ...] = field(init=False, repr=False)
+    _rule_apps: tuple[Application, ...] = field(init=False, repr=False)
     #: Per `local_rules` tuple (by id; the tuples live in `_local_rules`) whose rules
     #: never look at the key: the strings they change nothing in.
     _local_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
@@ -254,12 +258,14 @@ class Policy:
             and len(self._local_apps) == len(self.applications)
         )
         self.tracks_paths = self.uses_selectors and not self.local
+        shallow = tuple(a for a in self.applications if is_local(a.selector, deep=True))
+        self._rule_apps = self._local_apps if self.local else shallow
         needs = [
             path_keys(sel)
             for sel in (
                 *self.safe_selectors,
                 *self.pseudonymize,
-                *(a.selector for a in self.applications if not is_local(a.selector)),
+                *(a.selector for a in self.applications if a not in shallow),
             )
         ]
         self.keyed = self.tracks_paths and all(keys is not None for keys in needs)
@@ -271,19 +277,22 @@ class Policy:
     def uses_selectors(self) -> bool:
         return bool(self.applications or self.pseudonymize or self.safe_selectors)
 
-    def local_rules(self, node: sch.Node, tv: type) -> tuple[Rule, ...]:
-        """The rules, in application order, of a `local` policy that apply to a value of
-        type `tv` at `node`: what `Walk._selected` finds with the path tracked, since a
-        local selector looks at the last state only (`(segment, types)`, the segment
-        unused) and the value's PII attribute."""
-        found = self._local_rules.get((node, tv))
+    def local_rules(self, node: sch.Node, tv: type, deep: bool) -> tuple[Rule, ...]:
+        """The rules, in application order, of local applications (`_rule_apps`) that
+        apply to a value of type `tv` at `node`, `deep` when its path has two states or
+        more: what `Walk._selected` finds with the path tracked, since such a selector
+        looks at the last state only (`(segment, types)`, the segment unused), the
+        value's PII attribute and, for `**`, the number of states."""
+        found = self._local_rules.get((node, tv, deep))
         if found is None:
             state: list[State] = [("", node.typesets.get(tv, node.types))]
+            if deep:
+                state.insert(0, ("", frozenset()))
             rules: list[Rule] = []
-            for app in self._local_apps:
+            for app in self._rule_apps:
                 if matches(app.selector, state, node.pii):
                     rules.extend(app.rules)
-            found = self._local_rules[(node, tv)] = tuple(rules)
+            found = self._local_rules[(node, tv, deep)] = tuple(rules)
             if rules and tv is str and not any(r.keyed for r in rules):
                 self._local_clean[id(found)] = ScanCache(max_chars=1_000_000)
         return found
@@ -291,11 +300,13 @@ class Policy:
     def local_possible(self, node: sch.Node) -> bool:
         """Can a rule of a `local` policy apply to some value at `node`? Where one can,
         the walker takes the per-value path (`_value`), which applies them."""
-        if not self._local_apps:
+        if not self._rule_apps:
             return False
         found = self._local_nodes.get(node)
         if found is None:
-            found = self._local_nodes[node] = any(self.local_rules(node, tv) for tv in _VALUE_TYPES)
+            found = self._local_nodes[node] = any(
+                self.local_rules(node, tv, deep) for tv in _VALUE_TYPES for deep in (False, True)
+            )
         return found
 
     def rule_spans(self, rule: Rule, text: str) -> list[tuple[int, int]]:
@@ -754,11 +765,13 @@ class Walk:
             # and containers are entered with their path tracked): `_value`'s steps.
             tv = type(v)
             p = self.p
-            rules = p._local_rules.get((child, tv))
+            # Depth matters to `**` only, which `_RULED` (a local policy) never has.
+            deep = code == _RULED or bool(self.states)
+            rules = p._local_rules.get((child, tv, deep))
             if rules is None:
                 if v is None:
                     return False  # as in `_value`: nothing applies to null
-                rules = p.local_rules(child, tv)
+                rules = p.local_rules(child, tv, deep)
             if rules:
                 clean = p._local_clean.get(id(rules))
                 if clean is None or v not in clean.clean:
@@ -848,7 +861,7 @@ class Walk:
             return
         if mode == _LIST_RULED:
             # Objects as in a fast list when no rule applies to them, the rest by `_value`.
-            objects = not self.p.local_rules(item_node, dict)
+            objects = not self.p.local_rules(item_node, dict, True)
             for i, v in enumerate(lst):
                 if type(v) is dict and (objects or _is_pair(v)):
                     self._list_item(lst, i, v, item_np, ref)
@@ -1047,7 +1060,7 @@ class Walk:
             tv = type(value)
         elif self.local and verdict != _SAFE:
             # What `_selected` does for a local policy, without the path.
-            rules = p.local_rules(node, tv)
+            rules = p.local_rules(node, tv, True)
             if rules:
                 if self._apply_rules(container, ckey, value, ref, key, rules):
                     return

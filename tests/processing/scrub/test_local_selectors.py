@@ -114,6 +114,19 @@ KEYED: list[dict[str, Any]] = [
             "applications": {"$string": ["digits"], "tags.**": ["hello"]},
         },
     },
+    # `**` alone: pii "true" and not in the root, which the tracked path tells.
+    {"pii_config": {"rules": RULES, "applications": {"**": ["digits"]}}},
+    {"pii_config": {"rules": RULES, "applications": {"**": ["hello"], "extra.a": ["word"]}}},
+    {
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"$string && !**": ["digits"], "!**": ["word"]},
+        }
+    },
+    {
+        "safe_fields": ["extra.a"],
+        "pii_config": {"rules": RULES, "applications": {"** || $number": ["@anything:remove"]}},
+    },
 ]
 
 
@@ -175,7 +188,11 @@ def test_path_selectors_keep_the_general_path() -> None:
     for applications in ({"extra.a": ["digits"]}, {"**": ["digits"]}, {"$frame.vars": ["hello"]}):
         scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
         assert scrubber.policy.tracks_paths and not scrubber.policy.local
-    for applications in ({"**": ["digits"]}, {"$frame.*": ["hello"]}, {"!extra.a": ["word"]}):
+    for applications in (
+        {"$frame.**": ["digits"]},
+        {"$frame.*": ["hello"]},
+        {"!extra.a": ["word"]},
+    ):
         scrubber = compile_scrubber(cfg(pii_config={"rules": RULES, "applications": applications}))
         assert not scrubber.policy.keyed
     mixed = {"$string": ["digits"], "extra.a": ["hello"]}
