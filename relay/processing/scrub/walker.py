@@ -298,8 +298,9 @@ class Policy:
         return found
 
     def local_possible(self, node: sch.Node) -> bool:
-        """Can a rule of a `local` policy apply to some value at `node`? Where one can,
-        the walker takes the per-value path (`_value`), which applies them."""
+        """Can a rule of a local application (`_rule_apps`) apply to some value at `node`?
+        Where one can, the walker applies them on `_RULED` or `_TRACKED` keys, or takes
+        the per-value path (`_value`)."""
         if not self._rule_apps:
             return False
         found = self._local_nodes.get(node)
@@ -422,10 +423,10 @@ class Policy:
         no selector ends in is `_TRACKED` instead of `_FAST` (scalars as `_FAST`,
         containers entered with their path tracked), and one that a selector ends in is
         `_SLOW` (below a container under an anchor key, the walk reads all three as
-        `_SLOW`); the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and `_SLOW`.
-        With a `local` policy, a key
-        where a rule may apply is `_RULED` (`_FAST` for value types no rule applies to)
-        instead of `_FAST`, and `_SLOW` instead of `_MAYBE`, `_ATTRS` or `_DENY`.
+        `_SLOW`); the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and
+        `_SLOW`. With a `local` policy, a key where a rule may apply is `_RULED` (`_FAST`
+        for value types no rule applies to) instead of `_FAST`, and `_SLOW` instead of
+        `_MAYBE`, `_ATTRS` or `_DENY`.
         """
         node = np.node
         children = node.children
