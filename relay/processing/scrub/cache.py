@@ -94,3 +94,44 @@ class ScanCache:
         self.data.clear()
         self.clean.clear()
         self.chars = 0
+
+
+#: One remark a tuple of rules made on a string: (rule, method, (start, end)).
+Mark = tuple[str, str, tuple[int, int]]
+
+
+class RulesMemo:
+    """Bounded memo of what one tuple of rules (none of which looks at the key) does to
+    strings: `clean` holds those it changes nothing in, `done` the others, each with its
+    rewritten text and remarks. Bounded like `ScanCache` (entries, characters held,
+    longest string); process memory only.
+    """
+
+    __slots__ = ("chars", "clean", "done", "max_chars", "max_entries", "max_len")
+
+    def __init__(
+        self, max_entries: int = 20_000, max_chars: int = 1_000_000, max_len: int = 4096
+    ) -> None:
+        self.clean: set[str] = set()
+        self.done: dict[str, tuple[str, tuple[Mark, ...]]] = {}
+        self.chars = 0
+        self.max_entries = max_entries
+        self.max_chars = max_chars
+        self.max_len = max_len
+
+    def put(self, text: str, result: tuple[str, tuple[Mark, ...]] | None) -> None:
+        size = len(text) + (len(result[0]) if result is not None else 0)
+        if len(text) > self.max_len:
+            return
+        if (
+            len(self.clean) + len(self.done) >= self.max_entries
+            or self.chars + size > self.max_chars
+        ):
+            self.clean.clear()
+            self.done.clear()
+            self.chars = 0
+        if result is None:
+            self.clean.add(text)
+        else:
+            self.done[text] = result
+        self.chars += size

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 
 from relay.processing.scrub import detectors as det
 from relay.processing.scrub import schema as sch
-from relay.processing.scrub.cache import Change, ScanCache, ScanResult
+from relay.processing.scrub.cache import Change, Mark, RulesMemo, ScanCache, ScanResult
 from relay.processing.scrub.rules import REMARK, Application, Rule, merge_spans, rewrite
 from relay.processing.scrub.selectors import (
     PII_FALSE,
@@ -241,9 +241,11 @@ class Policy:
     #: with `**` (`is_local(deep=True)`: the walk knows the depth there).
     _local_apps: tuple[Application, ...] = field(init=False, repr=False)
     _rule_apps: tuple[Application, ...] = field(init=False, repr=False)
-    #: Per `local_rules` tuple (by id; the tuples live in `_local_rules`) whose rules
-    #: never look at the key: the strings they change nothing in.
-    _local_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
+    #: The distinct tuples `local_rules` returns (one object per list of rules), by the
+    #: ids of their rules; and per such tuple whose rules never look at the key (by id;
+    #: the tuples live here), what they do to strings.
+    _rule_tuples: dict[tuple[int, ...], tuple[Rule, ...]] = field(default_factory=dict, repr=False)
+    _local_clean: dict[int, RulesMemo] = field(default_factory=dict, repr=False)
     #: Per rule (by id; rules live as long as the policy): strings it found nothing in.
     _rule_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
 
@@ -292,9 +294,13 @@ class Policy:
             for app in self._rule_apps:
                 if matches(app.selector, state, node.pii):
                     rules.extend(app.rules)
-            found = self._local_rules[(node, tv, deep)] = tuple(rules)
-            if rules and tv is str and not any(r.keyed for r in rules):
-                self._local_clean[id(found)] = ScanCache(max_chars=1_000_000)
+            ids = tuple(map(id, rules))
+            found = self._rule_tuples.get(ids)
+            if found is None:
+                found = self._rule_tuples[ids] = tuple(rules)
+                if rules and not any(r.keyed for r in rules):
+                    self._local_clean[id(found)] = RulesMemo()
+            self._local_rules[(node, tv, deep)] = found
         return found
 
     def local_possible(self, node: sch.Node) -> bool:
@@ -314,7 +320,7 @@ class Policy:
         """`rule.spans(text)`, remembering the strings in which it found nothing (most)."""
         clean = self._rule_clean.get(id(rule))
         if clean is None:
-            clean = self._rule_clean[id(rule)] = ScanCache(max_chars=1_000_000)
+            clean = self._rule_clean[id(rule)] = ScanCache(max_entries=5_000, max_chars=250_000)
         elif text in clean.clean:
             return []
         spans = rule.spans(text)
@@ -774,17 +780,10 @@ class Walk:
                     return False  # as in `_value`: nothing applies to null
                 rules = p.local_rules(child, tv, deep)
             if rules:
-                clean = p._local_clean.get(id(rules))
-                if clean is None or v not in clean.clean:
-                    changes = self.changes
-                    if self._apply_rules(d, k, v, ref, k, rules):
-                        return False
-                    if changes == self.changes:
-                        if clean is not None:
-                            clean.put(v, None)
-                    else:
-                        v = d[k]
-                        tv = type(v)
+                if self._apply_rules(d, k, v, ref, k, rules):
+                    return False
+                v = d[k]
+                tv = type(v)
             if tv is str:
                 if v not in self._clean and len(v) > 2:
                     result = self._cget(v, _MISS)
@@ -1205,6 +1204,21 @@ class Walk:
                     self._remove(container, ckey, ref, rule.origin)
                     return True
             return False
+        # What a tuple of local rules that never look at the key did to this string before.
+        memo = self.p._local_clean.get(id(rules))
+        marks: list[Mark] | None = None
+        if memo is not None:
+            if value in memo.clean:
+                return False
+            done = memo.done.get(value)
+            if done is not None:
+                container[ckey] = done[0]
+                self.changes += 1
+                if self.track:
+                    for origin, method, rng in done[1]:
+                        self._record(ref, ckey, origin, method, rng, len(value))
+                return False
+            marks = []
         current = value
         changed = False
         for rule in rules:
@@ -1219,11 +1233,15 @@ class Walk:
             if self.track:
                 for rng in ranges:
                     self._record(ref, ckey, rule.origin, rule.method, rng, len(value))
+            if marks is not None:
+                marks += ((rule.origin, rule.method, rng) for rng in ranges)
             current = new
             changed = True
         if changed:
             container[ckey] = current
             self.changes += 1
+        if memo is not None:
+            memo.put(value, (current, tuple(marks or ())) if changed else None)
         return False
 
     # --- value detectors ------------------------------------------------------------------------

@@ -271,3 +271,18 @@ def test_path_keys_name_what_a_selector_needs_of_a_path() -> None:
     assert keys("$string && extra.*") == (set(), {"extra"})
     for general in ("**", "$frame.*", "!a", "a || **", "$string && $frame.0"):
         assert keys(general) is None, general
+
+
+def test_rules_memo_is_bounded() -> None:
+    from relay.processing.scrub.cache import RulesMemo
+
+    memo = RulesMemo(max_entries=3, max_chars=100, max_len=10)
+    memo.put("clean", None)
+    memo.put("dirty 12", ("dirty [num]", (("digits", "replace", (6, 11)),)))
+    memo.put("far too long a string", None)  # longer than max_len: not kept
+    assert memo.clean == {"clean"} and set(memo.done) == {"dirty 12"}
+    memo.put("third", None)
+    memo.put("fourth", None)  # over max_entries: emptied, then refilled
+    assert memo.clean == {"fourth"} and not memo.done
+    memo.put("x" * 10, ("y" * 95, ()))  # over max_chars with what is held: emptied first
+    assert not memo.clean and set(memo.done) == {"x" * 10} and memo.chars == 105
