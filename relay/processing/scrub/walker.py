@@ -122,7 +122,7 @@ IP_KEYS = frozenset(
 )
 
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED, _TRACKED = 0, 1, 2, 3, 4, 5, 6, 7, 8
+_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED, _TRACKED, _TRACKED_RULED = range(10)
 _LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED, _LIST_TRACKED = 0, 1, 2, 3, 4
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
@@ -427,7 +427,8 @@ class Policy:
         (a string) or removed (anything but null and booleans);
         `_SLOW`: anything else (full per-value processing). With a `keyed` policy, a key
         no selector ends in is `_TRACKED` instead of `_FAST` (scalars as `_FAST`,
-        containers entered with their path tracked), and one that a selector ends in is
+        containers entered with their path tracked; `_TRACKED_RULED` where rules of
+        local applications may apply), and one that a selector ends in is
         `_SLOW` (below a container under an anchor key, the walk reads all three as
         `_SLOW`); the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and
         `_SLOW`. With a `local` policy, a key where a rule may apply is `_RULED` (`_FAST`
@@ -469,7 +470,8 @@ class Policy:
             if key.lower() in self._candidates:
                 code = _SLOW  # a selector may select it
             elif code == _FAST:
-                code = _TRACKED  # applies the rules of local applications too
+                # With the rules of local applications where one may apply.
+                code = _TRACKED_RULED if self.local_possible(child) else _TRACKED
             elif self.local_possible(child):
                 code = _SLOW
         elif code != _DEAD and code != _FALSE and code != _SLOW and self.local_possible(child):
@@ -764,12 +766,24 @@ class Walk:
         if found is None:
             found = self.p.plan(np, k)
         code, child = found
-        if self.anchored and code in (_TRACKED, _MAYBE, _DENY):
+        if self.anchored and code in (_TRACKED, _TRACKED_RULED, _MAYBE, _DENY):
             code = _SLOW  # below an anchor every value may be selected
-        if code in (_RULED, _TRACKED):
+        if code == _TRACKED:
+            # `_FAST` under a keyed policy: no selector can select this value (what
+            # `_value` would find), but a container's path is tracked.
+            tv = type(v)
+            if tv is str:
+                if v not in self._clean and len(v) > 2:
+                    result = self._cget(v, _MISS)
+                    if result is not None:
+                        self.slots.append((d, k, k, ref, v, result))
+            elif tv is dict or tv is list:
+                self._descend(d, k, v, child, ref, k)
+            return False
+        if code in (_RULED, _TRACKED_RULED):
             # `_FAST` with the rules of local applications (`_RULED`: a local policy;
-            # `_TRACKED`: a keyed policy, where no other selector can select this value
-            # and containers are entered with their path tracked): `_value`'s steps.
+            # `_TRACKED_RULED`: a keyed policy, where no other selector can select this
+            # value and containers are entered with their path tracked): `_value`'s steps.
             tv = type(v)
             p = self.p
             # Depth matters to `**` only, which `_RULED` (a local policy) never has.
@@ -790,7 +804,7 @@ class Walk:
                     if result is not None:
                         self.slots.append((d, k, k, ref, v, result))
             elif tv is dict or tv is list:
-                if code == _TRACKED:
+                if code == _TRACKED_RULED:
                     self._descend(d, k, v, child, ref, k)
                 elif tv is dict:
                     self._dict(v, p.node_plan(child), [ref, k, None])
