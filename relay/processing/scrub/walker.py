@@ -273,7 +273,22 @@ class Policy:
         self.keyed = self.tracks_paths and all(keys is not None for keys in needs)
         self._candidates = frozenset(k for keys in needs if keys is not None for k in keys[0])
         self._anchors = frozenset(k for keys in needs if keys is not None for k in keys[1])
-        self._walk_setup = (self.tracks_paths, self._plain_keys, bool(self.entries))
+        local_any = self.local_possible(sch.ANY)
+        self._walk_setup = (
+            self.tracks_paths,
+            self._plain_keys,
+            bool(self.entries),
+            self.local,
+            local_any,
+            # Attributes objects take the fast loop unless local rules may apply there, or
+            # (paths tracked) a selector may select an attribute's value.
+            not local_any
+            and (
+                not self.tracks_paths
+                or (self.keyed and "value" not in self._candidates and not self._anchors)
+            ),
+            self._anchors if self.keyed else frozenset(),
+        )
 
     @property
     def uses_selectors(self) -> bool:
@@ -555,24 +570,25 @@ class Walk:
         #: Strings for the value detectors: (container, key, its `_meta` name, ref, text,
         #: result or _MISS).
         self.slots: list[tuple[Any, str | int, str, Ref, str, Any]] = []
-        #: `slow`: the policy has selectors (their state is tracked per level);
-        #: `_plain`: keys whose verdict is known to be `_NONE`.
-        slow, self._plain, scan = policy._walk_setup
+        #: `slow`: the policy tracks paths (selector state per level); `_plain`: keys whose
+        #: verdict is known to be `_NONE`; `local`: a local policy (`_value` applies its
+        #: rules); `local_any`: local rules may apply to attribute values, so attributes
+        #: take the per-value path too; `attrs_fast`: attributes objects take the fast
+        #: loop in `_attrs`; `anchors`: a keyed policy's `_anchors`.
+        (
+            slow,
+            self._plain,
+            scan,
+            self.local,
+            self.local_any,
+            self.attrs_fast,
+            self.anchors,
+        ) = policy._walk_setup
         self.slow = slow
         #: Selector state per level (only when the policy has selectors).
         self.states: list[State] = [] if slow else _NO_STATES
-        #: A local policy (`Policy.local`): `_value` applies its rules; `local_any`: they
-        #: may apply to attribute values, so attributes take the per-value path too.
-        self.local = policy.local
-        self.local_any = policy.local_possible(sch.ANY)
-        #: Attributes objects take the fast loop in `_attrs` (with a keyed policy: when
-        #: no selector ends in `value`, no attribute's value can be selected).
-        self.attrs_fast = not self.local_any and (
-            not slow or (policy.keyed and "value" not in policy._candidates and not policy._anchors)
-        )
-        #: A keyed policy's `_anchors`, and how many containers under one of them the walk
-        #: is in: everything below one takes the per-value path (`_planned`, `_list`).
-        self.anchors = policy._anchors if policy.keyed else frozenset()
+        #: How many containers under one of `anchors` the walk is in: everything below
+        #: one takes the per-value path (`_planned`, `_list`).
         self.anchored = 0
         #: Detector results per string (`_cget`), and the strings known clean (`_clean`,
         #: a subset; tested first, as most strings are).
@@ -873,37 +889,8 @@ class Walk:
                 key = v[0]
                 self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
             return
-        if mode == _LIST_RULED:
-            # Objects as in a fast list when no rule applies to them, the rest by `_value`.
-            objects = not self.p.local_rules(item_node, dict, True)
-            for i, v in enumerate(lst):
-                if type(v) is dict and (objects or _is_pair(v)):
-                    self._list_item(lst, i, v, item_np, ref)
-                else:
-                    self._value(lst, i, v, item_node, ref, i, None)
-            return
-        if mode == _LIST_TRACKED and not self.anchored:
-            for i, v in enumerate(lst):
-                tv = type(v)
-                if tv is str:
-                    if v not in self._clean and len(v) > 2:
-                        result = self._cget(v, _MISS)
-                        if result is not None:
-                            self.slots.append((lst, i, str(i), ref, v, result))
-                elif tv is dict and _is_pair(v):
-                    key = v["key"]
-                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
-                elif tv is dict or tv is list:
-                    self._descend(lst, i, v, item_node, ref, i)
-            return
-        if mode in (_LIST_SLOW, _LIST_TRACKED):
-            pairs = item_node.pii != PII_FALSE
-            for i, v in enumerate(lst):
-                if pairs and type(v) is dict and _is_pair(v):
-                    key = v["key"]
-                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
-                else:
-                    self._value(lst, i, v, item_node, ref, i, None)
+        if mode != _LIST_FAST:
+            self._list_other(lst, mode, item_np, ref)
             return
         clean = self._clean
         cget = self._cget
@@ -937,6 +924,41 @@ class Walk:
             elif tv is list:
                 self._descend(lst, i, v, item_node, ref, i)
             # Numbers, booleans and nulls in a fast array need nothing (see `_value`).
+
+    def _list_other(self, lst: list[Any], mode: int, item_np: NodePlan, ref: Ref) -> None:
+        """The items of a non-empty array that is not `_LIST_FAST` (nor pairs)."""
+        item_node = item_np.node
+        if mode == _LIST_RULED:
+            # Objects as in a fast list when no rule applies to them, the rest by `_value`.
+            objects = not self.p.local_rules(item_node, dict, True)
+            for i, v in enumerate(lst):
+                if type(v) is dict and (objects or _is_pair(v)):
+                    self._list_item(lst, i, v, item_np, ref)
+                else:
+                    self._value(lst, i, v, item_node, ref, i, None)
+            return
+        if mode == _LIST_TRACKED and not self.anchored:
+            for i, v in enumerate(lst):
+                tv = type(v)
+                if tv is str:
+                    if v not in self._clean and len(v) > 2:
+                        result = self._cget(v, _MISS)
+                        if result is not None:
+                            self.slots.append((lst, i, str(i), ref, v, result))
+                elif tv is dict and _is_pair(v):
+                    key = v["key"]
+                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                elif tv is dict or tv is list:
+                    self._descend(lst, i, v, item_node, ref, i)
+            return
+        # `_LIST_SLOW`, and `_LIST_TRACKED` below an anchor.
+        pairs = item_node.pii != PII_FALSE
+        for i, v in enumerate(lst):
+            if pairs and type(v) is dict and _is_pair(v):
+                key = v["key"]
+                self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+            else:
+                self._value(lst, i, v, item_node, ref, i, None)
 
     def _list_item(
         self, lst: list[Any], i: int, v: dict[str, Any], item_np: NodePlan, ref: Ref
