@@ -810,10 +810,13 @@ class Walk:
                     return False  # as in `_value`: nothing applies to null
                 rules = p.local_rules(child, tv, deep)
             if rules:
-                if self._apply_rules(d, k, v, ref, k, rules):
-                    return False
-                v = d[k]
-                tv = type(v)
+                memo = p._local_clean.get(id(rules))
+                # The common case inline: a string the rules changed nothing in before.
+                if tv is not str or memo is None or v not in memo.clean:
+                    if self._apply_rules(d, k, v, ref, k, rules):
+                        return False
+                    v = d[k]
+                    tv = type(v)
             if tv is str:
                 if v not in self._clean and len(v) > 2:
                     result = self._cget(v, _MISS)

@@ -44,6 +44,7 @@ APPLICATIONS: list[dict[str, list[str]]] = [
     {"$error || $frame || $http": ["@anything:remove"]},
     {"$string": ["@anything:replace"]},
     {"$datetime": ["@anything:remove"], "$logentry": ["@anything:remove"]},
+    {"$object || $array || $string": ["digits"]},
 ]
 
 
@@ -113,6 +114,12 @@ KEYED: list[dict[str, Any]] = [
             "rules": RULES,
             "applications": {"$string": ["digits"], "tags.**": ["hello"]},
         },
+    },
+    {
+        "pii_config": {
+            "rules": RULES,
+            "applications": {"$object || $string": ["digits"], "a": ["word"]},
+        }
     },
     # `**` alone: pii "true" and not in the root, which the tracked path tells.
     {"pii_config": {"rules": RULES, "applications": {"**": ["digits"]}}},
