@@ -245,7 +245,7 @@ class Policy:
     #: ids of their rules; and per such tuple whose rules never look at the key (by id;
     #: the tuples live here), what they do to strings.
     _rule_tuples: dict[tuple[int, ...], tuple[Rule, ...]] = field(default_factory=dict, repr=False)
-    _local_clean: dict[int, RulesMemo] = field(default_factory=dict, repr=False)
+    _rule_memos: dict[int, RulesMemo] = field(default_factory=dict, repr=False)
     #: Per rule (by id; rules live as long as the policy): strings it found nothing in.
     _rule_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
 
@@ -314,7 +314,7 @@ class Policy:
             if found is None:
                 found = self._rule_tuples[ids] = tuple(rules)
                 if rules and not any(r.keyed for r in rules):
-                    self._local_clean[id(found)] = RulesMemo()
+                    self._rule_memos[id(found)] = RulesMemo()
             self._local_rules[(node, tv, deep)] = found
         return found
 
@@ -810,7 +810,7 @@ class Walk:
                     return False  # as in `_value`: nothing applies to null
                 rules = p.local_rules(child, tv, deep)
             if rules:
-                memo = p._local_clean.get(id(rules))
+                memo = p._rule_memos.get(id(rules))
                 # The common case inline: a string the rules changed nothing in before.
                 if tv is not str or memo is None or v not in memo.clean:
                     if self._apply_rules(d, k, v, ref, k, rules):
@@ -1244,7 +1244,7 @@ class Walk:
                     return True
             return False
         # What a tuple of local rules that never look at the key did to this string before.
-        memo = self.p._local_clean.get(id(rules))
+        memo = self.p._rule_memos.get(id(rules))
         marks: list[Mark] | None = None
         if memo is not None:
             if value in memo.clean:
