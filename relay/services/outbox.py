@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -66,29 +65,16 @@ class Outbox(Protocol):
     def drain_nowait(self) -> list[OutboxEntry]: ...
 
 
-#: A timer may fire up to this early on the loop's clock (uvloop counts milliseconds).
-_TIMER_SLACK_S = 0.001
-
-
 class MemoryOutbox:
-    """An asyncio FIFO bounded by items and bytes.
-
-    Above `high_water` queued entries, producers wait (`wait_for_room`) in arrival
-    order: each entry the forwarder takes while the queue is below the mark lets one
-    producer go, and one timer, armed for the earliest deadline, lets go of those whose
-    wait has run out. (An `asyncio.Event` with a timeout per waiter would wake every
-    waiter at once, and cost a timer per request, at the very load where it matters.)
-    """
+    """An asyncio FIFO bounded by items and bytes."""
 
     def __init__(self, max_items: int, max_bytes: int, high_water: int | None = None) -> None:
         self.max_items = max_items
         self.max_bytes = max_bytes
         #: Above this many queued entries, `wait_for_room` makes producers wait.
         self.high_water = high_water if high_water is not None else max_items
-        #: Producers waiting for room, oldest first: (deadline on the loop's clock, future).
-        self._producers: deque[tuple[float, asyncio.Future[None]]] = deque()
-        #: Armed for the earliest deadline of the waiting producers.
-        self._expiry: asyncio.TimerHandle | None = None
+        self._room = asyncio.Event()
+        self._room.set()
         self._queue: deque[OutboxEntry] = deque()
         self._bytes = 0
         #: Forwarder tasks waiting for an entry; each `put` wakes exactly one.
@@ -118,56 +104,13 @@ class MemoryOutbox:
         return len(self._queue) >= self.high_water
 
     async def wait_for_room(self, timeout: float) -> None:
-        """Back-pressure: while the queue is above its high-water mark, wait (bounded by
-        `timeout` seconds), behind the producers already waiting."""
+        """Back-pressure: while the queue is above its high-water mark, wait (bounded)."""
         if len(self._queue) < self.high_water:
             return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        deadline = loop.time() + timeout
-        self._producers.append((deadline, waiter))
-        expiry = self._expiry
-        if expiry is None or deadline < expiry.when():
-            if expiry is not None:
-                expiry.cancel()
-            self._expiry = loop.call_at(deadline, self._expire)
-        try:
-            await waiter
-        except BaseException:
-            # A waiter cancelled while waiting is skipped when its turn comes; one that
-            # was let go and then cancelled passes its turn on.
-            if not waiter.cancelled():
-                self._release_one()
-            raise
-        if len(self._queue) < self.high_water - 1:
-            self._release_one()  # more room than this producer fills (the queue shrank)
-
-    def _release_one(self) -> None:
-        producers = self._producers
-        while producers:
-            _, waiter = producers.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-
-    def _expire(self) -> None:
-        """Let go of the producers whose wait has run out; re-arm for the next deadline."""
-        self._expiry = None
-        loop = asyncio.get_running_loop()
-        now = loop.time() + _TIMER_SLACK_S
-        waiting: deque[tuple[float, asyncio.Future[None]]] = deque()
-        next_deadline = math.inf
-        for deadline, waiter in self._producers:
-            if waiter.done():
-                continue
-            if deadline <= now:
-                waiter.set_result(None)
-            else:
-                waiting.append((deadline, waiter))
-                next_deadline = min(next_deadline, deadline)
-        self._producers = waiting
-        if waiting:
-            self._expiry = loop.call_at(next_deadline, self._expire)
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._room.wait()
 
     def put_nowait(self, entry: OutboxEntry) -> None:
         if not self.has_room(len(entry.body)):
@@ -198,8 +141,8 @@ class MemoryOutbox:
                     self._wake_one()  # it was woken for an entry: pass the turn on
                 raise
         entry = self._queue.popleft()
-        if self._producers and len(self._queue) < self.high_water:
-            self._release_one()
+        if len(self._queue) < self.high_water:
+            self._room.set()
         self._bytes -= len(entry.body)
         self._in_flight += 1
         return entry
