@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
@@ -22,7 +21,6 @@ from relay.keys import (
     CLOCK,
     CONFIG,
     FORWARDER,
-    HTTP_SESSION,
     INGEST,
     LIMITER,
     METRICS,
@@ -31,6 +29,7 @@ from relay.keys import (
     REGISTRY,
     SHADOW,
     STATE,
+    UPSTREAM_HTTP,
     UPSTREAM_LIMITS,
     State,
 )
@@ -45,6 +44,7 @@ from relay.services.peers import WORKERS, WORKERS_SCRAPED
 from relay.services.retarget import Retarget
 from relay.services.shadow import Shadow
 from relay.services.spool import DiskSpool
+from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
 from relay.web.body import BodyBudget
@@ -98,12 +98,11 @@ async def _log_counter(app: web.Application) -> AsyncIterator[None]:
     logger.removeHandler(handler)
 
 
-async def _http_session(app: web.Application) -> AsyncIterator[None]:
-    connector = aiohttp.TCPConnector(limit=app[CONFIG].upstream.concurrency * 2, ttl_dns_cache=300)
-    session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
-    app[HTTP_SESSION] = session
+async def _upstream_http(app: web.Application) -> AsyncIterator[None]:
+    http = UpstreamHttp()
+    app[UPSTREAM_HTTP] = http
     yield
-    await session.close()
+    await http.close()
 
 
 async def _outbox(app: web.Application) -> AsyncIterator[None]:
@@ -135,7 +134,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     durable = isinstance(outbox, DiskSpool)
     forwarder = Forwarder(
         outbox,
-        app[HTTP_SESSION],
+        app[UPSTREAM_HTTP],
         config.upstream,
         app[UPSTREAM_LIMITS],
         metrics,
@@ -154,7 +153,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     app[FORWARDER] = forwarder
     shadow_forwarder = Forwarder(
         app[SHADOW].outbox,
-        app[HTTP_SESSION],
+        app[UPSTREAM_HTTP],
         msgspec.structs.replace(config.upstream, max_attempts=2, outage_after=3, gzip=True),
         UpstreamLimits(),
         metrics.shadow_outcomes,
@@ -270,7 +269,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_log_counter)
     app.cleanup_ctx.append(_outbox)
-    app.cleanup_ctx.append(_http_session)
+    app.cleanup_ctx.append(_upstream_http)
     app.cleanup_ctx.append(_limiter)
     app.cleanup_ctx.append(_forwarder)
     if config.listen.metrics:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
 from relay.config import Config
@@ -17,6 +16,7 @@ from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox
 from relay.services.peers import WorkerPeers
 from relay.services.shadow import Shadow
+from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web.body import BodyBudget
 
@@ -34,7 +34,7 @@ REGISTRY = web.AppKey("registry", RegistryRef)
 METRICS = web.AppKey("metrics", Metrics)
 OUTBOX: web.AppKey[Outbox] = web.AppKey("outbox")
 UPSTREAM_LIMITS = web.AppKey("upstream_limits", UpstreamLimits)
-HTTP_SESSION = web.AppKey("http_session", aiohttp.ClientSession)
+UPSTREAM_HTTP = web.AppKey("upstream_http", UpstreamHttp)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 INGEST = web.AppKey("ingest", Ingest)
 STATE = web.AppKey("state", State)

@@ -24,8 +24,6 @@ import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import aiohttp
-
 from relay.config import UpstreamConfig
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
@@ -33,6 +31,7 @@ from relay.protocol.compress import gzip_compress
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox, OutboxEntry
+from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 
 log = logging.getLogger("relay.forwarder")
@@ -48,7 +47,7 @@ class Forwarder:
 
     Parameters:
         outbox: where entries wait.
-        session: the shared aiohttp client session.
+        http: the upstream HTTP client (shared).
         config: the `upstream` section (timeouts, attempts, backoff, gzip, concurrency).
         limits: the upstream rate-limit cache, updated on 429.
         outcomes: where each item's final outcome goes.
@@ -59,7 +58,7 @@ class Forwarder:
     def __init__(
         self,
         outbox: Outbox,
-        session: aiohttp.ClientSession,
+        http: UpstreamHttp,
         config: UpstreamConfig,
         limits: UpstreamLimits,
         outcomes: OutcomeSink,
@@ -71,7 +70,7 @@ class Forwarder:
         retarget: Callable[[OutboxEntry], None] | None = None,
     ) -> None:
         self.outbox = outbox
-        self.session = session
+        self.http = http
         self.config = config
         self.limits = limits
         self.outcomes = outcomes
@@ -84,7 +83,6 @@ class Forwarder:
         self._up.set()
         self._failures = 0
         self._probing = False
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
         self.keeps_unsent = keeps_unsent
         #: Points an entry at its project's upstream under the current config (in place).
@@ -260,23 +258,22 @@ class Forwarder:
         elif self.config.gzip and len(body) >= GZIP_MIN_BYTES:
             body = gzip_compress(body, self.config.gzip_level)
             headers["Content-Encoding"] = "gzip"
-        timeout = self._timeout
         try:
             url = target.url if entry.endpoint == "envelope" else target.url_for(entry.endpoint)
-            async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                await resp.read()
-                status = resp.status
-                if status == 429 or "X-Sentry-Rate-Limits" in resp.headers:
-                    self._learn_limits(
-                        target.key,
-                        resp.headers.get("X-Sentry-Rate-Limits"),
-                        resp.headers.get("Retry-After"),
-                        status,
-                    )
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reply = await self.http.post(url, body, headers, self.config.timeout_s)
+        except (TimeoutError, OSError) as exc:
             self.metrics.count_upstream(None)
-            log.warning("upstream request failed: %s", type(exc).__name__)
+            log.warning("upstream request failed: %s", _describe(exc))
             return None
+        status = reply.status
+        if 300 <= status < 400:
+            log.error(
+                "upstream answered %d (a redirect), which the relay does not follow: "
+                "point upstream.url (or the DSN) at the address it redirects to",
+                status,
+            )
+        if status == 429 or reply.rate_limits is not None:
+            self._learn_limits(target.key, reply.rate_limits, reply.retry_after, status)
         self.metrics.count_upstream(status)
         return status
 
@@ -302,3 +299,9 @@ class Forwarder:
         with open(tmp, "wb") as fh:
             fh.write(body)
         os.replace(tmp, final)
+
+
+def _describe(exc: BaseException) -> str:
+    """For the log: the error's kind, and what it says when that helps."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

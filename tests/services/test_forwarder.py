@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -14,6 +13,7 @@ from relay.policy.targets import resolve_target
 from relay.services.forwarder import Forwarder
 from relay.services.metrics import Metrics
 from relay.services.outbox import MemoryOutbox, OutboxEntry
+from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 
 
@@ -33,10 +33,11 @@ async def test_each_delivered_or_rejected_entry_gets_its_own_outcomes(
     url = str(server.make_url("")).rstrip("/")
     outbox = MemoryOutbox(100, 10**6)
     log = OutcomeLog()
-    async with aiohttp.ClientSession() as session:
+    http = UpstreamHttp()
+    try:
         forwarder = Forwarder(
             outbox,
-            session,
+            http,
             UpstreamConfig(url=url),
             UpstreamLimits(),
             log,
@@ -58,6 +59,8 @@ async def test_each_delivered_or_rejected_entry_gets_its_own_outcomes(
             outbox.put_nowait(e)
         forwarder.start()
         await forwarder.drain(5)
+    finally:
+        await http.close()
     assert seen == ["42", "42", "43", "42", "7"]
     accepted = OutcomeKind.ACCEPTED, Reason.FORWARDED
     assert log.outcomes == [
@@ -71,3 +74,46 @@ async def test_each_delivered_or_rejected_entry_gets_its_own_outcomes(
         Outcome(*accepted, "attachment", 1234, 42),
         Outcome(OutcomeKind.INVALID, Reason.UPSTREAM_REJECTED, "error", 1, 7),
     ]
+
+
+async def test_a_redirect_is_not_followed_but_logged_and_retried(
+    aiohttp_server: Any, caplog: Any
+) -> None:
+    hits: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        hits.append(request.method)
+        await request.read()
+        raise web.HTTPMovedPermanently(location="https://elsewhere.example.com/api/1/envelope/")
+
+    app = web.Application()
+    app.router.add_route("*", "/api/{project}/envelope/", moved)
+    server: TestServer = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    outbox = MemoryOutbox(100, 10**6)
+    log = OutcomeLog()
+    http = UpstreamHttp()
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    try:
+        forwarder = Forwarder(
+            outbox,
+            http,
+            UpstreamConfig(url=url, max_attempts=2, outage_after=100),
+            UpstreamLimits(),
+            log,
+            Metrics(),
+            sleep=no_wait,
+            concurrency=1,
+        )
+        target = resolve_target(url, None, 42, "a" * 32)
+        outbox.put_nowait(OutboxEntry(target, b"{}\n", 42, [("error", 1)]))
+        forwarder.start()
+        await forwarder.drain(5)
+    finally:
+        await http.close()
+    assert hits == ["POST", "POST"]  # two attempts, never a GET to the new address
+    assert log.outcomes == [Outcome(OutcomeKind.INTERNAL, Reason.SEND_FAILED, "error", 1, 42)]
+    assert "answered 301 (a redirect)" in caplog.text
