@@ -132,6 +132,7 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # never reused from here on
         return False  # close the transport: `connection_lost` follows
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -271,7 +272,13 @@ class UpstreamHttp:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self.keepalive_s:
+            transport = conn.transport
+            if (
+                not conn.closed
+                and transport is not None
+                and not transport.is_closing()
+                and now - conn.idle_since < self.keepalive_s
+            ):
                 return conn
             conn.close()
         return None
@@ -308,7 +315,7 @@ class UpstreamHttp:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Reply] = loop.create_future()
         conn.send(data, waiter)
-        timer = loop.call_at(deadline, _expire, waiter)
+        timer = loop.call_at(deadline, _expire, conn, waiter)
         try:
             return await waiter
         except BaseException:
@@ -332,6 +339,9 @@ class UpstreamHttp:
             idle.remove(conn)
 
 
-def _expire(waiter: asyncio.Future[Reply]) -> None:
+def _expire(conn: _Connection, waiter: asyncio.Future[Reply]) -> None:
     if not waiter.done():
-        waiter.set_exception(TimeoutError())  # `_exchange` closes the connection
+        waiter.set_exception(TimeoutError())
+        # Closed now, not when the waiting task runs: an answer arriving in between must
+        # not put the connection back in the pool.
+        conn.close()
