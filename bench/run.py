@@ -396,7 +396,11 @@ def run_floor(
         )
     return {
         "name": "floor",
-        "description": "aiohttp pass-through (bench/floor.py)",
+        "description": (
+            "pass-through on the relay's upstream client (bench/floor.py, BENCH_FLOOR_CLIENT=lean)"
+            if os.environ.get("BENCH_FLOOR_CLIENT") == "lean"
+            else "aiohttp pass-through (bench/floor.py)"
+        ),
         "status": OK,
         **metrics,
     }
