@@ -155,8 +155,10 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         lowered = name.lower()
         if lowered == b"x-sentry-rate-limits":
-            self.rate_limits = value.decode("latin-1")
-        elif lowered == b"retry-after":
+            # A list: several header lines are one value joined with commas.
+            text = value.decode("latin-1")
+            self.rate_limits = text if self.rate_limits is None else f"{self.rate_limits},{text}"
+        elif lowered == b"retry-after" and self.retry_after is None:
             self.retry_after = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:

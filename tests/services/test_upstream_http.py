@@ -193,6 +193,28 @@ async def test_an_answer_with_connection_close_is_not_followed_by_another_reques
     assert connections == 2
 
 
+async def test_repeated_rate_limit_headers_are_one_list(
+    raw_server: RawServer, http: UpstreamHttp
+) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(
+            b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
+            b"X-Sentry-Rate-Limits: 60:error:project\r\nRetry-After: 60\r\n"
+            b"X-Sentry-Rate-Limits: 10:transaction:org\r\nRetry-After: 5\r\n\r\n"
+        )
+        await writer.drain()
+        await reader.read()
+
+    url = await raw_server(handler)
+    reply = await http.post(url, b"x", HEADERS, 2.0)
+    assert (reply.status, reply.rate_limits, reply.retry_after) == (
+        429,
+        "60:error:project,10:transaction:org",
+        "60",
+    )
+
+
 async def test_interim_answers_are_skipped(raw_server: RawServer, http: UpstreamHttp) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
