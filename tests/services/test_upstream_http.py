@@ -47,19 +47,23 @@ async def _recording_server(aiohttp_server: Any, **answer: Any) -> tuple[str, li
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-RawServer = Callable[[Handler], Awaitable[str]]
 
 
-@pytest.fixture
-async def raw_server() -> AsyncIterator[RawServer]:
-    """Starts a plain TCP server whose `handler` speaks (or fails to speak) HTTP; its URL.
-    Every connection is closed, and the servers with it, when the test ends."""
-    servers: list[asyncio.Server] = []
-    writers: list[asyncio.StreamWriter] = []
+class RawServers:
+    """Plain TCP servers whose handlers speak (or fail to speak) HTTP; `connections`
+    counts the connections they accepted."""
 
-    async def start(handler: Handler) -> str:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.servers: list[asyncio.Server] = []
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, handler: Handler) -> str:
+        """A server running `handler` per connection; its envelope URL."""
+
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writers.append(writer)
+            self.connections += 1
+            self.writers.append(writer)
             try:
                 await handler(reader, writer)
             except (ConnectionError, asyncio.IncompleteReadError):
@@ -68,17 +72,39 @@ async def raw_server() -> AsyncIterator[RawServer]:
                 writer.close()
 
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
-        servers.append(server)
+        self.servers.append(server)
         port = server.sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}/api/42/envelope/"
 
-    yield start
-    for writer in writers:
-        writer.close()
-    for server in servers:
-        server.close()
-        await server.wait_closed()
-    await asyncio.sleep(0.01)
+    async def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[RawServers]:
+    servers = RawServers()
+    yield servers
+    await servers.close()
+
+
+def answering(answer: bytes, *, close: bool = False) -> Handler:
+    """A handler that reads one request and writes `answer` (nothing if empty), then
+    closes the connection, or holds it open until the client closes it."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        if answer:
+            writer.write(answer)
+            await writer.drain()
+        if not close:
+            await reader.read()
+
+    return handler
 
 
 async def _read_request(reader: asyncio.StreamReader) -> bytes:
@@ -160,53 +186,38 @@ async def test_a_chunked_answer_is_read_to_its_end(aiohttp_server: Any, http: Up
 
 
 async def test_an_answer_ended_by_closing_the_connection_counts(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length, ends with the socket")
-        await writer.drain()
-        writer.close()
-
-    url = await raw_server(handler)
+    url = await raw.start(
+        answering(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nno length, ends here", close=True)
+    )
     assert (await http.post(url, b"x", HEADERS, 5.0)).status == 200
     assert (await http.post(url, b"x", HEADERS, 5.0)).status == 200
     assert http.open_connections == 0
 
 
 async def test_an_answer_with_connection_close_is_not_followed_by_another_request(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        await writer.drain()
-        await reader.read()  # leaves the closing to the client
-
-    url = await raw_server(handler)
+    # The server leaves the closing to the client.
+    url = await raw.start(
+        answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    )
     assert (await http.post(url, b"1", HEADERS, 2.0)).status == 200
     assert (await http.post(url, b"2", HEADERS, 2.0)).status == 200
-    assert connections == 2
+    assert raw.connections == 2
 
 
 async def test_repeated_rate_limit_headers_are_one_list(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(
+    url = await raw.start(
+        answering(
             b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n"
             b"X-Sentry-Rate-Limits: 60:error:project\r\nRetry-After: 60\r\n"
             b"X-Sentry-Rate-Limits: 10:transaction:org\r\nRetry-After: 5\r\n\r\n"
         )
-        await writer.drain()
-        await reader.read()
-
-    url = await raw_server(handler)
+    )
     reply = await http.post(url, b"x", HEADERS, 2.0)
     assert (reply.status, reply.rate_limits, reply.retry_after) == (
         429,
@@ -215,33 +226,22 @@ async def test_repeated_rate_limit_headers_are_one_list(
     )
 
 
-async def test_interim_answers_are_skipped(raw_server: RawServer, http: UpstreamHttp) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\nX-Sentry-Rate-Limits: 1:error\r\n\r\n")
-        writer.write(b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
-        await writer.drain()
-        await reader.read()  # keep the connection open until the client closes it
-
-    url = await raw_server(handler)
+async def test_interim_answers_are_skipped(raw: RawServers, http: UpstreamHttp) -> None:
+    url = await raw.start(
+        answering(
+            b"HTTP/1.1 100 Continue\r\nX-Sentry-Rate-Limits: 1:error\r\n\r\n"
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"
+        )
+    )
     reply = await http.post(url, b"x", HEADERS, 5.0)
     assert (reply.status, reply.rate_limits) == (201, None)
 
 
 async def test_a_connection_closed_while_idle_leaves_the_pool(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    connections = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connections
-        connections += 1
-        await _read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()  # keep-alive answered, then closed while idle
-
-    url = await raw_server(handler)
+    # Answered with keep-alive, then closed by the server while idle.
+    url = await raw.start(answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", close=True))
     assert (await http.post(url, b"x", HEADERS, 5.0)).status == 200
     for _ in range(50):
         if http.open_connections == 0:
@@ -249,11 +249,11 @@ async def test_a_connection_closed_while_idle_leaves_the_pool(
         await asyncio.sleep(0.01)
     assert http.open_connections == 0
     assert (await http.post(url, b"x", HEADERS, 5.0)).status == 200
-    assert connections == 2
+    assert raw.connections == 2
 
 
 async def test_a_reused_connection_closed_before_any_answer_is_retried_once_on_a_new_one(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
     """The server closed its idle side as the request left: sent again on a new connection."""
     requests_per_connection: list[int] = []
@@ -271,37 +271,25 @@ async def test_a_reused_connection_closed_before_any_answer_is_retried_once_on_a
         requests_per_connection[-1] += 1
         writer.close()  # ... is dropped without an answer
 
-    url = await raw_server(handler)
+    url = await raw.start(handler)
     assert (await http.post(url, b"1", HEADERS, 5.0)).status == 200
     assert (await http.post(url, b"2", HEADERS, 5.0)).status == 200
     assert requests_per_connection == [2, 1]
 
 
 async def test_a_new_connection_closed_before_any_answer_is_an_error(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    attempts = 0
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal attempts
-        attempts += 1
-        await _read_request(reader)
-        writer.close()
-
-    url = await raw_server(handler)
+    url = await raw.start(answering(b"", close=True))
     with pytest.raises(UpstreamHttpError, match="closed before the answer"):
         await http.post(url, b"x", HEADERS, 5.0)
-    assert attempts == 1  # no retry: the connection was new
+    assert raw.connections == 1  # no retry: the connection was new
 
 
 async def test_the_timeout_bounds_the_request_and_the_connection_is_not_reused(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        await reader.read()  # never answers
-
-    url = await raw_server(handler)
+    url = await raw.start(answering(b""))  # never answers
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(TimeoutError):
@@ -311,25 +299,15 @@ async def test_the_timeout_bounds_the_request_and_the_connection_is_not_reused(
     assert http.open_connections == 0
 
 
-async def test_an_answer_that_is_not_http_is_an_error(
-    raw_server: RawServer, http: UpstreamHttp
-) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
-        await writer.drain()
-        await reader.read()
-
-    url = await raw_server(handler)
+async def test_an_answer_that_is_not_http_is_an_error(raw: RawServers, http: UpstreamHttp) -> None:
+    url = await raw.start(answering(b"SSH-2.0-OpenSSH_9.6\r\n"))
     with pytest.raises(UpstreamHttpError, match="not HTTP"):
         await http.post(url, b"x", HEADERS, 5.0)
     await asyncio.sleep(0.05)
     assert http.open_connections == 0
 
 
-async def test_data_on_an_idle_connection_closes_it(
-    raw_server: RawServer, http: UpstreamHttp
-) -> None:
+async def test_data_on_an_idle_connection_closes_it(raw: RawServers, http: UpstreamHttp) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _read_request(reader)
         writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
@@ -339,7 +317,7 @@ async def test_data_on_an_idle_connection_closes_it(
         await writer.drain()
         await reader.read()
 
-    url = await raw_server(handler)
+    url = await raw.start(handler)
     assert (await http.post(url, b"x", HEADERS, 5.0)).status == 204
     await asyncio.sleep(0.2)
     assert http.open_connections == 0
@@ -362,13 +340,9 @@ async def test_idle_connections_past_keepalive_are_not_reused(aiohttp_server: An
 
 
 async def test_a_cancelled_request_closes_its_connection(
-    raw_server: RawServer, http: UpstreamHttp
+    raw: RawServers, http: UpstreamHttp
 ) -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_request(reader)
-        await reader.read()
-
-    url = await raw_server(handler)
+    url = await raw.start(answering(b""))
     task = asyncio.create_task(http.post(url, b"x", HEADERS, 5.0))
     await asyncio.sleep(0.1)
     task.cancel()
