@@ -303,15 +303,14 @@ class UpstreamHttp:
                     server_hostname=host if context is not None else None,
                 )
         except TimeoutError:
-            raise
-        except (OSError, ssl.SSLError) as exc:
+            raise  # an OSError too, but the caller's to tell apart
+        except OSError as exc:  # refused, unreachable, name not found, TLS (ssl.SSLError)
             raise UpstreamHttpError(f"cannot connect to {host}:{port}: {exc}") from exc
-        conn = protocol
         if self._closed:
-            conn.close()
+            protocol.close()
             raise UpstreamHttpError("the client is closed")
-        self._open.add(conn)
-        return conn
+        self._open.add(protocol)
+        return protocol
 
     async def _exchange(self, conn: _Connection, data: list[bytes], deadline: float) -> Reply:
         loop = asyncio.get_running_loop()
