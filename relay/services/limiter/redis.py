@@ -378,15 +378,21 @@ class RedisLimiter(BaseLimiter):
         for attempt in (1, 2):
             conn = self._conn
             if conn is None:
-                conn = self._conn = await self._pool().get_connection()  # type: ignore[no-untyped-call]
+                conn = await self._pool().get_connection()  # type: ignore[no-untyped-call]
+                # One timer below bounds the whole exchange. redis-py's own would wrap
+                # the write in `asyncio.wait_for` (a task and two loop turns per flush on
+                # Python 3.11) and add a timer per answer; `_drop_connection` restores it.
+                conn.socket_timeout = None
+                self._conn = conn
             try:
-                await conn.send_packed_command(data, check_health=False)
-                results: list[Any] = []
-                for _ in calls:
-                    try:
-                        results.append(await conn.read_response())
-                    except ResponseError as exc:  # an error reply: the connection is fine
-                        results.append(exc)
+                async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                    await conn.send_packed_command(data, check_health=False)
+                    results: list[Any] = []
+                    for _ in calls:
+                        try:
+                            results.append(await conn.read_response())
+                        except ResponseError as exc:  # an error reply: the connection is fine
+                            results.append(exc)
                 return results
             except RedisConnectionError:
                 await self._drop_connection()
@@ -400,6 +406,7 @@ class RedisLimiter(BaseLimiter):
     async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.socket_timeout = self._pool().connection_kwargs.get("socket_timeout")
             await conn.disconnect()
             await self._pool().release(conn)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import time
@@ -257,6 +258,42 @@ async def test_connection_broken_while_idle_is_replaced(
             await admin.aclose()
         # The checks share one connection (plus the admin's own).
         assert len(clients) <= 3
+    finally:
+        await limiter.close()
+
+
+async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
+    fresh_redis: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis that accepts the write but never answers (here: stopped) fails the check
+    after the socket timeout, not later; the stalled connection goes back to the pool
+    with its own timeout, and once Redis answers again the checks go on."""
+    monkeypatch.setattr("relay.services.limiter.redis.SOCKET_TIMEOUT_S", 0.3)
+    limiter = create_limiter(redis_config(fresh_redis.url), clock=clock)
+    assert isinstance(limiter, RedisLimiter)
+    proc = fresh_redis.proc
+    assert proc is not None
+    try:
+        assert accepted(await checks(limiter, 2)) == 2
+        stalled = limiter._conn
+        assert stalled is not None and stalled.socket_timeout is None  # the flush's timer
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            (result,) = await checks(limiter, 1)
+            waited = time.monotonic() - start
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert result.store_error and not result.limited  # on_error: allow
+        assert 0.25 <= waited < 1.5
+        assert limiter.redis_errors == 1
+        assert limiter._conn is None
+        assert stalled.socket_timeout == 0.3  # as the pool configured it, again
+        await wait_until_up(limiter)
+        assert limiter._conn is not None and limiter._conn.socket_timeout is None
+        # Two counted before the stall. The stalled check's script may still have run when
+        # Redis went on (its write had left): 5 - 2 - (0 or 1) are left, and no more.
+        assert accepted(await checks(limiter, 5)) in (2, 3)
     finally:
         await limiter.close()
 
