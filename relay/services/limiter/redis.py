@@ -76,11 +76,15 @@ from redis.exceptions import (
 from relay.config import RedisConfig
 from relay.processing.quotas import CategoryDemand
 from relay.services.limiter.core import BaseLimiter, Clock, LimiterUnavailable
+from relay.services.limiter.resp import BareTarget, RespConnection, bare_target
 
 SCRIPT = (resources.files("relay.services.limiter") / "script.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 _EVALSHA = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode("ascii") + b"\r\n"
 
+#: Standalone on a plain `redis://` URL: flushes go through `resp.RespConnection` (tests
+#: switch it off to run them through redis-py's connection, as TLS and Sentinel do).
+BARE_CONNECTION = True
 #: Connection timeouts: a slow Redis must not hold requests for long.
 CONNECT_TIMEOUT_S = 1.0
 SOCKET_TIMEOUT_S = 2.0
@@ -200,8 +204,11 @@ class RedisLimiter(BaseLimiter):
         self._flush_scheduled = False
         self._down_until = 0.0
         self._backoff = _BACKOFF_MIN_S
-        #: Standalone and Sentinel: the connection the (never overlapping) flushes use.
+        #: Standalone and Sentinel: the connection the (never overlapping) flushes use,
+        #: a bare one (`resp.py`) for a plain `redis://` target, else redis-py's.
         self._conn: AbstractConnection | None = None
+        self._bare_target = bare_target(client) if BARE_CONNECTION else None
+        self._bare: RespConnection | None = None
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, *, clock: Clock = time.time) -> RedisLimiter:
@@ -375,6 +382,8 @@ class RedisLimiter(BaseLimiter):
         that broke while idle (Redis restarted) is replaced once, as redis-py retries.
         """
         data = b"".join(map(_pack, calls))
+        if self._bare_target is not None:
+            return await self._bare_eval(self._bare_target, data, len(calls))
         for attempt in (1, 2):
             conn = self._conn
             if conn is None:
@@ -400,6 +409,24 @@ class RedisLimiter(BaseLimiter):
                     raise
             except BaseException:
                 await self._drop_connection()  # answers may be pending on it
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _bare_eval(self, target: BareTarget, data: bytes, count: int) -> list[Any]:
+        """`_direct_eval` on the bare connection, with the same retry: a connection that
+        broke while idle is replaced once; a timeout is not retried."""
+        for attempt in (1, 2):
+            conn = self._bare
+            if conn is None or conn.closed:
+                conn = self._bare = await RespConnection.open(target, CONNECT_TIMEOUT_S)
+            try:
+                return await conn.call(data, count, SOCKET_TIMEOUT_S)
+            except RedisConnectionError:
+                self._bare = None
+                if attempt == 2:
+                    raise
+            except BaseException:
+                self._bare = None
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -465,6 +492,9 @@ class RedisLimiter(BaseLimiter):
         self._pending = []
         if self._conn is not None:
             await self._drop_connection()
+        if self._bare is not None:
+            self._bare.close()
+            self._bare = None
         await self._client.aclose()
         for helper in self._helpers:
             await helper.aclose()

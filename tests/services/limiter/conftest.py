@@ -64,14 +64,20 @@ def quotas(
 MakeLimiter = Callable[..., Limiter]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def make_limiter(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[MakeLimiter]:
-    """Build limiters of the parametrized backend; redis ones share one server and prefix."""
+@pytest.fixture(params=["memory", "redis", "redis-py"])
+async def make_limiter(
+    request: pytest.FixtureRequest, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[MakeLimiter]:
+    """Build limiters of the parametrized backend; redis ones share one server and prefix.
+    `redis` flushes on the bare connection, `redis-py` on redis-py's (as TLS and Sentinel
+    targets do)."""
     made: list[Limiter] = []
     backend = request.param
     server: RedisServer | None = (
-        request.getfixturevalue("redis_server") if backend == "redis" else None
+        request.getfixturevalue("redis_server") if backend != "memory" else None
     )
+    if backend == "redis-py":
+        monkeypatch.setattr("relay.services.limiter.redis.BARE_CONNECTION", False)
     prefix = f"t{next(_prefixes)}"
 
     def make(**kw: Any) -> Limiter:
@@ -90,3 +96,11 @@ async def make_limiter(request: pytest.FixtureRequest, clock: Clock) -> AsyncIte
     yield make
     for limiter in made:
         await limiter.close()
+
+
+@pytest.fixture(params=["bare", "redis-py"])
+def flush_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which connection the Redis limiter's flushes use: its bare one, or redis-py's."""
+    if request.param == "redis-py":
+        monkeypatch.setattr("relay.services.limiter.redis.BARE_CONNECTION", False)
+    return str(request.param)

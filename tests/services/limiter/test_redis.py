@@ -190,7 +190,7 @@ async def test_a_counter_key_holding_no_integer_fails_only_its_own_check(
 
 
 async def test_script_is_reloaded_after_script_flush(
-    redis_server: RedisServer, clock: Clock
+    redis_server: RedisServer, clock: Clock, flush_path: str
 ) -> None:
     limiter = create_limiter(redis_config(redis_server.url), clock=clock)
     admin = Redis.from_url(redis_server.url)
@@ -240,7 +240,7 @@ async def test_refund_with_redis_down_is_counted_not_raised(
 
 
 async def test_connection_broken_while_idle_is_replaced(
-    fresh_redis: RedisServer, clock: Clock
+    fresh_redis: RedisServer, clock: Clock, flush_path: str
 ) -> None:
     """A restart between two checks leaves the limiter a dead connection: the next check
     replaces it (once) and reloads the script, with no error and no lost count."""
@@ -263,20 +263,24 @@ async def test_connection_broken_while_idle_is_replaced(
 
 
 async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
-    fresh_redis: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    fresh_redis: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch, flush_path: str
 ) -> None:
     """A Redis that accepts the write but never answers (here: stopped) fails the check
-    after the socket timeout, not later; the stalled connection goes back to the pool
-    with its own timeout, and once Redis answers again the checks go on."""
+    after the socket timeout, not later; the stalled connection is dropped (redis-py's
+    goes back to its pool with its own timeout), and once Redis answers again the checks
+    go on."""
     monkeypatch.setattr("relay.services.limiter.redis.SOCKET_TIMEOUT_S", 0.3)
     limiter = create_limiter(redis_config(fresh_redis.url), clock=clock)
     assert isinstance(limiter, RedisLimiter)
     proc = fresh_redis.proc
     assert proc is not None
     try:
+        assert (limiter._bare_target is not None) == (flush_path == "bare")
         assert accepted(await checks(limiter, 2)) == 2
-        stalled = limiter._conn
-        assert stalled is not None and stalled.socket_timeout is None  # the flush's timer
+        stalled = limiter._bare if flush_path == "bare" else limiter._conn
+        assert stalled is not None
+        if flush_path == "redis-py":
+            assert limiter._conn is not None and limiter._conn.socket_timeout is None
         proc.send_signal(signal.SIGSTOP)
         try:
             start = time.monotonic()
@@ -287,10 +291,15 @@ async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
         assert result.store_error and not result.limited  # on_error: allow
         assert 0.25 <= waited < 1.5
         assert limiter.redis_errors == 1
-        assert limiter._conn is None
-        assert stalled.socket_timeout == 0.3  # as the pool configured it, again
+        assert limiter._bare is None and limiter._conn is None
+        if flush_path == "redis-py":
+            # The stalled connection went back to the pool with the pool's timeout.
+            assert stalled.socket_timeout == 0.3
         await wait_until_up(limiter)
-        assert limiter._conn is not None and limiter._conn.socket_timeout is None
+        if flush_path == "bare":
+            assert limiter._bare is not None and limiter._bare is not stalled
+        else:
+            assert limiter._conn is not None and limiter._conn.socket_timeout is None
         # Two counted before the stall. The stalled check's script may still have run when
         # Redis went on (its write had left): 5 - 2 - (0 or 1) are left, and no more.
         assert accepted(await checks(limiter, 5)) in (2, 3)
@@ -299,7 +308,9 @@ async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
 
 
 @pytest.mark.parametrize("on_error", ["allow", "reject"])
-async def test_redis_killed_mid_run(fresh_redis: RedisServer, clock: Clock, on_error: str) -> None:
+async def test_redis_killed_mid_run(
+    fresh_redis: RedisServer, clock: Clock, on_error: str, flush_path: str
+) -> None:
     limiter = create_limiter(redis_config(fresh_redis.url, on_error=on_error), clock=clock)
     try:
         assert accepted(await checks(limiter, 3)) == 3
