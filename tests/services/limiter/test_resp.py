@@ -76,7 +76,7 @@ async def test_password_and_database_are_used_and_wrong_ones_refused() -> None:
         relay = BareTarget("127.0.0.1", server.port, 0, "relay", "pw")
         assert await call(relay, cmd("ACL", "WHOAMI")) == [b"relay"]
     finally:
-        server.stop()
+        server.cleanup()
 
 
 async def test_error_answers_come_back_in_place(redis_server: RedisServer) -> None:
