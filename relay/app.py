@@ -48,8 +48,7 @@ from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
 from relay.web.body import BodyBudget
-from relay.web.cors import add_cors_headers
-from relay.web.errors import Handler, error_to_response
+from relay.web.edge import edge_middleware
 
 #: The shadow queue is small: copies beyond it are dropped (counted), never waited for.
 SHADOW_QUEUE_ITEMS = 1000
@@ -57,37 +56,6 @@ SHADOW_QUEUE_BYTES = 64 * 1024 * 1024
 
 #: aiohttp must not inflate bodies itself: our streaming decompressor enforces the caps.
 HANDLER_ARGS = {"auto_decompress": False}
-
-
-def _endpoint_label(request: web.Request) -> str:
-    name = request.match_info.route.name
-    return name.removesuffix("_slash") if name else "other"
-
-
-@web.middleware
-async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one layer around every handler: errors become JSON answers, browsers get CORS
-    headers (on errors too), and ingest requests are counted and timed."""
-    start = time.perf_counter()
-    status = 500
-    try:
-        try:
-            response = await handler(request)
-        except Exception as exc:
-            response = error_to_response(request, exc)
-        add_cors_headers(request, response)
-        status = response.status
-        return response
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        request.app[BODY_BUDGET].release(request)
-        path = request.path
-        if path.startswith("/api/") and not path.startswith("/api/relay/"):
-            request.app[METRICS].count_request(
-                _endpoint_label(request), status, time.perf_counter() - start
-            )
 
 
 async def _log_counter(app: web.Application) -> AsyncIterator[None]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
-
 from relay.protocol.decompress import (
     DecompressionError,
     Decompressor,
@@ -35,6 +33,7 @@ from relay.web.errors import (
     ServiceUnavailable,
     UnsupportedMedia,
 )
+from relay.web.request import IngestRequest
 
 CHUNK = 64 * 1024
 #: Longest stretch of decompression work before other requests get their turn.
@@ -76,7 +75,7 @@ class BodyBudget:
         #: until the middleware releases it, so its id cannot be reused before.
         self._held: dict[int, int] = {}
 
-    def charge(self, request: web.Request, size: int) -> None:
+    def charge(self, request: IngestRequest, size: int) -> None:
         """Count `size` more bytes for `request`, or raise ServiceUnavailable."""
         if self.used + size > self.limit:
             raise ServiceUnavailable(
@@ -88,11 +87,11 @@ class BodyBudget:
         key = id(request)
         held[key] = held.get(key, 0) + size
 
-    def held(self, request: web.Request) -> int:
+    def held(self, request: IngestRequest) -> int:
         """Bytes `request` holds now."""
         return self._held.get(id(request), 0)
 
-    def release(self, request: web.Request) -> None:
+    def release(self, request: IngestRequest) -> None:
         self.used -= self._held.pop(id(request), 0)
 
 
@@ -102,7 +101,7 @@ class _Charge:
     __slots__ = ("budget", "decompressor", "done", "request")
 
     def __init__(
-        self, request: web.Request, budget: BodyBudget | None, decompressor: Decompressor
+        self, request: IngestRequest, budget: BodyBudget | None, decompressor: Decompressor
     ) -> None:
         self.request = request
         self.budget = budget
@@ -134,7 +133,7 @@ def _plain_gzip_header(data: bytes) -> bool:
 
 
 async def read_body(
-    request: web.Request,
+    request: IngestRequest,
     *,
     max_bytes: int,
     max_decompressed: int,
@@ -205,7 +204,7 @@ def _decode_error(exc: DecompressionError, max_decompressed: int) -> ApiError:
 
 
 async def _decode(
-    request: web.Request,
+    request: IngestRequest,
     codings: tuple[str, ...],
     whole: bytes | None,
     max_bytes: int,

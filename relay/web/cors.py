@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay.web.request import IngestRequest
+
 ALLOW_HEADERS = ", ".join(
     [
         "x-sentry-auth",
@@ -24,7 +26,7 @@ ALLOW_HEADERS = ", ".join(
 EXPOSE_HEADERS = "x-sentry-error, x-sentry-rate-limits, retry-after"
 
 
-def cors_headers(request: web.Request) -> dict[str, str]:
+def cors_headers(request: IngestRequest | web.Request) -> dict[str, str]:
     origin = request.headers.get("Origin")
     return {
         "Access-Control-Allow-Origin": origin or "*",
@@ -45,7 +47,7 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=200, headers=headers)
 
 
-def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+def add_cors_headers(request: IngestRequest, response: web.StreamResponse) -> None:
     """CORS headers on every /api/ answer to a browser (a request with an `Origin`),
     errors included. Server-side SDKs send no `Origin` and get none."""
     if (

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from relay.web.request import IngestRequest
+
 log = logging.getLogger("relay.web")
 
 
@@ -85,7 +87,7 @@ def error_response(
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_to_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+def error_to_response(request: IngestRequest, exc: Exception) -> web.StreamResponse:
     """ApiError -> its response; aiohttp's HTTP errors -> JSON; anything else -> 500, logged.
 
     Call it from an `except` block (the 500 is logged with the traceback). Redirects and

@@ -36,12 +36,13 @@ from relay.web.errors import (
     Unauthorized,
     UnsupportedMedia,
 )
+from relay.web.request import IngestRequest
 
 #: Seconds an SDK is asked to wait when the relay is full or draining.
 OVERLOAD_RETRY_AFTER = "5"
 
 
-def _project_id(request: web.Request) -> int:
+def _project_id(request: IngestRequest) -> int:
     raw = request.match_info["project_id"]
     try:
         value = int(raw)
@@ -53,7 +54,7 @@ def _project_id(request: web.Request) -> int:
 
 
 def _auth(
-    request: web.Request, envelope_dsn: str | None = None, *, allow_envelope: bool = False
+    request: IngestRequest, envelope_dsn: str | None = None, *, allow_envelope: bool = False
 ) -> Auth:
     try:
         return extract_auth(
@@ -65,7 +66,7 @@ def _auth(
         raise BadRequest(str(exc)) from None
 
 
-def _resolve(request: web.Request, project_id: int, auth: Auth) -> ProjectPolicy:
+def _resolve(request: IngestRequest, project_id: int, auth: Auth) -> ProjectPolicy:
     found = request.app[REGISTRY].current.resolve(project_id, auth.public_key)
     if isinstance(found, Denied):
         raise Forbidden(found.value)
@@ -74,7 +75,7 @@ def _resolve(request: web.Request, project_id: int, auth: Auth) -> ProjectPolicy
     return found
 
 
-def _authorized(request: web.Request) -> tuple[int, Auth, ProjectPolicy]:
+def _authorized(request: IngestRequest) -> tuple[int, Auth, ProjectPolicy]:
     """Readiness, project id, auth from headers or query, and the project's policy."""
     _check_ready(request)
     project_id = _project_id(request)
@@ -82,21 +83,21 @@ def _authorized(request: web.Request) -> tuple[int, Auth, ProjectPolicy]:
     return project_id, auth, _resolve(request, project_id, auth)
 
 
-def _check_ready(request: web.Request) -> None:
+def _check_ready(request: IngestRequest) -> None:
     if request.app[STATE].draining:
         raise ServiceUnavailable(
             "the relay is shutting down", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
         )
 
 
-def _budget(request: web.Request) -> BodyBudget:
+def _budget(request: IngestRequest) -> BodyBudget:
     """The app's body budget, at the limit of the current (possibly reloaded) config."""
     budget = request.app[BODY_BUDGET]
     budget.limit = request.app[REGISTRY].current.config.limits.max_inflight_body_bytes
     return budget
 
 
-async def _read(request: web.Request, *, keep_gzip: bool) -> tuple[bytes, bytes | None]:
+async def _read(request: IngestRequest, *, keep_gzip: bool) -> tuple[bytes, bytes | None]:
     """The body under the current limits (and the gzip bytes as received, if asked)."""
     limits = request.app[REGISTRY].current.config.limits
     return await read_body(
@@ -109,11 +110,11 @@ async def _read(request: web.Request, *, keep_gzip: bool) -> tuple[bytes, bytes 
     )
 
 
-async def _body(request: web.Request) -> bytes:
+async def _body(request: IngestRequest) -> bytes:
     return (await _read(request, keep_gzip=False))[0]
 
 
-def _context(request: web.Request, project_id: int, auth: Auth) -> RequestContext:
+def _context(request: IngestRequest, project_id: int, auth: Auth) -> RequestContext:
     return RequestContext(
         project_id=project_id,
         public_key=auth.public_key,
@@ -153,7 +154,7 @@ def _respond(result: IngestResult) -> web.Response:
 
 
 async def _submit(
-    request: web.Request,
+    request: IngestRequest,
     envelope: Envelope,
     project_id: int,
     auth: Auth,
@@ -165,7 +166,7 @@ async def _submit(
     return _respond(result)
 
 
-async def envelope_endpoint(request: web.Request) -> web.Response:
+async def envelope_endpoint(request: IngestRequest) -> web.Response:
     app = request.app
     _check_ready(request)
     project_id = _project_id(request)
@@ -210,7 +211,7 @@ def _check_dsn_project(dsn: str, project_id: int) -> None:
         raise BadRequest("the envelope dsn names another project than the URL")
 
 
-async def store_endpoint(request: web.Request) -> web.Response:
+async def store_endpoint(request: IngestRequest) -> web.Response:
     project_id, auth, project = _authorized(request)
     body = await _body(request)
     if request.content_type == "application/x-sentry-envelope":
