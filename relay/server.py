@@ -31,6 +31,7 @@ from relay.logs import setup_logging
 from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
 from relay.web.health import render_metrics
+from relay.web.site import run_app
 
 log = logging.getLogger("relay")
 
@@ -106,7 +107,7 @@ def serve_worker(
 
     app.cleanup_ctx.append(sighup)
     app.on_startup.append(_tune_gc)
-    web.run_app(
+    run_app(
         app,
         host=config.listen.host,
         port=config.listen.port,
@@ -114,9 +115,6 @@ def serve_worker(
         backlog=config.listen.backlog,
         keepalive_timeout=float(config.listen.keepalive_timeout_s),
         shutdown_timeout=config.shutdown_timeout,
-        print=None,
-        access_log=None,
-        handle_signals=True,
     )
     return 0
 

@@ -7,6 +7,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
+from tests.support.lean import LeanTestServer
 from tests.support.redis_server import RedisServer
 from tests.support.relay import RelayFactory, make_config, window_clock
 from tests.support.upstream import RecordingUpstream
@@ -53,7 +54,7 @@ def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
     async def make(**overrides: Any) -> TestClient:
         config = make_config(overrides.pop("upstream_url", upstream_url), **overrides)
         return await aiohttp_client(  # type: ignore[no-any-return]
-            create_app(config, clock=window_clock())
+            LeanTestServer(create_app(config, clock=window_clock()))
         )
 
     return make

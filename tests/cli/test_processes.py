@@ -243,13 +243,11 @@ async def test_gc_is_tuned_for_serving() -> None:
 def test_the_listener_gets_the_configured_backlog(monkeypatch: pytest.MonkeyPatch) -> None:
     """1,024 pending connections by default, not aiohttp's 128: a burst of connections
     is queued by the kernel, not dropped into SYN retries."""
-    from aiohttp import web
-
     from relay import server
     from relay.config import parse_config
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(web, "run_app", lambda app, **kw: seen.update(kw))
+    monkeypatch.setattr(server, "run_app", lambda app, **kw: seen.update(kw))
     monkeypatch.setattr(server, "_install_uvloop", lambda: None)
     server.serve_worker(parse_config({}, env={}), config_path=None, worker=None)
     assert seen["backlog"] == 1024
@@ -291,3 +289,39 @@ async def test_a_client_slow_to_send_its_headers_is_cut_off_at_the_keepalive_tim
     async with aiohttp.ClientSession() as session:
         assert await post(session, relay.url, envelope(1)) == 200
     assert relay.stop() == 0
+
+
+async def test_fast_path_and_hand_over_on_the_served_loop(
+    tmp_path: Path, upstream_url: str, recorder: RecordingUpstream, processes: list[RelayProcess]
+) -> None:
+    """The relay as it runs (uvloop): envelopes on the fast path, then a request it hands
+    to aiohttp on the same connection, then another envelope there; an idle connection
+    does not hold up SIGTERM."""
+    relay = RelayProcess(tmp_path, base_config(upstream_url))
+    processes.append(relay)
+    await asyncio.to_thread(relay.start)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+
+    def post_raw(n: int) -> bytes:
+        body = envelope(n)
+        return (
+            b"POST /api/42/envelope/?sentry_key=%s HTTP/1.1\r\nHost: relay\r\n"
+            b"Content-Length: %d\r\n\r\n" % (KEY.encode(), len(body))
+        ) + body
+
+    writer.write(post_raw(1) + b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n" + post_raw(2))
+    answers = []
+    for _ in range(3):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        answers.append(head.split(b"\r\n")[0] + b" " + await reader.readexactly(length))
+    assert answers[0] == b'HTTP/1.1 200 OK {"id":"%032x"}' % 1
+    assert answers[1].startswith(b"HTTP/1.1 200 OK")
+    assert answers[2] == b'HTTP/1.1 200 OK {"id":"%032x"}' % 2
+    await recorder.wait_for(2)
+    _, idle = await asyncio.open_connection("127.0.0.1", relay.port)
+    started = time.monotonic()
+    assert await asyncio.to_thread(relay.stop) == 0
+    assert time.monotonic() - started < 4
+    writer.close()
+    idle.close()
