@@ -418,14 +418,14 @@ class LeanConnection(asyncio.Protocol):
                     if not value.isdigit() or len(value) > 6:
                         return None
                     length = int(value)
-            value = value.rstrip(b" \t")
-            if b"\x00" in value:
-                return None
+            value = value.rstrip(b" \t")  # as aiohttp: llhttp strips the leading OWS only
             pairs.append(
                 (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             )
         if length > MAX_BODY or (version == "1.1" and b"host" not in seen):
             return None
+        # llhttp (strict, as httptools runs it) refuses bare LF and CR, and NUL in values:
+        # the head's first empty line is its end.
         buf = self.buf
         end = buf.find(b"\r\n\r\n")
         if end < 0 or not buf.startswith(b"POST /"):
@@ -498,7 +498,7 @@ class LeanConnection(asyncio.Protocol):
             self.body_timer = None
         endpoint, label, *_, version, keep_alive, head_length, total = head
         buf = self.buf
-        if len(buf) < total:  # llhttp and this count disagree: let aiohttp read it
+        if len(buf) < total:  # llhttp and this count disagree (never seen): aiohttp reads it
             self._give_to_aiohttp()
             return
         body = bytes(buf[head_length:total])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -78,6 +79,9 @@ TAKEN = {
     "unknown-encoding": request("/api/42/envelope/", ENVELOPE, "Content-Encoding: snappy"),
     "bad-gzip": request("/api/42/envelope/", b"\x1f\x8b\x08\x00garbage", "Content-Encoding: gzip"),
     "browser": request("/api/42/envelope/", ENVELOPE, "Origin: https://app.example"),
+    "browser-trailing-space": request(
+        "/api/42/envelope/", ENVELOPE, "Origin: https://app.example \t "
+    ),
     "browser-no-auth": request(
         "/api/42/envelope/", ENVELOPE, "Origin: https://app.example", auth=False
     ),
@@ -243,6 +247,36 @@ async def test_pipelined_requests_in_order(relay: TestClient) -> None:
     assert lean_of(relay).answered == 3
 
 
+async def test_garbage_after_a_request_goes_to_aiohttp(
+    pair_factory: Callable[..., Awaitable[Pair]],
+) -> None:
+    """A good request followed, in the same packet, by bytes that do not parse: the
+    request is answered, and aiohttp answers the rest as it would on a connection of
+    its own. (aiohttp alone, given both at once, answers one 400 and drops the good
+    request with it.)"""
+    served, plain = await pair_factory()
+    for tail in (HANDED_OVER["garbage"], b"POST /api/42/envelope/ HTTP/1.1\r\nX:\x01\r\n\r\n"):
+        got = await exchange(port_of(served), request() + tail, 2)
+        assert got[0] == (await exchange(port_of(plain), request()))[0]
+        assert got[1] == (await exchange(port_of(plain), tail))[0]
+        assert got[1].startswith(b"HTTP/1.0 400 ")
+    fast = lean_of(served)
+    assert (fast.answered, fast.handed_off) == (2, 2)
+
+
+async def test_a_head_that_never_ends_goes_to_aiohttp(
+    pair_factory: Callable[..., Awaitable[Pair]],
+) -> None:
+    """Bytes of an unfinished head are not buffered past `MAX_HEAD`: aiohttp gets them
+    (and refuses the line as too long) without waiting for the end."""
+    served, plain = await pair_factory()
+    data = b"POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\nX-Long: " + b"a" * 20000
+    got = await exchange(port_of(served), data)
+    assert got == await exchange(port_of(plain), data)
+    assert got[0].startswith(b"HTTP/1.0 400 ")
+    assert lean_of(served).handed_off == 1
+
+
 async def test_byte_at_a_time(relay: TestClient) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(relay))
     data = request() + HANDED_OVER["health"]
@@ -333,3 +367,53 @@ async def test_shutdown_waits_for_requests_in_progress(
     assert len(recorder.received) == 1  # forwarded before the app's resources closed
     busy.close()
     idle.close()
+
+
+#: Requests after which aiohttp keeps the connection open, with answers that depend on
+#: nothing but the request (no generated ids).
+KEEP_OPEN = [
+    *(
+        TAKEN[n]
+        for n in (
+            "envelope",
+            "no-slash",
+            "gzip",
+            "query-auth",
+            "no-auth",
+            "unknown-key",
+            "project-zero",
+            "store",
+            "store-envelope",
+            "invalid-envelope",
+            "empty-body",
+            "browser",
+        )
+    ),
+    *(
+        HANDED_OVER[n]
+        for n in ("health", "not-found", "options", "percent-path", "chunked", "large")
+    ),
+]
+
+
+async def test_mixed_pipelines_in_random_pieces(
+    pair_factory: Callable[..., Awaitable[Pair]],
+) -> None:
+    """Random sequences of requests, cut into random pieces: the fast path's answers
+    are aiohttp's, in order, wherever the pieces end and whichever request hands over."""
+    rng = random.Random(20261206)
+    served, plain = await pair_factory()
+    for _ in range(25):
+        stream = b"".join(rng.choice(KEEP_OPEN) for _ in range(rng.randint(1, 6)))
+        count = stream.count(b" HTTP/1.1\r\n")
+        cuts = sorted(rng.sample(range(1, len(stream)), min(rng.randint(0, 8), len(stream) - 1)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(served))
+        for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            writer.write(stream[start:end])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        got = [await asyncio.wait_for(read_answer(reader), 5) for _ in range(count)]
+        writer.close()
+        assert got == await exchange(port_of(plain), stream, count)
+    fast = lean_of(served)
+    assert fast.answered > 0 and fast.handed_off > 0
