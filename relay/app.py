@@ -91,6 +91,13 @@ async def _limiter(app: web.Application) -> AsyncIterator[None]:
         "Failed Redis calls of the limiter.",
         lambda: float(limiter.redis_errors),
     )
+    share = limiter.share
+    if share is not None:
+        app[METRICS].add_counter_callback(
+            "relay_quota_cache_hits",
+            "Checks the quota cache answered without asking Redis.",
+            lambda: float(share.hits),
+        )
     yield
     await limiter.close()
 

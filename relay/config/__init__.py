@@ -104,6 +104,11 @@ class RedisConfig(Section, frozen=True):
     mode: str = "standalone"
     sentinel_master: str | None = None
     prefix: str = "relay"
+    #: The quota cache: the share of a counter's remaining room a process accepts
+    #: without asking Redis (0: off, every check asks Redis).
+    quota_cache_ratio: float = 0.0
+    #: No quota cache for a counter past this fraction of its limit.
+    quota_cache_max: float = 1.0
 
 
 class SpoolConfig(Section, frozen=True):
@@ -362,6 +367,12 @@ def _check_core(config: Config) -> list[Problem]:
     if config.redis is not None:
         if config.redis.on_error not in ("allow", "reject"):
             problems.append(Problem("redis.on_error", "must be 'allow' or 'reject'"))
+        if not 0 <= config.redis.quota_cache_ratio < 1:
+            problems.append(
+                Problem("redis.quota_cache_ratio", "must be at least 0 and less than 1")
+            )
+        if not 0 < config.redis.quota_cache_max <= 1:
+            problems.append(Problem("redis.quota_cache_max", "must be more than 0 and at most 1"))
         if config.redis.mode not in ("standalone", "cluster", "sentinel"):
             problems.append(Problem("redis.mode", "must be 'standalone', 'cluster' or 'sentinel'"))
         if not config.redis.url.reveal().startswith(

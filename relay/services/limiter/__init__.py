@@ -1,4 +1,5 @@
-"""Spend control at run time: quotas, budgets and spike protection, counted exactly.
+"""Spend control at run time: quotas, budgets and spike protection, counted exactly
+(unless the opt-in quota cache trades some exactness across processes for fewer calls).
 
     limiter = create_limiter(config.redis)            # None: in-process counters
     compiled = compile_policy_quotas(config.policy, project.policy)   # once per revision
@@ -11,7 +12,8 @@
 
 Modules: `core` (results and the shared check), `memory` (in-process backend),
 `redis` (Redis backend and `script.lua`), `cache` (full counters remembered until
-their window ends).
+their window ends), `share` (the opt-in quota cache: part of a counter's room accepted
+without asking Redis).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from relay.services.limiter.core import (
     UsageRow,
 )
 from relay.services.limiter.memory import MemoryLimiter
+from relay.services.limiter.share import QuotaShare
 
 __all__ = [
     "REDIS_UNAVAILABLE",
@@ -51,6 +54,11 @@ class Limiter(Protocol):
     @property
     def redis_errors(self) -> int:
         """Checks decided without the store because it failed."""
+        ...
+
+    @property
+    def share(self) -> QuotaShare | None:
+        """The quota cache (`redis.quota_cache_ratio`), if there is one."""
         ...
 
     async def check(

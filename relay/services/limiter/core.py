@@ -44,6 +44,7 @@ from relay.processing.quotas import (
 )
 from relay.protocol.ratelimit_header import RateLimit
 from relay.services.limiter.cache import ActiveLimits, CachedLimit
+from relay.services.limiter.share import QuotaShare
 
 #: Reason (and quota id) of rejections because the counter store is unreachable.
 REDIS_UNAVAILABLE = "redis_unavailable"
@@ -171,6 +172,8 @@ class BaseLimiter:
         #: store again;
         #: None: until its window ends (exact whenever counters never shrink).
         self.full_cache_s: float | None = None
+        #: The quota cache (`redis.quota_cache_ratio`), when the backend has one.
+        self.share: QuotaShare | None = None
         #: Store failures (`relay_redis_errors_total`): checks decided without the store,
         #: and refunds that could not be made.
         self.redis_errors = 0
@@ -203,10 +206,14 @@ class BaseLimiter:
         and the retry must not be charged twice. Best effort: a store failure is counted
         in `redis_errors`, never raised."""
         amounts = [(c.key(self.prefix), c.increment) for c in counters if c.increment > 0]
-        if not amounts:
-            return
         for key, _ in amounts:
             self.active_limits.discard(key)  # it may have room again
+        if self.share is not None:
+            share = self.share
+            amounts = [(key, share.give_back(key, amount)) for key, amount in amounts]
+            amounts = [(key, amount) for key, amount in amounts if amount > 0]
+        if not amounts:
+            return
         try:
             await self._give_back(amounts)
         except LimiterUnavailable:
@@ -258,7 +265,12 @@ class BaseLimiter:
         try:
             if quotas.spike is not None:
                 await self._fill_spike_limits(pending, scope, quotas.spike, now)
-            answers = await self._consume(pending)
+            if self.share is None:
+                answers = await self._consume(pending)
+            else:
+                pending, answers = await self._consume_shared(
+                    self.share, pending, scope, now, result
+                )
         except LimiterUnavailable:
             self.redis_errors += 1
             result.store_error = True
@@ -269,6 +281,44 @@ class BaseLimiter:
         for demand, (consumed, values) in zip(pending, answers, strict=True):
             self._judge(demand, consumed, values, scope, now, result)
         return result
+
+    async def _consume_shared(
+        self,
+        share: QuotaShare,
+        pending: list[CategoryDemand],
+        scope: Scoping,
+        now: float,
+        result: LimitResult,
+    ) -> tuple[list[CategoryDemand], list[tuple[bool, list[int]]]]:
+        """`_consume` with the quota cache: the demands its shares cover are accepted (and
+        judged) here; the others go to the store after what was accepted here on their
+        counters. Returns the demands the store answered, and its answers."""
+        remote: list[CategoryDemand] = []
+        for demand in pending:
+            values = share.take(demand, now)
+            if values is None:
+                remote.append(demand)
+            else:
+                self._judge(demand, True, values, scope, now, result)
+                self._share_taken()
+        if not remote:
+            return [], []
+        pushes = share.drain(remote, now)
+        try:
+            answers = await self._consume([*pushes, *remote])
+        except LimiterUnavailable:
+            share.restore(pushes)
+            raise
+        answers = answers[len(pushes) :]
+        for demand, (consumed, values) in zip(remote, answers, strict=True):
+            share.learn(demand, consumed, values)
+        return remote, answers
+
+    def _share_taken(self) -> None:
+        """A demand was accepted from the quota cache: a backend arranges its sync."""
+
+    async def _before_read(self) -> None:
+        """Before `usage` reads counters: a backend with a quota cache syncs it."""
 
     def _judge(
         self,
@@ -401,6 +451,7 @@ class BaseLimiter:
         Pass one `(Scoping, CompiledQuotas)` per configured project and public key
         (org-scoped counters are reported once). Raises LimiterUnavailable.
         """
+        await self._before_read()
         now = self._clock()
         seen: set[tuple[str, str, str | None]] = set()
         rows: list[_PendingRow] = []

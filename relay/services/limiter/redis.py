@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -83,6 +84,9 @@ from relay.config import RedisConfig
 from relay.processing.quotas import CategoryDemand
 from relay.services.limiter.core import BaseLimiter, Clock, LimiterUnavailable
 from relay.services.limiter.resp import BareTarget, RespConnection, bare_target
+from relay.services.limiter.share import SYNC_S, QuotaShare
+
+log = logging.getLogger("relay.limiter")
 
 SCRIPT = (resources.files("relay.services.limiter") / "script.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
@@ -215,11 +219,49 @@ class RedisLimiter(BaseLimiter):
         self._conn: AbstractConnection | None = None
         self._bare_target = bare_target(client) if BARE_CONNECTION else None
         self._bare: RespConnection | None = None
+        self._sync_handle: asyncio.TimerHandle | None = None
+        self._closed = False
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, *, clock: Clock = time.time) -> RedisLimiter:
         client, helpers = connect(cfg)
-        return cls(client, clock=clock, on_error=cfg.on_error, prefix=cfg.prefix, helpers=helpers)
+        limiter = cls(
+            client, clock=clock, on_error=cfg.on_error, prefix=cfg.prefix, helpers=helpers
+        )
+        if cfg.quota_cache_ratio > 0:
+            limiter.share = QuotaShare(cfg.quota_cache_ratio, cfg.quota_cache_max, cfg.prefix)
+        return limiter
+
+    # -- the quota cache --------------------------------------------------------------
+
+    def _share_taken(self) -> None:
+        if self._sync_handle is None and not self._closed:
+            self._sync_handle = asyncio.get_running_loop().call_later(SYNC_S, self._start_sync)
+
+    def _start_sync(self) -> None:
+        self._sync_handle = None
+        task = asyncio.get_running_loop().create_task(self.sync())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
+    async def _before_read(self) -> None:
+        await self.sync()
+
+    async def sync(self) -> None:
+        """Add what the quota cache accepted to Redis. On failure it stays unsynced, and
+        the next sync (or the next check that asks Redis) adds it."""
+        share = self.share
+        if share is None:
+            return
+        pushes = share.drain_all(self._clock())
+        if not pushes:
+            return
+        try:
+            await self._consume(pushes)
+        except LimiterUnavailable:
+            share.restore(pushes)
+            self.redis_errors += 1
+            self._share_taken()
 
     # -- health -----------------------------------------------------------------------
 
@@ -490,6 +532,16 @@ class RedisLimiter(BaseLimiter):
         return out
 
     async def close(self) -> None:
+        if self._sync_handle is not None:
+            self._sync_handle.cancel()
+            self._sync_handle = None
+        self._closed = True
+        await self.sync()
+        if self.share is not None and self.share.unsynced:
+            log.warning(
+                "quota cache: %d accepted items could not be added to Redis before closing",
+                self.share.unsynced,
+            )
         for task in list(self._flushing):
             await asyncio.gather(task, return_exceptions=True)
         for job in self._pending:

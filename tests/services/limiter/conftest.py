@@ -64,13 +64,14 @@ def quotas(
 MakeLimiter = Callable[..., Limiter]
 
 
-@pytest.fixture(params=["memory", "redis", "redis-py"])
+@pytest.fixture(params=["memory", "redis", "redis-py", "redis-cached"])
 async def make_limiter(
     request: pytest.FixtureRequest, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[MakeLimiter]:
     """Build limiters of the parametrized backend; redis ones share one server and prefix.
     `redis` flushes on the bare connection, `redis-py` on redis-py's (as TLS and Sentinel
-    targets do)."""
+    targets do); `redis-cached` has a quota cache (half of each counter's room), which
+    one limiter alone must never let past a limit."""
     made: list[Limiter] = []
     backend = request.param
     server: RedisServer | None = (
@@ -85,6 +86,8 @@ async def make_limiter(
             limiter = create_limiter(None, clock=kw.pop("clock", clock))
         else:
             kw.setdefault("prefix", prefix)
+            if backend == "redis-cached":
+                kw.setdefault("quota_cache_ratio", 0.5)
             limiter = create_limiter(
                 redis_config(server.url, **{k: v for k, v in kw.items() if k != "clock"}),
                 clock=kw.get("clock", clock),
