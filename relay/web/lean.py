@@ -342,11 +342,15 @@ class LeanConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         if self.busy:
-            if len(self.buf) > MAX_BODY and not self.paused and self.transport is not None:
-                self.transport.pause_reading()
-                self.paused = True
+            self._hold()
             return
         self._feed(data)
+
+    def _hold(self) -> None:
+        """While a request is handled, more than `MAX_BODY` waiting: stop reading."""
+        if len(self.buf) > MAX_BODY and not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+            self.paused = True
 
     def _feed(self, data: bytes | bytearray) -> None:
         try:
@@ -506,6 +510,7 @@ class LeanConnection(asyncio.Protocol):
         if buf:  # a pipelined request: the parser read into it, so a new one reads it again
             self.parser = httptools.HttpRequestParser(self)
         self.busy = True
+        self._hold()
         request = self._request(head, body)
         task = self.loop.create_task(self._answer(request, endpoint, label, version, keep_alive))
         self._track(task)

@@ -123,6 +123,7 @@ HANDED_OVER = {
     "bad-length": b"POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\nContent-Length: 1x\r\n\r\n{}",
     "http-0.9-ish": b"POST /api/42/envelope/ HTTP/2.0\r\nHost: relay\r\nContent-Length: 2\r\n\r\n{}",
     "expect": request("/api/42/envelope/", ENVELOPE, "Expect: 100-continue"),
+    "upgrade": request("/api/42/envelope/", ENVELOPE, "Connection: Upgrade", "Upgrade: h2c"),
 }
 
 
@@ -417,3 +418,28 @@ async def test_mixed_pipelines_in_random_pieces(
         assert got == await exchange(port_of(plain), stream, count)
     fast = lean_of(served)
     assert fast.answered > 0 and fast.handed_off > 0
+
+
+async def test_a_client_that_sends_ahead_is_paused_and_resumed(
+    relay: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a request is handled, what the client sends after it waits in the buffer;
+    past `MAX_BODY` the connection stops reading, and reads again after the answer."""
+    envelope_endpoint, label = lean.ENDPOINTS[b"envelope"]
+
+    async def slow(request: Any) -> Any:
+        await asyncio.sleep(0.05)
+        return await envelope_endpoint(request)
+
+    monkeypatch.setitem(lean.ENDPOINTS, b"envelope", (slow, label))
+    big = request(body=ENVELOPE + b"\n" * (lean.MAX_BODY - len(ENVELOPE) - 100))
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(relay))
+    try:
+        for batch in (6, 2):  # the second is only read if the first's pause was lifted
+            writer.write(big * batch)
+            for _ in range(batch):
+                answer = await asyncio.wait_for(read_answer(reader), 5)
+                assert answer.startswith(b"HTTP/1.1 200 OK")
+    finally:
+        writer.close()
+    assert lean_of(relay).answered == 8

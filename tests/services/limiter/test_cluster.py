@@ -196,3 +196,24 @@ async def test_cluster_refund_across_slots(cluster: list[RedisServer], clock: Cl
         assert limiter.redis_errors == 0
     finally:
         await limiter.close()
+
+
+async def test_quota_cache_across_slots(cluster: list[RedisServer], clock: Clock) -> None:
+    """With the quota cache, a check's counters in three slots are taken from shares and
+    added to Redis per slot: one process stays exact, and Redis ends with every count."""
+    cfg = redis_config(cluster[0].url.removesuffix("/0"), mode="cluster", quota_cache_ratio=0.5)
+    limiter = create_limiter(cfg, clock=clock)
+    compiled = quotas(
+        {"id": "org", "categories": ["error"], "limit": 10**6, "window": 60},
+        {"id": "proj", "categories": ["error"], "scope": "project", "limit": 40, "window": 60},
+        {"id": "key", "categories": ["error"], "scope": "key", "limit": 10**6, "window": 60},
+    )
+    scope = Scoping(11, "key11")
+    try:
+        results = [await limiter.check(scope, [("error", 1)], compiled) for _ in range(60)]
+        assert accepted(results) == 40
+        assert limiter.share is not None and limiter.share.hits > 20
+        rows = {(r.id, r.scope_id): r.used for r in await limiter.usage([(scope, compiled)])}
+        assert rows[("org", "default")] == rows[("proj", "11")] == rows[("key", "key11")] == 40
+    finally:
+        await limiter.close()
