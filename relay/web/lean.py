@@ -31,7 +31,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from email.utils import formatdate
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import httptools
 from aiohttp import web
@@ -81,6 +81,23 @@ ENDPOINTS: dict[bytes, tuple[Endpoint, str]] = {
 }
 
 _EMPTY_QUERY: MultiDictProxy[str] = MultiDictProxy(MultiDict())
+
+
+class Head(NamedTuple):
+    """A request the fast path takes, as its head describes it."""
+
+    endpoint: Endpoint
+    #: The endpoint's name in the request metrics.
+    label: str
+    project: str
+    path: str
+    query: str
+    headers: CIMultiDictProxy[str]
+    version: str
+    keep_alive: bool
+    #: Bytes of the request line and headers, and of the whole request.
+    head_length: int
+    total: int
 
 
 class _Date:
@@ -267,9 +284,8 @@ class LeanConnection(asyncio.Protocol):
         self.skip = False
         self.hand_off = False
         self.complete = False
-        #: The request being read, once its head is taken: (endpoint, label, project,
-        #: path, query, headers, version, keep-alive, head length, total length).
-        self.head: tuple[Any, ...] | None = None
+        #: The request being read, once its head is taken.
+        self.head: Head | None = None
         #: A request's handler is running; bytes that arrive meanwhile wait in `buf`.
         self.busy = False
         self.paused = False
@@ -355,10 +371,9 @@ class LeanConnection(asyncio.Protocol):
     def _feed(self, data: bytes | bytearray) -> None:
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            if not self.complete:
-                self.hand_off = True
-        except httptools.HttpParserError:
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError):
+            # Before the request is complete: aiohttp answers it. After: the next one
+            # is parsed again from its first byte (a new parser) and decided then.
             if not self.complete:
                 self.hand_off = True
         if self.hand_off:
@@ -385,7 +400,7 @@ class LeanConnection(asyncio.Protocol):
             return
         self.head = head
         self.waiting_since = None
-        if len(self.buf) < head[-1]:
+        if len(self.buf) < head.total:
             timeout = self.server.app[REGISTRY].current.config.limits.read_timeout_s
             self.body_timer = self.loop.call_later(timeout, self._body_timeout)
 
@@ -393,7 +408,7 @@ class LeanConnection(asyncio.Protocol):
         if not self.skip:
             self.skip = self.complete = True
 
-    def _take_head(self) -> tuple[Any, ...] | None:
+    def _take_head(self) -> Head | None:
         """The request's head if the fast path takes the request, else None."""
         parser = self.parser
         if parser.get_method() != b"POST" or parser.should_upgrade():
@@ -440,7 +455,7 @@ class LeanConnection(asyncio.Protocol):
         project, kind, query = match.groups()
         endpoint, label = ENDPOINTS[kind]
         path = self.url.partition(b"?")[0].decode("ascii")
-        return (
+        return Head(
             endpoint,
             label,
             project.decode("ascii"),
@@ -484,14 +499,17 @@ class LeanConnection(asyncio.Protocol):
         request = self._request(head, b"")
         # Answered before its body was read: what follows on this connection cannot be
         # told apart from that body, so the connection closes after the answer.
-        task = self.loop.create_task(self._answer(request, _timed_out, head[1], head[6], False))
+        task = self.loop.create_task(
+            self._answer(request, _timed_out, head.label, head.version, False)
+        )
         self._track(task)
 
     # -- answering -------------------------------------------------------------------------
 
-    def _request(self, head: tuple[Any, ...], body: bytes) -> LeanRequest:
-        _, _, project, path, query, headers, *_ = head
-        return LeanRequest(self.server.app, project, path, query, headers, body, self.remote)
+    def _request(self, head: Head, body: bytes) -> LeanRequest:
+        return LeanRequest(
+            self.server.app, head.project, head.path, head.query, head.headers, body, self.remote
+        )
 
     def _dispatch(self) -> None:
         """The current request has arrived whole: its handler runs in a task."""
@@ -500,19 +518,21 @@ class LeanConnection(asyncio.Protocol):
         if self.body_timer is not None:
             self.body_timer.cancel()
             self.body_timer = None
-        endpoint, label, *_, version, keep_alive, head_length, total = head
+        total = head.total
         buf = self.buf
         if len(buf) < total:  # llhttp and this count disagree (never seen): aiohttp reads it
             self._give_to_aiohttp()
             return
-        body = bytes(buf[head_length:total])
+        body = bytes(buf[head.head_length : total])
         del buf[:total]
         if buf:  # a pipelined request: the parser read into it, so a new one reads it again
             self.parser = httptools.HttpRequestParser(self)
         self.busy = True
         self._hold()
         request = self._request(head, body)
-        task = self.loop.create_task(self._answer(request, endpoint, label, version, keep_alive))
+        task = self.loop.create_task(
+            self._answer(request, head.endpoint, head.label, head.version, head.keep_alive)
+        )
         self._track(task)
 
     def _track(self, task: asyncio.Task[None]) -> None:
