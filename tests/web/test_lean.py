@@ -443,3 +443,23 @@ async def test_a_client_that_sends_ahead_is_paused_and_resumed(
     finally:
         writer.close()
     assert lean_of(relay).answered == 8
+
+
+async def test_a_request_half_sent_at_shutdown_is_answered_503(upstream_url: str) -> None:
+    """A connection that is sending a request when shutdown begins is kept until that
+    request is answered: 503 (draining), `Connection: close`; then shutdown goes on."""
+    client = TestClient(LeanTestServer(create_app(make_config(upstream_url))))
+    await client.start_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(client))
+    data = request()
+    writer.write(data[:40])
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(client.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # waiting for the request in progress
+    writer.write(data[40:])
+    answer = await asyncio.wait_for(read_answer(reader), 5)
+    assert answer.startswith(b"HTTP/1.1 503 ")
+    assert b"Connection: close" in answer and b"shutting down" in answer
+    await asyncio.wait_for(closing, 5)
+    writer.close()
