@@ -48,6 +48,17 @@ async def stored(url: str, prefix: str) -> int:
         await client.aclose()
 
 
+def redis_down(limiter: RedisLimiter, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every Redis call of `limiter` fails from now on; returns the real one, to put back."""
+    real = limiter._consume
+
+    async def down(demands: list[CategoryDemand]) -> Any:
+        raise LimiterUnavailable("redis failed: test")
+
+    monkeypatch.setattr(limiter, "_consume", down)
+    return real
+
+
 # -- the share itself -----------------------------------------------------------------------
 
 
@@ -192,12 +203,7 @@ async def test_a_failed_sync_keeps_the_amounts_for_the_next(
     try:
         for _ in range(6):
             await limiter.check(P42, [("error", 1)], LIMIT_100)
-        real = limiter._consume
-
-        async def down(demands: list[CategoryDemand]) -> Any:
-            raise LimiterUnavailable("redis failed: test")
-
-        monkeypatch.setattr(limiter, "_consume", down)
+        real = redis_down(limiter, monkeypatch)
         await limiter.sync()
         assert limiter.share is not None and limiter.share.unsynced == 5
         assert limiter.redis_errors == 1
@@ -261,12 +267,7 @@ async def test_a_check_that_fails_keeps_what_it_was_to_add(
     try:
         for _ in range(50):  # one asks Redis, 49 are its share
             await limiter.check(P42, [("error", 1)], LIMIT_100)
-        real = limiter._consume
-
-        async def down(demands: list[CategoryDemand]) -> Any:
-            raise LimiterUnavailable("redis failed: test")
-
-        monkeypatch.setattr(limiter, "_consume", down)
+        real = redis_down(limiter, monkeypatch)
         result = await limiter.check(P42, [("error", 1)], LIMIT_100)  # asks Redis, fails
         assert result.store_error and not result.rejected  # on_error: allow
         monkeypatch.setattr(limiter, "_consume", real)
