@@ -8,10 +8,12 @@ what the flushes need and no more:
 
 - connecting as redis-py does for a `redis://` URL: `AUTH` (with the username when
   there is one) and `SELECT` (when the database is not 0), in one write;
-- `call(data, count)`: one write, then the answers parsed as they arrive (hiredis, in
-  `data_received`); error answers are returned in place as exceptions, as redis-py's
-  pipelines return them, with the classes the limiter tells apart (`NOSCRIPT`,
-  `LOADING`);
+- `send(data, count, timeout, done)`: one write, then the answers parsed as they
+  arrive (hiredis, in `data_received`) and handed to `done`, a plain callback: the
+  limiter settles its checks from there, with no task between the answer and the
+  checks. `call` is the same, awaited. Error answers come back in place as exceptions,
+  as redis-py's pipelines return them, with the classes the limiter tells apart
+  (`NOSCRIPT`, `LOADING`);
 - one timer per call: when it fires the connection is closed and the call fails with
   redis-py's `TimeoutError`. A closed or failed connection is never used again.
 
@@ -22,6 +24,8 @@ TLS, Unix sockets, Sentinel, RESP3 and client names stay with redis-py
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -42,7 +46,10 @@ from redis.exceptions import (
     TimeoutError as RedisTimeoutError,
 )
 
-__all__ = ["BareTarget", "RespConnection", "bare_target"]
+__all__ = ["BareTarget", "Done", "RespConnection", "bare_target"]
+
+#: What ends a call: its answers in order, or the error that ended it.
+Done = Callable[[list[Any] | Exception], None]
 
 #: Connection options that change what connecting says: left to redis-py when set. The
 #: others (timeouts, retries, decoding, redis-py's own bookkeeping) change nothing here.
@@ -113,7 +120,8 @@ class RespConnection(asyncio.Protocol):
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(replyError=ResponseError)
-        self._waiter: asyncio.Future[list[Any]] | None = None
+        self._done: Done | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._want = 0
         self._replies: list[Any] = []
         self.closed = False
@@ -146,25 +154,37 @@ class RespConnection(asyncio.Protocol):
                 raise RedisConnectionError(f"redis refused the database {target.db}: {failed}")
         return conn
 
-    async def call(self, data: bytes, count: int, timeout: float) -> list[Any]:
-        """Write `data` (`count` commands) and return their `count` answers in order."""
+    @property
+    def busy(self) -> bool:
+        """Whether a call is in flight (its answers not all read yet)."""
+        return self._done is not None
+
+    def send(self, data: bytes, count: int, timeout: float, done: Done) -> None:
+        """Write `data` (`count` commands). `done` is called once, from the event loop,
+        never from here: with the `count` answers in order, or with the error that ended
+        the call (the connection closed or failed, or `timeout` seconds passed)."""
         transport = self._transport
         if self.closed or transport is None:
             raise RedisConnectionError("the connection to redis is closed")
-        if self._waiter is not None:
+        if self._done is not None:
             raise RuntimeError("a call is already in flight on this connection")
+        try:
+            transport.write(data)
+        except Exception as exc:  # closed under us, before `connection_lost` came
+            self.close()
+            raise RedisConnectionError(f"could not write to redis: {exc}") from exc
+        self._done, self._want, self._replies = done, count, []
+        self._timer = self._loop.call_later(timeout, self._expire, done)
+
+    async def call(self, data: bytes, count: int, timeout: float) -> list[Any]:
+        """`send`, awaited: the `count` answers in order, or the error raised."""
         waiter: asyncio.Future[list[Any]] = self._loop.create_future()
-        self._waiter, self._want, self._replies = waiter, count, []
-        transport.write(data)
-        timer = self._loop.call_later(timeout, self._expire, waiter)
+        self.send(data, count, timeout, functools.partial(_resolve, waiter))
         try:
             return await waiter
         except BaseException:
             self.close()  # cancelled or failed: answers may still be on their way
             raise
-        finally:
-            timer.cancel()
-            self._waiter = None
 
     def close(self) -> None:
         if self.closed:
@@ -179,8 +199,7 @@ class RespConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if self._done is None:
             self._fail(RedisConnectionError("redis sent data nobody asked for"))
             return
         reader = self._reader
@@ -197,20 +216,35 @@ class RespConnection(asyncio.Protocol):
         except hiredis.ProtocolError as exc:
             self._fail(RedisConnectionError(f"redis protocol error: {exc}"))
             return
-        waiter.set_result(replies)
+        self._finish(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._fail(RedisConnectionError("redis closed the connection"))
 
-    # -- failures -----------------------------------------------------------------
+    # -- ending a call --------------------------------------------------------------
+
+    def _finish(self, result: list[Any] | Exception) -> None:
+        done, self._done = self._done, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if done is not None:
+            done(result)
 
     def _fail(self, error: Exception) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-        self.close()
+        self.close()  # first: the call's `done` sees a closed connection
+        self._finish(error)
 
-    def _expire(self, waiter: asyncio.Future[list[Any]]) -> None:
-        if not waiter.done():
+    def _expire(self, done: Done) -> None:
+        if self._done is done:
             self._fail(RedisTimeoutError("timed out waiting for redis"))
+
+
+def _resolve(waiter: asyncio.Future[list[Any]], result: list[Any] | Exception) -> None:
+    if waiter.done():  # the awaiting task was cancelled
+        return
+    if isinstance(result, Exception):
+        waiter.set_exception(result)
+    else:
+        waiter.set_result(result)

@@ -15,9 +15,10 @@ from redis.asyncio import Redis
 
 from relay.processing.quotas import CategoryDemand, CompiledQuotas, Scoping
 from relay.services.limiter import LimitResult, create_limiter
-from relay.services.limiter.redis import RedisLimiter, _Call, connect
+from relay.services.limiter.redis import RedisLimiter
 from tests.services.limiter.conftest import Clock, quotas, redis_config
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.tcp_proxy import TcpProxy
 
 P42 = Scoping(project_id=42, public_key="abc")
 ERRORS_5 = quotas(
@@ -69,59 +70,64 @@ async def test_two_processes_share_one_exact_budget(
         await two.close()
 
 
-async def test_concurrent_checks_share_pipelines(redis_server: RedisServer, clock: Clock) -> None:
-    class Counting(RedisLimiter):
-        pipelines = 0
+async def script_calls(url: str) -> int:
+    """How many `EVALSHA` commands this Redis has run (its own count, `INFO commandstats`)."""
+    admin = Redis.from_url(url)
+    try:
+        stats = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
-        async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
-            self.pipelines += 1
-            return await super()._pipeline_eval(calls)
 
+async def test_concurrent_checks_share_pipelines(
+    redis_server: RedisServer, clock: Clock, flush_path: str
+) -> None:
     cfg = redis_config(redis_server.url)
-    limiter = Counting(connect(cfg)[0], clock=clock, prefix=cfg.prefix)
+    limiter = create_limiter(cfg, clock=clock)
     compiled = quotas({"id": "many", "limit": 10**6, "window": 60})
     try:
-        await limiter.check(P42, [("error", 1)], compiled)  # loads the script
-        before = limiter.pipelines
+        await limiter.check(P42, [("error", 1)], compiled)  # connects, loads the script
+        before = await script_calls(redis_server.url)
         results = await asyncio.gather(
             *(limiter.check(P42, [("error", 1), ("span", 3)], compiled) for _ in range(500))
         )
         assert not any(r.limited for r in results)
-        assert limiter.pipelines - before <= 3
+        # The 500 checks left in at most a few script calls.
+        assert 1 <= await script_calls(redis_server.url) - before <= 3
         (err, span) = sorted(
             (r.category or "", r.used) for r in await limiter.usage([(P42, compiled)])
         )
         assert err == ("error", 501) and span == ("span", 1500)
+        # One after another, each check is a script call of its own.
+        before = await script_calls(redis_server.url)
+        for _ in range(5):
+            await limiter.check(P42, [("error", 1)], compiled)
+        assert await script_calls(redis_server.url) - before == 5
     finally:
         await limiter.close()
 
 
 async def test_merged_script_calls_answer_each_check(
-    redis_server: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    redis_server: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch, flush_path: str
 ) -> None:
     """Checks of one flush go as few script calls (at most MAX_MERGED_GROUPS groups each);
     every check still gets exactly its own answers: per category, accept or reject."""
     import relay.services.limiter.redis as redis_module
 
-    class Counting(RedisLimiter):
-        calls: list[int] = []
-
-        async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
-            self.calls.append(len(calls))
-            return await super()._pipeline_eval(calls)
-
     monkeypatch.setattr(redis_module, "MAX_MERGED_GROUPS", 7)
     cfg = redis_config(redis_server.url)
-    limiter = Counting(connect(cfg)[0], clock=clock, prefix=cfg.prefix)
+    limiter = create_limiter(cfg, clock=clock)
     compiled = quotas(
         {"id": "errors", "categories": ["error"], "limit": 10, "window": 60},
         {"id": "spans", "categories": ["span"], "limit": 100, "window": 60},
     )
     try:
-        await limiter.check(P42, [("error", 0)], PROBE)  # loads the script
-        limiter.calls.clear()
+        await limiter.check(P42, [("error", 1)], PROBE)  # connects, loads the script
+        before = await script_calls(redis_server.url)
         wanted = [[("error", 1), ("span", 3)] if i % 2 else [("span", 7)] for i in range(40)]
         results = await asyncio.gather(*(limiter.check(P42, q, compiled) for q in wanted))
+        calls = await script_calls(redis_server.url) - before
         # Errors: 20 checks ask for one each, the first 10 fit.
         with_errors = [r for q, r in zip(wanted, results, strict=True) if len(q) == 2]
         assert [r.is_rejected("error") for r in with_errors] == [False] * 10 + [True] * 10
@@ -137,7 +143,7 @@ async def test_merged_script_calls_answer_each_check(
         assert limiter.redis_errors == 0
         # 60 groups in at most 7 per call: the merged calls were split, and far fewer
         # calls went out than checks were made.
-        assert sum(limiter.calls) >= 9 and sum(limiter.calls) < 40
+        assert 9 <= calls < 40
     finally:
         await limiter.close()
 
@@ -260,6 +266,61 @@ async def test_connection_broken_while_idle_is_replaced(
         assert len(clients) <= 3
     finally:
         await limiter.close()
+
+
+async def test_a_connection_that_breaks_as_a_check_is_sent_is_replaced_once(
+    redis_server: RedisServer, clock: Clock, flush_path: str
+) -> None:
+    """The connection breaks as a batch is written (Redis never saw it): the batch goes
+    again on a new connection, counted once. On the bare connection, a new connection
+    that breaks too is not replaced again: the check is decided as Redis unavailable."""
+    proxy = await TcpProxy(redis_server.port).start()
+    limiter = create_limiter(redis_config(proxy.url), clock=clock)
+    try:
+        assert accepted(await checks(limiter, 2)) == 2  # also loads the script (pool)
+        opened = proxy.connections
+        proxy.drop = 1
+        assert accepted(await checks(limiter, 4)) == 3  # 5 in all, counted once each
+        assert limiter.redis_errors == 0
+        assert proxy.connections == opened + 1
+        if flush_path == "bare":  # redis-py's connections retry by themselves too
+            proxy.drop = 2
+            (result,) = await checks(limiter, 1, PROBE)  # ERRORS_5 is full: Redis not asked
+            assert result.store_error and limiter.redis_errors == 1
+            assert proxy.connections == opened + 2  # the broken one's successor only
+    finally:
+        await limiter.close()
+        await proxy.close()
+
+
+async def test_close_waits_for_the_checks_in_flight(
+    redis_server: RedisServer, clock: Clock, flush_path: str
+) -> None:
+    """Closing while a batch is on its way to Redis: the checks get their answers, then
+    the connection closes, and nothing reconnects after."""
+    proxy = await TcpProxy(redis_server.port).start()
+    limiter = create_limiter(redis_config(proxy.url), clock=clock)
+    try:
+        assert accepted(await checks(limiter, 1)) == 1
+        opened = proxy.connections
+        proxy.hold = asyncio.Event()
+        in_flight = asyncio.gather(
+            *(limiter.check(P42, [("error", 1)], ERRORS_5) for _ in range(3))
+        )
+        await asyncio.sleep(0.05)
+        closing = asyncio.create_task(limiter.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()  # waiting for the answers
+        proxy.hold.set()
+        results = await in_flight
+        await closing
+        assert accepted(results) == 3 and not any(r.store_error for r in results)
+        assert limiter.redis_errors == 0
+        await asyncio.sleep(0.05)
+        assert proxy.connections == opened
+    finally:
+        await limiter.close()
+        await proxy.close()
 
 
 async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
