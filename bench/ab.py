@@ -155,6 +155,11 @@ def cpu_us(metrics: dict[str, Any]) -> float:
     return float(per_1000 + (metrics.get("redis_cpu_s_per_1000") or 0.0)) * 1000
 
 
+def p99_ms(metrics: dict[str, Any]) -> float:
+    """The run's p99 latency (at a fixed rate: time from the request's due time)."""
+    return float(metrics.get("latency_ms", {}).get("p99", float("nan")))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append({"pair": n + 1, "first": order[0].label, **got})
                 print(
                     f"pair {n + 1} ({order[0].label} first): base {base:.1f} us, "
-                    f"exp {exp:.1f} us, diff {exp - base:+.1f} us per envelope",
+                    f"exp {exp:.1f} us, diff {exp - base:+.1f} us per envelope; "
+                    f"p99 base {p99_ms(got['base']):.2f} ms, exp {p99_ms(got['exp']):.2f} ms",
                     flush=True,
                 )
         finally:
@@ -210,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
                 remove(side.path)
     summary = summarize(pairs)
     print(summary.line())
+    p99s = {side: statistics.median(p99_ms(r[side]) for r in runs) for side in ("base", "exp")}
+    print(f"p99 latency, median of the runs: base {p99s['base']:.2f} ms, exp {p99s['exp']:.2f} ms")
     envelopes = min(r[side]["ok"] for r in runs for side in ("base", "exp"))
     if envelopes:
         # /proc counts CPU in clock ticks: one tick over a run's envelopes.
