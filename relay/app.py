@@ -34,6 +34,7 @@ from relay.keys import (
     State,
 )
 from relay.policy.registry import PolicyRegistry, RegistryRef
+from relay.services.backlog import Backlog
 from relay.services.client_reports import ClientReports
 from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
@@ -148,6 +149,9 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     app[STATE].started.set()
     yield
     app[STATE].draining = True
+    backlog = app[INGEST].backlog
+    if backlog is not None:
+        backlog.flush()  # the envelopes answered but not yet scrubbed, into the outbox
     await reports.stop()
     await shadow_forwarder.stop()
     await forwarder.drain(config.shutdown_timeout)
@@ -235,13 +239,22 @@ def create_app(
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
     shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
     app[SHADOW] = shadow
+    # With the disk spool, an envelope is on disk before the SDK has its answer.
+    backlog = Backlog() if isinstance(outbox, MemoryOutbox) else None
     app[INGEST] = Ingest(
         outbox,
         upstream_limits,
         metrics,
         shadow,
         backpressure_wait=config.upstream.backpressure_wait_s,
+        backlog=backlog,
     )
+    if backlog is not None:
+        metrics.add_gauge_callback(
+            "relay_processing_backlog",
+            "Accepted envelopes waiting to be scrubbed and queued (answered already).",
+            lambda: float(len(backlog)),
+        )
     app.cleanup_ctx.append(_log_counter)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_upstream_http)

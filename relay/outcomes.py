@@ -7,7 +7,7 @@ Every envelope item that reaches the relay ends with exactly one `Outcome`:
     sampled       dropped by a sampling rule (reason = the rule)
     rate_limited  dropped by a quota, spike protection or a cached upstream 429
     invalid       malformed, too large, or rejected by the upstream
-    internal      lost to the relay itself (outbox expired, retries exhausted)
+    internal      lost to the relay itself (outbox expired, retries exhausted, a bug)
 
 `shadowed` is not an item's fate but a note that a dropped item was mirrored to
 the shadow project; metrics count it beside the others. Metrics, client reports
@@ -44,6 +44,8 @@ class Reason:
     OUTBOX_FULL = "outbox_full"
     EXPIRED = "expired"
     SHUTDOWN = "shutdown"
+    #: Processing an accepted envelope after the answer raised (a bug; logged).
+    PROCESSING_FAILED = "processing_failed"
     FORWARDED = "forwarded"
 
 

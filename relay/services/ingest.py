@@ -3,8 +3,13 @@
     prepare (parse, filters, sampling)          pure   relay.processing.pipeline
     cached upstream 429s, quotas                IO     upstream_limits, limiter
     shadow copies of what was dropped           pure + queue  shadow
+    ---- with the memory outbox: room reserved, the SDK answered, the rest later
     finish (fingerprint, scrub)                 pure   relay.processing.pipeline
     rewrite routing headers, serialize, enqueue IO     outbox
+
+With the memory outbox, the steps after the line run from the backlog
+(`relay.services.backlog`), after the answer: nothing they do changes it. With the
+disk spool they run before it, so that an answered envelope is on disk.
 
 Every dropped item gets its outcome here; delivered items get theirs from the
 forwarder. Only the scrubbed, serialized envelope reaches the outbox.
@@ -12,6 +17,7 @@ forwarder. Only the scrubbed, serialized envelope reaches the outbox.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -26,10 +32,13 @@ from relay.processing.quotas import Counter, Scoping
 from relay.protocol.categories import primary_category
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
+from relay.services.backlog import Backlog
 from relay.services.client_reports import ClientReports
 from relay.services.limiter import REDIS_UNAVAILABLE, Limiter
-from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
+from relay.services.outbox import MemoryOutbox, Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
+
+log = logging.getLogger("relay.ingest")
 
 
 class ShadowSink(Protocol):
@@ -76,6 +85,8 @@ class Ingest:
         outbox: where scrubbed envelopes wait for the forwarder.
         upstream_limits: the cache of limits the upstream answered with.
         outcomes: where every dropped item's outcome goes.
+        backlog: where the steps after the answer run, with a memory outbox (without a
+            backlog, or with the disk spool, they run before the answer).
     """
 
     def __init__(
@@ -87,8 +98,10 @@ class Ingest:
         limiter: Limiter | None = None,
         client_reports: ClientReports | None = None,
         backpressure_wait: float = 2.0,
+        backlog: Backlog | None = None,
     ) -> None:
         self.outbox = outbox
+        self.backlog = backlog
         self.upstream_limits = upstream_limits
         self.outcomes = outcomes
         self.shadow = shadow
@@ -177,7 +190,8 @@ class Ingest:
         total_items = len(envelope.items)
         if self.outbox.over_high_water():
             await self.outbox.wait_for_room(self.backpressure_wait)
-        if not self.outbox.has_room(sum(len(i.payload) for i in envelope.items)):
+        size = sum(len(i.payload) for i in envelope.items)
+        if not self.outbox.has_room(size):
             # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
             self._overloaded(
                 [(str(primary_category(i.type)), 1) for i in envelope.items], ctx.project_id
@@ -222,19 +236,65 @@ class Ingest:
                 )
             return result
 
+        outbox = self.outbox
+        if self.backlog is not None and isinstance(outbox, MemoryOutbox):
+            if not outbox.reserve(size):
+                await self._refused(prepared, ctx, counted, result)
+                return result
+            self.backlog.push(
+                partial(self._finish_later, outbox, size, prepared, policy, target, ctx, received)
+            )
+            result.kept = len(prepared.kept)
+            return result
+        entry = self._finish(prepared, policy, target, ctx, received)
+        if entry is None:
+            return result
+        try:
+            await outbox.put(entry)
+        except OutboxFull:
+            await self._refused(prepared, ctx, counted, result)
+            return result
+        result.kept = len(prepared.kept)
+        return result
+
+    async def _refused(
+        self,
+        prepared: pipeline.Prepared,
+        ctx: RequestContext,
+        counted: dict[str, list[Counter]],
+        result: IngestResult,
+    ) -> None:
+        """No room in the outbox after all (it filled while this envelope was checked)."""
+        if counted and self.limiter is not None:
+            # The client retries it later, and the retry must not be charged twice.
+            await self.limiter.refund(c for counters in counted.values() for c in counters)
+        self._overloaded([(w.category, w.quantity()) for w in prepared.kept], ctx.project_id)
+        result.overloaded = True
+
+    def _finish(
+        self,
+        prepared: pipeline.Prepared,
+        policy: CompiledPolicy,
+        target: Target,
+        ctx: RequestContext,
+        received: Received | None,
+    ) -> OutboxEntry | None:
+        """Fingerprint, scrub and serialize what is kept: the outbox entry, or None when
+        scrubbing left nothing (those items have their outcomes)."""
+        envelope = prepared.envelope
         forwarded = pipeline.finish(
             prepared, scrubber=policy.scrubber, fingerprinter=policy.fingerprinter
         )
         for dropped in prepared.scrub_dropped:
             self.outcomes.emit(dropped.outcome)
         if not forwarded.items:
-            return result
+            return None
         route_to(forwarded, target, ctx.public_key)
         body = forwarded.serialize()
         encoding = ""
         if received is not None and not target.is_file and body == received.decoded:
             body, encoding = received.gzip, "gzip"
-        entry = OutboxEntry(
+        return OutboxEntry(
             target=target,
             body=body,
             encoding=encoding,
@@ -243,18 +303,39 @@ class Ingest:
             quantities=[(w.category, w.quantity()) for w in prepared.kept],
             event_id=envelope.event_id,
         )
+
+    def _finish_later(
+        self,
+        outbox: MemoryOutbox,
+        size: int,
+        prepared: pipeline.Prepared,
+        policy: CompiledPolicy,
+        target: Target,
+        ctx: RequestContext,
+        received: Received | None,
+    ) -> None:
+        """`_finish` from the backlog, into the room reserved for it. The SDK has its
+        answer: a failure here is logged, and the items get an `internal` outcome."""
         try:
-            await self.outbox.put(entry)
-        except OutboxFull:
-            if counted and self.limiter is not None:
-                # Filled while this envelope was checked: the client retries it later, and
-                # the retry must not be charged twice.
-                await self.limiter.refund(c for counters in counted.values() for c in counters)
-            self._overloaded([(w.category, w.quantity()) for w in prepared.kept], ctx.project_id)
-            result.overloaded = True
-            return result
-        result.kept = len(prepared.kept)
-        return result
+            entry = self._finish(prepared, policy, target, ctx, received)
+        except Exception:
+            outbox.release(size)
+            log.exception("processing an accepted envelope failed; its items are dropped")
+            for work in prepared.kept:
+                self.outcomes.emit(
+                    Outcome(
+                        OutcomeKind.INTERNAL,
+                        Reason.PROCESSING_FAILED,
+                        work.category,
+                        work.quantity(),
+                        ctx.project_id,
+                    )
+                )
+            return
+        if entry is None:
+            outbox.release(size)
+        else:
+            outbox.put_reserved(entry, size)
 
 
 def route_to(envelope: Envelope, target: Target, app_key: str) -> None:

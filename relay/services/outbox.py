@@ -2,6 +2,13 @@
 
 Bounded by item count and bytes; `put` refuses (the endpoint answers 503) rather
 than growing without limit. Only scrubbed bytes ever enter it.
+
+The memory outbox also takes reservations: the ingest path reserves room for an envelope
+before answering the SDK, and queues the scrubbed copy later (`relay.services.backlog`).
+Reserved room counts as queued for the hard limits (not for the high-water mark, which
+is about the forwarder keeping up, as before). It is reserved at the size the envelope
+came with; the scrubbed copy replaces that with its own size, which may be a little
+larger (scrubbing can add `_meta` notes), so the byte limit can be passed by that much.
 """
 
 from __future__ import annotations
@@ -80,6 +87,9 @@ class MemoryOutbox:
         #: Forwarder tasks waiting for an entry; each `put` wakes exactly one.
         self._getters: deque[asyncio.Future[None]] = deque()
         self._in_flight = 0
+        #: Room held for envelopes still being processed (`reserve`).
+        self._reserved = 0
+        self._reserved_bytes = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -90,11 +100,42 @@ class MemoryOutbox:
 
     @property
     def pending(self) -> int:
-        """Queued plus being sent."""
-        return len(self._queue) + self._in_flight
+        """Reserved, queued, and being sent."""
+        return self._reserved + len(self._queue) + self._in_flight
+
+    @property
+    def reserved(self) -> int:
+        return self._reserved
 
     def has_room(self, size: int) -> bool:
-        return len(self._queue) < self.max_items and self._bytes + size <= self.max_bytes
+        return (
+            len(self._queue) + self._reserved < self.max_items
+            and self._bytes + self._reserved_bytes + size <= self.max_bytes
+        )
+
+    def reserve(self, size: int) -> bool:
+        """Hold room for an envelope of `size` bytes that `put_reserved` will queue (or
+        `release` give up); False when there is none."""
+        if not self.has_room(size):
+            return False
+        self._reserved += 1
+        self._reserved_bytes += size
+        return True
+
+    def put_reserved(self, entry: OutboxEntry, size: int) -> None:
+        """Queue `entry` in the room reserved for `size` bytes: never refused."""
+        self._release(size)
+        self._queue.append(entry)
+        self._bytes += len(entry.body)
+        self._wake_one()
+
+    def release(self, size: int) -> None:
+        """Give up a reservation (nothing of the envelope is left to queue)."""
+        self._release(size)
+
+    def _release(self, size: int) -> None:
+        self._reserved -= 1
+        self._reserved_bytes -= size
 
     async def put(self, entry: OutboxEntry) -> None:
         self.put_nowait(entry)
@@ -105,7 +146,7 @@ class MemoryOutbox:
 
     async def wait_for_room(self, timeout: float) -> None:
         """Back-pressure: while the queue is above its high-water mark, wait (bounded)."""
-        if len(self._queue) < self.high_water:
+        if not self.over_high_water():
             return
         self._room.clear()
         with contextlib.suppress(TimeoutError):

@@ -94,3 +94,28 @@ async def test_a_cancelled_consumer_passes_its_entry_on() -> None:
     got = await asyncio.wait_for(second, 1.0)
     assert got.event_id == "0"
     assert len(box) == 0
+
+
+async def test_reserved_room_counts_as_queued_until_filled_or_released() -> None:
+    box = MemoryOutbox(max_items=3, max_bytes=100, high_water=2)
+    assert box.reserve(40) and box.reserve(40)
+    assert box.reserved == 2 and box.pending == 2 and len(box) == 0
+    # The high-water mark is about the forwarder keeping up: only what is queued counts.
+    assert not box.over_high_water()
+    assert not box.has_room(30)  # bytes: 80 reserved
+    assert not box.reserve(30)
+    assert box.has_room(20) and box.reserve(20)
+    assert not box.reserve(1)  # items: 3 reserved
+    with pytest.raises(OutboxFull):
+        await box.put(entry(9))
+    # The scrubbed copy takes the reservation's place, at its own size: never refused.
+    box.put_reserved(
+        OutboxEntry(target=TARGET, body=b"y" * 55, project_id=42, quantities=[("error", 1)]), 40
+    )
+    assert box.reserved == 2 and len(box) == 1 and box.queued_bytes == 55
+    box.release(40)
+    box.release(20)
+    assert box.reserved == 0
+    assert box.has_room(45) and not box.has_room(46)
+    got = await box.get()
+    assert len(got.body) == 55 and box.pending == 1
