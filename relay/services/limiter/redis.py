@@ -312,7 +312,7 @@ class RedisLimiter(BaseLimiter):
             self._flush_done()
             return
         conn = self._bare
-        if conn is None or conn.closed or conn.busy:
+        if conn is None or not self._bare_ready():  # closed or replaced meanwhile
             self._spawn(self._flush())
             return
         jobs, self._pending = self._pending, []
@@ -532,7 +532,7 @@ class RedisLimiter(BaseLimiter):
         while True:
             conn = self._bare
             fresh = conn is None or conn.closed
-            if conn is None or conn.closed:
+            if fresh or conn is None:
                 conn = self._bare = await RespConnection.open(target, CONNECT_TIMEOUT_S)
             try:
                 return await conn.call(data, count, SOCKET_TIMEOUT_S)
