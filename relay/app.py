@@ -249,12 +249,11 @@ def create_app(
         backpressure_wait=config.upstream.backpressure_wait_s,
         backlog=backlog,
     )
-    if backlog is not None:
-        metrics.add_gauge_callback(
-            "relay_processing_backlog",
-            "Accepted envelopes waiting to be scrubbed and queued (answered already).",
-            lambda: float(len(backlog)),
-        )
+    metrics.add_gauge_callback(
+        "relay_processing_backlog",
+        "Accepted envelopes waiting to be scrubbed and queued (answered already).",
+        lambda: float(len(backlog)) if backlog is not None else 0.0,
+    )
     app.cleanup_ctx.append(_log_counter)
     app.cleanup_ctx.append(_outbox)
     app.cleanup_ctx.append(_upstream_http)
