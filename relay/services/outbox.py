@@ -124,16 +124,13 @@ class MemoryOutbox:
 
     def put_reserved(self, entry: OutboxEntry, size: int) -> None:
         """Queue `entry` in the room reserved for `size` bytes: never refused."""
-        self._release(size)
+        self.release(size)
         self._queue.append(entry)
         self._bytes += len(entry.body)
         self._wake_one()
 
     def release(self, size: int) -> None:
         """Give up a reservation (nothing of the envelope is left to queue)."""
-        self._release(size)
-
-    def _release(self, size: int) -> None:
         self._reserved -= 1
         self._reserved_bytes -= size
 
