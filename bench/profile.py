@@ -34,8 +34,11 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
 
 class PySpy(Hooks):
-    def __init__(self, binary: str, duration: float, rate: int, raw: Path) -> None:
+    def __init__(
+        self, binary: str, duration: float, rate: int, raw: Path, native: bool = False
+    ) -> None:
         self.binary = binary
+        self.native = native
         self.duration = duration
         self.rate = rate
         self.raw = raw
@@ -48,6 +51,9 @@ class PySpy(Hooks):
             "--duration", str(max(1, int(self.duration))), "--rate", str(self.rate),
             "--format", "raw", "--output", str(self.raw), "--nonblocking", "--full-filenames",
         ]  # fmt: skip
+        if self.native:  # py-spy pauses the process for each native sample
+            argv.remove("--nonblocking")
+            argv.append("--native")
         self.proc = subprocess.Popen(
             argv,
             env=child_env(),
@@ -132,7 +138,9 @@ def report(
             if scenario == "floor"
             else f"Profile of the relay, scenario `{scenario}` (bench/scenarios/{scenario}.yaml), {date}"
         ),
-        f"py-spy record --subprocesses --nonblocking --rate {args.sample_rate}, {args.duration:g}s "
+        f"py-spy record --subprocesses "
+        f"{'--native (pausing the relay per sample)' if args.native else '--nonblocking'} "
+        f"--rate {args.sample_rate}, {args.duration:g}s "
         f"after {args.warmup:g}s warm-up; load: {load}, gzip bodies, the default mix.",
         f"Under the profiler: {metrics.get('envelopes_per_s')} envelopes/s, p99 "
         f"{metrics.get('latency_ms', {}).get('p99')} ms, {metrics.get('cpu_s_per_1000')} CPU s per 1,000.",
@@ -175,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--raw", type=Path, default=None, help="also keep py-spy's collapsed stacks here"
     )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="also sample native frames (C extensions, uvloop, the interpreter); slower",
+    )
     args = p.parse_args(argv)
     binary = shutil.which("py-spy")
     if binary is None:
@@ -196,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     tmp = Path(tempfile.mkdtemp(prefix="relay-profile-"))
     try:
-        spy = PySpy(binary, args.duration, args.sample_rate, tmp / "raw.txt")
+        spy = PySpy(binary, args.duration, args.sample_rate, tmp / "raw.txt", args.native)
         with children() as kids:
             upstream_proc = Child("upstream", [PY, str(BENCH / "upstream.py")], cwd=BENCH)
             kids.append(upstream_proc)
