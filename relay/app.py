@@ -248,6 +248,7 @@ def create_app(
         shadow,
         backpressure_wait=config.upstream.backpressure_wait_s,
         backlog=backlog,
+        gzip_level=config.upstream.gzip_level if config.upstream.gzip else None,
     )
     metrics.add_gauge_callback(
         "relay_processing_backlog",

@@ -27,7 +27,7 @@ from pathlib import Path
 from relay.config import UpstreamConfig
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
-from relay.protocol.compress import gzip_compress
+from relay.protocol.compress import gzip_worth
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox, OutboxEntry
@@ -36,8 +36,6 @@ from relay.services.upstream_limits import UpstreamLimits
 
 log = logging.getLogger("relay.forwarder")
 
-#: Bodies smaller than this go uncompressed (gzip would cost more than it saves).
-GZIP_MIN_BYTES = 1024
 #: Shared `accepted` outcomes kept before the cache starts over.
 _ACCEPTED_CACHE_SIZE = 4096
 
@@ -255,9 +253,11 @@ class Forwarder:
                 headers["Content-Encoding"] = "gzip"
             else:
                 body = zlib.decompress(body, wbits=31)  # an upstream that takes no gzip
-        elif self.config.gzip and len(body) >= GZIP_MIN_BYTES:
-            body = gzip_compress(body, self.config.gzip_level)
-            headers["Content-Encoding"] = "gzip"
+        else:
+            gzipped = gzip_worth(body, self.config.gzip_level if self.config.gzip else None)
+            if gzipped is not None:
+                body = gzipped
+                headers["Content-Encoding"] = "gzip"
         try:
             url = target.url if entry.endpoint == "envelope" else target.url_for(entry.endpoint)
             reply = await self.http.post(url, body, headers, self.config.timeout_s)

@@ -30,6 +30,7 @@ from relay.processing import pipeline
 from relay.processing.context import RequestContext
 from relay.processing.quotas import Counter, Scoping
 from relay.protocol.categories import primary_category
+from relay.protocol.compress import gzip_worth
 from relay.protocol.envelope import Envelope
 from relay.protocol.ratelimit_header import RateLimit
 from relay.services.backlog import Backlog
@@ -99,8 +100,11 @@ class Ingest:
         client_reports: ClientReports | None = None,
         backpressure_wait: float = 2.0,
         backlog: Backlog | None = None,
+        gzip_level: int | None = None,
     ) -> None:
         self.outbox = outbox
+        #: Queued copies are gzipped at this level (None: as they are); see `_finish`.
+        self.gzip_level = gzip_level
         self.backlog = backlog
         self.upstream_limits = upstream_limits
         self.outcomes = outcomes
@@ -292,8 +296,16 @@ class Ingest:
         route_to(forwarded, target, ctx.public_key)
         body = forwarded.serialize()
         encoding = ""
-        if received is not None and not target.is_file and body == received.decoded:
-            body, encoding = received.gzip, "gzip"
+        if not target.is_file:
+            # Queued as it will be sent: the client's own gzip when nothing changed, else
+            # gzipped here, while the body is fresh in the cache (and from the backlog,
+            # after the answer), so the outbox and the spool hold it compressed.
+            if received is not None and body == received.decoded:
+                body, encoding = received.gzip, "gzip"
+            else:
+                gzipped = gzip_worth(body, self.gzip_level)
+                if gzipped is not None:
+                    body, encoding = gzipped, "gzip"
         return OutboxEntry(
             target=target,
             body=body,

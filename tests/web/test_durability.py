@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import string
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,11 @@ from tests.support.upstream import RecordingUpstream
 
 
 def event_envelope(n: int, size: int = 0) -> bytes:
+    """An event with `size` characters of padding that gzip cannot shrink much (queued
+    copies are gzipped, and the tests that fill the spool count on their size)."""
     event_id = f"{n:032x}"
-    payload = orjson.dumps(
-        {"event_id": event_id, "message": f"event {n}", "extra": {"pad": "x" * size}}
-    )
+    pad = "".join(random.Random(n).choices(string.ascii_lowercase + " ", k=size))
+    payload = orjson.dumps({"event_id": event_id, "message": f"event {n}", "extra": {"pad": pad}})
     return orjson.dumps({"event_id": event_id}) + b'\n{"type":"event"}\n' + payload + b"\n"
 
 
