@@ -28,6 +28,7 @@ from relay.app import create_app
 from relay.config import Config
 from relay.keys import PEERS
 from relay.logs import setup_logging
+from relay.rlimit import raise_open_files_limit
 from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
 from relay.web.health import render_metrics
@@ -78,6 +79,7 @@ def serve(
     setup_logging(config.log.level, config.log.format)
     if worker is None:
         print(banner(config), flush=True)
+        raise_open_files_limit()  # workers inherit it
         if pid_file:
             Path(pid_file).write_text(f"{os.getpid()}\n")
         if config.workers > 1:

@@ -18,7 +18,12 @@ from tests.support.redis_server import free_port
 
 
 class RelayProcess:
-    def __init__(self, tmp: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, tmp: Path, config: dict[str, Any], open_files: tuple[int, int] | None = None
+    ) -> None:
+        """`open_files`: start the relay with these soft and hard limits of open files
+        (a hard limit of 0: the one this process has)."""
+        self.open_files = open_files
         self.port = free_port()
         listen = {**config.get("listen", {}), "host": "127.0.0.1", "port": self.port}
         config = {**config, "listen": listen}
@@ -37,7 +42,7 @@ class RelayProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [
-                    sys.executable,
+                    *self._launcher(),
                     "-m",
                     "relay",
                     "run",
@@ -62,6 +67,28 @@ class RelayProcess:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("relay did not become ready")
+
+    def _launcher(self) -> list[str]:
+        """The interpreter, first lowering the soft open files limit if asked to."""
+        if self.open_files is None:
+            return [sys.executable]
+        soft, hard = self.open_files
+        lower = (
+            "import os, resource, sys; "
+            f"hard = {hard} or resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, hard)); "
+            "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+        )
+        return [sys.executable, "-c", lower]
+
+    def open_files_limit(self) -> tuple[int, int]:
+        """The relay process's soft and hard open files limits, as the kernel reports."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+        raise AssertionError("no open files limit in /proc")
 
     @property
     def url(self) -> str:
