@@ -5,21 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay import rlimit
 from tests.support.process import RelayProcess
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def config(upstream_url: str) -> dict[str, object]:

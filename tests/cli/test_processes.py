@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,6 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, key: str =
     async with session.post(f"{url}/api/42/envelope/?sentry_key={key}", data=body) as resp:
         await resp.read()
         return resp.status
-
-
-@pytest.fixture
-def processes() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for proc in started:
-        proc.kill()
 
 
 def base_config(upstream_url: str, **extra: Any) -> dict[str, Any]:
