@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,24 @@ from tests.web.test_durability import SwitchableUpstream
 
 def _leaks(data: bytes) -> list[bytes]:
     return [secret for secret in PLANTED if secret in data]
+
+
+def _gzip_members(data: bytes) -> list[bytes]:
+    """Every gzip member found in `data`, inflated (the spool holds gzipped copies)."""
+    members: list[bytes] = []
+    start = data.find(b"\x1f\x8b\x08")
+    while start >= 0:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            plain = inflater.decompress(data[start:])
+        except zlib.error:
+            plain = b""
+        if inflater.eof:
+            members.append(plain)
+            start = data.find(b"\x1f\x8b\x08", len(data) - len(inflater.unused_data))
+        else:
+            start = data.find(b"\x1f\x8b\x08", start + 1)
+    return members
 
 
 async def test_no_planted_secret_leaves_the_relay(
@@ -68,6 +87,9 @@ async def test_no_planted_secret_leaves_the_relay(
     spooled = b"".join(p.read_bytes() for p in spool_dir.rglob("*") if p.is_file())
     assert spooled, "the spool should hold the envelopes while the upstream is down"
     assert _leaks(spooled) == []
+    inflated = _gzip_members(spooled)
+    assert inflated, "the larger spooled copies are gzipped"
+    assert all(_leaks(plain) == [] for plain in inflated)
 
     primary.down = False
     await primary.wait_for(len(ENVELOPES) - 2 + 1)  # healthz and ConnectionResetError are dropped
