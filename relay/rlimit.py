@@ -3,8 +3,8 @@
 Many systems start services with a soft limit of 1,024 open files (and a far higher hard
 limit), which a relay with a thousand SDK connections, its upstream connections and its
 spool segments runs past: new connections then fail to be accepted. At start the relay
-raises its soft limit to the hard one, as a process may, and says so; if the result is
-still low, it says what to change.
+raises its soft limit to the hard one (up to `MAX_OPEN_FILES`), as a process may, and
+says so; if the result is still low, it says what to change.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ log = logging.getLogger("relay")
 
 #: Below this soft limit after raising it, the relay warns at start.
 LOW_OPEN_FILES = 4096
-#: The ceiling when the hard limit is "unlimited" (Linux never allows more than nr_open).
-_FALLBACK_CEILING = 1 << 20
+#: The relay raises its limit no further than this (some hosts set a hard limit of a
+#: billion, which no relay needs and some libraries size tables by).
+MAX_OPEN_FILES = 1 << 20
 
 
 def _ceiling(hard: int) -> int:
-    if hard != resource.RLIM_INFINITY:
-        return hard
-    try:
-        return int(Path("/proc/sys/fs/nr_open").read_text())
-    except (OSError, ValueError):
-        return _FALLBACK_CEILING
+    if hard == resource.RLIM_INFINITY:  # Linux allows no more than nr_open
+        try:
+            hard = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            hard = MAX_OPEN_FILES
+    return min(hard, MAX_OPEN_FILES)
 
 
 def raise_open_files_limit() -> int:

@@ -25,8 +25,9 @@ async def test_the_relay_raises_a_low_soft_limit_to_the_hard_one(
     relay = RelayProcess(tmp_path, config(upstream_url), open_files=(512, 0))
     processes.append(relay)
     await asyncio.to_thread(relay.start)
-    assert relay.open_files_limit() == (hard, hard)
-    assert f"open files limit raised from 512 to {hard}" in relay.log.read_text()
+    raised = min(hard, rlimit.MAX_OPEN_FILES)
+    assert relay.open_files_limit() == (raised, hard)
+    assert f"open files limit raised from 512 to {raised}" in relay.log.read_text()
     assert "the open files limit is" not in relay.log.read_text()
 
 
@@ -75,6 +76,14 @@ def test_an_unlimited_hard_limit_means_the_kernels_ceiling(
     infinity = resource.RLIM_INFINITY
     monkeypatch.setattr(rlimit.resource, "getrlimit", lambda _: (1024, infinity))
     monkeypatch.setattr(rlimit.resource, "setrlimit", lambda _, limits: calls.append(limits))
-    ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+    ceiling = min(int(Path("/proc/sys/fs/nr_open").read_text()), rlimit.MAX_OPEN_FILES)
     assert rlimit.raise_open_files_limit() == ceiling
     assert calls == [(ceiling, infinity)]
+
+
+def test_a_huge_hard_limit_is_used_up_to_a_million(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(rlimit.resource, "getrlimit", lambda _: (1024, 1 << 30))
+    monkeypatch.setattr(rlimit.resource, "setrlimit", lambda _, limits: calls.append(limits))
+    assert rlimit.raise_open_files_limit() == 1 << 20
+    assert calls == [(1 << 20, 1 << 30)]
