@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ from aiohttp.test_utils import TestClient
 
 from relay.keys import INGEST, UPSTREAM_HTTP
 from relay.protocol.compress import GZIP_MIN_BYTES
-from relay.services.backlog import Backlog
 from relay.services.outbox import OutboxEntry
 from tests.support.corpus import CORPUS, PLANTED
 from tests.support.relay import RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream, Reply
+from tests.web.test_backlog import hold
 
 ATTACHMENT = CORPUS / "error-with-attachment.envelope"
 
@@ -48,13 +47,6 @@ def spy_queue(relay: TestClient) -> list[OutboxEntry]:
 
         outbox.put_reserved = on_put_reserved
     return queued
-
-
-def hold(relay: TestClient) -> list[Callable[[], None]]:
-    backlog: Backlog = relay.app[INGEST].backlog
-    held: list[Callable[[], None]] = []
-    backlog.push = held.append  # type: ignore[method-assign]
-    return held
 
 
 async def _send(relay: TestClient, body: bytes, **headers: str) -> None:
