@@ -2,6 +2,7 @@
 
     python bench/run.py [--duration 10] [--warmup 2] [--connections 64]
                         [--scenarios none,default,...|all] [--rate-scenarios ...]
+                        [--rounds N] [--rate-rounds N]
                         [--loadgen auto|wrk|aiohttp] [--json out.json] [--list]
     python bench/run.py --soak      # `default`, 1,000 connections, 300 s: RSS over time
 
@@ -21,9 +22,11 @@ whose feature shows no sign of work (no Redis commands, no spool files, a single
 process for `workers: 2`) is "not exercised", numbers kept.
 
 Then, at a fixed offered rate of half the floor's throughput, the floor and the
-`--rate-scenarios` are measured again for latency. The target's resident set is
-sampled every second of each window (start, end, peak, growth per minute over the
-second half). Results: a table on stdout and JSON (bench/results/<time>.json
+`--rate-scenarios` are measured again for latency. With several rounds (`--rounds`,
+`--rate-rounds`) the floor runs first in each round, every ratio is taken within its
+round, and the report shows the median over the rounds beside each round's value.
+The target's resident set is sampled every second of each window (start, end, peak,
+growth per minute over the second half). Results: a table on stdout and JSON (bench/results/<time>.json
 unless --json).
 """
 
@@ -623,7 +626,55 @@ def combine_rounds(
 
 
 #: Kept per round, and reported as the median over the rounds.
-_PER_ROUND = ("envelopes_per_s", "sustained_per_s", "cpu_s_per_1000", "redis_cpu_s_per_1000")
+_PER_ROUND = (
+    "envelopes_per_s",
+    "sustained_per_s",
+    "cpu_s_per_1000",
+    "redis_cpu_s_per_1000",
+    "cores",
+)
+
+
+def with_cores(row: dict[str, Any]) -> dict[str, Any]:
+    """`row`, with `cores`: the CPU its target used over the window, in cores."""
+    cpu, window = row.get("cpu_s"), row.get("window_s")
+    if cpu and window:
+        row["cores"] = round(cpu / window, 3)
+    return row
+
+
+def combine_latency_rounds(
+    rounds: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]],
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """`combine_rounds` for the fixed-rate runs, where each round's p99 was taken against
+    that round's floor: the ratios and the CPU are medians over the rounds, and the
+    latencies shown are those of the median round (by p99 ratio; the floor's by its
+    p99), the lower one of the middle two for an even count. Each round's p99 is kept
+    under `rounds` as `p99_ms`."""
+    if len(rounds) == 1:
+        return rounds[0]
+    floor_lats = [f["latency_ms"] for f, _ in rounds if f is not None]
+    count = len(rounds[-1][1])
+    row_lats = [[r[i].get("latency_ms") for _, r in rounds] for i in range(count)]
+    row_ratios = [[r[i].get("vs_floor", {}).get("p99") for _, r in rounds] for i in range(count)]
+    floor, rows = combine_rounds(rounds)
+    if floor is not None and floor_lats:
+        floor["latency_ms"] = floor_lats[_median_index([lat["p99"] for lat in floor_lats])]
+        for entry, lat in zip(floor["rounds"], floor_lats, strict=True):
+            entry["p99_ms"] = lat["p99"]
+    for row, lats, ratios in zip(rows, row_lats, row_ratios, strict=True):
+        known = [i for i, ratio in enumerate(ratios) if ratio is not None and lats[i]]
+        if known:
+            row["latency_ms"] = lats[known[_median_index([ratios[i] for i in known])]]
+        for entry, lat in zip(row.get("rounds", []), lats, strict=True):
+            entry["p99_ms"] = lat.get("p99") if lat else None
+    return floor, rows
+
+
+def _median_index(values: list[float]) -> int:
+    """Where the median of `values` is (the lower middle one for an even count)."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    return order[(len(values) - 1) // 2]
 
 
 def _median(values: Iterable[float | None]) -> float | None:
@@ -757,10 +808,13 @@ def targets(results: dict[str, Any]) -> list[str]:
 def _busy(row: dict[str, Any]) -> str:
     """How much CPU the target used at the fixed rate: near one core (a worker's all),
     requests queue and the p99 measures that, not the relay's added latency."""
-    cpu, window = row.get("cpu_s"), row.get("window_s")
-    if not cpu or not window:
-        return ""
-    return f" (the relay used {cpu / window:.2f} cores at this rate)"
+    cores = row.get("cores")
+    if cores is None:
+        cpu, window = row.get("cpu_s"), row.get("window_s")
+        if not cpu or not window:
+            return ""
+        cores = cpu / window
+    return f" (the relay used {cores:.2f} cores at this rate)"
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -809,6 +863,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=1,
         help="repeat the closed-loop floor + scenarios N times; ratios are the median",
+    )
+    p.add_argument(
+        "--rate-rounds",
+        type=int,
+        default=None,
+        help="repeat the fixed-rate floor + scenarios N times (default: --rounds); each "
+        "round's p99 is taken against that round's floor, and the median is reported",
     )
     p.add_argument("--no-floor", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -978,17 +1039,29 @@ def main(argv: list[str] | None = None) -> int:
             rate_opts = copy.copy(opts)
             rate_opts.duration = args.rate_duration or min(args.duration, 8.0)
             rate_opts.connections = max(args.connections, 64)
-            print(f"fixed rate {rate:g}/s ({args.rate_fraction:g} x floor): floor", flush=True)
-            fixed_floor = run_floor(upstream, rate_opts, rate=rate)
-            rows = []
-            for name in rate_names:
-                print(f"fixed rate {rate:g}/s: {name}", flush=True)
-                rows.append(run_scenario(scenarios[name], upstream, rate_opts, rate=rate))
-            add_ratios(rows, fixed_floor)
+            rate_rounds = max(1, args.rate_rounds or args.rounds)
+            fixed_rounds: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]] = []
+            for round_no in range(rate_rounds):
+                tag = f" (round {round_no + 1} of {rate_rounds})" if rate_rounds > 1 else ""
+                print(
+                    f"fixed rate {rate:g}/s ({args.rate_fraction:g} x floor): floor{tag}",
+                    flush=True,
+                )
+                fixed_floor = with_cores(run_floor(upstream, rate_opts, rate=rate))
+                rows = []
+                for name in rate_names:
+                    print(f"fixed rate {rate:g}/s: {name}{tag}", flush=True)
+                    rows.append(
+                        with_cores(run_scenario(scenarios[name], upstream, rate_opts, rate=rate))
+                    )
+                add_ratios(rows, fixed_floor)
+                fixed_rounds.append((fixed_floor, rows))
+            combined_floor, rows = combine_latency_rounds(fixed_rounds)
             results["fixed_rate"] = {
                 "rate": rate,
                 "fraction_of_floor": args.rate_fraction,
-                "floor": fixed_floor,
+                "rounds": rate_rounds,
+                "floor": combined_floor,
                 "scenarios": rows,
             }
     print()
@@ -1021,6 +1094,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{describe_loadgen('httptools', 1)}",
             )
         )
+        if fixed.get("rounds", 1) > 1:
+            print(
+                f"\np99 x floor per round, beside the floor's p99 ms (the table shows the "
+                f"median of {fixed['rounds']}, and the latencies of the median round):"
+            )
+            floor_p99 = [r.get("p99_ms") for r in fixed["floor"].get("rounds", [])]
+            width = max(len(row["name"]) for row in fixed["scenarios"]) + 2
+            print(f"  {'floor ms':<{width}}" + "  ".join(_fmt(v, ".1f") for v in floor_p99))
+            for row in fixed["scenarios"]:
+                per_round = [r.get("vs_floor", {}).get("p99") for r in row.get("rounds", [])]
+                print(f"  {row['name']:<{width}}" + "  ".join(_fmt(v, ".2f") for v in per_round))
     results["targets"] = targets(results)
     if args.soak:
         results["soak"] = [soak_summary(row) for row in results["scenarios"]]

@@ -17,7 +17,14 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "bench"))
 
 from procs import growth_per_minute  # noqa: E402
-from run import add_ratios, combine_rounds, parse_args, targets  # noqa: E402
+from run import (  # noqa: E402
+    add_ratios,
+    combine_latency_rounds,
+    combine_rounds,
+    parse_args,
+    targets,
+    with_cores,
+)
 from upstream import peek  # noqa: E402
 
 METRICS = {
@@ -37,10 +44,11 @@ METRICS = {
     "rss_growth_mb_per_min",
 }
 
-#: Two seconds of the `none` scenario and of the floor under wrk, then one second of
-#: each at a fixed rate under bench/loadgen.py's httptools client.
+#: Two seconds of the `none` scenario and of the floor under wrk, then two rounds of one
+#: second of each at a fixed rate under bench/loadgen.py's httptools client.
 ARGS = ["--duration", "2", "--warmup", "0.5", "--connections", "8", "--loadgen", "wrk"]
 ARGS += ["--scenarios", "none", "--rate-scenarios", "none", "--rate-duration", "1"]
+ARGS += ["--rate-rounds", "2"]
 
 
 def _check_rss(row: dict[str, object]) -> None:
@@ -90,6 +98,11 @@ def test_harness_smoke(tmp_path: Path) -> None:
     assert fixed["floor"]["loadgen"] == "httptools" and rate_row["loadgen"] == "httptools"
     assert rate_row["status"] == "ok", rate_row.get("reason")
     assert rate_row["envelopes_per_s"] > 0
+    assert fixed["rounds"] == 2 and len(rate_row["rounds"]) == 2
+    assert [r["p99_ms"] for r in fixed["floor"]["rounds"]].count(
+        fixed["floor"]["latency_ms"]["p99"]
+    ) >= 1
+    assert "p99 x floor per round" in proc.stdout
 
 
 def test_soak_preset() -> None:
@@ -139,6 +152,43 @@ def test_rounds_report_median_ratios_and_keep_each_round() -> None:
     assert [r["cpu_s_per_1000"] for r in row["rounds"]] == [0.6, 0.5, 0.9]
     _, single = combine_rounds([round_(1000, 0.7, 0.6)])
     assert single[0]["vs_floor"]["throughput"] == 0.7 and "rounds" not in single[0]
+
+
+def test_fixed_rate_rounds_take_each_p99_against_its_own_floor() -> None:
+    def round_(
+        floor_p99: float, p99: float, cpu_s: float
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        floor = _row("floor", 0.4)
+        floor["latency_ms"] = {"p50": 1.0, "p99": floor_p99}
+        row = with_cores(_row("default-redis", 0.5))
+        row["latency_ms"] = {"p50": 2.0, "p99": p99}
+        row["cpu_s"] = cpu_s
+        with_cores(row)
+        add_ratios([row], floor)
+        return floor, [row]
+
+    # The slow second round's floor has a p99 as high as the relay's: the ratio of each
+    # round to its own floor is what is compared, never a p99 to another round's floor.
+    rounds = [round_(4.0, 6.0, 7.2), round_(40.0, 40.0, 8.0), round_(4.0, 12.0, 7.6)]
+    floor, (row,) = combine_latency_rounds(rounds)
+    assert [r["vs_floor"]["p99"] for r in row["rounds"]] == [1.5, 1.0, 3.0]
+    assert row["vs_floor"]["p99"] == 1.5
+    assert row["latency_ms"]["p99"] == 6.0  # the median round's latencies, not the last's
+    assert [r["p99_ms"] for r in row["rounds"]] == [6.0, 40.0, 12.0]
+    assert row["cores"] == 0.95 and [r["cores"] for r in row["rounds"]] == [0.9, 1.0, 0.95]
+    assert floor is not None and floor["latency_ms"]["p99"] == 4.0
+    assert [r["p99_ms"] for r in floor["rounds"]] == [4.0, 40.0, 4.0]
+    (line,) = targets(
+        {"scenarios": [], "fixed_rate": {"rate": 800.0, "floor": floor, "scenarios": [row]}}
+    )
+    assert line == (
+        "default-redis p99 at 800/s < 2x floor p99: 1.5x (the relay used 0.95 cores at this rate)"
+    )
+    # An even count: the lower of the middle two rounds' latencies.
+    _, (row,) = combine_latency_rounds([round_(4.0, 10.0, 8.0), round_(4.0, 6.0, 8.0)])
+    assert row["latency_ms"]["p99"] == 6.0 and row["vs_floor"]["p99"] == 2.0
+    single = round_(4.0, 6.0, 8.0)
+    assert combine_latency_rounds([single]) == single
 
 
 def _row(name: str, cpu: float, redis_cpu: float | None = None) -> dict[str, Any]:
