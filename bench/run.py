@@ -1076,7 +1076,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.rounds > 1:
         print(f"\nx floor per round (the table shows the median of {args.rounds}):")
-        width = max(len(row["name"]) for row in results["scenarios"]) + 2
+        width = max((len(row["name"]) for row in results["scenarios"]), default=0) + 2
         for row in results["scenarios"]:
             per_round = [r.get("vs_floor", {}).get("throughput") for r in row.get("rounds", [])]
             print(f"  {row['name']:<{width}}" + "  ".join(_fmt(v, ".2f") for v in per_round))
@@ -1100,7 +1100,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"median of {fixed['rounds']}, and the latencies of the median round):"
             )
             floor_p99 = [r.get("p99_ms") for r in fixed["floor"].get("rounds", [])]
-            width = max(len(row["name"]) for row in fixed["scenarios"]) + 2
+            width = max((len(row["name"]) for row in fixed["scenarios"]), default=0) + 2
             print(f"  {'floor ms':<{width}}" + "  ".join(_fmt(v, ".1f") for v in floor_p99))
             for row in fixed["scenarios"]:
                 per_round = [r.get("vs_floor", {}).get("p99") for r in row.get("rounds", [])]
