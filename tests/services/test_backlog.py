@@ -1,4 +1,4 @@
-"""The processing backlog: in order, in small batches, never stuck."""
+"""The processing backlog: in order, one job a loop turn while few wait, and never stuck."""
 
 from __future__ import annotations
 
@@ -7,101 +7,55 @@ import logging
 
 import pytest
 
-from relay.services.backlog import BATCH, LINGER_S, Backlog
+from relay.services.backlog import Backlog
 
 
-async def test_a_batch_runs_together_on_the_turn_after_it_filled() -> None:
-    backlog = Backlog(keep=16, batch=3, linger=60)
+async def test_jobs_run_in_order_one_per_loop_turn_while_few_wait() -> None:
+    backlog = Backlog(keep=4)
     ran: list[int] = []
-    for n in range(2):
+    for n in range(3):
         backlog.push(lambda n=n: ran.append(n))
-    for _ in range(3):
-        await asyncio.sleep(0)
-    assert ran == [] and len(backlog) == 2  # fewer than a batch: they wait
-    backlog.push(lambda: ran.append(2))
-    assert ran == []  # never in the pushing turn
+    assert ran == [] and len(backlog) == 3  # nothing runs in the pushing turn
+    await asyncio.sleep(0)
+    assert ran == [0]
+    await asyncio.sleep(0)
+    assert ran == [0, 1]
     await asyncio.sleep(0)
     assert ran == [0, 1, 2] and len(backlog) == 0
-
-
-async def test_fewer_than_a_batch_run_once_the_first_has_lingered() -> None:
-    backlog = Backlog(keep=16, batch=8, linger=0.05)
-    ran: list[int] = []
-    loop = asyncio.get_running_loop()
-    backlog.push(lambda: ran.append(0))
-    pushed = loop.time()
-    await asyncio.sleep(0.01)
-    backlog.push(lambda: ran.append(1))  # joins the first one's wait, no timer of its own
-    await asyncio.sleep(0.02)
-    assert ran == []
-    for _ in range(100):
-        if ran:
-            break
-        await asyncio.sleep(0.005)
-    assert ran == [0, 1]
-    assert 0.05 <= loop.time() - pushed < 0.2
-    backlog.push(lambda: ran.append(2))  # idle again: a new wait
-    await asyncio.sleep(0.02)
-    assert ran == [0, 1]
-    await asyncio.sleep(0.06)
-    assert ran == [0, 1, 2]
+    backlog.push(lambda: ran.append(3))  # idle again: scheduled anew
+    await asyncio.sleep(0)
+    assert ran == [0, 1, 2, 3]
 
 
 async def test_a_saturated_backlog_is_cut_down_to_keep_in_one_turn() -> None:
-    backlog = Backlog(keep=4, batch=2, linger=60)
+    backlog = Backlog(keep=4)
     ran: list[int] = []
     for n in range(10):
         backlog.push(lambda n=n: ran.append(n))
     await asyncio.sleep(0)
     assert ran == list(range(6)) and len(backlog) == 4
-    await asyncio.sleep(0)
-    assert ran == list(range(8))  # a batch a turn while at least a batch waits
-    await asyncio.sleep(0)
-    assert ran == list(range(10)) and len(backlog) == 0
-
-
-async def test_what_is_left_after_a_turn_waits_for_a_batch_or_the_linger() -> None:
-    backlog = Backlog(keep=16, batch=3, linger=0.03)
-    ran: list[int] = []
-    for n in range(5):
-        backlog.push(lambda n=n: ran.append(n))
-    await asyncio.sleep(0)
-    assert ran == [0, 1, 2] and len(backlog) == 2
-    await asyncio.sleep(0)
-    assert ran == [0, 1, 2]
-    await asyncio.sleep(0.06)
-    assert ran == [0, 1, 2, 3, 4]
-
-
-async def test_one_job_a_turn_with_batches_of_one() -> None:
-    backlog = Backlog(keep=4, batch=1)
-    ran: list[int] = []
-    for n in range(3):
-        backlog.push(lambda n=n: ran.append(n))
-    assert ran == []
-    for expected in ([0], [0, 1], [0, 1, 2]):
+    for _ in range(4):
         await asyncio.sleep(0)
-        assert ran == expected
+    assert ran == list(range(10))
 
 
-async def test_flush_runs_everything_now_and_cancels_the_wait() -> None:
-    backlog = Backlog(keep=4, batch=8, linger=0.01)
+async def test_flush_runs_everything_now() -> None:
+    backlog = Backlog(keep=4)
     ran: list[int] = []
-    for n in range(3):
+    for n in range(10):
         backlog.push(lambda n=n: ran.append(n))
     backlog.flush()
-    assert ran == [0, 1, 2] and len(backlog) == 0
-    await asyncio.sleep(0.03)  # the cancelled wait runs nothing twice
-    assert ran == [0, 1, 2]
-    backlog.push(lambda: ran.append(3))
-    await asyncio.sleep(0.03)
-    assert ran == [0, 1, 2, 3]
+    assert ran == list(range(10)) and len(backlog) == 0
+    await asyncio.sleep(0)  # the scheduled turn finds nothing left
+    backlog.push(lambda: ran.append(10))
+    await asyncio.sleep(0)
+    assert ran == list(range(11))
 
 
 async def test_a_failing_job_is_logged_and_the_next_one_runs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    backlog = Backlog(batch=2)
+    backlog = Backlog()
     ran: list[str] = []
 
     def boom() -> None:
@@ -110,13 +64,7 @@ async def test_a_failing_job_is_logged_and_the_next_one_runs(
     backlog.push(boom)
     backlog.push(lambda: ran.append("next"))
     with caplog.at_level(logging.ERROR, logger="relay.backlog"):
-        await asyncio.sleep(0)
+        for _ in range(2):
+            await asyncio.sleep(0)
     assert ran == ["next"]
     assert "a job of the processing backlog failed" in caplog.text
-
-
-def test_the_defaults_batch_and_bound_the_wait() -> None:
-    backlog = Backlog()
-    assert backlog.batch == BATCH > 1 and backlog.linger == LINGER_S <= 0.01
-    with pytest.raises(ValueError, match="batch >= 1"):
-        Backlog(batch=0)

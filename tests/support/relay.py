@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from relay.config import Config, parse_config
-from relay.keys import INGEST
 
 #: The `relay_factory` fixture: builds a relay client from config overrides.
 RelayFactory = Callable[..., Awaitable[TestClient]]
@@ -54,14 +52,3 @@ def make_config(upstream_url: str, **overrides: Any) -> Config:
 
 def auth_header(key: str = KEY) -> dict[str, str]:
     return {"X-Sentry-Auth": f"Sentry sentry_key={key}, sentry_version=7, sentry_client=test/1.0"}
-
-
-async def worked_off(relay: TestClient) -> None:
-    """Until the relay's backlog has run what was pushed to it (it waits for a batch, or
-    a few milliseconds): the scrubbed copies of the envelopes answered are queued."""
-    backlog = relay.app[INGEST].backlog
-    for _ in range(2000):
-        if backlog is None or not len(backlog):
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("the backlog never ran")
