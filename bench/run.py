@@ -26,8 +26,8 @@ Then, at a fixed offered rate of half the floor's throughput, the floor and the
 `--rate-rounds`) the floor runs first in each round, every ratio is taken within its
 round, and the report shows the median over the rounds beside each round's value.
 The target's resident set is sampled every second of each window (start, end, peak,
-growth per minute over the second half). Results: a table on stdout and JSON (bench/results/<time>.json
-unless --json).
+growth per minute over the second half). Results: a table on stdout and JSON
+(bench/results/<time>.json unless --json).
 """
 
 from __future__ import annotations
@@ -635,11 +635,17 @@ _PER_ROUND = (
 )
 
 
-def with_cores(row: dict[str, Any]) -> dict[str, Any]:
-    """`row`, with `cores`: the CPU its target used over the window, in cores."""
+def _cores(row: dict[str, Any]) -> float | None:
+    """The CPU the row's target used over its window, in cores."""
     cpu, window = row.get("cpu_s"), row.get("window_s")
-    if cpu and window:
-        row["cores"] = round(cpu / window, 3)
+    return round(cpu / window, 3) if cpu and window else None
+
+
+def with_cores(row: dict[str, Any]) -> dict[str, Any]:
+    """`row`, with `cores` (kept per round, so that rounds report their median)."""
+    cores = _cores(row)
+    if cores is not None:
+        row["cores"] = cores
     return row
 
 
@@ -808,13 +814,8 @@ def targets(results: dict[str, Any]) -> list[str]:
 def _busy(row: dict[str, Any]) -> str:
     """How much CPU the target used at the fixed rate: near one core (a worker's all),
     requests queue and the p99 measures that, not the relay's added latency."""
-    cores = row.get("cores")
-    if cores is None:
-        cpu, window = row.get("cpu_s"), row.get("window_s")
-        if not cpu or not window:
-            return ""
-        cores = cpu / window
-    return f" (the relay used {cores:.2f} cores at this rate)"
+    cores = row.get("cores") or _cores(row)
+    return f" (the relay used {cores:.2f} cores at this rate)" if cores else ""
 
 
 # --- main ---------------------------------------------------------------------------------
