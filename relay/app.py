@@ -68,7 +68,7 @@ async def _log_counter(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _upstream_http(app: web.Application) -> AsyncIterator[None]:
-    http = UpstreamHttp()
+    http = UpstreamHttp.from_config(app[CONFIG].upstream)
     app[UPSTREAM_HTTP] = http
     yield
     await http.close()

@@ -28,6 +28,7 @@ from relay.app import create_app
 from relay.config import Config
 from relay.keys import PEERS
 from relay.logs import setup_logging
+from relay.protocol.proxy import Proxy
 from relay.rlimit import raise_open_files_limit
 from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
@@ -58,6 +59,8 @@ def banner(config: Config) -> str:
     upstream = config.upstream.url
     if not upstream.startswith("file://"):
         upstream = upstream.split("@")[-1]
+    if config.upstream.proxy and not upstream.startswith("file://"):
+        upstream += f" (through the proxy {Proxy.parse(config.upstream.proxy.reveal()).shown})"
     workers = f" ({config.workers} workers)" if config.workers > 1 else ""
     return "\n".join(
         [

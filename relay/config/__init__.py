@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from relay.config.noise import FiltersConfig, SamplingRule, ShadowConfig
 from relay.config.quotas import BudgetConfig, QuotaConfig, SpikeProtectionConfig
 from relay.config.scrubbing import ScrubbingConfig
 from relay.protocol.dsn import Dsn, InvalidDsn
+from relay.protocol.proxy import InvalidProxy, Proxy, parse_no_proxy
 
 __all__ = [
     "AdminConfig",
@@ -95,6 +97,14 @@ class UpstreamConfig(Section, frozen=True):
     #: In-memory outbox bounds; the relay answers 503 when they are reached.
     outbox_max_items: int = 10000
     outbox_max_bytes: ByteSize = ByteSize(256 * 1024 * 1024)
+    #: An HTTP proxy for requests upstream: `http://[user:password@]host:port`; empty or
+    #: absent: none (e.g. `${HTTPS_PROXY:-}` takes the environment's).
+    proxy: Secret | None = None
+    #: Hosts reached without the proxy: names (covering their subdomains), IP addresses,
+    #: CIDR ranges or `*`; a list, or a comma-separated string as in `NO_PROXY`.
+    no_proxy: list[str] | str = []
+    #: A PEM file of CA certificates trusted for `https` upstreams besides the system's.
+    ca_file: str | None = None
 
 
 class RedisConfig(Section, frozen=True):
@@ -364,6 +374,22 @@ def _check_core(config: Config) -> list[Problem]:
         problems.append(Problem("upstream.gzip_level", "must be between 0 and 9"))
     if config.upstream.max_attempts < 1:
         problems.append(Problem("upstream.max_attempts", "must be at least 1"))
+    if config.upstream.proxy:
+        try:
+            Proxy.parse(config.upstream.proxy.reveal())
+        except InvalidProxy as exc:
+            problems.append(Problem("upstream.proxy", str(exc)))
+    try:
+        parse_no_proxy(config.upstream.no_proxy)
+    except InvalidProxy as exc:
+        problems.append(Problem("upstream.no_proxy", str(exc)))
+    if config.upstream.ca_file is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=config.upstream.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(
+                Problem("upstream.ca_file", f"cannot load CA certificates from it: {exc}")
+            )
     if config.redis is not None:
         if config.redis.on_error not in ("allow", "reject"):
             problems.append(Problem("redis.on_error", "must be 'allow' or 'reject'"))

@@ -1,7 +1,8 @@
 """Config reload (SIGHUP, `relay reload`): validate first, keep the old policy when invalid.
 
-Policy, projects, limits and the upstream apply to the next request; `listen`,
-`workers`, `spool` and `redis` need a restart (a reload says so in the log).
+Policy, projects, limits and `upstream.url` apply to the next request; `listen`,
+`workers`, `spool`, `redis` and the other `upstream` keys need a restart (a reload says
+so in the log).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay.config import ConfigError, default_config, load_config
+from relay.config import ConfigError, UpstreamConfig, default_config, load_config
 from relay.keys import CONFIG, METRICS, REGISTRY
 from relay.policy.compile import validate_policies
 from relay.policy.registry import PolicyRegistry
@@ -19,6 +20,9 @@ from relay.policy.registry import PolicyRegistry
 log = logging.getLogger("relay.reload")
 
 RESTART_ONLY = ("listen", "workers", "spool", "redis")
+#: Of `upstream`, only `url` applies on a reload (with the projects' `upstream_dsn`): the
+#: forwarder, the outbox and the upstream client are made with the others at the start.
+UPSTREAM_RESTART_ONLY = tuple(name for name in UpstreamConfig.__struct_fields__ if name != "url")
 
 
 def reload_config(app: web.Application, path: str | Path | None) -> bool:
@@ -42,6 +46,11 @@ def reload_config(app: web.Application, path: str | Path | None) -> bool:
     for section in RESTART_ONLY:
         if getattr(config, section) != getattr(started, section):
             log.warning("config reload: a change of %r takes effect only after a restart", section)
+    for key in UPSTREAM_RESTART_ONLY:
+        if getattr(config.upstream, key) != getattr(started.upstream, key):
+            log.warning(
+                "config reload: a change of %r takes effect only after a restart", f"upstream.{key}"
+            )
     app[REGISTRY].current = registry
     metrics.config_reloads.labels("ok").inc()
     metrics.set_revision(registry.revision)

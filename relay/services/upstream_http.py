@@ -19,6 +19,11 @@ buffer per request. It takes a fifth of the CPU per request of aiohttp's client
 - Answer bodies are read and discarded; `1xx` answers are skipped; an answer without
   a length that ends with the connection counts once its headers are complete.
 - `timeout_s` bounds the whole request, connecting included.
+- With a proxy (`relay.protocol.proxy`), `http` requests go to it with the whole URL as
+  their target, and `https` connections are tunnels it opens with `CONNECT`, TLS inside
+  them end to end. A proxy that refuses (`407` and the like) fails the request as an
+  `UpstreamHttpError`, never as the upstream's answer. Hosts in its `no_proxy` are
+  reached directly.
 
 Errors: `UpstreamHttpError` (a `ConnectionError`) for connections that fail, close,
 or carry something that is not HTTP; `TimeoutError` when the time runs out.
@@ -31,10 +36,15 @@ import ssl
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
+from typing import TYPE_CHECKING, cast
 from urllib.parse import urlsplit
 
 import httptools
+
+from relay.protocol.proxy import MAX_TUNNEL_HEAD, Proxy, tunnel_status
+
+if TYPE_CHECKING:
+    from relay.config import UpstreamConfig
 
 __all__ = ["Reply", "UpstreamHttp", "UpstreamHttpError"]
 
@@ -65,6 +75,8 @@ class _Url:
     target: str
     #: The `Host` header's value.
     host: str
+    #: The request line's target through a proxy: the whole URL (`http` only).
+    absolute: str
 
 
 @lru_cache(maxsize=1024)
@@ -84,7 +96,7 @@ def _parse_url(url: str) -> _Url:
     for text in (target, host):
         if any(c in text for c in "\r\n \t"):
             raise UpstreamHttpError(f"URL {url!r} cannot be sent in a request line")
-    return _Url((scheme, hostname, port), target, host)
+    return _Url((scheme, hostname, port), target, host, f"http://{host}{target}")
 
 
 def _header_block(headers: dict[str, str]) -> str:
@@ -215,6 +227,7 @@ class UpstreamHttp:
         keepalive_s: idle connections older than this are closed instead of reused.
         max_idle_per_origin: idle connections kept per origin.
         ssl_context: for `https`; the system's default verifying context if None.
+        proxy: the proxy for the origins it does not bypass; None: every origin directly.
     """
 
     def __init__(
@@ -223,13 +236,27 @@ class UpstreamHttp:
         keepalive_s: float = KEEPALIVE_S,
         max_idle_per_origin: int = MAX_IDLE_PER_ORIGIN,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: Proxy | None = None,
     ) -> None:
         self.keepalive_s = keepalive_s
         self.max_idle_per_origin = max_idle_per_origin
         self._ssl = ssl_context
+        self.proxy = proxy
+        #: Per origin: whether its requests go through `proxy`.
+        self._proxied: dict[tuple[str, str, int], bool] = {}
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._open: set[_Connection] = set()
         self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: UpstreamConfig) -> UpstreamHttp:
+        """A client with `upstream.proxy`, `no_proxy` and `ca_file` (validated already)."""
+        context = None
+        if cfg.ca_file is not None:
+            context = ssl.create_default_context()
+            context.load_verify_locations(cafile=cfg.ca_file)
+        proxy = Proxy.parse(cfg.proxy.reveal(), cfg.no_proxy) if cfg.proxy else None
+        return cls(ssl_context=context, proxy=proxy)
 
     async def post(self, url: str, body: bytes, headers: dict[str, str], timeout_s: float) -> Reply:
         """POST `body` to `url` with `headers` (plus Host and Content-Length)."""
@@ -238,21 +265,38 @@ class UpstreamHttp:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         parsed = _parse_url(url)
+        target = parsed.target
+        block = _header_block(headers)
+        forwarded = False  # sent to the proxy as a whole URL
+        if self.proxy is not None and parsed.origin[0] == "http" and self._via(parsed.origin):
+            forwarded = True
+            target = parsed.absolute
+            if self.proxy.authorization:
+                block += f"Proxy-Authorization: {self.proxy.authorization}\r\n"
         head = (
-            f"POST {parsed.target} HTTP/1.1\r\nHost: {parsed.host}\r\n"
-            f"Content-Length: {len(body)}\r\n{_header_block(headers)}\r\n"
+            f"POST {target} HTTP/1.1\r\nHost: {parsed.host}\r\n"
+            f"Content-Length: {len(body)}\r\n{block}\r\n"
         ).encode("latin-1")
         data = [head, body] if body else [head]
         conn = self._reuse(parsed.origin)
+        reply = None
         if conn is not None:
             try:
-                return await self._exchange(conn, data, deadline)
+                reply = await self._exchange(conn, data, deadline)
             except UpstreamHttpError:
                 if conn.answered_bytes:
                     raise
                 # Closed by the server as the request left: once more, on a new connection.
-        conn = await self._connect(parsed.origin, deadline)
-        return await self._exchange(conn, data, deadline)
+        if reply is None:
+            conn = await self._connect(parsed.origin, deadline)
+            reply = await self._exchange(conn, data, deadline)
+        if forwarded and reply.status == 407:
+            assert self.proxy is not None
+            raise UpstreamHttpError(
+                f"the proxy {self.proxy.shown} refused the request: 407 (check the user and "
+                "password in upstream.proxy)"
+            )
+        return reply
 
     async def close(self) -> None:
         """Close every connection; later requests fail."""
@@ -285,6 +329,14 @@ class UpstreamHttp:
             conn.close()
         return None
 
+    def _via(self, origin: tuple[str, str, int]) -> bool:
+        """Whether requests to `origin` go through the proxy (which is set)."""
+        via = self._proxied.get(origin)
+        if via is None:
+            assert self.proxy is not None
+            via = self._proxied[origin] = not self.proxy.bypasses(origin[1])
+        return via
+
     async def _connect(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -293,24 +345,61 @@ class UpstreamHttp:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
+        proxy = self.proxy if self.proxy is not None and self._via(origin) else None
         try:
             async with asyncio.timeout_at(deadline):
-                _, protocol = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    host,
-                    port,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
-                )
+                if proxy is None:
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, origin),
+                        host,
+                        port,
+                        ssl=context,
+                        server_hostname=host if context is not None else None,
+                    )
+                elif context is None:
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, origin), proxy.host, proxy.port
+                    )
+                else:
+                    protocol = await self._tunnel(proxy, origin, context)
         except TimeoutError:
             raise  # an OSError too, but the caller's to tell apart
         except OSError as exc:  # refused, unreachable, name not found, TLS (ssl.SSLError)
-            raise UpstreamHttpError(f"cannot connect to {host}:{port}: {exc}") from exc
+            if isinstance(exc, UpstreamHttpError):
+                raise
+            way = f" through the proxy {proxy.shown}" if proxy is not None else ""
+            raise UpstreamHttpError(f"cannot connect to {host}:{port}{way}: {exc}") from exc
         if self._closed:
             protocol.close()
             raise UpstreamHttpError("the client is closed")
         self._open.add(protocol)
         return protocol
+
+    async def _tunnel(
+        self, proxy: Proxy, origin: tuple[str, str, int], context: ssl.SSLContext
+    ) -> _Connection:
+        """A connection to `origin` through a `CONNECT` tunnel of `proxy`, TLS inside it."""
+        _, host, port = origin
+        loop = asyncio.get_running_loop()
+        transport, opening = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        try:
+            transport.write(proxy.connect_request(host, port))
+            status = await opening.status
+            if not 200 <= status < 300:
+                hint = " (check the user and password in upstream.proxy)" if status == 407 else ""
+                raise UpstreamHttpError(
+                    f"the proxy {proxy.shown} refused to connect to {host}:{port}: {status}{hint}"
+                )
+            conn = _Connection(self, origin)
+            tls = await loop.start_tls(transport, conn, context, server_hostname=host)
+        except BaseException:
+            opening.status.cancel()  # nobody waits for it any more (no-op when done)
+            transport.close()
+            raise
+        if tls is None:  # the tunnel closed during the handshake
+            raise UpstreamHttpError(f"the proxy {proxy.shown} closed the tunnel to {host}:{port}")
+        conn.connection_made(tls)
+        return conn
 
     async def _exchange(self, conn: _Connection, data: list[bytes], deadline: float) -> Reply:
         loop = asyncio.get_running_loop()
@@ -338,6 +427,47 @@ class UpstreamHttp:
         idle = self._idle.get(conn.origin)
         if idle and conn in idle:
             idle.remove(conn)
+
+
+class _Tunnel(asyncio.Protocol):
+    """A connection to a proxy until its answer to `CONNECT`: `status` resolves to the
+    answer's status code once its head is complete."""
+
+    def __init__(self) -> None:
+        self.status: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.status.done():
+            return
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_TUNNEL_HEAD:
+                self._fail("an answer head too long")
+            return
+        try:
+            status = tunnel_status(bytes(self.buf[:end]))
+        except ValueError as exc:
+            self._fail(str(exc))
+            return
+        if 200 <= status < 300 and end + 4 != len(self.buf):
+            # In an open tunnel the server speaks only after the client's TLS hello:
+            # bytes here would be read as TLS. (A refusal's body is ignored.)
+            self._fail("bytes after its answer")
+            return
+        self.status.set_result(status)
+
+    def eof_received(self) -> bool | None:
+        self._fail("the connection closed")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(f"the connection closed: {exc}" if exc else "the connection closed")
+
+    def _fail(self, why: str) -> None:
+        if not self.status.done():
+            self.status.set_exception(UpstreamHttpError(f"no tunnel from the proxy: {why}"))
 
 
 def _expire(conn: _Connection, waiter: asyncio.Future[Reply]) -> None:

@@ -187,7 +187,10 @@ def test_check_config_output_never_shows_secrets(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = secret_config("sentry.example.com", free_port())
-    good["upstream"] = {"url": f"https://user:{DSN_SECRET}@sentry.example.com"}
+    good["upstream"] = {
+        "url": f"https://user:{DSN_SECRET}@sentry.example.com",
+        "proxy": f"http://egress:{DSN_SECRET}@proxy.internal:3128",
+    }
     code, output = _check_config(tmp_path, good, capsys)
     assert code == 0, output
     assert leaked(output) == []
@@ -214,6 +217,10 @@ def test_check_config_output_never_shows_secrets(
         {"admin": {"token": [ADMIN_TOKEN]}},
         {"admin": {"token": ADMIN_TOKEN, "tokne": ADMIN_TOKEN}},
         {"upstream": {"url": f"ftp://u:{DSN_SECRET}@h"}},
+        {"upstream": {"proxy": f"https://u:{DSN_SECRET}@proxy.internal:3128"}},
+        {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:port"}},
+        {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:3128/path"}},
+        {"upstream": {"proxy": [f"http://u:{DSN_SECRET}@proxy.internal:3128"]}},
         {"policy": {"scrubbing": {"pseudonymize": {"fields": ["user.id"], "key": 5}}}},
         {
             "policy": {
@@ -233,7 +240,9 @@ def test_secret_values_do_not_show_in_config_reprs() -> None:
         admin={"token": ADMIN_TOKEN},
         redis={"url": f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0"},
         policy={"scrubbing": {"pseudonymize": {"fields": ["user.id"], "key": PSEUDO_KEY}}},
+        upstream={"proxy": f"http://u:{DSN_SECRET}@proxy.internal:3128"},
     )
+    assert leaked(repr(config.upstream)) == []
     assert leaked(repr(config.admin)) == []
     assert leaked(repr(config.redis)) == []
     assert leaked(repr(config.policy)) == []
