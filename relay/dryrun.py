@@ -85,7 +85,12 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
     policy = project.policy
     ctx = RequestContext(project_id=project.project_id, public_key="-")
     prepared = pipeline.prepare(
-        envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
+        envelope,
+        ctx,
+        filters=policy.filters,
+        sampler=policy.sampler,
+        limits=policy.limits,
+        drop_attachments=policy.drop_attachments,
     )
     index_of = {id(item): i for i, item in enumerate(envelope.items)}
     reports: dict[int, ItemReport] = {}

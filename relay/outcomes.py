@@ -47,6 +47,8 @@ class Reason:
     #: Processing an accepted envelope after the answer raised (a bug; logged).
     PROCESSING_FAILED = "processing_failed"
     FORWARDED = "forwarded"
+    #: The scrubbing policy drops attachments (`attachments: drop`).
+    ATTACHMENTS_POLICY = "attachments_policy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,8 @@ class CompiledPolicy:
     #: Where shadow copies go (resolved once from `shadow.dsn`).
     shadow_target: Target | None = None
     quotas: CompiledQuotas = field(default_factory=CompiledQuotas)
+    #: The scrubbing policy drops attachments: the pipeline drops them before quotas.
+    drop_attachments: bool = False
 
 
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:
@@ -66,9 +68,11 @@ def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPol
     if org.fingerprinting.strip() or fingerprint_text.strip() or normalize:
         fingerprinter = compile_fingerprinting(org.fingerprinting, fingerprint_text, normalize)
     shadow = proj.shadow if proj and proj.shadow else org.shadow
+    scrubber = compile_scrubber(org.scrubbing, proj.scrubbing if proj else None)
     return CompiledPolicy(
         limits=limits,
-        scrubber=compile_scrubber(org.scrubbing, proj.scrubbing if proj else None),
+        scrubber=scrubber,
+        drop_attachments=scrubber.attachments == "drop",
         filters=compile_filters(
             org.filters, proj.filters if proj else None, config.listen.trusted_proxies
         ),

@@ -142,6 +142,8 @@ class Dropped:
     work: WorkItem
     outcome: Outcome
     dry_run: bool = False
+    #: Removed by the PII policy (`attachments: drop`): never mirrored anywhere.
+    private: bool = False
 
 
 @dataclass
@@ -178,8 +180,13 @@ def prepare(
     filters: FilterStage | None = None,
     sampler: SamplingStage | None = None,
     limits: Limits = Limits(),
+    drop_attachments: bool = False,
 ) -> Prepared:
-    """Parse, validate, filter and sample. Pure; mutates nothing but the result."""
+    """Parse, validate, filter and sample. Pure; mutates nothing but the result.
+
+    `drop_attachments`: the scrubbing policy drops attachments (`attachments: drop`):
+    they go here, before quotas, so that they are never counted against one (outcome
+    `filtered` / `attachments_policy`, as when the scrubber drops them)."""
     result = Prepared(envelope, ctx)
     event_drop: Dropped | None = None
     for item in envelope.items:
@@ -230,11 +237,16 @@ def prepare(
         work.quantities = [
             (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload))
         ]
-        if itype == "attachment" and len(item.payload) > limits.max_attachment_bytes:
-            result.dropped.append(
-                Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
-            )
-            continue
+        if itype == "attachment":
+            if drop_attachments:
+                outcome = _outcome(work, OutcomeKind.FILTERED, Reason.ATTACHMENTS_POLICY, ctx)
+                result.dropped.append(Dropped(work, outcome, private=True))
+                continue
+            if len(item.payload) > limits.max_attachment_bytes:
+                result.dropped.append(
+                    Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
+                )
+                continue
         result.kept.append(work)
     if event_drop is not None:
         _drop_dependents(result, event_drop)

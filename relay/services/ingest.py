@@ -17,6 +17,7 @@ forwarder. Only the scrubbed, serialized envelope reaches the outbox.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -124,9 +125,10 @@ class Ingest:
         Returns the counters it incremented for what is still kept, per category (for a
         refund if the envelope is not queued after all)."""
         assert self.limiter is not None
+        asked = prepared.quantities()
         checked = await self.limiter.check(
             Scoping(ctx.project_id, ctx.public_key),
-            list(prepared.quantities().items()),
+            list(asked.items()),
             policy.quotas,
             partial(pipeline.categories_left, prepared),
         )
@@ -144,12 +146,9 @@ class Ingest:
         if rejected and consumed:
             # Items dropped for a category rejected by this very check were counted in their
             # other ones too (a transaction whose spans hit a quota; an event's attachments):
-            # a category none of whose items is left gets its count back; one still partly
-            # kept keeps it. (A category known full beforehand had them skipped: `left`.)
-            present = {c for work in prepared.kept for c, _ in work.quantities}
-            gone: list[Counter] = []
-            for category in [cat for cat in consumed if cat not in present]:
-                gone += consumed.pop(category)
+            # each counter gets back what the dropped items added to it, so that it holds
+            # what is kept. (A category known full beforehand had them skipped: `left`.)
+            gone = _uncount(consumed, asked, prepared.quantities())
             if gone:
                 await self.limiter.refund(gone)
         if checked.dry_run:
@@ -204,7 +203,12 @@ class Ingest:
             return result
 
         prepared = pipeline.prepare(
-            envelope, ctx, filters=policy.filters, sampler=policy.sampler, limits=policy.limits
+            envelope,
+            ctx,
+            filters=policy.filters,
+            sampler=policy.sampler,
+            limits=policy.limits,
+            drop_attachments=policy.drop_attachments,
         )
 
         if self.upstream_limits.has(target.key):
@@ -348,6 +352,32 @@ class Ingest:
             outbox.release(size)
         else:
             outbox.put_reserved(entry, size)
+
+
+def _uncount(
+    consumed: dict[str, list[Counter]], asked: dict[str, int], kept: dict[str, int]
+) -> list[Counter]:
+    """What to give back of `consumed` (counted for the quantities `asked`) now that only
+    `kept` is left: a category with nothing left gets its counters back whole; one partly
+    kept, the difference (a budget's cost is recomputed, so rounding stays with the
+    kept quantity). `consumed` is left holding what stays counted."""
+    gone: list[Counter] = []
+    for category in list(consumed):
+        left = kept.get(category, 0)
+        if left >= asked.get(category, 0):
+            continue
+        if left == 0:
+            gone += consumed.pop(category)
+            continue
+        stays: list[Counter] = []
+        for counter in consumed[category]:
+            keep = counter.quota.cost(category, left) if counter.quota is not None else left
+            if counter.increment > keep:
+                gone.append(dataclasses.replace(counter, increment=counter.increment - keep))
+                counter = dataclasses.replace(counter, increment=keep)
+            stays.append(counter)
+        consumed[category] = stays
+    return gone
 
 
 def route_to(envelope: Envelope, target: Target, app_key: str) -> None:

@@ -45,6 +45,8 @@ def shadow_reason(outcome: Outcome) -> str:
 
 
 def wanted(cfg: ShadowConfig, drop: Dropped) -> bool:
+    if drop.private:
+        return False  # the PII policy removed it: it leaves the process nowhere
     if drop.dry_run:
         return True
     reason = shadow_reason(drop.outcome)

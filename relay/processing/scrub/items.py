@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from relay.outcomes import Reason
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
 from relay.processing.scrub.walker import Redaction, Walk
@@ -244,7 +245,7 @@ def _scrub_all(
             pass
         elif item_type == "attachment":
             if not _scrub_attachment(scrubber, item, index, report):
-                report.dropped.append(DroppedItem(index, item, "attachments_policy"))
+                report.dropped.append(DroppedItem(index, item, Reason.ATTACHMENTS_POLICY))
                 continue
         elif item_type == "replay_recording":
             _scrub_replay_recording(scrubber, item, index, report)
