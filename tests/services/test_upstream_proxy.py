@@ -263,3 +263,32 @@ async def test_a_proxy_that_never_answers_connect_times_out() -> None:
         b"CONNECT sentry.example.com:443 HTTP/1.1\r\nHost: sentry.example.com:443\r\n\r\n"
     ]
     assert http.open_connections == 0
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "no tunnel from the proxy: not an HTTP answer"),
+        (b"HTTP/1.1 200 Connection est", "no tunnel from the proxy: the connection closed"),
+        (b"", "no tunnel from the proxy: the connection closed"),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 20_000, "an answer head too long"),
+    ],
+)
+async def test_a_broken_answer_to_connect_is_an_error(answer: bytes, message: str) -> None:
+    async def broken(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    http = UpstreamHttp(proxy=Proxy.parse(f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(UpstreamHttpError, match=message):
+            await http.post("https://sentry.example.com/api/42/envelope/", b"x", HEADERS, 5)
+        assert http.open_connections == 0
+    finally:
+        await http.close()
+        server.close()
+        await server.wait_closed()
