@@ -8,8 +8,9 @@ needs from it.
 - `https` upstreams: a `CONNECT host:443` tunnel, in which TLS runs end to end with the
   upstream: the proxy sees neither the envelopes nor the DSN keys.
 
-Only `http://` proxies (the connection to the proxy itself is plain TCP), as most egress
-proxies are. Authentication is Basic, the only scheme a URL can carry.
+An `http://` proxy is reached over plain TCP, as most egress proxies are; an `https://`
+one over TLS (its certificate checked like an upstream's), and an `https` upstream's TLS
+then runs inside that. Authentication is Basic, the only scheme a URL can carry.
 """
 
 from __future__ import annotations
@@ -44,10 +45,12 @@ class Proxy:
     networks: tuple[IpNetwork, ...] = ()
     #: `no_proxy` has `*`: nothing goes through the proxy.
     bypass_all: bool = False
+    #: An `https://` proxy: the connection to it is TLS.
+    tls: bool = False
 
     @classmethod
     def parse(cls, url: str, no_proxy: str | Sequence[str] = ()) -> Proxy:
-        """`http://[user:password@]host[:port]` (port 80 when left out), and the hosts
+        """`http[s]://[user:password@]host[:port]` (port 80 or 443 when left out), and the hosts
         that bypass it: names (`example.com` covers `a.example.com` too; a leading dot
         is the same), IP addresses, CIDR ranges, or `*`; a string is split at commas,
         as in the `NO_PROXY` environment variable. Raises `InvalidProxy`."""
@@ -56,19 +59,29 @@ class Proxy:
             port = parts.port
         except ValueError as exc:
             raise InvalidProxy(f"not a proxy URL: {exc}") from None
-        if parts.scheme.lower() != "http":
-            raise InvalidProxy("must start with http:// (the relay speaks plain HTTP to its proxy)")
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise InvalidProxy("must start with http:// or https:// (an HTTP proxy)")
         if not parts.hostname:
             raise InvalidProxy("has no host")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise InvalidProxy("must be http://[user:password@]host[:port], without a path")
+            raise InvalidProxy("must be http[s]://[user:password@]host[:port], without a path")
         authorization = None
         if parts.username is not None:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             token = base64.b64encode(userinfo.encode("utf-8")).decode("ascii")
             authorization = f"Basic {token}"
         names, networks, bypass_all = parse_no_proxy(no_proxy)
-        return cls(parts.hostname, port or 80, authorization, names, networks, bypass_all)
+        tls = scheme == "https"
+        return cls(
+            parts.hostname,
+            port or (443 if tls else 80),
+            authorization,
+            names,
+            networks,
+            bypass_all,
+            tls,
+        )
 
     @property
     def shown(self) -> str:

@@ -21,7 +21,7 @@ buffer per request. It takes a fifth of the CPU per request of aiohttp's client
 - `timeout_s` bounds the whole request, connecting included.
 - With a proxy (`relay.protocol.proxy`), `http` requests go to it with the whole URL as
   their target, and `https` connections are tunnels it opens with `CONNECT`, TLS inside
-  them end to end. A proxy that refuses (`407` and the like) fails the request as an
+  them end to end (inside TLS to the proxy itself, for an `https://` proxy). A proxy that refuses (`407` and the like) fails the request as an
   `UpstreamHttpError`, never as the upstream's answer. Hosts in its `no_proxy` are
   reached directly.
 
@@ -340,11 +340,7 @@ class UpstreamHttp:
     async def _connect(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
-        context: ssl.SSLContext | None = None
-        if scheme == "https":
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            context = self._ssl
+        context = self._context() if scheme == "https" else None
         proxy = self.proxy if self.proxy is not None and self._via(origin) else None
         try:
             async with asyncio.timeout_at(deadline):
@@ -357,8 +353,13 @@ class UpstreamHttp:
                         server_hostname=host if context is not None else None,
                     )
                 elif context is None:
+                    tls = self._context() if proxy.tls else None
                     _, protocol = await loop.create_connection(
-                        lambda: _Connection(self, origin), proxy.host, proxy.port
+                        lambda: _Connection(self, origin),
+                        proxy.host,
+                        proxy.port,
+                        ssl=tls,
+                        server_hostname=proxy.host if tls is not None else None,
                     )
                 else:
                     protocol = await self._tunnel(proxy, origin, context)
@@ -375,13 +376,27 @@ class UpstreamHttp:
         self._open.add(protocol)
         return protocol
 
+    def _context(self) -> ssl.SSLContext:
+        """The context for `https` upstreams and proxies (the system's CAs by default)."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+        return self._ssl
+
     async def _tunnel(
         self, proxy: Proxy, origin: tuple[str, str, int], context: ssl.SSLContext
     ) -> _Connection:
-        """A connection to `origin` through a `CONNECT` tunnel of `proxy`, TLS inside it."""
+        """A connection to `origin` through a `CONNECT` tunnel of `proxy`, TLS inside it
+        (inside the TLS to the proxy, for an `https://` proxy)."""
         _, host, port = origin
         loop = asyncio.get_running_loop()
-        transport, opening = await loop.create_connection(_Tunnel, proxy.host, proxy.port)
+        to_proxy = context if proxy.tls else None
+        transport, opening = await loop.create_connection(
+            _Tunnel,
+            proxy.host,
+            proxy.port,
+            ssl=to_proxy,
+            server_hostname=proxy.host if to_proxy is not None else None,
+        )
         try:
             transport.write(proxy.connect_request(host, port))
             status = await opening.status

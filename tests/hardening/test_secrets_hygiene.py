@@ -217,7 +217,7 @@ def test_check_config_output_never_shows_secrets(
         {"admin": {"token": [ADMIN_TOKEN]}},
         {"admin": {"token": ADMIN_TOKEN, "tokne": ADMIN_TOKEN}},
         {"upstream": {"url": f"ftp://u:{DSN_SECRET}@h"}},
-        {"upstream": {"proxy": f"https://u:{DSN_SECRET}@proxy.internal:3128"}},
+        {"upstream": {"proxy": f"socks5://u:{DSN_SECRET}@proxy.internal:1080"}},
         {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:port"}},
         {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:3128/path"}},
         {"upstream": {"proxy": [f"http://u:{DSN_SECRET}@proxy.internal:3128"]}},

@@ -25,11 +25,14 @@ def test_a_proxy_url_gives_the_address_and_basic_credentials() -> None:
         ("http://[fd00::1]:3128", "fd00::1", 3128, None),
         ("http://user@proxy:3128", "proxy", 3128, "Basic " + base64.b64encode(b"user:").decode()),
         ("  http://proxy:3128  ", "proxy", 3128, None),
+        ("https://proxy", "proxy", 443, None),
+        ("HTTPS://proxy:8443", "proxy", 8443, None),
     ],
 )
 def test_proxy_url_forms(url: str, host: str, port: int, auth: str | None) -> None:
     proxy = Proxy.parse(url)
     assert (proxy.host, proxy.port, proxy.authorization) == (host, port, auth)
+    assert proxy.tls == url.strip().lower().startswith("https")
 
 
 def test_an_ipv6_proxy_is_shown_in_brackets() -> None:
@@ -39,9 +42,8 @@ def test_an_ipv6_proxy_is_shown_in_brackets() -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("https://proxy:3128", "must start with http://"),
-        ("socks5://proxy:1080", "must start with http://"),
-        ("proxy:3128", "must start with http://"),
+        ("socks5://proxy:1080", "must start with http:// or https://"),
+        ("proxy:3128", "must start with http:// or https://"),
         ("http://:3128", "has no host"),
         ("http://proxy:3128/path", "without a path"),
         ("http://proxy:3128?x=1", "without a path"),

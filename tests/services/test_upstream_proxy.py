@@ -209,6 +209,42 @@ async def test_an_unreachable_proxy_names_itself(unused_tcp_port: int) -> None:
     assert "hunter2" not in str(caught.value)
 
 
+async def test_an_https_proxy_is_reached_over_tls(aiohttp_server: Any) -> None:
+    """TLS to the proxy; for an `https` upstream, TLS to the upstream inside it."""
+    tls = Tls()
+    proxy = await HttpProxy().start(ssl=tls.server)
+    seen: list[dict[str, Any]] = []
+    plain: TestServer = await aiohttp_server(_recording_app(seen))
+    secure: TestServer = await aiohttp_server(_recording_app(seen), ssl=tls.server)
+    http = UpstreamHttp(ssl_context=tls.client(), proxy=Proxy.parse(proxy.url))
+    try:
+        via_forward = await http.post(
+            f"http://127.0.0.1:{plain.port}/api/42/envelope/", b"plain", HEADERS, 5
+        )
+        via_tunnel = await http.post(
+            f"https://localhost:{secure.port}/api/42/envelope/", b"secure", HEADERS, 5
+        )
+    finally:
+        await http.close()
+        await proxy.close()
+    assert (via_forward.status, via_tunnel.status) == (200, 200)
+    assert [a.method for a in proxy.asked] == ["POST", "CONNECT"]
+    assert [s["body"] for s in seen] == [b"plain", b"secure"]
+
+
+async def test_an_https_proxy_must_present_a_trusted_certificate() -> None:
+    tls = Tls()
+    proxy = await HttpProxy().start(ssl=tls.server)
+    http = UpstreamHttp(proxy=Proxy.parse(proxy.url))  # the system's CAs only
+    try:
+        with pytest.raises(UpstreamHttpError, match=r"through the proxy.*CERTIFICATE_VERIFY"):
+            await http.post("https://sentry.example.com/api/42/envelope/", b"x", HEADERS, 5)
+    finally:
+        await http.close()
+        await proxy.close()
+    assert proxy.asked == []
+
+
 def test_the_tunnel_works_on_uvloop() -> None:
     """The relay runs on uvloop, whose transports and `start_tls` are its own."""
 
@@ -217,25 +253,25 @@ def test_the_tunnel_works_on_uvloop() -> None:
         seen: list[dict[str, Any]] = []
         server = TestServer(_recording_app(seen))
         await server.start_server(ssl=tls.server)
-        proxy = await HttpProxy().start()
-        http = UpstreamHttp(ssl_context=tls.client(), proxy=Proxy.parse(proxy.url))
         url = f"https://localhost:{server.port}/api/42/envelope/"
-        try:
-            replies = [await http.post(url, body, HEADERS, 5.0) for body in (b"a", b"b")]
-        finally:
-            await http.close()
-            await proxy.close()
-            await server.close()
-        return (
-            [(r.status, r.rate_limits) for r in replies],
-            [a.method for a in proxy.asked],
-            [s["body"] for s in seen],
-        )
+        replies = []
+        methods = []
+        for proxy_tls in (None, tls.server):  # an http:// proxy, then TLS in TLS
+            proxy = await HttpProxy().start(ssl=proxy_tls)
+            http = UpstreamHttp(ssl_context=tls.client(), proxy=Proxy.parse(proxy.url))
+            try:
+                replies += [await http.post(url, body, HEADERS, 5.0) for body in (b"a", b"b")]
+            finally:
+                await http.close()
+                await proxy.close()
+            methods.append([a.method for a in proxy.asked])
+        await server.close()
+        return [(r.status, r.rate_limits) for r in replies], methods, [s["body"] for s in seen]
 
     replies, methods, bodies = uvloop.run(scenario())
-    assert replies == [(200, "60::org"), (200, "60::org")]
-    assert methods == ["CONNECT"]
-    assert bodies == [b"a", b"b"]
+    assert replies == [(200, "60::org")] * 4
+    assert methods == [["CONNECT"], ["CONNECT"]]
+    assert bodies == [b"a", b"b", b"a", b"b"]
 
 
 async def test_a_proxy_that_never_answers_connect_times_out() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl as ssl_
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -33,16 +34,22 @@ class HttpProxy:
         self.password: str | None = None
         self.refuse: int | None = None
         self.chatty = b""
+        self.tls = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: list[asyncio.StreamWriter] = []
 
     @property
     def url(self) -> str:
+        if self.tls:
+            return f"https://localhost:{self.port}"
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self) -> HttpProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self, ssl: ssl_.SSLContext | None = None) -> HttpProxy:
+        """Listen on loopback; with `ssl`, clients speak TLS to the proxy (`https://`, as
+        `localhost`)."""
+        self.tls = ssl is not None
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=ssl)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

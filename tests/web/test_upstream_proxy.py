@@ -86,13 +86,13 @@ def test_proxy_no_proxy_and_ca_file_are_checked(tmp_path: Path) -> None:
         make_config(
             "https://sentry.example.com",
             upstream={
-                "proxy": "https://proxy.internal:3128",
+                "proxy": "socks5://proxy.internal:1080",
                 "no_proxy": "sentry.example.com, host:8080",
                 "ca_file": str(not_pem),
             },
         )
     problems = {p.path: p.message for p in caught.value.problems}
-    assert problems["upstream.proxy"].startswith("must start with http://")
+    assert problems["upstream.proxy"].startswith("must start with http:// or https://")
     assert "'host:8080' is not a host name" in problems["upstream.no_proxy"]
     assert problems["upstream.ca_file"].startswith("cannot load CA certificates from it")
     with pytest.raises(ConfigError, match=r"upstream\.ca_file: cannot load CA certificates"):
