@@ -64,6 +64,10 @@ class Proxy:
             raise InvalidProxy("must start with http:// or https:// (an HTTP proxy)")
         if not parts.hostname:
             raise InvalidProxy("has no host")
+        if port == 0:
+            raise InvalidProxy("has port 0")
+        if any(c.isspace() or ord(c) < 32 or c in "\x7f%" for c in parts.hostname):
+            raise InvalidProxy("has a host name that cannot be one")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise InvalidProxy("must be http[s]://[user:password@]host[:port], without a path")
         authorization = None

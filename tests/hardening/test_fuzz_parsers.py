@@ -10,6 +10,8 @@ Parsers and their one error type:
     parse_retry_after           nothing (a default)
     decompress                  DecompressionError
     Dsn.parse                   InvalidDsn
+    Proxy.parse, parse_no_proxy InvalidProxy; a parsed proxy round-trips its address
+    tunnel_status               ValueError (a proxy's answer to CONNECT)
     parse_config                ConfigError
     validate_fingerprinting     nothing (a list of problems); valid rules compile and run
     glob_to_regex               GlobError; valid globs match anything without error
@@ -45,6 +47,7 @@ from relay.protocol.envelope import (
     make_envelope,
     parse_envelope,
 )
+from relay.protocol.proxy import InvalidProxy, Proxy, parse_no_proxy, tunnel_status
 from relay.protocol.ratelimit_header import (
     MAX_RETRY_AFTER,
     format_rate_limits,
@@ -377,6 +380,48 @@ def test_dsn_parser_raises_only_invalid_dsn(text: str) -> None:
         return
     assert Dsn.parse(str(dsn)) == dsn
     assert dsn.project_id.isdigit()
+
+
+proxy_text = st.text(
+    alphabet=st.sampled_from(list("https:/@abc123:[]%.?#éx\x00 *,")), max_size=50
+) | st.builds(
+    lambda s, u, h, p: f"{s}://{u}{h}{p}",
+    st.sampled_from(["http", "https", "socks5", ""]),
+    st.sampled_from(["", "user@", "u:p%40ss@", "u:p@ss@"]),
+    st.text(max_size=12),
+    st.sampled_from(["", ":3128", ":0", ":99999", ":x", "/", "/path"]),
+)
+
+
+@FUZZ
+@given(proxy_text, st.lists(st.text(max_size=15), max_size=4) | st.text(max_size=40))
+@example("http://[::1:3128", "")
+@example("http://proxy", "10.0.0.0/33, [fe80::1%eth0]")
+def test_proxy_parsers_raise_only_invalid_proxy(url: str, no_proxy: Any) -> None:
+    try:
+        proxy = Proxy.parse(url, no_proxy)
+    except InvalidProxy:
+        return
+    assert 0 < proxy.port < 65536 and proxy.host
+    assert not any(c.isspace() or ord(c) < 32 for c in proxy.host)
+    again = Proxy.parse(f"{'https' if proxy.tls else 'http'}://{proxy.shown}", no_proxy)
+    assert (again.host, again.port, again.tls) == (proxy.host, proxy.port, proxy.tls)
+    for host in ("sentry.io", "10.1.2.3", "::1", "", "[::1]", "a..b"):
+        assert proxy.bypasses(host) in (True, False)
+    parse_no_proxy(no_proxy)  # what Proxy.parse took, alone
+
+
+@FUZZ
+@given(
+    st.binary(max_size=80)
+    | st.builds(lambda c: b"HTTP/1.1 " + c + b"\r\n\r\n", st.binary(max_size=8))
+)
+def test_tunnel_status_raises_only_value_errors(head: bytes) -> None:
+    try:
+        status = tunnel_status(head)
+    except ValueError:
+        return
+    assert 0 <= status <= 999
 
 
 # -- config ----------------------------------------------------------------------------------------------

@@ -49,7 +49,11 @@ def test_an_ipv6_proxy_is_shown_in_brackets() -> None:
         ("http://proxy:3128?x=1", "without a path"),
         ("http://proxy:port", "not a proxy URL"),
         ("http://proxy:99999", "not a proxy URL"),
+        ("http://proxy:0", "has port 0"),
         ("http://[fd00::1:3128", "not a proxy URL"),
+        ("http://pro xy:3128", "has a host name that cannot be one"),
+        ("http://proxy\x00:3128", "has a host name that cannot be one"),
+        ("http://[fe80::1%25eth0]:3128", "has a host name that cannot be one"),
     ],
 )
 def test_bad_proxy_urls_say_why(url: str, message: str) -> None:
