@@ -74,9 +74,12 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(args.path)
     if config is None:
         return 1
+    from relay.server import describe_upstream
+
     projects = len(config.projects)
     print(
-        f"{args.path}: ok ({projects} project{'s' if projects != 1 else ''}, upstream {config.upstream.url.split('@')[-1]})"
+        f"{args.path}: ok ({projects} project{'s' if projects != 1 else ''}, "
+        f"upstream {describe_upstream(config)})"
     )
     return 0
 

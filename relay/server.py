@@ -48,6 +48,17 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def describe_upstream(config: Config) -> str:
+    """`upstream.url` without credentials, and the proxy's address if one is set."""
+    upstream = config.upstream.url
+    if upstream.startswith("file://"):
+        return upstream
+    upstream = upstream.split("@")[-1]
+    if config.upstream.proxy:
+        upstream += f" (through the proxy {Proxy.parse(config.upstream.proxy.reveal()).shown})"
+    return upstream
+
+
 def banner(config: Config) -> str:
     host = config.listen.host
     shown = f"[{host}]" if ":" in host else host
@@ -56,16 +67,11 @@ def banner(config: Config) -> str:
     project = config.projects[0] if config.projects else None
     project_id = project.id if project else 42
     key = project.keys[0] if project and project.keys else EXAMPLE_KEY
-    upstream = config.upstream.url
-    if not upstream.startswith("file://"):
-        upstream = upstream.split("@")[-1]
-    if config.upstream.proxy and not upstream.startswith("file://"):
-        upstream += f" (through the proxy {Proxy.parse(config.upstream.proxy.reveal()).shown})"
     workers = f" ({config.workers} workers)" if config.workers > 1 else ""
     return "\n".join(
         [
             f"relay listening on http://{shown}:{config.listen.port}{workers}",
-            f"upstream: {upstream}",
+            f"upstream: {describe_upstream(config)}",
             f"example DSN: http://{key}@{shown}:{config.listen.port}/{project_id}",
         ]
     )

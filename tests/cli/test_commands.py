@@ -47,6 +47,20 @@ def test_check_config_valid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "ok" in capsys.readouterr().out
 
 
+def test_check_config_names_the_proxy_but_not_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text(
+        "upstream:\n  url: https://sentry.example.com\n"
+        "  proxy: http://egress:hunter2@proxy.internal:3128\n"
+    )
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "upstream https://sentry.example.com (through the proxy proxy.internal:3128)" in out
+    assert "hunter2" not in out
+
+
 def test_check_config_reports_every_problem_with_its_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
