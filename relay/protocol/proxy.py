@@ -137,6 +137,11 @@ def parse_no_proxy(
         except ValueError:
             pass
         name = entry.lstrip(".").rstrip(".").removeprefix("*.")
+        if not name.isascii():
+            try:  # as the upstream's host is compared: in its ASCII form
+                name = name.encode("idna").decode("ascii")
+            except UnicodeError:
+                name = ""
         if not name or any(c in name for c in ":/@ *"):
             raise InvalidProxy(
                 f"entry {raw.strip()!r} is not a host name, an IP address, a CIDR "

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httptools
 
@@ -79,6 +79,10 @@ class _Url:
     absolute: str
 
 
+#: What a request target may hold as it is (printable ASCII but the space).
+_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
 @lru_cache(maxsize=1024)
 def _parse_url(url: str) -> _Url:
     parts = urlsplit(url)
@@ -88,11 +92,22 @@ def _parse_url(url: str) -> _Url:
     hostname = parts.hostname
     if not hostname:
         raise UpstreamHttpError(f"no host in URL {url!r}")
+    if not hostname.isascii():
+        # An internationalized name: its ASCII form (IDNA) in the request and for DNS.
+        try:
+            hostname = hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise UpstreamHttpError(f"URL {url!r} has a host name that cannot be one") from None
     default = 443 if scheme == "https" else 80
-    port = parts.port or default
+    try:
+        port = parts.port or default
+    except ValueError:
+        raise UpstreamHttpError(f"URL {url!r} has a port that cannot be one") from None
     shown = f"[{hostname}]" if ":" in hostname else hostname
     host = shown if port == default else f"{shown}:{port}"
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if not target.isascii():
+        target = quote(target, safe=_PRINTABLE)  # UTF-8, percent-encoded, as browsers do
     for text in (target, host):
         if any(c in text for c in "\r\n \t"):
             raise UpstreamHttpError(f"URL {url!r} cannot be sent in a request line")

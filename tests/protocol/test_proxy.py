@@ -76,6 +76,12 @@ def test_no_proxy_names_cover_their_subdomains_and_nothing_else() -> None:
     assert not proxy.bypasses("sentry.io")
 
 
+def test_no_proxy_international_names_match_in_their_ascii_form() -> None:
+    proxy = Proxy.parse("http://proxy:3128", ["\u043f\u0440\u0438\u043c\u0435\u0440.\u0440\u0444"])
+    assert proxy.names == ("xn--e1afmkfd.xn--p1ai",)
+    assert proxy.bypasses("sentry.xn--e1afmkfd.xn--p1ai")  # as the client names the host
+
+
 def test_no_proxy_addresses_and_ranges() -> None:
     proxy = Proxy.parse("http://proxy:3128", "10.0.0.0/8, 192.168.1.7,[::1], fd00::/8")
     assert proxy.bypasses("10.20.30.40")
@@ -95,7 +101,7 @@ def test_a_star_bypasses_everything_and_empty_entries_are_ignored() -> None:
 
 
 @pytest.mark.parametrize(
-    "entry", ["example.com:8443", "http://example.com", "a b", "user@host", "."]
+    "entry", ["example.com:8443", "http://example.com", "a b", "user@host", ".", "a..\u0431"]
 )
 def test_bad_no_proxy_entries_say_why(entry: str) -> None:
     with pytest.raises(InvalidProxy, match="is not a host name, an IP address, a CIDR range"):

@@ -393,6 +393,26 @@ def test_urls_give_the_request_target_and_host_header() -> None:
     assert _parse_url("HTTP://Example.com").target == "/"
 
 
+def test_international_hosts_and_paths_are_sent_in_ascii() -> None:
+    parsed = _parse_url("https://Пример.рф:8443/трекер/api/1/envelope/?q=ä")
+    assert parsed.origin == ("https", "xn--e1afmkfd.xn--p1ai", 8443)
+    assert parsed.host == "xn--e1afmkfd.xn--p1ai:8443"
+    assert parsed.target == ("/%D1%82%D1%80%D0%B5%D0%BA%D0%B5%D1%80/api/1/envelope/?q=%C3%A4")
+    for bad in ("https://a..\u0431/api/1/envelope/", "https://host:99999/", "https://host:x/"):
+        with pytest.raises(UpstreamHttpError, match="cannot be one"):
+            _parse_url(bad)
+
+
+async def test_a_path_beyond_ascii_reaches_the_upstream_as_utf8(
+    aiohttp_server: Any, http: UpstreamHttp
+) -> None:
+    url, seen = await _recording_server(aiohttp_server)
+    base = url.removesuffix("/api/42/envelope/")
+    reply = await http.post(f"{base}/trackér/api/42/envelope/", b"x", HEADERS, 5.0)
+    assert reply.status == 200
+    assert seen[0]["path_qs"] == "/track%C3%A9r/api/42/envelope/"  # as it went on the wire
+
+
 async def test_https_verifies_the_server_certificate(aiohttp_server: Any) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost")
