@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -202,7 +203,17 @@ class Forwarder:
             if self._retarget is not None:
                 self._retarget(entry)  # the config may have changed while it waited
             if entry.target.is_file:
-                await asyncio.to_thread(self._write_file, entry)
+                entry.attempts += 1
+                try:
+                    await asyncio.to_thread(self._write_file, entry)
+                except OSError as exc:  # a full disk, a directory gone or not writable
+                    log.warning("cannot write envelope to %s: %s", entry.target.url, _describe(exc))
+                    if entry.attempts >= self.config.max_attempts:
+                        log.error("giving up on envelope after %d attempts", entry.attempts)
+                        self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
+                        return
+                    await self._sleep(self.backoff(entry.attempts))
+                    continue
                 self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
                 return
             if self._up.is_set():
@@ -296,9 +307,17 @@ class Forwarder:
         final = os.path.join(directory, name)
         tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         body = entry.body if entry.encoding != "gzip" else zlib.decompress(entry.body, wbits=31)
-        with open(tmp, "wb") as fh:
-            fh.write(body)
-        os.replace(tmp, final)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(body)
+            os.replace(tmp, final)
+        except OSError:
+            # No half-written file stays behind, and the next attempt makes the directory
+            # again if it is gone.
+            self._made_dirs.discard(directory)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _describe(exc: BaseException) -> str:

@@ -149,3 +149,49 @@ async def test_file_outbox_gets_the_decoded_envelope(
         await asyncio.sleep(0.01)
     (path,) = files
     assert path.read_bytes() == raw
+
+
+async def test_a_file_target_that_cannot_be_written_yet_is_retried(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """A file where the outbox directory should be: each attempt fails (logged) and is
+    retried with backoff; once it is out of the way, the envelope is written."""
+    blocked = tmp_path / "outbox"
+    blocked.write_text("not a directory")
+    relay = await relay_factory(
+        policy=NO_POLICY,
+        upstream={"url": f"file://{blocked}", "max_attempts": 100, "retry_max_s": 0.02},
+    )
+    raw = ATTACHMENT.read_bytes()
+    await _send(relay, gzip.compress(raw, mtime=0))
+    await asyncio.sleep(0.2)  # several attempts fail meanwhile
+    blocked.unlink()
+    for _ in range(200):
+        files = list(blocked.glob("*.envelope")) if blocked.is_dir() else []
+        if files:
+            break
+        await asyncio.sleep(0.01)
+    (path,) = files
+    assert path.read_bytes() == raw
+    assert [p.name for p in blocked.iterdir() if p.name.startswith(".")] == []  # no tmp left
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'outcome="internal"' not in metrics
+
+
+async def test_a_file_target_that_stays_unwritable_gives_up_with_an_outcome(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    blocked = tmp_path / "outbox"
+    blocked.write_text("not a directory")
+    relay = await relay_factory(
+        policy=NO_POLICY, upstream={"url": f"file://{blocked}", "max_attempts": 3}
+    )
+    await _send(relay, gzip.compress(ATTACHMENT.read_bytes(), mtime=0))
+    wanted = 'relay_items_total{category="error",outcome="internal",reason="send_failed"} 1.0'
+    for _ in range(200):
+        metrics = await (await relay.get("/metrics")).text()
+        if wanted in metrics:
+            break
+        await asyncio.sleep(0.01)
+    assert wanted in metrics
+    assert blocked.read_text() == "not a directory"
