@@ -260,18 +260,25 @@ class DiskSpool:
     # -- writing -----------------------------------------------------------------------------
 
     def _new_segment(self) -> None:
+        """Start the next segment. Raises OSError with nothing changed (the current
+        segment stays the one written), so that the next batch tries again."""
+        number = (max(self._segments) + 1) if self._segments else 1
+        seg = _Segment(number, self.path / f"seg-{number:012d}.log")
+        wfile = open(seg.path, "ab")  # noqa: SIM115
+        if self.durable:
+            try:
+                _fsync_dir(self.path)
+            except OSError:
+                wfile.close()  # an empty file: the next attempt appends to it
+                raise
         if self._writer is not None:
             self._writer.sealed = True
             if self._wfile is not None:
                 self._wfile.close()  # type: ignore[attr-defined]
-        number = (max(self._segments) + 1) if self._segments else 1
-        seg = _Segment(number, self.path / f"seg-{number:012d}.log")
-        self._wfile = open(seg.path, "ab")  # noqa: SIM115
+        self._wfile = wfile
         self._segments[number] = seg
         self._order.append(number)
         self._writer = seg
-        if self.durable:
-            _fsync_dir(self.path)
 
     async def put(self, entry: OutboxEntry) -> None:
         if self._closed:
@@ -296,11 +303,11 @@ class DiskSpool:
             self._flush_wake.clear()
             if not self._pending:
                 continue
-            if self._writer is not None and self._writer.size >= SEGMENT_BYTES:
-                self._new_segment()
             batch = self._take_batch()
             self.batches_written += 1
             try:
+                if self._writer is not None and self._writer.size >= SEGMENT_BYTES:
+                    self._new_segment()
                 await asyncio.to_thread(self._write_batch, batch)
             except OSError as exc:
                 log.error("spool write failed: %s", exc)

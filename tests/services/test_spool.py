@@ -139,6 +139,33 @@ async def test_rotation_deletes_finished_segments(
     await spool.close()
 
 
+async def test_a_segment_that_cannot_be_started_refuses_and_the_spool_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rotation fails (here a directory where the next segment's file would go; on a
+    host, a full disk): that batch is refused (503 upstream of here), the spool keeps
+    serving, and rotation is tried again with the next batch."""
+    monkeypatch.setattr("relay.services.spool.SEGMENT_BYTES", 100)
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await spool.open()
+    await spool.put(entry(0, size=200))  # fills the first segment past 100 bytes
+    (current,) = tmp_path.glob("seg-*.log")
+    number = int(current.stem.removeprefix("seg-"))
+    blocker = tmp_path / f"seg-{number + 1:012d}.log"
+    blocker.mkdir()
+    async with asyncio.timeout(5):  # refused, not hanging
+        with pytest.raises(OutboxFull):
+            await spool.put(entry(1))
+        with pytest.raises(OutboxFull):
+            await spool.put(entry(2))
+    blocker.rmdir()
+    async with asyncio.timeout(5):
+        await spool.put(entry(3))
+    got = await take(spool, 2)
+    assert [e.event_id for e in got] == [f"{0:032x}", f"{3:032x}"]
+    await spool.close()
+
+
 async def test_compressed_bodies_keep_their_encoding_across_restart(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
     await spool.open()
