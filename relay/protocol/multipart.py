@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 _BOUNDARY_RE = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
 _NAME_RE = re.compile(rb'name="([^"]*)"', re.IGNORECASE)
+#: The characters of a boundary (RFC 2046 `bchars`); it does not end with a space.
+_BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?]")
 
 
 class MultipartError(ValueError):
@@ -43,7 +45,7 @@ def boundary_of(content_type: str | None) -> str:
     if not m:
         raise MultipartError("the multipart Content-Type has no boundary")
     boundary = m.group(1) or m.group(2)
-    if not 0 < len(boundary) <= 200:
+    if len(boundary) > 200 or not _BCHARS.fullmatch(boundary):
         raise MultipartError("invalid multipart boundary")
     return boundary
 

@@ -266,6 +266,9 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     if not body:
         raise BadRequest("empty minidump upload")
     content_type = request.headers.get("Content-Type", "")
+    if not (content_type.isascii() and content_type.isprintable()):
+        # It is forwarded as it is: it must be a header the upstream request can carry.
+        raise BadRequest("the Content-Type of a minidump upload must be printable ASCII")
     try:
         body = scrub_minidump_upload(body, content_type, project.policy.scrubber)
     except MultipartError as exc:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import zlib
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.support.corpus import CORPUS
@@ -120,6 +122,42 @@ async def test_garbage_minidump_upload_is_400(relay: TestClient) -> None:
         headers={**auth_header(), "Content-Type": "multipart/form-data; boundary=zz"},
     )
     assert resp.status == 400
+
+
+async def _raw_post(port: int, path: str, content_type: bytes, body: bytes) -> bytes:
+    """A request written byte for byte (a client may send any bytes in a header)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n"
+        f"X-Sentry-Auth: Sentry sentry_key={KEY}\r\nContent-Length: {len(body)}\r\n"
+    ).encode()
+    writer.write(head + b"Content-Type: " + content_type + b"\r\n\r\n" + body)
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "multipart/form-data; boundary=zz; note=\u20ac".encode(),  # a UTF-8 byte sequence
+        'multipart/form-data; boundary="z\u20acz"'.encode(),
+        b"multipart/form-data; boundary=z{z",
+        b'multipart/form-data; boundary="zz "',
+    ],
+)
+async def test_a_minidump_content_type_the_upstream_cannot_take_is_400(
+    relay: TestClient, recorder: RecordingUpstream, content_type: bytes
+) -> None:
+    body = (
+        b'--zz\r\nContent-Disposition: form-data; name="upload_file_minidump"; '
+        b'filename="a.dmp"\r\n\r\nMDMP\r\n--zz--\r\n'
+    )
+    assert relay.port is not None
+    answer = await _raw_post(relay.port, "/api/42/minidump/", content_type, body)
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    await asyncio.sleep(0.1)
+    assert recorder.received == []
 
 
 async def test_cors_preflight_and_exposed_headers(relay: TestClient) -> None:
