@@ -788,7 +788,9 @@ def tag_for_shadow(
     """Add `relay.dropped_reason` and `relay.rule` (and `relay.dry_run`) tags to `event`.
 
     Works whether `tags` is a mapping or a list of `[key, value]` pairs; existing tags
-    with these keys are replaced.
+    with these keys are replaced. Any other shape never raises: list items that are not
+    pairs with a string key are kept as they came, and a `tags` that is neither a list
+    nor a mapping is replaced by ours.
     """
     ours: dict[str, str] = {TAG_REASON: reason[:_MAX_TAG_VALUE]}
     if rule is not None:
@@ -801,7 +803,12 @@ def tag_for_shadow(
         kept = [
             pair
             for pair in tags
-            if not (isinstance(pair, list | tuple) and pair and pair[0] in stale)
+            if not (
+                isinstance(pair, list | tuple)
+                and pair
+                and isinstance(pair[0], str)
+                and pair[0] in stale
+            )
         ]
         kept.extend([key, value] for key, value in ours.items())
         event["tags"] = kept

@@ -10,8 +10,10 @@ For each request, the dropped items whose reason is listed in `shadow.reasons`
 4. queued on the shadow's own bounded outbox, drained by its own forwarder.
 
 `put` never waits: a full shadow queue drops the copy (counted), so a slow or
-failing shadow upstream never delays or fails the primary path. Each mirrored
-item counts once as outcome `shadowed`.
+failing shadow upstream never delays or fails the primary path. Nor does a copy
+that cannot be built (an event shape nothing expected): `mirror` logs the error,
+counts it in `failed_copies` and returns; a copy is queued only once scrubbed, so a
+failure before that queues nothing. Each mirrored item counts once as outcome `shadowed`.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class Shadow:
         self.outbox = outbox
         self.outcomes = outcomes
         self.dropped_copies = 0
+        #: Requests whose copy failed with an unexpected error (logged, swallowed).
+        self.failed_copies = 0
         self._buckets: dict[tuple[str, int], _Bucket] = {}
 
     def _bucket(self, cfg: ShadowConfig) -> _Bucket:
@@ -102,7 +106,19 @@ class Shadow:
     def mirror(
         self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy
     ) -> None:
-        """Queue a scrubbed, tagged copy of `drops` (call before the primary path mutates payloads)."""
+        """Queue a scrubbed, tagged copy of `drops` (call before the primary path mutates payloads).
+
+        Never raises (but for cancellation): the primary request must not depend on its shadow.
+        """
+        try:
+            self._mirror(envelope_headers, drops, policy)
+        except Exception:
+            self.failed_copies += 1
+            log.exception("shadow copy failed; the primary request goes on without it")
+
+    def _mirror(
+        self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy
+    ) -> None:
         cfg = policy.shadow
         target = policy.shadow_target
         if cfg is None or target is None or policy.scrubber is None:

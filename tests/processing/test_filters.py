@@ -795,6 +795,43 @@ def test_tag_for_shadow_with_tag_pairs_and_without_tags() -> None:
     assert broken["tags"] == {"relay.dropped_reason": "filtered"}
 
 
+@pytest.mark.parametrize(
+    ("tags", "kept"),
+    [
+        ([[["a"], "b"]], [[["a"], "b"]]),
+        ([[{"k": 1}, "v"], ["relay.rule", "old"]], [[{"k": 1}, "v"]]),
+        ([[1, 2, 3], [], ["solo"], "x", 7, None, {"a": "b"}], None),
+        ([[None, "v"], [1.5, "w"], [True, "z"]], None),
+        ([("tenant", "acme"), ("relay.dry_run", "true")], [("tenant", "acme")]),
+    ],
+)
+def test_tag_for_shadow_with_odd_tag_lists(tags: list[Any], kept: list[Any] | None) -> None:
+    """Items that are not `[str, value]` pairs are kept as they came; it never raises."""
+    event: dict[str, Any] = {"tags": copy.deepcopy(tags)}
+    tag_for_shadow(event, "filtered", "rule", dry_run=True)
+    assert event["tags"] == [
+        *(tags if kept is None else kept),
+        ["relay.dropped_reason", "filtered"],
+        ["relay.rule", "rule"],
+        ["relay.dry_run", "true"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [None, "x", "", 0, 1.5, True, [], {}, {"relay.rule": ["x"], "n": None}],
+)
+def test_tag_for_shadow_with_odd_tag_values(tags: Any) -> None:
+    event: dict[str, Any] = {"tags": copy.deepcopy(tags)}
+    tag_for_shadow(event, "filtered", None)
+    got = event["tags"]
+    pairs = dict(got) if isinstance(got, list) else got
+    assert pairs["relay.dropped_reason"] == "filtered"
+    assert "relay.rule" not in pairs
+    if isinstance(tags, dict) and "n" in tags:
+        assert pairs["n"] is None
+
+
 def test_validate_shadow() -> None:
     assert validate_shadow(ShadowConfig(dsn="https://key@sentry.example.com/43")) == []
     bad = ShadowConfig(

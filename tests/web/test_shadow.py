@@ -10,7 +10,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+import relay.services.shadow as shadow_module
 from relay.app import create_app
+from relay.keys import SHADOW
+from relay.protocol.envelope import Envelope, Item, parse_envelope
 from tests.support.corpus import CORPUS
 from tests.support.relay import auth_header, make_config
 from tests.support.upstream import RecordingUpstream, Reply
@@ -18,6 +21,28 @@ from tests.support.upstream import RecordingUpstream, Reply
 HEALTHZ = (CORPUS / "transaction-healthz.envelope").read_bytes()
 CHECKOUT = (CORPUS / "transaction-checkout.envelope").read_bytes()
 RESET = (CORPUS / "error-connection-reset.envelope").read_bytes()
+#: `tags` no SDK sends: an unhashable key, a bare string, a pair of the wrong length.
+GARBAGE_TAGS: list[Any] = [[["a"], "b"], "x", [1, 2, 3], [{"k": 1}, "v"], ["tenant", "acme"]]
+
+
+def _with_tags(body: bytes, tags: Any) -> bytes:
+    """`body` with its event's `tags` replaced."""
+    envelope = parse_envelope(body)
+    items = []
+    for item in envelope.items:
+        if item.type == "event":
+            event = orjson.loads(item.payload)
+            event["tags"] = tags
+            item = Item(dict(item.headers), orjson.dumps(event))
+        items.append(item)
+    return Envelope(envelope.headers, items).serialize()
+
+
+def _string_pairs(tags: Any) -> dict[str, Any]:
+    """The `[str, value]` pairs of a tags list (the rest ignored)."""
+    return {
+        t[0]: t[1] for t in tags if isinstance(t, list) and len(t) == 2 and isinstance(t[0], str)
+    }
 
 
 async def _relay(
@@ -101,6 +126,81 @@ async def test_dry_run_filter_forwards_and_mirrors(
     forwarded = orjson.loads(recorder.envelopes[0].items[0].payload)
     assert "relay.dry_run" not in orjson.dumps(forwarded).decode()
     assert _tags(_first_copy(shadow_rec))["relay.dry_run"] == "true"
+
+
+async def test_garbage_tags_on_a_dropped_event_do_not_fail_the_request(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client, upstream_url, shadow_url, filters={"error_types": ["ConnectionResetError"]}
+    )
+    body = _with_tags(RESET, GARBAGE_TAGS)
+    assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    await shadow_rec.wait_for(1)
+    tags = _string_pairs(_first_copy(shadow_rec)["tags"])
+    assert tags["relay.dropped_reason"] == "filtered"
+    assert tags["relay.rule"] == "ConnectionResetError"
+    assert tags["tenant"] == "acme"
+    assert recorder.received == []
+
+
+async def test_garbage_tags_on_a_dry_run_hit_still_forward_the_kept_event(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        filters={"error_types": {"types": ["ConnectionResetError"], "mode": "dry_run"}},
+    )
+    body = _with_tags(RESET, GARBAGE_TAGS)
+    assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    await recorder.wait_for(1)
+    await shadow_rec.wait_for(1)
+    forwarded = orjson.loads(recorder.envelopes[0].items[0].payload)
+    assert forwarded["tags"] == GARBAGE_TAGS
+    tags = _string_pairs(_first_copy(shadow_rec)["tags"])
+    assert tags["relay.dropped_reason"] == "filtered"
+    assert tags["relay.dry_run"] == "true"
+
+
+async def test_a_copy_that_cannot_be_built_is_logged_and_skipped(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    recorder: RecordingUpstream,
+    aiohttp_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever goes wrong building a copy, the primary request does not see it."""
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(shadow_module, "tag_for_shadow", boom)
+    shadow_rec, shadow_url = shadow
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        filters={"error_types": {"types": ["ConnectionResetError"], "mode": "dry_run"}},
+    )
+    with caplog.at_level("ERROR", logger="relay.shadow"):
+        resp = await relay.post("/api/42/envelope/", data=RESET, headers=auth_header())
+    assert resp.status == 200
+    await recorder.wait_for(1)
+    await asyncio.sleep(0.1)
+    assert shadow_rec.received == []
+    assert relay.app[SHADOW].failed_copies == 1
+    assert [r.exc_info is not None for r in caplog.records if r.name == "relay.shadow"] == [True]
 
 
 async def test_dry_run_quota_forwards_and_mirrors(
