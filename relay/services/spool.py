@@ -22,7 +22,6 @@ where the payload is a msgpack `SpoolRecord` (routing, quantities, the body).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import struct
@@ -159,6 +158,8 @@ class DiskSpool:
         self._readable = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        #: The live segment could not be cut back after a failed write: start a new one.
+        self._rotate = False
         # Reader cursor.
         self._rseg: int | None = None
         self._roff = 0
@@ -213,14 +214,15 @@ class DiskSpool:
         return offsets
 
     async def close(self) -> None:
-        """Flush pending writes and close the files (records stay on disk for the next start)."""
+        """Flush pending writes and close the files (records stay on disk for the next start).
+
+        The flush task writes what is pending (each waiting `put` gets its answer) and
+        stops; no write runs beside it."""
         self._closed = True
-        if self._pending:
-            await asyncio.to_thread(self._write_batch, self._take_batch())
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            self._flush_wake.set()
+            await flusher
         for fh in (self._wfile, self._rfile):
             if fh is not None:
                 fh.close()  # type: ignore[attr-defined]
@@ -264,7 +266,9 @@ class DiskSpool:
         segment stays the one written), so that the next batch tries again."""
         number = (max(self._segments) + 1) if self._segments else 1
         seg = _Segment(number, self.path / f"seg-{number:012d}.log")
-        wfile = open(seg.path, "ab")  # noqa: SIM115
+        # Unbuffered: a write that fails leaves nothing behind in a buffer to be written
+        # later, and `_write_batch` can cut the file back to its last whole record.
+        wfile = open(seg.path, "ab", buffering=0)  # noqa: SIM115
         if self.durable:
             try:
                 _fsync_dir(self.path)
@@ -298,39 +302,59 @@ class DiskSpool:
         return batch
 
     async def _flush_loop(self) -> None:
+        """Write what is pending, batch by batch; after `close`, the rest, then stop."""
         while True:
             await self._flush_wake.wait()
             self._flush_wake.clear()
-            if not self._pending:
-                continue
-            batch = self._take_batch()
-            self.batches_written += 1
-            try:
-                if self._writer is not None and self._writer.size >= SEGMENT_BYTES:
-                    self._new_segment()
-                await asyncio.to_thread(self._write_batch, batch)
-            except OSError as exc:
-                log.error("spool write failed: %s", exc)
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(OutboxFull())
-                continue
+            if self._pending:
+                await self._flush_batch(self._take_batch())
+            if self._closed and not self._pending:
+                return
+
+    async def _flush_batch(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
+        self.batches_written += 1
+        try:
+            writer = self._writer
+            if writer is not None and (writer.size >= SEGMENT_BYTES or self._rotate):
+                self._new_segment()
+                self._rotate = False
+            await asyncio.to_thread(self._write_batch, batch)
+        except OSError as exc:
+            log.error("spool write failed: %s", exc)
             for _, fut in batch:
                 if not fut.done():
-                    fut.set_result(None)
-            self._queued += len(batch)
-            async with self._readable:
-                self._readable.notify(len(batch))  # one reader per new record
+                    fut.set_exception(OutboxFull())
+            return
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+        self._queued += len(batch)
+        async with self._readable:
+            self._readable.notify(len(batch))  # one reader per new record
 
     def _write_batch(self, batch: list[tuple[bytes, asyncio.Future[None]]]) -> None:
-        assert self._writer is not None
-        data = b"".join(rec for rec, _ in batch)
-        fh = self._wfile
-        fh.write(data)  # type: ignore[attr-defined]
-        fh.flush()  # type: ignore[attr-defined]
-        if self.durable:
-            os.fsync(fh.fileno())  # type: ignore[attr-defined]
-        self._writer.size += len(data)
+        """Append the batch's records, or none of them: a write or fsync that fails (a
+        full disk, an I/O error) cuts the segment back to its last whole record, so that
+        the records after it are still read; if even that fails, the segment is sealed
+        where its whole records end, and the next batch starts a new one."""
+        writer = self._writer
+        assert writer is not None
+        data = memoryview(b"".join(rec for rec, _ in batch))
+        fd = self._wfile.fileno()  # type: ignore[attr-defined]
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(fd, data[written:])
+            if self.durable:
+                os.fsync(fd)
+        except OSError:
+            try:
+                os.ftruncate(fd, writer.size)
+            except OSError:
+                log.error("spool: cannot cut %s back after a failed write; sealing it", writer.path)
+                self._rotate = True
+            raise
+        writer.size += len(data)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -433,8 +457,15 @@ class DiskSpool:
 
     def _maybe_delete(self, seg: _Segment) -> None:
         if seg.sealed and seg.read_done and seg.open_records <= 0:
-            with contextlib.suppress(FileNotFoundError):
-                seg.path.unlink()
+            try:
+                seg.path.unlink(missing_ok=True)
+            except OSError as exc:  # a read-only remount, a permission changed
+                log.warning(
+                    "spool: cannot delete the finished segment %s (%s); a restart would "
+                    "send its records again",
+                    seg.path.name,
+                    exc,
+                )
             self._segments.pop(seg.number, None)
             self._order.remove(seg.number)
 

@@ -166,6 +166,94 @@ async def test_a_segment_that_cannot_be_started_refuses_and_the_spool_goes_on(
     await spool.close()
 
 
+# A full disk, made real with a file size limit (RLIMIT_FSIZE: writes past it fail with
+# EFBIG, as they would with ENOSPC), in a process of its own so that nothing else of the
+# test run is limited.
+_FULL_DISK = """
+import asyncio, json, os, resource, signal, sys
+from relay.policy.targets import resolve_target
+from relay.services.outbox import OutboxEntry, OutboxFull
+from relay.services.spool import DiskSpool
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+TARGET = resolve_target("https://sentry.example.com", None, 42, "abc123def4567890abc123def4567890")
+
+def entry(n):
+    return OutboxEntry(target=TARGET, body=b"x" * 3000, project_id=42,
+                       quantities=[("error", 1)], event_id=f"{n:032x}")
+
+async def read_all(spool):
+    got = []
+    while (e := spool._read_next()) is not None:
+        got.append(int(e.event_id, 16))
+        spool.done(e)
+    return got
+
+async def main(path):
+    spool = DiskSpool(path, max_bytes=10**9, max_age=0)
+    await spool.open()
+    for n in range(3):
+        await spool.put(entry(n))
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Room for a record and a half: the next batch of three is cut in the middle.
+    resource.setrlimit(resource.RLIMIT_FSIZE, (spool._writer.size + 5000, hard))
+    during = await asyncio.gather(*(spool.put(entry(10 + n)) for n in range(3)),
+                                  return_exceptions=True)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    for n in range(3):
+        await spool.put(entry(20 + n))
+    sizes = [spool._writer.size, os.path.getsize(spool._writer.path)]
+    first = await read_all(spool)
+    corrupt = spool.corrupt_records
+    await spool.close()
+    again = DiskSpool(path, max_bytes=10**9, max_age=0)
+    await again.open()
+    replayed = await read_all(again)
+    await again.close()
+    print(json.dumps({"during": [type(r).__name__ for r in during], "sizes": sizes,
+                      "first": first, "corrupt": corrupt, "replayed": replayed}))
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_write_cut_short_by_a_full_disk_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    """The failed batch is refused (each put: OutboxFull, a 503), the segment is cut back
+    to its last whole record, and every record acknowledged before and after is read, at
+    once and after a restart, with nothing counted corrupt."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["during"] == ["OutboxFull"] * 3
+    assert result["sizes"][0] == result["sizes"][1]  # no torn bytes after the last record
+    assert result["first"] == [0, 1, 2, 20, 21, 22]
+    assert result["corrupt"] == 0
+    assert result["replayed"] == [0, 1, 2, 20, 21, 22]
+
+
+async def test_close_answers_the_puts_still_waiting(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await spool.open()
+    waiting = [asyncio.ensure_future(spool.put(entry(n))) for n in range(5)]
+    await asyncio.sleep(0)  # queued, not yet written
+    await spool.close()
+    async with asyncio.timeout(5):
+        assert await asyncio.gather(*waiting) == [None] * 5
+    again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await again.open()
+    assert [int(e.event_id or "", 16) for e in await take(again, 5)] == list(range(5))
+    await again.close()
+
+
 async def test_compressed_bodies_keep_their_encoding_across_restart(tmp_path: Path) -> None:
     spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
     await spool.open()
