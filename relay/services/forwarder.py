@@ -41,6 +41,11 @@ log = logging.getLogger("relay.forwarder")
 _ACCEPTED_CACHE_SIZE = 4096
 
 
+#: A failed read of the outbox is retried after this long, doubling up to the maximum.
+READ_RETRY_S = 0.5
+READ_RETRY_MAX_S = 30.0
+
+
 class Forwarder:
     """Background tasks that deliver outbox entries.
 
@@ -116,8 +121,18 @@ class Forwarder:
         self._finish(entry, OutcomeKind.INTERNAL, Reason.EXPIRED)
 
     async def _run(self) -> None:
+        failures = 0
         while True:
-            entry = await self.outbox.get()
+            try:
+                entry = await self.outbox.get()
+            except Exception:
+                # The spool could not read its next record (too many open files, an I/O
+                # error): nothing was taken, so wait and read again, never stop.
+                failures += 1
+                log.exception("cannot read the next queued envelope; trying again")
+                await self._sleep(min(READ_RETRY_MAX_S, READ_RETRY_S * 2 ** min(failures - 1, 8)))
+                continue
+            failures = 0
             try:
                 await self._deliver(entry)
             except asyncio.CancelledError:
@@ -127,9 +142,13 @@ class Forwarder:
             except Exception:  # a bug must not kill the forwarder
                 log.exception("forwarding failed unexpectedly; envelope dropped")
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
-                self.outbox.done(entry)
-            else:
-                self.outbox.done(entry)
+            self._done(entry)
+
+    def _done(self, entry: OutboxEntry) -> None:
+        try:
+            self.outbox.done(entry)
+        except Exception:  # the spool's bookkeeping (deleting a finished segment) failed
+            log.exception("could not mark a delivered envelope done in the outbox")
 
     def _finish(self, entry: OutboxEntry, kind: OutcomeKind, reason: str) -> None:
         emit = self.outcomes.emit
@@ -303,7 +322,9 @@ class Forwarder:
             Path(directory).mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(directory)
         suffix = "envelope" if entry.endpoint == "envelope" else entry.endpoint
-        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{entry.event_id or uuid.uuid4().hex}.{suffix}"
+        name = (
+            f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_file_id(entry.event_id)}.{suffix}"
+        )
         final = os.path.join(directory, name)
         tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
         body = entry.body if entry.encoding != "gzip" else zlib.decompress(entry.body, wbits=31)
@@ -318,6 +339,17 @@ class Forwarder:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _file_id(event_id: str | None) -> str:
+    """The event id for a file name: as the SDK sent it when it is one (32 hex digits,
+    dashes allowed), else a new one. The envelope header comes from the client: a `/`
+    or a NUL in it must never reach a path."""
+    if event_id:
+        plain = event_id.replace("-", "").lower()
+        if len(plain) == 32 and all(c in "0123456789abcdef" for c in plain):
+            return plain
+    return uuid.uuid4().hex
 
 
 def _describe(exc: BaseException) -> str:

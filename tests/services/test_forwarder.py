@@ -117,3 +117,67 @@ async def test_a_redirect_is_not_followed_but_logged_and_retried(
     assert hits == ["POST", "POST"]  # two attempts, never a GET to the new address
     assert log.outcomes == [Outcome(OutcomeKind.INTERNAL, Reason.SEND_FAILED, "error", 1, 42)]
     assert "answered 301 (a redirect)" in caplog.text
+
+
+class _FlakyOutbox(MemoryOutbox):
+    """Reading and marking done fail as a spool's file I/O can (too many open files, a
+    read-only remount), a given number of times."""
+
+    def __init__(self, get_failures: int, done_failures: int) -> None:
+        super().__init__(100, 10**6)
+        self.get_failures = get_failures
+        self.done_failures = done_failures
+        self.done_calls = 0
+
+    async def get(self) -> OutboxEntry:
+        if self.get_failures:
+            self.get_failures -= 1
+            raise OSError(24, "Too many open files")
+        return await super().get()
+
+    def done(self, entry: OutboxEntry) -> None:
+        self.done_calls += 1
+        super().done(entry)
+        if self.done_failures:  # after its bookkeeping, as a spool's failed unlink
+            self.done_failures -= 1
+            raise PermissionError(13, "Permission denied")
+
+
+async def test_outbox_errors_never_stop_the_forwarder(aiohttp_server: Any, caplog: Any) -> None:
+    seen: list[bytes] = []
+
+    async def envelope(request: web.Request) -> web.Response:
+        seen.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/api/{project}/envelope/", envelope)
+    server: TestServer = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    outbox = _FlakyOutbox(get_failures=3, done_failures=1)
+    naps: list[float] = []
+
+    async def nap(seconds: float) -> None:
+        naps.append(seconds)
+
+    http = UpstreamHttp()
+    forwarder = Forwarder(
+        outbox, http, UpstreamConfig(url=url), UpstreamLimits(), OutcomeLog(), Metrics(),
+        sleep=nap, concurrency=1,
+    )  # fmt: skip
+    try:
+        target = resolve_target(url, None, 42, "a" * 32)
+        for n in range(2):
+            outbox.put_nowait(OutboxEntry(target, b"envelope %d" % n, 42, [("error", 1)]))
+        forwarder.start()
+        await forwarder.drain(5)
+    finally:
+        await http.close()
+    # Both delivered, in order, by the one task, which read again after each failure
+    # (waiting longer each time) and went on after a failed `done`.
+    assert seen == [b"envelope 0", b"envelope 1"]
+    assert naps == [0.5, 1.0, 2.0]
+    assert outbox.done_calls == 2 and outbox.pending == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("cannot read the next queued envelope; trying again") == 3
+    assert messages.count("could not mark a delivered envelope done in the outbox") == 1
