@@ -149,6 +149,11 @@ async def _tune_gc(app: web.Application) -> None:
 class Supervisor:
     """Keeps `config.workers` worker processes running.
 
+    A worker that dies, or that cannot be started (fork/exec failing: EAGAIN, ENOMEM,
+    as after a worker was OOM-killed), is started again: at once for the first few
+    times in a minute, then after a delay that doubles up to 30 s. Whatever ends the
+    run loop, the workers are stopped and their socket directory removed.
+
     Parameters:
         config: the validated config (for `workers` and `shutdown_timeout`).
         config_path: passed on to the workers, which load it themselves.
@@ -157,8 +162,12 @@ class Supervisor:
     def __init__(self, config: Config, config_path: str | None) -> None:
         self.config = config
         self.config_path = config_path
+        #: The workers started (running, or exited and not yet noticed), by index.
         self.children: dict[int, subprocess.Popen[bytes]] = {}
+        #: When each worker was restarted (or a restart tried), for the backoff.
         self.restarts: dict[int, list[float]] = {}
+        #: The workers not running, by index: when to (re)start them (`time.monotonic`).
+        self.pending: dict[int, float] = {}
         self._stopping = False
         self._reload = False
         #: The workers' private sockets (their metrics, for one scrape of all of them).
@@ -173,13 +182,36 @@ class Supervisor:
             )
 
     def _spawn(self, index: int) -> None:
+        """Starts worker `index`; if that fails, logs it and schedules another try."""
         args = [sys.executable, "-m", "relay", "run", "--worker", str(index)]
         if self.config_path:
             args += ["--config", self.config_path]
         if self.worker_dir is not None:
             args += ["--worker-dir", self.worker_dir]
-        self.children[index] = subprocess.Popen(args)
-        log.info("worker %d started (pid %d)", index, self.children[index].pid)
+        try:
+            child = subprocess.Popen(args)
+        except OSError as exc:
+            delay = self._schedule(index)
+            log.error(
+                "worker %d could not be started (%s); retrying%s",
+                index,
+                exc,
+                f" in {delay:.0f}s" if delay else "",
+            )
+            return
+        self.children[index] = child
+        log.info("worker %d started (pid %d)", index, child.pid)
+
+    def _schedule(self, index: int) -> float:
+        """Marks worker `index` as not running, to be started again after the delay
+        this returns: none for the first 4 restarts within a minute, then 8 s, 16 s, 30 s."""
+        now = time.monotonic()
+        recent = [t for t in self.restarts.get(index, []) if now - t < 60]
+        self.restarts[index] = recent
+        delay = min(30.0, 0.5 * 2 ** len(recent)) if len(recent) > 3 else 0.0
+        self.children.pop(index, None)
+        self.pending[index] = now + delay
+        return delay
 
     def _on_stop(self, signum: int, frame: object) -> None:
         self._stopping = True
@@ -191,8 +223,17 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        for index in range(self.config.workers):
-            self._spawn(index)
+        try:
+            for index in range(self.config.workers):
+                self._spawn(index)
+            self._supervise()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _supervise(self) -> None:
+        """Until SIGTERM/SIGINT: forwards SIGHUP, restarts workers that exited or could
+        not be started (each when its backoff allows; the loop never sleeps on one)."""
         while not self._stopping:
             time.sleep(0.1)
             if self._reload:
@@ -203,31 +244,34 @@ class Supervisor:
                 code = child.poll()
                 if code is None or self._stopping:
                     continue
-                recent = [t for t in self.restarts.get(index, []) if time.monotonic() - t < 60]
-                delay = min(30.0, 0.5 * 2 ** len(recent)) if len(recent) > 3 else 0.0
+                delay = self._schedule(index)
                 log.error(
                     "worker %d exited with %s; restarting%s",
                     index,
                     code,
                     f" in {delay:.0f}s" if delay else "",
                 )
-                if delay:
-                    time.sleep(delay)
-                self.restarts[index] = [*recent, time.monotonic()]
+            for index, due in sorted(self.pending.items()):
+                now = time.monotonic()
+                if self._stopping or due > now:
+                    continue
+                del self.pending[index]
+                self.restarts[index].append(now)
                 self._spawn(index)
-        return self._shutdown()
 
     def _shutdown(self) -> int:
-        for child in self.children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.config.shutdown_timeout + 5
-        for child in self.children.values():
-            try:
-                child.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
-        if self.worker_dir is not None:
-            shutil.rmtree(self.worker_dir, ignore_errors=True)
+        try:
+            for child in self.children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + self.config.shutdown_timeout + 5
+            for child in self.children.values():
+                try:
+                    child.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+        finally:
+            if self.worker_dir is not None:
+                shutil.rmtree(self.worker_dir, ignore_errors=True)
         return 0
