@@ -45,21 +45,47 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
             else:
                 part.body = b"{}"
         elif name.startswith("sentry[") and not part.filename:
-            path = _FIELD_PATH.findall(name)
-            node = fields
-            for key in path[:-1]:
-                child = node.get(key)
-                node = child if isinstance(child, dict) else node.setdefault(key, {})
-            node[path[-1] if path else name] = part.body.decode("utf-8", "replace")
-            paths.append((part, path or [name]))
+            path = _FIELD_PATH.findall(name) or [name]
+            value = part.body.decode("utf-8", "replace")
+            if _place(fields, path, value):
+                paths.append((part, path))
+            else:
+                # Another field holds this path or a part of it (`sentry[user]` beside
+                # `sentry[user][email]`, or the same name twice): scrubbed on its own.
+                alone: dict[str, Any] = {}
+                _place(alone, path, value)
+                scrubber.scrub_event(alone, "event", report=False)
+                part.body = _field_bytes(alone, path)
         elif not part.filename:
             with contextlib.suppress(UnicodeDecodeError):  # binary: kept like the dump
                 part.body = scrubber.scrub_text(part.body.decode("utf-8")).encode("utf-8")
     if paths:
         scrubber.scrub_event(fields, "event", report=False)
         for part, path in paths:
-            value: Any = fields
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
-            part.body = b"" if value is None else str(value).encode("utf-8")
+            part.body = _field_bytes(fields, path)
     return join(parts, boundary)
+
+
+def _place(root: dict[str, Any], path: list[str], value: str) -> bool:
+    """Put `value` at `path` in `root`, making objects on the way; False (and nothing
+    changed but new empty objects) when a value is already there or on the way."""
+    node = root
+    for key in path[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            return False
+        node = child
+    if path[-1] in node:
+        return False
+    node[path[-1]] = value
+    return True
+
+
+def _field_bytes(root: dict[str, Any], path: list[str]) -> bytes:
+    """The (scrubbed) value at `path` in `root`, as the part's body."""
+    value: Any = root
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return b"" if value is None else str(value).encode("utf-8")

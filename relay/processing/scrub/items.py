@@ -111,7 +111,8 @@ def _scrub_attachment(scrubber: Scrubber, item: Item, index: int, report: ScrubR
         return True
     if mode == "drop":
         return False
-    if item.headers.get("attachment_type") in _BINARY_ATTACHMENTS:
+    kind = item.headers.get("attachment_type")
+    if isinstance(kind, str) and kind in _BINARY_ATTACHMENTS:  # the client's JSON: any type
         return True
     ctype = str(item.headers.get("content_type") or "").lower()
     payload = item.payload
