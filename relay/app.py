@@ -149,12 +149,15 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     app[STATE].started.set()
     yield
     app[STATE].draining = True
-    backlog = app[INGEST].backlog
-    if backlog is not None:
-        backlog.flush()  # the envelopes answered but not yet scrubbed, into the outbox
-    await reports.stop()
-    await shadow_forwarder.stop()
-    await forwarder.drain(config.shutdown_timeout)
+    try:
+        backlog = app[INGEST].backlog
+        if backlog is not None:
+            backlog.flush()  # the envelopes answered but not yet scrubbed, into the outbox
+        await reports.stop()
+        await shadow_forwarder.stop()
+    finally:
+        # Whatever failed above, what was accepted is still sent (or spooled).
+        await forwarder.drain(config.shutdown_timeout)
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

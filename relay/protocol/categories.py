@@ -70,6 +70,19 @@ def primary_category(item_type: str) -> DataCategory:
     )
 
 
+#: The most an item's `item_count` header counts for (the header is the client's:
+#: quantities are summed into counters, outcomes and client reports, which must stay
+#: within 64 bits).
+MAX_ITEM_COUNT = 2**32 - 1
+
+
+def _item_count(headers: dict[str, Any]) -> int:
+    count = headers.get("item_count")
+    if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+        return min(count, MAX_ITEM_COUNT)
+    return 1
+
+
 def item_quantities(
     item_type: str, headers: dict[str, Any], payload_len: int, event: dict[str, Any] | None = None
 ) -> list[tuple[DataCategory, int]]:
@@ -88,13 +101,9 @@ def item_quantities(
             spans = len(event["spans"])
         return [(DataCategory.TRANSACTION, 1), (DataCategory.SPAN, 1 + spans)]
     if item_type in ("log", "otel_log"):
-        count = headers.get("item_count")
-        n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
-        return [(DataCategory.LOG_ITEM, n), (DataCategory.LOG_BYTE, payload_len)]
+        return [(DataCategory.LOG_ITEM, _item_count(headers)), (DataCategory.LOG_BYTE, payload_len)]
     if item_type in ("span", "otel_span"):
-        count = headers.get("item_count")
-        n = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 1
-        return [(DataCategory.SPAN, n)]
+        return [(DataCategory.SPAN, _item_count(headers))]
     if item_type == "sessions" and event is not None:
         aggregates = event.get("aggregates")
         if isinstance(aggregates, list):

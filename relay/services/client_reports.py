@@ -33,6 +33,8 @@ DISCARD_REASONS = {
 }
 
 _NOT_REPORTED = frozenset({Reason.UPSTREAM_RATE_LIMITED, Reason.UPSTREAM_REJECTED})
+#: The most one report line counts (a signed 64-bit integer, as JSON readers take it).
+MAX_QUANTITY = 2**63 - 1
 
 
 class ClientReports:
@@ -57,7 +59,10 @@ class ClientReports:
         if reason is None:
             return
         self._targets[target.key] = target
-        self._counts[target.key][(reason, str(outcome.category))] += outcome.quantity
+        counts = self._counts[target.key]
+        key = (reason, str(outcome.category))
+        # Quantities come from client headers (`item_count`): a report stays within 64 bits.
+        counts[key] = min(counts[key] + outcome.quantity, MAX_QUANTITY)
 
     def start(self) -> None:
         if self.interval:
@@ -76,26 +81,33 @@ class ClientReports:
             await self.flush()
 
     async def flush(self) -> None:
+        """Queue one report per target; a report that cannot be built or queued is logged
+        and dropped (the drops it counted keep their outcomes), never raised."""
         counts, self._counts = self._counts, defaultdict(lambda: defaultdict(int))
         for key, by_reason in counts.items():
-            target = self._targets[key]
-            report = {
-                "timestamp": int(time.time()),
-                "discarded_events": [
-                    {"reason": reason, "category": category, "quantity": quantity}
-                    for (reason, category), quantity in sorted(by_reason.items())
-                ],
-            }
-            envelope = make_envelope({}, [({"type": "client_report"}, orjson.dumps(report))])
-            if target.dsn is not None:
-                envelope.set_header("dsn", str(target.dsn))
-            entry = OutboxEntry(
-                target=target,
-                body=envelope.serialize(),
-                project_id=int(target.dsn.project_id) if target.dsn else 0,
-                quantities=[],
-            )
             try:
-                await self.outbox.put(entry)
-            except OutboxFull:
-                log.warning("client report dropped: the outbox is full")
+                await self._send(self._targets[key], by_reason)
+            except Exception:
+                log.exception("client report dropped: it could not be sent")
+
+    async def _send(self, target: Target, by_reason: dict[tuple[str, str], int]) -> None:
+        report = {
+            "timestamp": int(time.time()),
+            "discarded_events": [
+                {"reason": reason, "category": category, "quantity": quantity}
+                for (reason, category), quantity in sorted(by_reason.items())
+            ],
+        }
+        envelope = make_envelope({}, [({"type": "client_report"}, orjson.dumps(report))])
+        if target.dsn is not None:
+            envelope.set_header("dsn", str(target.dsn))
+        entry = OutboxEntry(
+            target=target,
+            body=envelope.serialize(),
+            project_id=int(target.dsn.project_id) if target.dsn else 0,
+            quantities=[],
+        )
+        try:
+            await self.outbox.put(entry)
+        except OutboxFull:
+            log.warning("client report dropped: the outbox is full")
