@@ -17,7 +17,6 @@ import orjson
 
 from relay.config import Config
 from relay.policy.registry import Denied, PolicyRegistry, ProjectPolicy
-from relay.processing import pipeline
 from relay.processing.context import RequestContext
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.store import StoreError, store_to_envelope
@@ -84,14 +83,7 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
     project = _project(registry, project_id, envelope)
     policy = project.policy
     ctx = RequestContext(project_id=project.project_id, public_key="-")
-    prepared = pipeline.prepare(
-        envelope,
-        ctx,
-        filters=policy.filters,
-        sampler=policy.sampler,
-        limits=policy.limits,
-        drop_attachments=policy.drop_attachments,
-    )
+    prepared = policy.prepare(envelope, ctx)
     index_of = {id(item): i for i, item in enumerate(envelope.items)}
     reports: dict[int, ItemReport] = {}
     for drop in prepared.dropped:

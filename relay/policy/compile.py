@@ -15,14 +15,17 @@ from typing import TypeVar
 from relay.config import Config, PolicyConfig, Problem, ProjectConfig
 from relay.config.noise import ShadowConfig, validate_shadow
 from relay.policy.targets import Target, resolve_target
+from relay.processing.context import RequestContext
 from relay.processing.filters import compile_filters, validate_filters, validate_trusted_proxies
 from relay.processing.fingerprint import compile_fingerprinting, validate_fingerprinting
 from relay.processing.pipeline import (
     FilterStage,
     FingerprintStage,
     Limits,
+    Prepared,
     SamplingStage,
     ScrubStage,
+    prepare,
 )
 from relay.processing.quotas import (
     CompiledQuotas,
@@ -33,6 +36,7 @@ from relay.processing.quotas import (
 )
 from relay.processing.sampling import compile_sampling, validate_sampling
 from relay.processing.scrub import compile_scrubber, validate_scrubbing, validate_scrubbing_override
+from relay.protocol.envelope import Envelope
 
 T = TypeVar("T")
 
@@ -52,6 +56,17 @@ class CompiledPolicy:
     quotas: CompiledQuotas = field(default_factory=CompiledQuotas)
     #: The scrubbing policy drops attachments: the pipeline drops them before quotas.
     drop_attachments: bool = False
+
+    def prepare(self, envelope: Envelope, ctx: RequestContext) -> Prepared:
+        """`pipeline.prepare` under this policy: parse, validate, filter and sample."""
+        return prepare(
+            envelope,
+            ctx,
+            filters=self.filters,
+            sampler=self.sampler,
+            limits=self.limits,
+            drop_attachments=self.drop_attachments,
+        )
 
 
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:

@@ -202,14 +202,7 @@ class Ingest:
             result.overloaded = True
             return result
 
-        prepared = pipeline.prepare(
-            envelope,
-            ctx,
-            filters=policy.filters,
-            sampler=policy.sampler,
-            limits=policy.limits,
-            drop_attachments=policy.drop_attachments,
-        )
+        prepared = policy.prepare(envelope, ctx)
 
         if self.upstream_limits.has(target.key):
             rejected: dict[str, tuple[str, str | None]] = {}
