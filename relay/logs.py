@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+import traceback
 
 import orjson
 
@@ -28,6 +30,27 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(data).decode()
+
+
+def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
+    """Log the exception being handled as an error, without its message.
+
+    For the last guards around handling payloads (requests, envelopes, shadow copies):
+    an unexpected exception's message may quote what it failed on (a `KeyError` on an
+    email address, a parser error quoting its input), which must never reach a log. The
+    line names the exception's type and where it was raised, innermost frame first.
+    """
+    kind, _, tb = sys.exc_info()
+    frames = traceback.extract_tb(tb)[-_FRAMES:]
+    where = " < ".join(
+        f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames)
+    )
+    name = kind.__name__ if kind is not None else "no exception"
+    logger.error(f"{message} [%s at %s]", *args, name, where or "?")
+
+
+#: Frames of the traceback `log_unexpected` names.
+_FRAMES = 6
 
 
 class _QuietProtocolErrors(logging.Filter):

@@ -25,6 +25,8 @@ import logging
 from collections import deque
 from collections.abc import Callable
 
+from relay.logs import log_unexpected
+
 log = logging.getLogger("relay.backlog")
 
 #: At most this many jobs wait after a loop turn (about 25 ms of work on the benchmark
@@ -73,4 +75,4 @@ def _run(job: Job) -> None:
     try:
         job()
     except Exception:  # a job handles its own errors; this is the last guard
-        log.exception("a job of the processing backlog failed")
+        log_unexpected(log, "a job of the processing backlog failed")

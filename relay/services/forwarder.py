@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from relay.config import UpstreamConfig
+from relay.logs import log_unexpected
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
 from relay.protocol.compress import gzip_worth
@@ -140,7 +141,7 @@ class Forwarder:
                     self._finish(entry, OutcomeKind.INTERNAL, Reason.SHUTDOWN)
                 raise
             except Exception:  # a bug must not kill the forwarder
-                log.exception("forwarding failed unexpectedly; envelope dropped")
+                log_unexpected(log, "forwarding failed unexpectedly; envelope dropped")
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
             self._done(entry)
 

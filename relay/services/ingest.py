@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
 
+from relay.logs import log_unexpected
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.compile import CompiledPolicy
 from relay.policy.registry import ProjectPolicy
@@ -329,7 +330,7 @@ class Ingest:
             entry = self._finish(prepared, policy, target, ctx, received)
         except Exception:
             outbox.release(size)
-            log.exception("processing an accepted envelope failed; its items are dropped")
+            log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
             for work in prepared.kept:
                 self.outcomes.emit(
                     Outcome(

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from relay.config.noise import ShadowConfig
+from relay.logs import log_unexpected
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink
 from relay.policy.compile import CompiledPolicy
 from relay.processing.filters import tag_for_shadow
@@ -114,7 +115,7 @@ class Shadow:
             self._mirror(envelope_headers, drops, policy)
         except Exception:
             self.failed_copies += 1
-            log.exception("shadow copy failed; the primary request goes on without it")
+            log_unexpected(log, "shadow copy failed; the primary request goes on without it")
 
     def _mirror(
         self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from relay.logs import log_unexpected
 from relay.web.request import IngestRequest
 
 log = logging.getLogger("relay.web")
@@ -105,5 +106,5 @@ def error_to_response(request: IngestRequest, exc: Exception) -> web.StreamRespo
                 },
             )
         raise exc
-    log.exception("unhandled error in %s %s", request.method, request.path)
+    log_unexpected(log, "unhandled error in %s %s", request.method, request.path)
     return error_response(500, "internal error")

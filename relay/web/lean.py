@@ -42,6 +42,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
 from relay.keys import REGISTRY
+from relay.logs import log_unexpected
 from relay.web.edge import answer
 from relay.web.errors import RequestTimeout, error_response
 from relay.web.ingest import envelope_endpoint, store_endpoint
@@ -551,7 +552,7 @@ class LeanConnection(asyncio.Protocol):
         try:
             response = await answer(request, endpoint, label)
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
+            log_unexpected(log, "unhandled error in %s %s", request.method, request.path)
             response = error_response(500, "internal error")
         self._respond(response, version, keep_alive)
 

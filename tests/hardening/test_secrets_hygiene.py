@@ -246,3 +246,26 @@ def test_secret_values_do_not_show_in_config_reprs() -> None:
     assert leaked(repr(config.admin)) == []
     assert leaked(repr(config.redis)) == []
     assert leaked(repr(config.policy)) == []
+
+
+def test_unexpected_errors_are_logged_by_type_and_place_never_by_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from relay.logs import log_unexpected
+
+    def lookup(event: dict[str, str]) -> str:
+        return event["alice@example.com"]
+
+    with caplog.at_level(logging.ERROR, logger="relay.test"):
+        try:
+            lookup({})
+        except KeyError:
+            log_unexpected(logging.getLogger("relay.test"), "handling %s failed", "an envelope")
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert text.startswith("handling an envelope failed [KeyError at test_secrets_hygiene.py:")
+    assert " lookup < test_secrets_hygiene.py:" in text  # innermost frame first
+    assert record.exc_info is None
+    assert "alice@example.com" not in caplog.text
