@@ -70,9 +70,9 @@ def primary_category(item_type: str) -> DataCategory:
     )
 
 
-#: The most an item's `item_count` header counts for (the header is the client's:
-#: quantities are summed into counters, outcomes and client reports, which must stay
-#: within 64 bits).
+#: The most one item counts for (its `item_count` header, a session aggregate's counts:
+#: the client's numbers, summed into counters, outcomes and client reports, which must
+#: stay within 64 bits).
 MAX_ITEM_COUNT = 2**32 - 1
 
 
@@ -114,5 +114,5 @@ def item_quantities(
                         value = bucket.get(key)
                         if isinstance(value, int) and not isinstance(value, bool):
                             total += max(value, 0)
-            return [(DataCategory.SESSION, max(total, 1))]
+            return [(DataCategory.SESSION, min(max(total, 1), MAX_ITEM_COUNT))]
     return [(primary_category(item_type), 1)]
