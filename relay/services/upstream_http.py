@@ -21,9 +21,9 @@ buffer per request. It takes a fifth of the CPU per request of aiohttp's client
 - `timeout_s` bounds the whole request, connecting included.
 - With a proxy (`relay.protocol.proxy`), `http` requests go to it with the whole URL as
   their target, and `https` connections are tunnels it opens with `CONNECT`, TLS inside
-  them end to end (inside TLS to the proxy itself, for an `https://` proxy). A proxy that refuses (`407` and the like) fails the request as an
-  `UpstreamHttpError`, never as the upstream's answer. Hosts in its `no_proxy` are
-  reached directly.
+  them end to end (inside TLS to the proxy itself, for an `https://` proxy). A proxy
+  that refuses (`407` and the like) fails the request as an `UpstreamHttpError`, never
+  as the upstream's answer. Hosts in its `no_proxy` are reached directly.
 
 Errors: `UpstreamHttpError` (a `ConnectionError`) for connections that fail, close,
 or carry something that is not HTTP; `TimeoutError` when the time runs out.
@@ -359,25 +359,21 @@ class UpstreamHttp:
         proxy = self.proxy if self.proxy is not None and self._via(origin) else None
         try:
             async with asyncio.timeout_at(deadline):
-                if proxy is None:
-                    _, protocol = await loop.create_connection(
-                        lambda: _Connection(self, origin),
-                        host,
-                        port,
-                        ssl=context,
-                        server_hostname=host if context is not None else None,
-                    )
-                elif context is None:
-                    tls = self._context() if proxy.tls else None
-                    _, protocol = await loop.create_connection(
-                        lambda: _Connection(self, origin),
-                        proxy.host,
-                        proxy.port,
-                        ssl=tls,
-                        server_hostname=proxy.host if tls is not None else None,
-                    )
-                else:
+                if proxy is not None and context is not None:
                     protocol = await self._tunnel(proxy, origin, context)
+                else:
+                    # Straight to the upstream, or to the proxy for an `http` upstream.
+                    to_host, to_port, tls = host, port, context
+                    if proxy is not None:
+                        to_host, to_port = proxy.host, proxy.port
+                        tls = self._context() if proxy.tls else None
+                    _, protocol = await loop.create_connection(
+                        lambda: _Connection(self, origin),
+                        to_host,
+                        to_port,
+                        ssl=tls,
+                        server_hostname=to_host if tls is not None else None,
+                    )
         except TimeoutError:
             raise  # an OSError too, but the caller's to tell apart
         except OSError as exc:  # refused, unreachable, name not found, TLS (ssl.SSLError)
