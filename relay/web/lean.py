@@ -20,7 +20,8 @@ before it); an idle connection, or one that has not sent a whole head, is closed
 `keepalive_timeout`; a body that has not arrived `read_timeout_s` after its head is
 answered 408 and the connection closed. On shutdown idle connections close at once and
 busy ones after their answer; handlers that are still running are awaited (up to the
-shutdown timeout) before the app's resources are torn down, so nothing accepted is lost.
+shutdown timeout) before the app's resources are torn down, so nothing accepted is lost,
+and cancelled after it, unanswered, so that nothing is queued once the forwarder stopped.
 """
 
 from __future__ import annotations
@@ -264,7 +265,14 @@ class LeanServer:
         for connection in list(self.connections):
             connection.abort()
         if self.tasks:
-            log.warning("%d requests still in progress at shutdown", len(self.tasks))
+            # Past the timeout a handler is cancelled (its client is gone, unanswered), as
+            # aiohttp does with its own: left running, it would queue its envelope after the
+            # forwarder's last drain, where nothing sends it.
+            tasks = set(self.tasks)
+            log.warning("%d requests still in progress at shutdown: cancelled", len(tasks))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class LeanConnection(asyncio.Protocol):

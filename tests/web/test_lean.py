@@ -370,6 +370,37 @@ async def test_shutdown_waits_for_requests_in_progress(
     idle.close()
 
 
+async def test_a_handler_past_the_shutdown_timeout_is_cancelled(
+    upstream_url: str, recorder: RecordingUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A handler still running when the shutdown timeout ends is cancelled before the
+    app's resources are torn down: it never queues an envelope that nothing would send."""
+    started = asyncio.Event()
+    reached: list[int] = []
+    envelope_endpoint, label = lean.ENDPOINTS[b"envelope"]
+
+    async def stuck(request: Any) -> Any:
+        started.set()
+        await asyncio.sleep(1.0)  # e.g. a quota check that has not come back
+        reached.append(1)
+        return await envelope_endpoint(request)
+
+    monkeypatch.setitem(lean.ENDPOINTS, b"envelope", (stuck, label))
+    server = LeanTestServer(create_app(make_config(upstream_url)))
+    await server.start_server(shutdown_timeout=0.2)
+    client = TestClient(server)
+    await client.start_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(client))
+    writer.write(request())
+    await started.wait()
+    await asyncio.wait_for(client.close(), 5)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # unanswered: never accepted
+    await asyncio.sleep(1.2)  # past the moment the handler would have gone on
+    assert reached == []
+    assert recorder.received == []
+    writer.close()
+
+
 #: Requests after which aiohttp keeps the connection open, with answers that depend on
 #: nothing but the request (no generated ids).
 KEEP_OPEN = [
