@@ -240,7 +240,9 @@ def create_app(
     metrics.add_gauge_callback(*WORKERS, lambda: float(config.workers))
     metrics.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
-    shadow = Shadow(MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics)
+    shadow = Shadow(
+        MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics, metrics.shadow_skipped.inc
+    )
     app[SHADOW] = shadow
     # With the disk spool, an envelope is on disk before the SDK has its answer.
     backlog = Backlog() if isinstance(outbox, MemoryOutbox) else None

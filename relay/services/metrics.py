@@ -110,6 +110,12 @@ class Metrics:
             "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], r
         )
         self.shadow_outcomes = _ShadowOutcomes(self.shadow_deliveries)
+        self.shadow_skipped = LabelledCounter(
+            "relay_shadow_copies_skipped",
+            "Shadow copies not queued, by why: capped, queue_full, failed.",
+            ["reason"],
+            r,
+        )
         self.quota_used = Gauge(
             "relay_quota_used",
             "Quota usage in the current window.",

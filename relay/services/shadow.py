@@ -14,6 +14,8 @@ failing shadow upstream never delays or fails the primary path. Nor does a copy
 that cannot be built (an event shape nothing expected): `mirror` logs the error,
 counts it in `failed_copies` and returns; a copy is queued only once scrubbed, so a
 failure before that queues nothing. Each mirrored item counts once as outcome `shadowed`.
+Copies not queued are counted by why (`skipped`): `capped` (`max_per_minute`), `queue_full`,
+`failed`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -87,11 +90,19 @@ class Shadow:
     Parameters:
         outbox: the shadow's own bounded queue (drained by its own forwarder).
         outcomes: where `shadowed` is counted.
+        skipped: called with why a request's copy was not queued (`capped`, `queue_full`,
+            `failed`), for the metrics.
     """
 
-    def __init__(self, outbox: MemoryOutbox, outcomes: OutcomeSink) -> None:
+    def __init__(
+        self,
+        outbox: MemoryOutbox,
+        outcomes: OutcomeSink,
+        skipped: Callable[[str], None] = lambda why: None,
+    ) -> None:
         self.outbox = outbox
         self.outcomes = outcomes
+        self._skipped = skipped
         self.dropped_copies = 0
         #: Requests whose copy failed with an unexpected error (logged, swallowed).
         self.failed_copies = 0
@@ -115,6 +126,7 @@ class Shadow:
             self._mirror(envelope_headers, drops, policy)
         except Exception:
             self.failed_copies += 1
+            self._skipped("failed")
             log_unexpected(log, "shadow copy failed; the primary request goes on without it")
 
     def _mirror(
@@ -132,6 +144,7 @@ class Shadow:
         bucket = self._bucket(cfg)
         if not bucket.take():
             self.dropped_copies += 1
+            self._skipped("capped")
             return
         items: list[Item] = []
         events: set[int] = set()
@@ -167,11 +180,13 @@ class Shadow:
         )
         if not self.outbox.has_room(len(entry.body)):
             self.dropped_copies += 1
+            self._skipped("queue_full")
             return
         try:
             self.outbox.put_nowait(entry)
         except OutboxFull:
             self.dropped_copies += 1
+            self._skipped("queue_full")
             return
         for drop in chosen:
             o = drop.outcome

@@ -72,6 +72,12 @@ class _Reference:
         self.shadow_deliveries = Counter(
             "relay_shadow_deliveries", "Shadow copies by delivery result.", ["result"], registry=r
         )
+        Counter(
+            "relay_shadow_copies_skipped",
+            "Shadow copies not queued, by why: capped, queue_full, failed.",
+            ["reason"],
+            registry=r,
+        )
         Gauge(
             "relay_quota_used",
             "Quota usage in the current window.",

@@ -200,6 +200,8 @@ async def test_a_copy_that_cannot_be_built_is_logged_and_skipped(
     await asyncio.sleep(0.1)
     assert shadow_rec.received == []
     assert relay.app[SHADOW].failed_copies == 1
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_shadow_copies_skipped_total{reason="failed"} 1.0' in metrics
     (logged,) = [r for r in caplog.records if r.name == "relay.shadow"]
     # The error's type and where it was raised, never its message (nor a traceback).
     assert "[KeyError at test_shadow.py:" in logged.getMessage()
@@ -299,3 +301,5 @@ async def test_shadow_cap_per_minute(
     await shadow_rec.wait_for(3)
     await asyncio.sleep(0.2)
     assert len(shadow_rec.received) == 3
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_shadow_copies_skipped_total{reason="capped"} 7.0' in metrics
