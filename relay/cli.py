@@ -44,11 +44,12 @@ def _print_config_error(err: ConfigError) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from relay.server import serve
+    from relay.server import EXIT_NOT_STARTED, serve
 
     config = _load_or_report(args.config)
     if config is None:
-        return 1
+        # A worker whose config stopped loading since the supervisor read it cannot start.
+        return 1 if args.worker is None else EXIT_NOT_STARTED
     config_path = args.config or os.environ.get("RELAY_CONFIG")
     return serve(
         config,

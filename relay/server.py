@@ -33,11 +33,16 @@ from relay.rlimit import raise_open_files_limit
 from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
 from relay.web.health import render_metrics
-from relay.web.site import run_app
+from relay.web.site import StartupError, run_app
 
 log = logging.getLogger("relay")
 
 EXAMPLE_KEY = "abc123def4567890abc123def4567890"
+
+#: The exit status of a relay (or a worker) that could not start serving: the port is
+#: taken, the spool cannot be opened, a worker's config no longer loads. A supervisor
+#: whose worker exits with it on its first start stops the relay instead of retrying.
+EXIT_NOT_STARTED = 3
 
 
 def _install_uvloop() -> None:
@@ -118,15 +123,20 @@ def serve_worker(
 
     app.cleanup_ctx.append(sighup)
     app.on_startup.append(_tune_gc)
-    run_app(
-        app,
-        host=config.listen.host,
-        port=config.listen.port,
-        reuse_port=worker is not None,
-        backlog=config.listen.backlog,
-        keepalive_timeout=float(config.listen.keepalive_timeout_s),
-        shutdown_timeout=config.shutdown_timeout,
-    )
+    try:
+        run_app(
+            app,
+            host=config.listen.host,
+            port=config.listen.port,
+            reuse_port=worker is not None,
+            backlog=config.listen.backlog,
+            keepalive_timeout=float(config.listen.keepalive_timeout_s),
+            shutdown_timeout=config.shutdown_timeout,
+        )
+    except StartupError as exc:
+        who = "the relay" if worker is None else f"worker {worker}"
+        log.error("%s could not start: %s", who, exc)
+        return EXIT_NOT_STARTED
     return 0
 
 
@@ -151,8 +161,11 @@ class Supervisor:
 
     A worker that dies, or that cannot be started (fork/exec failing: EAGAIN, ENOMEM,
     as after a worker was OOM-killed), is started again: at once for the first few
-    times in a minute, then after a delay that doubles up to 30 s. Whatever ends the
-    run loop, the workers are stopped and their socket directory removed.
+    times in a minute, then after a delay that doubles up to 30 s. But a worker that
+    exits with `EXIT_NOT_STARTED` from its first start (the port is taken, its spool
+    cannot be opened) stops the relay, which exits with that status: retrying would
+    hide a deployment that cannot work. Whatever ends the run loop, the workers are
+    stopped and their socket directory removed.
 
     Parameters:
         config: the validated config (for `workers` and `shutdown_timeout`).
@@ -168,6 +181,9 @@ class Supervisor:
         self.restarts: dict[int, list[float]] = {}
         #: The workers not running, by index: when to (re)start them (`time.monotonic`).
         self.pending: dict[int, float] = {}
+        #: Workers on their first process: one that cannot start stops the relay.
+        self.first_start: set[int] = set(range(config.workers))
+        self.failed = False
         self._stopping = False
         self._reload = False
         #: The workers' private sockets (their metrics, for one scrape of all of them).
@@ -229,7 +245,7 @@ class Supervisor:
             self._supervise()
         finally:
             self._shutdown()
-        return 0
+        return EXIT_NOT_STARTED if self.failed else 0
 
     def _supervise(self) -> None:
         """Until SIGTERM/SIGINT: forwards SIGHUP, restarts workers that exited or could
@@ -244,6 +260,15 @@ class Supervisor:
                 code = child.poll()
                 if code is None or self._stopping:
                     continue
+                if code == EXIT_NOT_STARTED and index in self.first_start:
+                    log.error(
+                        "worker %d could not start (its error is above); stopping the relay",
+                        index,
+                    )
+                    self.failed = self._stopping = True
+                    self.children.pop(index)
+                    break
+                self.first_start.discard(index)
                 delay = self._schedule(index)
                 log.error(
                     "worker %d exited with %s; restarting%s",

@@ -2,7 +2,9 @@
 
 `run_app` serves like `aiohttp.web.run_app` (SIGINT and SIGTERM stop it gracefully)
 with `LeanSite` in place of aiohttp's TCP site; `RelayRunner` awaits the fast path's
-requests in progress on shutdown, before the app's resources are torn down.
+requests in progress on shutdown, before the app's resources are torn down. When the
+relay cannot start (the port is taken, the spool cannot be opened), `run_app` raises
+`StartupError` once what had started is torn down.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from relay.web.lean import LeanServer
+
+
+class StartupError(Exception):
+    """The relay could not start serving: its listener or a resource it opens at startup
+    (the spool, the forwarder's upstream) failed. The message says which and why."""
 
 
 class RelayRunner(web.AppRunner):
@@ -107,8 +114,9 @@ async def _serve(
         keepalive_timeout=keepalive_timeout,
         shutdown_timeout=shutdown_timeout,
     )
-    await runner.setup()
+    listening = False
     try:
+        await runner.setup()
         site = LeanSite(
             runner,
             host,
@@ -117,9 +125,18 @@ async def _serve(
             reuse_port=reuse_port,
             keepalive_timeout=keepalive_timeout,
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            shown = f"[{host}]" if ":" in host else host
+            raise StartupError(f"cannot listen on {shown}:{port}: {exc.strerror or exc}") from exc
+        listening = True
         while True:
             await asyncio.sleep(3600)
+    except Exception as exc:
+        if listening or isinstance(exc, StartupError):
+            raise
+        raise StartupError(f"{type(exc).__name__}: {exc}") from exc
     finally:
         await runner.cleanup()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,39 @@ async def test_fast_path_and_hand_over_on_the_served_loop(
     assert time.monotonic() - started < 4
     writer.close()
     idle.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("cause", ["port taken", "spool under a file"])
+def test_a_relay_that_cannot_start_says_why_and_exits_3(
+    tmp_path: Path, upstream_url: str, processes: list[RelayProcess], workers: int, cause: str
+) -> None:
+    """Not a traceback, nor (with workers) a supervisor restarting workers forever: one
+    line saying what failed, every process gone, exit status 3."""
+    extra: dict[str, Any] = {"workers": workers}
+    if cause == "spool under a file":
+        (tmp_path / "a-file").write_text("")
+        extra["spool"] = {"path": str(tmp_path / "a-file" / "spool")}
+    relay = RelayProcess(tmp_path, base_config(upstream_url, **extra))
+    processes.append(relay)
+    holder = socket.socket()
+    try:
+        if cause == "port taken":
+            holder.bind(("127.0.0.1", relay.port))
+            holder.listen()
+        with pytest.raises(AssertionError, match="relay exited"):
+            relay.start()
+        assert relay.proc is not None
+        assert relay.proc.wait(timeout=20) == 3
+    finally:
+        holder.close()
+    log = relay.log.read_text()
+    assert "Traceback" not in log
+    expected = "cannot listen on 127.0.0.1" if cause == "port taken" else "spool"
+    who = "the relay" if workers == 1 else "worker"
+    assert any(
+        who in line and "could not start:" in line and expected in line for line in log.splitlines()
+    ), log
+    if workers > 1:
+        assert "stopping the relay" in log
+        assert log.count("started (pid") == 2  # no restarts

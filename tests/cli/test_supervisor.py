@@ -200,3 +200,48 @@ def test_an_unexpected_error_in_the_run_loop_still_stops_the_workers(
     assert quitter.returncode == 0
     assert sleeper.returncode == -signal.SIGTERM, "worker 1 was left running"
     assert sup.worker_dir is not None and not Path(sup.worker_dir).exists()
+
+
+NOT_STARTED = [sys.executable, "-c", f"raise SystemExit({server.EXIT_NOT_STARTED})"]
+
+
+def test_a_worker_that_cannot_start_at_first_stops_the_relay(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Its first process exits with `EXIT_NOT_STARTED`: no retry; the other worker is
+    stopped and the supervisor exits with the same status, promptly."""
+
+    def outcome(worker: int, attempt: int) -> list[str] | BaseException:
+        return NOT_STARTED if worker == 1 else SLEEPER
+
+    asked = fake_popen(monkeypatch, started, outcome)
+    sup = supervisor(monkeypatch, tmp_path)
+    watcher = stop_when(sup, lambda: False, timeout=10)  # a safety net only
+    began = time.monotonic()
+    assert sup.run() == server.EXIT_NOT_STARTED
+    assert time.monotonic() - began < 5
+    assert asked == [0, 1]
+    assert started[0].returncode == -signal.SIGTERM
+    assert sup.worker_dir is not None and not Path(sup.worker_dir).exists()
+    sup._stopping = True
+    watcher.join()
+
+
+def test_a_worker_that_cannot_start_after_it_ran_is_restarted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Once a worker has run, a restart that cannot start is retried like any other exit:
+    the relay keeps serving with its other workers."""
+
+    def outcome(worker: int, attempt: int) -> list[str] | BaseException:
+        if worker == 1:
+            return [QUITTER, NOT_STARTED, NOT_STARTED][attempt] if attempt < 3 else SLEEPER
+        return SLEEPER
+
+    asked = fake_popen(monkeypatch, started, outcome)
+    sup = supervisor(monkeypatch, tmp_path)
+    watcher = stop_when(sup, lambda: asked.count(1) == 4 and len(sup.children) == 2, timeout=5)
+    assert sup.run() == 0
+    watcher.join()
+    assert asked.count(1) == 4 and asked.count(0) == 1
+    assert not sup.failed
