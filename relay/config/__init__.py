@@ -36,6 +36,7 @@ from relay.config.quotas import BudgetConfig, QuotaConfig, SpikeProtectionConfig
 from relay.config.scrubbing import ScrubbingConfig
 from relay.protocol.dsn import Dsn, InvalidDsn
 from relay.protocol.proxy import InvalidProxy, Proxy, parse_no_proxy
+from relay.protocol.url import InvalidUrl, parse_http_url
 
 __all__ = [
     "AdminConfig",
@@ -368,6 +369,11 @@ def _check_core(config: Config) -> list[Problem]:
     url = config.upstream.url
     if not (url.startswith(("http://", "https://", "file://"))):
         problems.append(Problem("upstream.url", "must start with http://, https:// or file://"))
+    elif not url.startswith("file://"):
+        try:
+            parse_http_url(url)
+        except InvalidUrl as exc:
+            problems.append(Problem("upstream.url", str(exc)))
     if config.upstream.concurrency < 1:
         problems.append(Problem("upstream.concurrency", "must be at least 1"))
     if not 0 <= config.upstream.gzip_level <= 9:

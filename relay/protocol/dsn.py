@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from relay.protocol.url import InvalidUrl, ascii_host
+
 
 class InvalidDsn(ValueError):
     """The string is not a DSN."""
@@ -39,6 +41,10 @@ class Dsn:
             )
         if not parts.hostname:
             raise InvalidDsn("not a valid DSN: missing host")
+        try:
+            ascii_host(parts.hostname)
+        except InvalidUrl as exc:
+            raise InvalidDsn(f"not a valid DSN: {exc}") from None
         path = parts.path.rstrip("/")
         prefix, _, project_id = path.rpartition("/")
         if not project_id.isdigit():

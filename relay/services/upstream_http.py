@@ -37,11 +37,11 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, cast
-from urllib.parse import quote, urlsplit
 
 import httptools
 
 from relay.protocol.proxy import MAX_TUNNEL_HEAD, Proxy, tunnel_status
+from relay.protocol.url import InvalidUrl, parse_http_url
 
 if TYPE_CHECKING:
     from relay.config import UpstreamConfig
@@ -79,39 +79,15 @@ class _Url:
     absolute: str
 
 
-#: What a request target may hold as it is (printable ASCII but the space).
-_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
-
-
 @lru_cache(maxsize=1024)
 def _parse_url(url: str) -> _Url:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise UpstreamHttpError(f"not an http(s) URL: {url!r}")
-    hostname = parts.hostname
-    if not hostname:
-        raise UpstreamHttpError(f"no host in URL {url!r}")
-    if not hostname.isascii():
-        # An internationalized name: its ASCII form (IDNA) in the request and for DNS.
-        try:
-            hostname = hostname.encode("idna").decode("ascii")
-        except UnicodeError:
-            raise UpstreamHttpError(f"URL {url!r} has a host name that cannot be one") from None
-    default = 443 if scheme == "https" else 80
     try:
-        port = parts.port or default
-    except ValueError:
-        raise UpstreamHttpError(f"URL {url!r} has a port that cannot be one") from None
-    shown = f"[{hostname}]" if ":" in hostname else hostname
-    host = shown if port == default else f"{shown}:{port}"
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not target.isascii():
-        target = quote(target, safe=_PRINTABLE)  # UTF-8, percent-encoded, as browsers do
-    for text in (target, host):
-        if any(c in text for c in "\r\n \t"):
-            raise UpstreamHttpError(f"URL {url!r} cannot be sent in a request line")
-    return _Url((scheme, hostname, port), target, host, f"http://{host}{target}")
+        parsed = parse_http_url(url)
+    except InvalidUrl as exc:
+        raise UpstreamHttpError(f"URL {url!r} {exc}") from None
+    host = parsed.netloc
+    target = parsed.target
+    return _Url((parsed.scheme, parsed.host, parsed.port), target, host, f"http://{host}{target}")
 
 
 def _header_block(headers: dict[str, str]) -> str:

@@ -86,6 +86,23 @@ def test_check_config_semantic_problems(tmp_path: Path, capsys: pytest.CaptureFi
     assert "projects[1].upstream_dsn: not a valid DSN" in err
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://", "has no host"),
+        ("https://sentry.example.com:99999/", "has a host or port that cannot be one"),
+        ("https://sentry..example.com/", "has a host name that cannot be one"),
+    ],
+)
+def test_check_config_refuses_an_upstream_url_no_request_can_be_sent_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, why: str
+) -> None:
+    path = tmp_path / "relay.yml"
+    path.write_text(f"upstream:\n  url: {url}\n")
+    assert main(["check-config", str(path)]) == 1
+    assert f"upstream.url: {why}" in capsys.readouterr().err
+
+
 def test_check_config_yaml_syntax_and_missing_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

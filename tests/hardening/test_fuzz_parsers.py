@@ -10,6 +10,7 @@ Parsers and their one error type:
     parse_retry_after           nothing (a default)
     decompress                  DecompressionError
     Dsn.parse                   InvalidDsn
+    parse_http_url              InvalidUrl; a parsed URL's parts are ASCII and sendable
     Proxy.parse, parse_no_proxy InvalidProxy; a parsed proxy round-trips its address
     tunnel_status               ValueError (a proxy's answer to CONNECT)
     parse_config                ConfigError
@@ -56,6 +57,7 @@ from relay.protocol.ratelimit_header import (
 )
 from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
+from relay.protocol.url import InvalidUrl, parse_http_url
 
 FUZZ = settings(
     max_examples=150,
@@ -380,6 +382,22 @@ def test_dsn_parser_raises_only_invalid_dsn(text: str) -> None:
         return
     assert Dsn.parse(str(dsn)) == dsn
     assert dsn.project_id.isdigit()
+
+
+@FUZZ
+@given(dsn_text)
+@example("http://a..b/")
+@example("http://@\u00a8/")
+@example("http://[::1/")
+@example("https://Пример.рф:8443/ä b")
+def test_http_url_parser_raises_only_invalid_url(text: str) -> None:
+    try:
+        url = parse_http_url(text)
+    except InvalidUrl:
+        return
+    assert url.scheme in ("http", "https") and 0 < url.port < 65536
+    for part in (url.host, url.target, url.netloc):
+        assert part.isascii() and not any(c in part for c in "\r\n \t")
 
 
 proxy_text = st.text(
