@@ -156,6 +156,29 @@ async def _tune_gc(app: web.Application) -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+#: The workers' socket directory: `relay-workers-<supervisor pid>-<random>` in `$TMPDIR`.
+WORKER_DIR_PREFIX = "relay-workers-"
+
+
+def _remove_orphaned_worker_dirs() -> None:
+    """Removes the socket directories of supervisors that are gone without cleaning up
+    (SIGKILL, a power cut): this user's, whose pid is no longer a process."""
+    try:
+        found = list(Path(tempfile.gettempdir()).glob(f"{WORKER_DIR_PREFIX}*-*"))
+    except OSError:
+        return
+    for path in found:
+        pid = path.name.removeprefix(WORKER_DIR_PREFIX).partition("-")[0]
+        try:
+            if not pid.isdigit() or path.lstat().st_uid != os.getuid() or not path.is_dir():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # alive, gone meanwhile, or not ours to signal: left alone
+
+
 class Supervisor:
     """Keeps `config.workers` worker processes running.
 
@@ -188,8 +211,9 @@ class Supervisor:
         self._reload = False
         #: The workers' private sockets (their metrics, for one scrape of all of them).
         self.worker_dir: str | None = None
+        _remove_orphaned_worker_dirs()
         try:
-            self.worker_dir = tempfile.mkdtemp(prefix="relay-workers-")
+            self.worker_dir = tempfile.mkdtemp(prefix=f"{WORKER_DIR_PREFIX}{os.getpid()}-")
         except OSError as exc:
             log.warning(
                 "no directory for the workers' sockets (%s): each scrape of /metrics "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -245,3 +246,25 @@ def test_a_worker_that_cannot_start_after_it_ran_is_restarted(
     watcher.join()
     assert asked.count(1) == 4 and asked.count(0) == 1
     assert not sup.failed
+
+
+def test_socket_directories_of_supervisors_gone_are_removed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A SIGKILLed supervisor leaves its directory behind; the next one removes it, and
+    leaves those of live supervisors and anything else alone."""
+    gone = subprocess.Popen(QUITTER)
+    gone.wait()
+    dead = tmp_path / f"relay-workers-{gone.pid}-abc"
+    alive = tmp_path / f"relay-workers-{os.getpid()}-def"
+    other = tmp_path / "relay-workers-notapid-ghi"
+    for path in (dead, alive, other):
+        path.mkdir()
+        (path / "worker-0.sock").write_text("")
+    sup = supervisor(monkeypatch, tmp_path)
+    assert not dead.exists()
+    assert alive.exists() and other.exists()
+    assert sup.worker_dir is not None
+    assert Path(sup.worker_dir).name.startswith(f"relay-workers-{os.getpid()}-")
+    sup._shutdown()
+    assert not Path(sup.worker_dir).exists()
