@@ -240,6 +240,8 @@ class Ingest:
 
         outbox = self.outbox
         if self.backlog is not None and isinstance(outbox, MemoryOutbox):
+            # Room for what is left to queue: items dropped above take none.
+            size = sum(len(work.item.payload) for work in prepared.kept)
             if not outbox.reserve(size):
                 await self._refused(prepared, ctx, counted, result)
                 return result

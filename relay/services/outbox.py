@@ -107,6 +107,10 @@ class MemoryOutbox:
     def reserved(self) -> int:
         return self._reserved
 
+    @property
+    def reserved_bytes(self) -> int:
+        return self._reserved_bytes
+
     def has_room(self, size: int) -> bool:
         return (
             len(self._queue) + self._reserved < self.max_items

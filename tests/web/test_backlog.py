@@ -58,6 +58,26 @@ async def test_the_answer_comes_before_scrubbing_and_the_room_is_reserved(
     assert SECRET.encode() not in forwarded and b"boom 1" in forwarded
 
 
+async def test_the_room_reserved_is_for_the_items_kept(
+    relay_factory: Any, recorder: RecordingUpstream
+) -> None:
+    """Items dropped before the answer (here by `attachments: drop`) take no room in the
+    outbox while the envelope waits in the backlog."""
+    relay = await relay_factory(policy={"scrubbing": {"attachments": "drop"}})
+    held = hold(relay)
+    outbox = relay.app[INGEST].outbox
+    body = event(1) + b'{"type":"attachment","length":100000,"filename":"a.bin"}\n'
+    body += b"x" * 100_000 + b"\n"
+    resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+    assert resp.status == 200
+    assert outbox.reserved == 1
+    assert 0 < outbox.reserved_bytes < 1_000
+    held.pop()()
+    assert outbox.reserved == 0 and outbox.reserved_bytes == 0
+    await recorder.wait_for(1)
+    assert [i.type for i in recorder.envelopes[0].items] == ["event"]
+
+
 async def test_a_failure_after_the_answer_drops_the_items_with_an_outcome(
     relay: TestClient, recorder: RecordingUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
