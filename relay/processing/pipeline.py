@@ -8,8 +8,8 @@
                 then fingerprint rules (built from scrubbed values); events
                 re-serialized once
 
-An event that is dropped takes its envelope's attachments and user reports with
-it, as Sentry does. Every dropped item yields exactly one `Outcome`.
+An event that is dropped takes its envelope's attachments, user reports and
+profiles with it, as Sentry does. Every dropped item yields exactly one `Outcome`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing.context import RequestContext
-from relay.protocol.categories import EVENT_TYPES, item_quantities, primary_category
+from relay.protocol.categories import EVENT_TYPES, gates, item_quantities, primary_category
 from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 
-#: Items that belong to the envelope's event and share its fate.
-DEPENDENT_TYPES = frozenset({"attachment", "user_report"})
+#: Items that belong to the envelope's event (or transaction) and share its fate.
+DEPENDENT_TYPES = frozenset({"attachment", "user_report", "profile"})
 
 
 class Decision(Protocol):
@@ -298,15 +298,17 @@ def _drop_dependents(result: Prepared, cause: Dropped) -> None:
 def categories_left(prepared: Prepared, rejected: Collection[str]) -> set[str]:
     """The categories the kept items would still count in once `drop_categories` dropped
     those of `rejected` (and, with a dropped event, its dependents); nothing is changed."""
-    left = [w for w in prepared.kept if not any(c in rejected for c, _ in w.quantities)]
+    left = [w for w in prepared.kept if not _hit(w, rejected)]
     if len(left) < len(prepared.kept) and any(
-        w.event is not None
-        and w.type in ("event", "transaction")
-        and any(c in rejected for c, _ in w.quantities)
+        w.event is not None and w.type in ("event", "transaction") and _hit(w, rejected)
         for w in prepared.kept
     ):
         left = [w for w in left if w.type not in DEPENDENT_TYPES]
     return {c for w in left for c, _ in w.quantities}
+
+
+def _hit(work: WorkItem, rejected: Collection[str]) -> bool:
+    return any(c in rejected and gates(work.type, c) for c, _ in work.quantities)
 
 
 def drop_categories(
@@ -317,7 +319,8 @@ def drop_categories(
     """Drop kept items whose categories were rejected: `{category: (reason, rule)}`.
 
     An item counts in several categories (a transaction also counts spans); it is
-    dropped when any of them is rejected. Dropping the event drops its dependents.
+    dropped when any of them that gates it is rejected (`categories.gates`: not a
+    transaction for its spans). Dropping the event drops its dependents.
     """
     if not rejected:
         return []
@@ -325,7 +328,10 @@ def drop_categories(
     dropped: list[Dropped] = []
     event_drop: Dropped | None = None
     for work in prepared.kept:
-        hit = next((rejected[c] for c, _ in work.quantities if c in rejected), None)
+        hit = next(
+            (rejected[c] for c, _ in work.quantities if c in rejected and gates(work.type, c)),
+            None,
+        )
         if hit is None:
             kept.append(work)
             continue

@@ -35,7 +35,7 @@ from decimal import ROUND_CEILING, Decimal
 from relay.config import PolicyConfig
 from relay.config.base import Duration, Problem, join_path
 from relay.config.quotas import BudgetConfig, QuotaConfig, SpikeProtectionConfig
-from relay.protocol.categories import DataCategory
+from relay.protocol.categories import CATEGORY_ALIASES, DataCategory, canonical_category
 
 #: Budgets are counted in units of 1e-9 of their currency.
 NANO = 1_000_000_000
@@ -43,7 +43,7 @@ NANO = 1_000_000_000
 SCOPES = ("organization", "project", "key")
 MODES = ("enforce", "dry_run")
 CALENDAR_WINDOWS = ("hour", "day", "month")
-KNOWN_CATEGORIES = frozenset(c.value for c in DataCategory)
+KNOWN_CATEGORIES = frozenset(c.value for c in DataCategory) | frozenset(CATEGORY_ALIASES)
 SPIKE_REASON = "spike_protection"
 SPIKE_ID = "spike_protection"
 #: Counters outlive their window by this much, so late reads still see them.
@@ -313,7 +313,7 @@ def _compile_quota(cfg: QuotaConfig) -> CompiledQuota:
         id=cfg.id,
         kind="quota",
         scope=cfg.scope,
-        categories=frozenset(cfg.categories),
+        categories=frozenset(map(canonical_category, cfg.categories)),
         limit=cfg.limit,
         window=None if cfg.window is None else parse_window(cfg.window),
         reason=cfg.reason or cfg.id,
@@ -323,7 +323,7 @@ def _compile_quota(cfg: QuotaConfig) -> CompiledQuota:
 
 
 def _compile_budget(cfg: BudgetConfig) -> CompiledQuota:
-    prices = {c: Decimal(repr(p)) for c, p in cfg.prices.items()}
+    prices = {canonical_category(c): Decimal(repr(p)) for c, p in cfg.prices.items()}
     amount = Decimal(repr(cfg.amount)) * NANO
     return CompiledQuota(
         id=cfg.id,
@@ -343,7 +343,7 @@ def compile_spike(cfg: SpikeProtectionConfig | None) -> CompiledSpike | None:
     if cfg is None or not cfg.enabled:
         return None
     return CompiledSpike(
-        categories=frozenset(cfg.categories),
+        categories=frozenset(map(canonical_category, cfg.categories)),
         floor_per_hour=cfg.floor_per_hour,
         multiplier=cfg.multiplier,
         history_hours=cfg.history_hours,

@@ -3,7 +3,9 @@
 Follows Sentry's counting: attachments count their bytes (and one
 `attachment_item`), a transaction also counts `1 + len(spans)` spans, a
 `sessions` aggregate counts each aggregate bucket, a log item counts its
-`item_count`.
+`item_count`. User reports count as `feedback`, as user feedback does. Item types
+Sentry does not know count in no category: no quota limits them (their outcomes are
+reported under `unknown`).
 """
 
 from __future__ import annotations
@@ -28,8 +30,18 @@ class DataCategory(StrEnum):
     LOG_ITEM = "log_item"
     LOG_BYTE = "log_byte"
     FEEDBACK = "feedback"
-    USER_REPORT = "user_report_v2"
+    TRACE_METRIC = "trace_metric"
     UNKNOWN = "unknown"
+
+
+#: Other names Sentry accepts for a category (in quota configs): Sentry's own name of
+#: the `feedback` category is `user_report_v2`.
+CATEGORY_ALIASES: dict[str, str] = {"user_report_v2": DataCategory.FEEDBACK.value}
+
+
+def canonical_category(name: str) -> str:
+    """`name`, or the category it is another name for."""
+    return CATEGORY_ALIASES.get(name, name)
 
 
 _PRIMARY: dict[str, DataCategory] = {
@@ -52,8 +64,20 @@ _PRIMARY: dict[str, DataCategory] = {
     "log": DataCategory.LOG_ITEM,
     "otel_log": DataCategory.LOG_ITEM,
     "feedback": DataCategory.FEEDBACK,
-    "user_report": DataCategory.USER_REPORT,
+    "user_report": DataCategory.FEEDBACK,
+    "trace_metric": DataCategory.TRACE_METRIC,
 }
+
+#: Which of an item type's categories decide whether it is dropped when rejected. A
+#: transaction counts its spans too, but a span quota limits standalone spans only:
+#: Sentry keeps the transaction (and names `span` in the rate limits it answers).
+_NOT_GATING: dict[str, frozenset[str]] = {"transaction": frozenset({DataCategory.SPAN.value})}
+
+
+def gates(item_type: str, category: str) -> bool:
+    """Whether a rejection of `category` drops an item of `item_type`."""
+    exempt = _NOT_GATING.get(item_type)
+    return exempt is None or category not in exempt
 
 #: Items that carry no billable data of their own and are never rate limited.
 UNCOUNTED_TYPES = frozenset({"client_report", "statsd", "metric_buckets", "metric_meta"})
@@ -91,7 +115,7 @@ def item_quantities(
     `event` is the parsed payload when the caller has it (transactions: span count;
     sessions: aggregate count); without it a transaction counts one span.
     """
-    if item_type in UNCOUNTED_TYPES:
+    if item_type in UNCOUNTED_TYPES or item_type not in _PRIMARY:
         return []
     if item_type == "attachment":
         return [(DataCategory.ATTACHMENT, payload_len), (DataCategory.ATTACHMENT_ITEM, 1)]
@@ -104,6 +128,8 @@ def item_quantities(
         return [(DataCategory.LOG_ITEM, _item_count(headers)), (DataCategory.LOG_BYTE, payload_len)]
     if item_type in ("span", "otel_span"):
         return [(DataCategory.SPAN, _item_count(headers))]
+    if item_type == "trace_metric":
+        return [(DataCategory.TRACE_METRIC, _item_count(headers))]
     if item_type == "sessions" and event is not None:
         aggregates = event.get("aggregates")
         if isinstance(aggregates, list):

@@ -342,3 +342,21 @@ def test_plans_are_reused_within_their_windows_and_rebuilt_after() -> None:
     assert len(compiled.plans) == 2
     # The cache takes no part in equality.
     assert compiled == compile_quotas(quotas, spike=compiled.spike)
+
+
+def test_sentry_names_of_categories_are_accepted_and_counted_as_ours() -> None:
+    """`user_report_v2` is Sentry's name of the `feedback` category; `trace_metric` is one
+    of its own."""
+    quotas = [
+        quota(id="fb", categories=["user_report_v2"]),
+        quota(id="tm", categories=["trace_metric"]),
+    ]
+    assert validate_quotas(quotas) == []
+    assert validate_budgets([budget(prices={"user_report_v2": 0.5})]) == []
+    compiled = compile_quotas(quotas, [budget(prices={"user_report_v2": 0.5})])
+    assert [sorted(q.categories) for q in compiled.quotas] == [
+        ["feedback"],
+        ["trace_metric"],
+        ["feedback"],
+    ]
+    assert compiled.quotas[0].applies("feedback", SCOPE)

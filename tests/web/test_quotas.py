@@ -294,17 +294,21 @@ def spy_refunds(relay: TestClient) -> list[object]:
     return refunds
 
 
-async def transactions_against_span_quota(
-    relay_factory: Any, backend: dict[str, Any], span_limit: int, sends: int
+#: The corpus's log envelope: one log item of 1,161 bytes.
+LOG_BYTES = 1161
+
+
+async def logs_against_byte_quota(
+    relay_factory: Any, backend: dict[str, Any], byte_limit: int, sends: int
 ) -> tuple[list[int], list[object], dict[str, int]]:
-    """`sends` checkout transactions (1 transaction, 2 spans each) against a generous
-    transaction quota and a span quota of `span_limit`: the statuses, the refunds, and
+    """`sends` log envelopes (1 log item, 1,161 log bytes each) against a generous
+    log item quota and a log byte quota of `byte_limit`: the statuses, the refunds, and
     the usage of both quotas afterwards."""
     policy = {
         "quotas": [
-            {"id": "tx", "categories": ["transaction"], "scope": "project", "limit": 100,
+            {"id": "items", "categories": ["log_item"], "scope": "project", "limit": 100,
              "window": 60},
-            {"id": "spans", "categories": ["span"], "scope": "project", "limit": span_limit,
+            {"id": "bytes", "categories": ["log_byte"], "scope": "project", "limit": byte_limit,
              "window": 60},
         ]
     }  # fmt: skip
@@ -312,7 +316,7 @@ async def transactions_against_span_quota(
         policy=policy, admin={"token": "s3cret-token"}, **backend
     )
     refunds = spy_refunds(relay)
-    body = (CORPUS / "transaction-checkout.envelope").read_bytes()
+    body = (CORPUS / "log.envelope").read_bytes()
     statuses = [
         (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status
         for _ in range(sends)
@@ -325,33 +329,57 @@ async def transactions_against_span_quota(
 async def test_item_dropped_for_another_category_is_not_charged(
     relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
 ) -> None:
-    """A transaction counts as a transaction and as spans: when its spans hit their quota
-    it is dropped, and its transaction count is taken back. The span counter is then over
-    for two spans, not full (3 of 3 would be): later transactions are rejected from the
-    limiter's cache of its room, so there is nothing to take back for them."""
-    statuses, refunds, used = await transactions_against_span_quota(
-        relay_factory, backend, span_limit=3, sends=4
+    """A log item counts as log items and as log bytes: when its bytes hit their quota
+    it is dropped, and its item count is taken back. The byte counter is then short of
+    its limit, not full: later logs are rejected from the limiter's cache of its room,
+    so there is nothing to take back for them."""
+    statuses, refunds, used = await logs_against_byte_quota(
+        relay_factory, backend, byte_limit=LOG_BYTES * 3 // 2, sends=4
     )
     assert statuses == [200, 429, 429, 429]
     if backend.get("redis", {}).get("quota_cache_ratio"):
-        # The second request's transaction was counted from the quota cache, not yet in
-        # Redis: it is taken back there, and Redis is never asked to.
+        # The second request's items were counted from the quota cache, not yet in
+        # Redis: they are taken back there, and Redis is never asked to.
         assert refunds == []
     else:
-        assert len(refunds) == 1  # the second request's transaction; none for the later ones
-    assert used == {"tx": 1, "spans": 2}
+        assert len(refunds) == 1  # the second request's items; none for the later ones
+    assert used == {"items": 1, "bytes": LOG_BYTES}
     await recorder.wait_for(1)
 
 
 async def test_item_going_with_a_category_known_full_is_not_counted_at_all(
     relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
 ) -> None:
-    """Once the span counter is known to be full, a transaction is rejected without its
-    transaction count being taken and given back: no refund, no extra round trip."""
-    statuses, refunds, used = await transactions_against_span_quota(
-        relay_factory, backend, span_limit=4, sends=5
+    """Once the byte counter is known to be full, a log is rejected without its item
+    count being taken and given back: no refund, no extra round trip."""
+    statuses, refunds, used = await logs_against_byte_quota(
+        relay_factory, backend, byte_limit=LOG_BYTES * 2, sends=5
     )
     assert statuses == [200, 200, 429, 429, 429]
     assert refunds == []
-    assert used == {"tx": 2, "spans": 4}
+    assert used == {"items": 2, "bytes": LOG_BYTES * 2}
     await recorder.wait_for(2)
+
+
+async def test_a_span_quota_never_drops_transactions(
+    relay_factory: Any, recorder: RecordingUpstream, backend: dict[str, Any]
+) -> None:
+    """As in Sentry: a transaction's spans count against a span quota, but when it is
+    full only standalone spans are dropped; the transaction is forwarded, and the answer
+    names `span` so that SDKs hold back their standalone spans."""
+    policy = {
+        "quotas": [
+            {"id": "spans", "categories": ["span"], "scope": "project", "limit": 3, "window": 60}
+        ]
+    }
+    relay: TestClient = await relay_factory(policy=policy, **backend)
+    body = (CORPUS / "transaction-checkout.envelope").read_bytes()  # 1 transaction, 2 spans
+    answers = []
+    for _ in range(3):
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        answers.append((resp.status, resp.headers.get("X-Sentry-Rate-Limits", "")))
+    assert [status for status, _ in answers] == [200, 200, 200]
+    assert answers[0][1] == ""
+    assert ":span:project:spans" in answers[2][1]
+    await recorder.wait_for(3)
+    assert all(e.items[0].type == "transaction" for e in recorder.envelopes)
