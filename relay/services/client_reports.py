@@ -4,6 +4,14 @@ Drops are summed per upstream target, reason and category, and sent every
 `upstream.client_reports_interval` seconds as a `client_report` envelope item,
 so Sentry's usage stats show what the relay discarded. Drops the upstream
 decided itself (its 429s and rejections) are not reported back to it.
+
+Each drop goes in the report's field for it, as a relay in front of Sentry reports
+them: a quota's in `rate_limited_events` with its reason code, a filter's in
+`filtered_events` with the filter's name (`release-version`, `localhost`, ... or a
+rule's id), so Sentry's stats show them as the relay's own and not as the SDK's. What
+has no field of its own (sampling by our rules, whose ids are not Sentry's numeric rule
+ids; invalid items; the relay's own losses) goes in `discarded_events` under the SDK's
+discard reasons.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from typing import Any
 
 import orjson
 
@@ -23,14 +32,19 @@ from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 
 log = logging.getLogger("relay.client_reports")
 
-#: Our outcome kinds in the words of Sentry's client-report discard reasons.
+#: The report field of the outcome kinds that keep their own reason.
+FIELDS = {
+    OutcomeKind.FILTERED: "filtered_events",
+    OutcomeKind.RATE_LIMITED: "rate_limited_events",
+}
+#: The other kinds, in `discarded_events`, in the words of the SDKs' discard reasons.
 DISCARD_REASONS = {
-    OutcomeKind.FILTERED: "event_processor",
     OutcomeKind.SAMPLED: "sample_rate",
-    OutcomeKind.RATE_LIMITED: "ratelimit_backoff",
     OutcomeKind.INVALID: "internal_sdk_error",
     OutcomeKind.INTERNAL: "queue_overflow",
 }
+#: Sentry ignores a report line whose reason is longer than this.
+MAX_REASON = 200
 
 _NOT_REPORTED = frozenset({Reason.UPSTREAM_RATE_LIMITED, Reason.UPSTREAM_REJECTED})
 #: The most one report line counts (a signed 64-bit integer, as JSON readers take it).
@@ -49,18 +63,26 @@ class ClientReports:
         self.outbox = outbox
         self.interval = interval
         self._targets: dict[str, Target] = {}
-        self._counts: dict[str, dict[tuple[str, str], int]] = defaultdict(lambda: defaultdict(int))
+        #: Per target: (field, reason, category) -> quantity.
+        self._counts: dict[str, dict[tuple[str, str, str], int]] = defaultdict(
+            lambda: defaultdict(int)
+        )
         self._task: asyncio.Task[None] | None = None
 
     def record(self, target: Target, outcome: Outcome) -> None:
         if not self.interval or target.is_file or outcome.reason in _NOT_REPORTED:
             return
-        reason = DISCARD_REASONS.get(outcome.kind)
-        if reason is None:
-            return
+        field = FIELDS.get(outcome.kind)
+        if field is not None:
+            reason = outcome.reason[:MAX_REASON]
+        else:
+            field = "discarded_events"
+            reason = DISCARD_REASONS.get(outcome.kind, "")
+            if not reason:
+                return
         self._targets[target.key] = target
         counts = self._counts[target.key]
-        key = (reason, str(outcome.category))
+        key = (field, reason, str(outcome.category))
         # Quantities come from client headers (`item_count`): a report stays within 64 bits.
         counts[key] = min(counts[key] + outcome.quantity, MAX_QUANTITY)
 
@@ -90,14 +112,11 @@ class ClientReports:
             except Exception:
                 log.exception("client report dropped: it could not be sent")
 
-    async def _send(self, target: Target, by_reason: dict[tuple[str, str], int]) -> None:
-        report = {
-            "timestamp": int(time.time()),
-            "discarded_events": [
-                {"reason": reason, "category": category, "quantity": quantity}
-                for (reason, category), quantity in sorted(by_reason.items())
-            ],
-        }
+    async def _send(self, target: Target, by_reason: dict[tuple[str, str, str], int]) -> None:
+        report: dict[str, Any] = {"timestamp": int(time.time())}
+        for (field, reason, category), quantity in sorted(by_reason.items()):
+            line = {"reason": reason, "category": category, "quantity": quantity}
+            report.setdefault(field, []).append(line)
         envelope = make_envelope({}, [({"type": "client_report"}, orjson.dumps(report))])
         if target.dsn is not None:
             envelope.set_header("dsn", str(target.dsn))

@@ -101,11 +101,13 @@ async def test_client_reports_stay_within_64_bits_and_a_failed_one_never_stops_t
     drop = Outcome(OutcomeKind.RATE_LIMITED, "quota", "log_item", 2**62, 42)
     for _ in range(3):
         reports.record(target, drop)
-    assert reports._counts[target.key][("ratelimit_backoff", "log_item")] == MAX_QUANTITY
+    assert reports._counts[target.key][("rate_limited_events", "quota", "log_item")] == (
+        MAX_QUANTITY
+    )
     await reports.flush()
     entry = await asyncio.wait_for(outbox.get(), 1)
     report = orjson.loads(entry.body.split(b"\n")[2])
-    assert report["discarded_events"][0]["quantity"] == MAX_QUANTITY
+    assert report["rate_limited_events"][0]["quantity"] == MAX_QUANTITY
 
     # A report that cannot be built or queued is logged; the next one goes out.
     class Broken(MemoryOutbox):

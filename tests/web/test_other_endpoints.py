@@ -239,19 +239,36 @@ async def test_store_accepts_an_envelope_body(
 async def test_client_reports_tell_the_upstream_what_was_dropped(
     relay_factory, recorder: RecordingUpstream
 ) -> None:  # type: ignore[no-untyped-def]
-    relay = await relay_factory(upstream={"client_reports_interval": 0.1})
-    healthz = (CORPUS / "transaction-healthz.envelope").read_bytes()
-    for _ in range(3):
-        assert (
-            await relay.post("/api/42/envelope/", data=healthz, headers=auth_header())
-        ).status == 200
+    """Each drop in the report's field for it, as Sentry's own relays report them: a
+    filter's under its name in `filtered_events`, a quota's under its reason code in
+    `rate_limited_events`, what has no field of its own in `discarded_events`."""
+    relay = await relay_factory(
+        upstream={"client_reports_interval": 0.5},
+        policy={
+            "quotas": [
+                {"id": "errors", "categories": ["error"], "limit": 0, "reason": "no_errors"}
+            ],
+            "sampling": [{"id": "tx", "match": {"event.type": "transaction"}, "rate": 0.0}],
+        },
+    )
+    for name in ["transaction-healthz"] * 3 + ["error-payment", "transaction-checkout"]:
+        body = (CORPUS / f"{name}.envelope").read_bytes()
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        assert resp.status in (200, 429)
     await recorder.wait_for(1)
     (item,) = recorder.received[0].envelope.items
     assert item.type == "client_report"
     report = orjson.loads(item.payload)
-    assert {"reason": "event_processor", "category": "transaction", "quantity": 3} in report[
-        "discarded_events"
+    assert report["filtered_events"] == [
+        {"reason": "health-check", "category": "transaction", "quantity": 3}
     ]
+    assert {"reason": "no_errors", "category": "error", "quantity": 1} in report[
+        "rate_limited_events"
+    ]
+    assert report["discarded_events"] == [
+        {"reason": "sample_rate", "category": "transaction", "quantity": 1}
+    ]
+    assert isinstance(report["timestamp"], int)
     assert f"sentry_key={KEY}" in recorder.received[0].headers["X-Sentry-Auth"]
 
 
