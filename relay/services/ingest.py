@@ -81,6 +81,17 @@ class IngestResult:
     kept: int = 0
 
 
+@dataclass
+class UploadAdmission:
+    """Whether a minidump upload may be queued (`Ingest.admit_upload`)."""
+
+    admitted: bool
+    #: Quotas could not be checked (`redis.on_error: reject`): answer 503.
+    store_unavailable: bool = False
+    #: The counters it incremented, for a refund if it is not queued after all.
+    counted: list[Counter] = field(default_factory=list)
+
+
 class Ingest:
     """Composes the pipeline with the IO it needs.
 
@@ -168,6 +179,56 @@ class Ingest:
                     )
                     prepared.dropped.append(pipeline.Dropped(work, outcome, dry_run=True))
         return consumed
+
+    async def admit_upload(
+        self, ctx: RequestContext, policy: CompiledPolicy, target: Target, size: int
+    ) -> UploadAdmission:
+        """Quotas, spike protection and cached upstream limits for a minidump upload (an
+        error event with its dump as an attachment), as for an envelope with both.
+
+        As in Sentry: the upload is dropped only when its error is rejected (outcome
+        `rate_limited` for both), and the SDK still gets 200 (crash reporters retry a 429
+        at once); attachment quotas count the dump but never drop it (it is what makes
+        the event). `counted` is what a refund takes back if it is not queued after all.
+        """
+        quantities = [("error", 1), ("attachment", size), ("attachment_item", 1)]
+        rejected: dict[str, str] = {}
+        if self.upstream_limits.has(target.key):
+            limit = self.upstream_limits.check(target.key, "error")
+            if limit is not None:
+                rejected["error"] = limit.reason or Reason.UPSTREAM_RATE_LIMITED
+        counted: list[Counter] = []
+        if not rejected and self.limiter is not None and policy.quotas:
+            checked = await self.limiter.check(
+                Scoping(ctx.project_id, ctx.public_key),
+                quantities,
+                policy.quotas,
+                lambda gone: set() if "error" in gone else {c for c, _ in quantities},
+            )
+            counted = [c for counters in checked.consumed.values() for c in counters]
+            error = checked.rejected.get("error")
+            if error is not None:
+                if error.quota_id == REDIS_UNAVAILABLE:
+                    return UploadAdmission(admitted=False, store_unavailable=True)
+                rejected["error"] = error.reason
+                if counted:
+                    await self.limiter.refund(counted)
+                counted = []
+        if not rejected:
+            return UploadAdmission(admitted=True, counted=counted)
+        for category, quantity in quantities[:2]:
+            outcome = Outcome(
+                OutcomeKind.RATE_LIMITED, rejected["error"], category, quantity, ctx.project_id
+            )
+            self.outcomes.emit(outcome)
+            if self.client_reports is not None:
+                self.client_reports.record(target, outcome)
+        return UploadAdmission(admitted=False)
+
+    async def refund(self, counted: list[Counter]) -> None:
+        """Give back what `admit_upload` counted, for an upload that was not queued."""
+        if counted and self.limiter is not None:
+            await self.limiter.refund(counted)
 
     def _overloaded(self, quantities: list[tuple[str, int]], project_id: int) -> None:
         for category, quantity in quantities:

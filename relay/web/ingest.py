@@ -274,8 +274,17 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     except MultipartError as exc:
         raise BadRequest(f"invalid minidump upload: {exc}") from None
     event_id = uuid.uuid4().hex
+    answer = web.Response(body=orjson.dumps({"id": event_id}), content_type="application/json")
+    ingest = request.app[INGEST]
+    target = project.target(auth.public_key)
+    ctx = _context(request, project_id, auth)
+    admission = await ingest.admit_upload(ctx, project.policy, target, len(body))
+    if admission.store_unavailable:
+        raise ServiceUnavailable("quotas cannot be checked right now", headers={"Retry-After": "1"})
+    if not admission.admitted:
+        return answer  # dropped with an outcome; never 429: crash reporters retry at once
     entry = OutboxEntry(
-        target=project.target(auth.public_key),
+        target=target,
         body=body,
         project_id=project_id,
         quantities=[("error", 1)],
@@ -287,13 +296,14 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     try:
         await request.app[OUTBOX].put(entry)
     except OutboxFull:
-        request.app[INGEST].outcomes.emit(
+        await ingest.refund(admission.counted)  # the SDK sends it again
+        ingest.outcomes.emit(
             Outcome(OutcomeKind.INTERNAL, Reason.OUTBOX_FULL, "error", 1, project_id)
         )
         raise ServiceUnavailable(
             "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
         ) from None
-    return web.Response(body=orjson.dumps({"id": event_id}), content_type="application/json")
+    return answer
 
 
 def add_routes(app: web.Application) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import zlib
+from typing import Any
 
 import orjson
 import pytest
@@ -113,6 +114,47 @@ async def test_minidump_forwarded_with_its_event_fields_scrubbed(
     for secret in (b"alice@example.com", b"bob@example.org", b"hunter2", b"s3cr3t-value"):
         assert secret not in sent
     assert b"shop@1.4.2" in sent
+
+
+def _minidump_upload(boundary: str = "xyzzy") -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_file_minidump"; '
+        f'filename="a.dmp"\r\n\r\n'.encode()
+        + b"MDMP\x93\xa7 binary \x00\xff"
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+
+
+@pytest.mark.parametrize("limit", ["error", "attachment"])
+async def test_minidump_uploads_are_counted_by_quotas(
+    relay_factory: Any, recorder: RecordingUpstream, limit: str
+) -> None:
+    """An upload is an error with its dump attached. An error quota drops it once full,
+    with a 200 all the same (crash reporters retry a 429 at once) and an outcome; an
+    attachment quota counts the dump but never drops it: the dump makes the event."""
+    quota = {"id": "q", "categories": [limit], "scope": "project", "limit": 2, "window": 60}
+    if limit == "attachment":
+        quota["limit"] = 1  # bytes: less than any dump
+    relay = await relay_factory(policy={"quotas": [quota]})
+    headers = {**auth_header(), "Content-Type": "multipart/form-data; boundary=xyzzy"}
+    ids = []
+    for _ in range(4):
+        resp = await relay.post("/api/42/minidump/", data=_minidump_upload(), headers=headers)
+        assert resp.status == 200, await resp.text()
+        assert "X-Sentry-Rate-Limits" not in resp.headers
+        ids.append((await resp.json())["id"])
+    assert len(set(ids)) == 4
+    expected = 2 if limit == "error" else 4
+    await recorder.wait_for(expected)
+    await asyncio.sleep(0.1)
+    assert len(recorder.received) == expected
+    metrics = await (await relay.get("/metrics")).text()
+    if limit == "error":
+        assert 'relay_items_total{category="error",outcome="rate_limited",reason="q"} 2.0' in (
+            metrics
+        )
+    else:
+        assert 'outcome="rate_limited"' not in metrics
 
 
 async def test_garbage_minidump_upload_is_400(relay: TestClient) -> None:
