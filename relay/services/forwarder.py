@@ -10,6 +10,9 @@
   probes it with backoff (up to `probe_max_s`) while the others hold their entries and
   the outbox keeps accepting; attempts are not counted during an outage, so nothing is
   given up on. When a probe succeeds every worker resumes, in queue order.
+- an envelope sent a minute or more after the relay accepted it has its `sent_at` moved
+  by that wait (`relay.protocol.sent_at`), so that Sentry's clock-drift correction does
+  not move its timestamps by it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
 from relay.protocol.compress import gzip_worth
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
+from relay.protocol.sent_at import shift_sent_at
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox, OutboxEntry
 from relay.services.upstream_http import UpstreamHttp
@@ -44,6 +48,9 @@ _ACCEPTED_CACHE_SIZE = 4096
 
 #: A failed read of the outbox is retried after this long, doubling up to the maximum.
 READ_RETRY_S = 0.5
+#: An envelope sent this long after it was accepted has its `sent_at` moved by the wait
+#: (`relay.protocol.sent_at`): Sentry would take a long wait for the SDK's clock drift.
+SENT_AT_SHIFT_AFTER_S = 60.0
 READ_RETRY_MAX_S = 30.0
 
 
@@ -279,7 +286,14 @@ class Forwarder:
             "User-Agent": CLIENT_NAME,
         }
         body = entry.body
-        if entry.encoding == "gzip":
+        encoding = entry.encoding
+        waited = time.time() - entry.received_at
+        if entry.endpoint == "envelope" and waited >= SENT_AT_SHIFT_AFTER_S:
+            plain = zlib.decompress(body, wbits=31) if encoding == "gzip" else body
+            shifted = shift_sent_at(plain, waited)
+            if shifted is not None:
+                body, encoding = shifted, ""
+        if encoding == "gzip":
             if self.config.gzip:
                 headers["Content-Encoding"] = "gzip"
             else:

@@ -33,6 +33,8 @@ class OutboxEntry:
     event_id: str | None = None
     attempts: int = 0
     enqueued_at: float = field(default_factory=time.monotonic)
+    #: When the relay accepted it (Unix seconds; the spool keeps it across restarts).
+    received_at: float = field(default_factory=time.time)
     #: The upstream endpoint: "envelope", or "minidump" for raw uploads.
     endpoint: str = "envelope"
     content_type: str = "application/x-sentry-envelope"

@@ -104,6 +104,7 @@ def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
         content_type=r.content_type,
         encoding=r.encoding,
         app_key=r.app_key,
+        received_at=r.created,
     )
     return entry, r.created
 
@@ -287,7 +288,7 @@ class DiskSpool:
     async def put(self, entry: OutboxEntry) -> None:
         if self._closed:
             raise OutboxFull
-        record = _encode(entry, time.time())
+        record = _encode(entry, entry.received_at)
         if not self.has_room(len(record)):
             raise OutboxFull
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
