@@ -337,16 +337,13 @@ class Forwarder:
             Path(directory).mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(directory)
         suffix = "envelope" if entry.endpoint == "envelope" else entry.endpoint
-        name = (
-            f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_file_id(entry.event_id)}.{suffix}"
-        )
-        final = os.path.join(directory, name)
-        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:8]}.tmp")
+        stem = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{_file_id(entry.event_id)}"
+        tmp = os.path.join(directory, f".{stem}.{uuid.uuid4().hex[:8]}.tmp")
         body = entry.body if entry.encoding != "gzip" else zlib.decompress(entry.body, wbits=31)
         try:
             with open(tmp, "wb") as fh:
                 fh.write(body)
-            os.replace(tmp, final)
+            _publish(tmp, directory, stem, suffix)
         except OSError:
             # No half-written file stays behind, and the next attempt makes the directory
             # again if it is gone.
@@ -354,6 +351,28 @@ class Forwarder:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def _publish(tmp: str, directory: str, stem: str, suffix: str) -> None:
+    """Gives the written file `tmp` its name, `<stem>.<suffix>`, or `<stem>-2.<suffix>`,
+    ... when that is taken: envelopes with one event id (an SDK's retry, an event and its
+    attachments sent apart) within one second each keep a file, none replaces another.
+    A hard link never replaces a file. Where links are not supported, a name is checked
+    first and then taken, so two writers racing for one name could still collide there."""
+    for n in range(1, 10_000):
+        final = os.path.join(directory, f"{stem}.{suffix}" if n == 1 else f"{stem}-{n}.{suffix}")
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this file system
+            if os.path.lexists(final):
+                continue
+            os.replace(tmp, final)
+            return
+        os.unlink(tmp)
+        return
+    raise FileExistsError(f"no free file name for {stem} in {directory}")
 
 
 def _file_id(event_id: str | None) -> str:

@@ -218,3 +218,25 @@ async def test_a_file_target_names_files_only_by_a_real_event_id(
     assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), ids
     assert dashed.replace("-", "") in ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox"]  # nothing escaped
+
+
+async def test_envelopes_with_one_event_id_each_keep_their_file(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    """An SDK's retry, or an event and its attachments sent apart, share an event id and
+    often a second: each gets a file of its own, none replaces another."""
+    outbox = tmp_path / "outbox"
+    relay = await relay_factory(policy=NO_POLICY, upstream={"url": f"file://{outbox}"})
+    bodies = [
+        orjson.dumps({"event_id": "ab" * 16}) + b'\n{"type":"event"}\n{"message":"m%d"}\n' % n
+        for n in range(5)
+    ]
+    for body in bodies:
+        await _send(relay, gzip.compress(body, mtime=0))
+    for _ in range(200):
+        files = list(outbox.glob("*.envelope"))
+        if len(files) == 5:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(p.read_bytes() for p in files) == sorted(bodies)
+    assert [p.name for p in outbox.iterdir() if p.name.startswith(".")] == []  # no tmp left
