@@ -4,9 +4,10 @@
                 and sampling                       -> outcomes: invalid, filtered, sampled
     (the caller consults quotas and cached upstream limits: IO, not here)
     drop_categories()                              -> outcome: rate_limited
-    finish()    the PII scrubber over every remaining item and the envelope header,
-                then fingerprint rules (built from scrubbed values); events
-                re-serialized once
+    finish()    `{{auto}}` IP addresses resolved to the client's (or removed when the
+                policy strips IPs), the PII scrubber over every remaining item and the
+                envelope header, then fingerprint rules (built from scrubbed values);
+                events re-serialized once
 
 An event that is dropped takes its envelope's attachments, user reports and
 profiles with it, as Sentry does. Every dropped item yields exactly one `Outcome`.
@@ -94,6 +95,9 @@ class ScrubOutcome(Protocol):
 class ScrubStage(Protocol):
     @property
     def noop(self) -> bool: ...
+
+    @property
+    def strips_client_ip(self) -> bool: ...
 
     def scrub_text(self, text: str) -> str: ...
 
@@ -349,6 +353,46 @@ def drop_categories(
     return dropped
 
 
+#: `{{auto}}` in an IP address field: "the address this was sent from", for Sentry to fill.
+AUTO_IP = "{{auto}}"
+#: Platforms whose events Sentry gives the sender's address when they have none.
+_INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
+_IP_TYPES = frozenset({"event", "transaction"})
+
+
+def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
+    """Fill `{{auto}}` in `user.ip_address` and `request.env.REMOTE_ADDR` with the client's
+    address, as Sentry would from the request it gets (which comes from the relay, so
+    left to Sentry every user would get the relay's address); and give a browser or
+    Apple event without `user.ip_address` the client's, as Sentry does. With no address
+    to give (`client_ip` None: the policy strips IPs), `{{auto}}` is removed instead.
+    Returns whether the event changed."""
+    changed = False
+    user = event.get("user")
+    if isinstance(user, dict) and user.get("ip_address") == AUTO_IP:
+        if client_ip:
+            user["ip_address"] = client_ip
+        else:
+            del user["ip_address"]
+        changed = True
+    elif client_ip and event.get("platform") in _INFER_IP_PLATFORMS:
+        if user is None:
+            event["user"] = {"ip_address": client_ip}
+            changed = True
+        elif isinstance(user, dict) and user.get("ip_address") is None:
+            user["ip_address"] = client_ip
+            changed = True
+    request = event.get("request")
+    env = request.get("env") if isinstance(request, dict) else None
+    if isinstance(env, dict) and env.get("REMOTE_ADDR") == AUTO_IP:
+        if client_ip:
+            env["REMOTE_ADDR"] = client_ip
+        else:
+            del env["REMOTE_ADDR"]
+        changed = True
+    return changed
+
+
 def finish(
     prepared: Prepared,
     *,
@@ -358,12 +402,16 @@ def finish(
     """Scrub and fingerprint what is kept; return the envelope to forward."""
     envelope = prepared.envelope
     envelope.items = [w.item for w in prepared.kept]
+    keep_ip = scrubber is None or not scrubber.strips_client_ip
+    client_ip = prepared.ctx.client_ip
     if scrubber is not None and scrubber.noop:
         scrubber = None
     parsed: set[int] = set()
     for index, work in enumerate(prepared.kept):
         if work.event is None:
             continue
+        if work.type in _IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
+            work.dirty = True
         # Scrub first: fingerprints and titles are then built from scrubbed values only.
         if scrubber is not None:
             scrubber.scrub_event(work.event, work.type, report=False)
