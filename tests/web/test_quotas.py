@@ -121,9 +121,12 @@ async def test_partial_drop_forwards_the_rest(
 
 
 async def test_limit_zero_rejects_everything(relay_factory: Any, backend: dict[str, Any]) -> None:
+    """And says so: no categories in the rate limit, which SDKs read as "all of them"."""
     relay: TestClient = await relay_factory(policy=quota_policy(limit=0, categories=[]), **backend)
     resp = await relay.post("/api/42/envelope/", data=event(1), headers=auth_header())
     assert resp.status == 429
+    (limit,) = resp.headers["X-Sentry-Rate-Limits"].split(",")
+    assert limit.split(":")[1] == ""
 
 
 async def test_key_scope_counts_per_key(relay_factory: Any, recorder: RecordingUpstream) -> None:

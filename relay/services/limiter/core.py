@@ -597,6 +597,9 @@ def _rate_limit(counter: Counter, category: str, now: float, *, full: bool) -> R
 
 
 def _zero_limit_rejection(demand: CategoryDemand, quota: CompiledQuota, now: float) -> Rejection:
+    # `limit: 0` without categories refuses everything (a disabled key or project): the
+    # answer says so, with no categories, so that SDKs hold back every kind at once.
+    categories = () if quota.per_category else quota.header_categories(demand.category)
     return Rejection(
         demand.category,
         demand.quantity,
@@ -604,7 +607,7 @@ def _zero_limit_rejection(demand: CategoryDemand, quota: CompiledQuota, now: flo
         quota.reason,
         RateLimit(
             retry_after=zero_limit_retry_after(quota, now),
-            categories=quota.header_categories(demand.category),
+            categories=categories,
             scope=quota.scope,
             reason=quota.reason,
         ),
