@@ -273,8 +273,9 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         body = scrub_minidump_upload(body, content_type, project.policy.scrubber)
     except MultipartError as exc:
         raise BadRequest(f"invalid minidump upload: {exc}") from None
-    event_id = uuid.uuid4().hex
-    answer = web.Response(body=orjson.dumps({"id": event_id}), content_type="application/json")
+    event_id = uuid.uuid4()
+    # As Sentry answers: the id as text, a hyphenated UUID, which crash reporters expect.
+    answer = web.Response(text=str(event_id), content_type="text/plain")
     ingest = request.app[INGEST]
     target = project.target(auth.public_key)
     ctx = _context(request, project_id, auth)
@@ -288,7 +289,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         body=body,
         project_id=project_id,
         quantities=[("error", 1)],
-        event_id=event_id,
+        event_id=event_id.hex,
         endpoint="minidump",
         content_type=content_type,
         app_key=auth.public_key,

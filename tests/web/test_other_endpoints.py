@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 import zlib
 from typing import Any
 
@@ -142,8 +143,10 @@ async def test_minidump_uploads_are_counted_by_quotas(
         resp = await relay.post("/api/42/minidump/", data=_minidump_upload(), headers=headers)
         assert resp.status == 200, await resp.text()
         assert "X-Sentry-Rate-Limits" not in resp.headers
-        ids.append((await resp.json())["id"])
+        assert resp.content_type == "text/plain"
+        ids.append(await resp.text())
     assert len(set(ids)) == 4
+    assert all(str(uuid.UUID(i)) == i for i in ids)  # hyphenated, as crash reporters expect
     expected = 2 if limit == "error" else 4
     await recorder.wait_for(expected)
     await asyncio.sleep(0.1)
