@@ -149,7 +149,10 @@ def _respond(result: IngestResult) -> web.Response:
             raise PayloadTooLarge("the event is too large")
         raise BadRequest("no valid item in the request")
     return web.Response(
-        body=orjson.dumps({"id": result.event_id}), content_type="application/json", headers=headers
+        # No id (sessions, client reports, ...): `{}`, as Sentry answers, not `{"id": null}`.
+        body=orjson.dumps({"id": result.event_id} if result.event_id else {}),
+        content_type="application/json",
+        headers=headers,
     )
 
 

@@ -33,7 +33,7 @@ async def test_corpus_envelope_reaches_upstream(
     sent = parse_envelope(body)
     resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
     assert resp.status == 200, await resp.text()
-    assert (await resp.json()) == {"id": sent.event_id}
+    assert (await resp.json()) == ({"id": sent.event_id} if sent.event_id else {})
     if path.stem == "transaction-healthz":
         # Dropped by the default health-check filter: still a 200, so the SDK does not retry.
         metrics = await (await relay.get("/metrics")).text()
@@ -289,3 +289,14 @@ async def test_project_upstream_dsn_rewrites_route_and_auth(
     assert env.headers["dsn"] == f"http://{upstream_key}@{host}/777"
     assert env.headers["trace"]["public_key"] == upstream_key
     assert KEY.encode() not in received.body
+
+
+async def test_an_envelope_without_an_event_id_is_answered_an_empty_object(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
+    """As Sentry answers a sessions envelope: `{}`, not `{"id": null}`."""
+    body = b'{}\n{"type":"session"}\n{"sid":"' + b"1" * 32 + b'","status":"ok","init":true}\n'
+    resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+    assert resp.status == 200
+    assert await resp.json() == {}
+    await recorder.wait_for(1)
