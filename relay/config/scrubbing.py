@@ -5,10 +5,11 @@ or, when nothing is configured anywhere, the strict default written beside it. A
 project's section may add fields and rules, and may turn switches stricter, never
 weaker (`validate_scrubbing_override`).
 
-    defaults: true            Sentry's default scrubbing: key denylist + card/IBAN/PEM/
-                              URL-password/bearer/SSN/home-path detectors -> "[Filtered]"
+    defaults: true            Sentry's default scrubbing: key denylist (password, token, otp,
+                              cookie, session... keys) + card/IBAN/PEM/URL-password/
+                              bearer/SSN/home-path detectors -> "[Filtered]"
     ip_addresses: true        remove user.ip_address & co, "[ip]" in strings, no client IP upstream
-    emails: true              "[email]" everywhere
+    emails: true              "[email]" everywhere (also `%40`-encoded)
     secrets: true             JWTs, cloud/API tokens, `password=...` in free text
     sensitive_fields: []      extra keys to filter (substring, case-insensitive)
     safe_fields: []           keys or selectors exempt from the default scrubbing
@@ -17,6 +18,7 @@ weaker (`validate_scrubbing_override`).
     pii_config: {rules: {...}, applications: {...}}           Sentry Advanced Data Scrubbing
     attachments: scrub_text   scrub_text | keep | drop
     meta: true                write `_meta` remarks so Sentry's UI shows what was removed
+                              (a `_meta` the client sent is removed in any case)
 """
 
 from __future__ import annotations

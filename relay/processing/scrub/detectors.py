@@ -277,6 +277,15 @@ def _verify_email(text: str, m: re.Match[str]) -> Span | None:
 EMAIL = Detector(
     "email", _EMAIL_DOMAIN, _verify_email, anchor="@", trigger=r"@[a-zA-Z0-9-]+\.[a-zA-Z]{2}"
 )
+#: An address with its `@` percent-encoded (`alice%40example.com`), as query strings and
+#: form bodies carry it; the local part is read back from `%40` as for `EMAIL`.
+EMAIL_ENCODED = Detector(
+    "email",
+    re.compile(r"%40[a-zA-Z0-9-]{1,63}(?:\.[a-zA-Z0-9-]{1,63}){0,8}\.[a-zA-Z]{2,24}\b"),
+    _verify_email,
+    anchor="%40",
+    trigger=r"%40[a-zA-Z0-9-]+\.[a-zA-Z]{2}",
+)
 
 # --- IP addresses ------------------------------------------------------------------------------
 
@@ -424,20 +433,12 @@ IBAN = _d(
     shape=True,
     trigger=r"[A-Z]{2}[0-9]{2} ?[a-zA-Z0-9]{4}",
 )
-_SSN_RE = re.compile(r"(?!000|666|9)[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}")
-
-
-def _verify_ssn(text: str, m: re.Match[str]) -> Span | None:
-    s, e = m.span()
-    if _prev(text, s) in _WORD_DASH or not _SSN_RE.fullmatch(text, s, e):
-        return None
-    return s, e
-
-
+#: `ddd-dd-dddd` standing alone, whatever the area number: Sentry's `usssn` finds every
+#: such number (ITINs start with 9; numbers never issued still look like one).
 USSSN = _d(
     "usssn",
     r"000-00-0000(?![\w-])",
-    _verify_ssn,
+    _not_after(_WORD_DASH),
     anchor="000-00-0000",
     shape=True,
     trigger=r"[0-9]{3}-[0-9]{2}-[0-9]{4}",
@@ -445,23 +446,28 @@ USSSN = _d(
 
 # --- keys, URLs, paths -----------------------------------------------------------------------------
 
+_PEM_LABEL = r"[A-Z ]{1,40}(?:PRIVATE|PUBLIC) KEY(?: BLOCK)?-----"
+#: The body of a PEM key or PGP key block. Without an END line (SDKs cut long strings)
+#: the body runs to the end of its string: `(?![^\x00])` is the end or a separator.
 PEMKEY = _d(
     "pemkey",
-    r"-----BEGIN[A-Z ]{1,40}(?:PRIVATE|PUBLIC) KEY-----[\t ]*\r?\n?"
-    r"(?P<T>[^\x00]+?)\r?\n?-----END[A-Z ]{1,40}(?:PRIVATE|PUBLIC) KEY-----",
+    rf"-----BEGIN{_PEM_LABEL}[\t ]*\r?\n?"
+    rf"(?P<T>[^\x00]+?)(?:\r?\n?-----END{_PEM_LABEL}|(?![^\x00]))",
     anchor="-----BEGIN",
 )
-#: `//user:password@`: only the password (Sentry's legacy rule).
+#: `//user:password@`: only the password (Sentry's legacy rule). The user may be empty
+#: (`redis://:password@host`, as redis-py and Celery write it).
 URL_PASSWORD = _d(
     "urlauth",
-    r"//[^\s/@:?#\x00]{1,256}:(?P<T>[^\s/@?#\x00]{1,256})@",
+    r"//[^\s/@:?#\x00]{0,256}:(?P<T>[^\s/@?#\x00]{1,256})@",
     anchor="//",
-    trigger=r"//[^\s/@:?#]+:[^\s/@?#]+@",
+    trigger=r"//[^\s/@:?#]*:[^\s/@?#]+@",
 )
-#: `//user[:password]@`: the whole credentials part (Sentry's `urlauth` type).
+#: `//user[:password]@`: the whole credentials part (Sentry's `urlauth` type), also
+#: `//:password@`.
 URL_AUTH = _d(
     "urlauth",
-    r"//(?P<T>[^\s/@:?#\x00]{1,256}(?::[^\s/@?#\x00]{1,256})?)@",
+    r"//(?P<T>[^\s/@:?#\x00]{0,256}(?::[^\s/@?#\x00]{1,256})?)@",
     anchor="//",
 )
 
@@ -553,6 +559,29 @@ SECRET_TOKENS: tuple[Detector, ...] = (
     _d("apitoken", r"npm_[A-Za-z0-9]{36}", _not_after(_WORD_DASH), anchor="npm_"),
     _d("apitoken", r"sk-(?:proj-|ant-)?[A-Za-z0-9_-]{32,}", _not_after(_WORD_DASH), anchor="sk-"),
     _d("apitoken", r"xapp-[0-9]-[A-Za-z0-9-]{20,}", _not_after(_WORD_DASH), anchor="xapp-"),
+)
+
+#: `pass=`, `pwd=`, `pin=` (and `passcode=`, `pincode=`) as a query-string parameter: the
+#: value up to the next parameter. Only after `?` or `&`, so that words such as
+#: `passenger=` or prose (`tests passed: 3`) are left alone.
+QUERY_PASSWORD = _d(
+    "password",
+    r"[?&](?:pass(?:code)?|pwd|pin(?:code)?)=(?P<T>[^&#\s\"'<>\x00]{1,512})",
+    fold=True,
+    trigger=r"(?i)[?&](?:pass|pwd|pin)(?:code)?=[^&#\s]",
+)
+#: Session cookies in free text (a `Cookie:` header logged as a string): `session=`,
+#: `<app>_session=` (Rails, Laravel, Sanic, aiohttp) and Express's `connect.sid=`.
+#: `sessionid=` and `PHPSESSID=` are `ASSIGNMENT_KEYWORDS`' (`sess`).
+SESSION_COOKIES: tuple[Detector, ...] = tuple(
+    _d(
+        "password",
+        rf"{re.escape(name)}=(?P<T>[^\s\"',;&)<>\]}}\x00]{{1,512}})",
+        anchor=f"{name}=",
+        fold=True,
+        trigger=rf"(?i){re2.escape(name)}=[^\s\"',;&)<>\]}}]",
+    )
+    for name in ("session", "connect.sid")
 )
 
 #: Key words (lowercase regex, led by a literal) that, followed by `=` or `:` in free

@@ -95,9 +95,10 @@ def _builtin_rules() -> dict[str, dict[str, Any]]:
             "rule": f"@{ty}:{DEFAULT_METHOD.get(ty, 'replace')}",
             "hideInner": True,
         }
+    # Sentry's legacy pattern, with the user optional (`redis://:password@host`).
     rules["@urlauth:legacy"] = {
         "type": "pattern",
-        "pattern": r"\b((?:[a-z0-9]+:)?//[a-zA-Z0-9%_.-]+:)([a-zA-Z0-9%_.-]+)@",
+        "pattern": r"\b((?:[a-z0-9]+:)?//[a-zA-Z0-9%_.-]*:)([a-zA-Z0-9%_.-]+)@",
         "replaceGroups": [2],
         "redaction": {"method": "replace", "text": det.FILTERED},
     }

@@ -19,11 +19,15 @@ from dataclasses import dataclass, field
 from relay.processing.scrub.selectors import PII_FALSE, PII_MAYBE, PII_TRUE
 
 #: `flags` bits.
-SKIP = 1  # leave the whole subtree alone (`_meta`)
+SKIP = 1  # leave the whole subtree alone (the envelope's `dsn`)
 SOURCE = 2  # source context lines (policy decides)
 ATTRS = 4  # Sentry attributes: {name: {"type": ..., "value": ...}}
 COOKIES = 8  # every value is filtered
 IP_FIELD = 16  # removed when `ip_addresses` is on
+CLIENT_META = 32  # a client's `_meta`: kept live so that the walker meets it, and drops it
+
+#: The key of Sentry's metadata tree (remarks, errors, original values).
+META_KEY = "_meta"
 
 _BASIC_TYPES = {
     str: "string",
@@ -86,6 +90,9 @@ NONE.items = NONE
 F = NONE
 MAYBE = _n(PII_MAYBE)
 SKIPPED = _n(PII_FALSE, flags=SKIP)
+#: Where payloads carry their `_meta`: never trusted, as it may hold original values
+#: (`val`); the walker removes it before writing remarks of its own.
+DROPPED_META = _n(PII_FALSE, flags=CLIENT_META)
 IP = _n(flags=IP_FIELD)
 
 
@@ -196,6 +203,8 @@ TRACE_CONTEXT = _obj(
     dynamic_sampling_context=F,
 )
 CONTEXTS = _obj(trace=TRACE_CONTEXT)
+#: A span link: the linked span's ids, and attributes as free-form as the span's own.
+SPAN_LINK = _obj(trace_id=F, span_id=F, sampled=F, attributes=ATTRIBUTES)
 SPAN = _obj(
     ("span",),
     timestamp=F,
@@ -219,7 +228,7 @@ SPAN = _obj(
     measurements=F,
     _metrics_summary=F,
     profile_id=F,
-    links=F,
+    links=_n(items=SPAN_LINK),
     attributes=ATTRIBUTES,
     sentry_tags=_obj(**{"user.ip": IP}),
 )
@@ -265,7 +274,7 @@ _EVENT_FALSE = (
 EVENT = _obj(
     ("event",),
     **{name: NONE for name in _EVENT_FALSE},
-    _meta=SKIPPED,
+    _meta=DROPPED_META,
     sdk=SDK,
     user=USER,
     request=REQUEST,
@@ -289,7 +298,7 @@ LOG = _obj(
     severity_number=F,
     severity_text=F,
     attributes=ATTRIBUTES,
-    _meta=SKIPPED,
+    _meta=DROPPED_META,
 )
 LOG_CONTAINER = _obj(items=_n(items=LOG), version=F)
 SPAN_CONTAINER = _obj(items=_n(items=SPAN), version=F)

@@ -61,9 +61,12 @@ def default_entries(
             assign = det.assignment_detectors(words)
         out += [(d, Finding("@password:filter", f)) for d in assign]
     if defaults or secrets:
+        out += [(d, Finding("@password:filter", f)) for d in det.SESSION_COOKIES]
+        out.append((det.QUERY_PASSWORD, Finding("@password:filter", f)))
         out.append((det.BEARER, Finding("@bearer:filter", f)))
     if emails:
         out.append((det.EMAIL, Finding("@email:replace", "[email]")))
+        out.append((det.EMAIL_ENCODED, Finding("@email:replace", "[email]")))
     if defaults:
         out.append((det.IBAN, Finding("@iban:filter", f)))
         out.append((det.CREDITCARD, Finding("@creditcard:filter", f)))

@@ -11,9 +11,10 @@ Per value, in order:
    value detectors (`detectors.Scanner`) and their results cached. All detector
    results are then written back in document order.
 
-Subtrees the schema marks dead (never PII, no flags below) are not entered. The path
-is kept as parent links and built only for values that change, and only when the
-report or `_meta` remarks (`{"": {"rem": [[rule, kind, start, end]], "len": n}}`, as
+A `_meta` object the client sent is removed wherever the walk meets one (it may hold
+original values); the walk's own remarks take its place. Subtrees the schema marks
+dead (never PII, no flags below) are not entered. The path is kept as parent links
+and built only for values that change, and only when the report or `_meta` remarks (`{"": {"rem": [[rule, kind, start, end]], "len": n}}`, as
 Sentry writes them) need it. Selector state (keys and value types) is tracked only
 when the policy has selectors at all.
 
@@ -62,18 +63,48 @@ from relay.processing.scrub.selectors import (
 FILTERED = det.FILTERED
 _FILTERED_SPAN = (0, len(FILTERED))
 
-#: Keys whose value is filtered when `defaults` is on (substring, case-insensitive).
+#: Keys whose value is filtered when `defaults` is on, searched in the lowercased key:
+#: Sentry's password key words as substrings (`author` and `tokenizer` included, as in
+#: Sentry), card security codes, and words of the key (split by anything but letters
+#: and digits) that are a one-time password (a word starting or ending in `otp`:
+#: `otp_code`, `totp`, `user_otp`, not `footprint`), a second factor (`two_factor`,
+#: `2fa`), or a cookie header (a last word `cookie`/`cookies`: `set-cookie`,
+#: `http.request.header.cookie`), and a single cookie of such a header
+#: (`http.request.header.cookie.<name>`).
 DENY_SUBSTRING = re.compile(
-    r"password|secret|passwd|api[-_]?key|auth|credentials|mysql_pwd|private[-_]?key|token"
+    r"password|secret|passwd|api[-_]?key|auth|credential|mysql_pwd|private[-_]?key|token"
+    r"|cvv|cvc"
+    r"|(?<![a-z0-9])otp|otp(?![a-z0-9])"
+    r"|(?<![a-z0-9])(?:two[-_.]?factor|2fa)"
+    r"|(?:(?<![a-z0-9])|set)cookies?$"
+    r"|header\.(?:set[-_])?cookie\."
 )
-#: Keys filtered when `defaults` is on (exact, case-insensitive, `-` read as `_`).
+#: Keys filtered when `defaults` is on (exact, case-insensitive, `-` read as `_`), whole
+#: or as the last segment of a dotted name (`db.connection_string`).
 DENY_EXACT = frozenset(
     {
-        "otp",
-        "two_factor",
-        "cookie",
-        "cookies",
-        "set_cookie",
+        "pass",
+        "pwd",
+        "pin",
+        "pincode",
+        "pin_code",
+        "passcode",
+        "session_key",
+        "sessionkey",
+        "connection_string",
+        "connectionstring",
+        "conn_string",
+        "conn_str",
+        "database_url",
+        "databaseurl",
+        "db_url",
+        "encryption_key",
+        "encryptionkey",
+        "signing_key",
+        "signingkey",
+        "master_key",
+        "access_key",
+        "accesskey",
         "session",
         "sessionid",
         "session_id",
@@ -121,8 +152,31 @@ IP_KEYS = frozenset(
     }
 )
 
+
+def _denied(low: str, norm: str) -> bool:
+    """Whether the default denylist filters a key (`low`: lowercased, `norm`: also with
+    `-` read as `_`); decided once per distinct key (`Policy.key_verdict`)."""
+    return (
+        norm in DENY_EXACT
+        or norm.rpartition(".")[2] in DENY_EXACT
+        or DENY_SUBSTRING.search(low) is not None
+    )
+
+
 _NONE, _FILTER, _IP, _SAFE = 0, 1, 2, 3
-_DEAD, _FALSE, _FAST, _SLOW, _MAYBE, _ATTRS, _DENY, _RULED, _TRACKED, _TRACKED_RULED = range(10)
+(
+    _DEAD,
+    _FALSE,
+    _FAST,
+    _SLOW,
+    _MAYBE,
+    _ATTRS,
+    _DENY,
+    _RULED,
+    _TRACKED,
+    _TRACKED_RULED,
+    _DROP,
+) = range(11)
 _LIST_DEAD, _LIST_SLOW, _LIST_FAST, _LIST_RULED, _LIST_TRACKED = 0, 1, 2, 3, 4
 _MAX_KEY_CACHE = 20000
 _MAX_SHAPES = 64
@@ -355,7 +409,7 @@ class Policy:
             verdict = _IP
         elif low in self.safe_keys:
             verdict = _SAFE
-        elif (self.defaults and (norm in DENY_EXACT or DENY_SUBSTRING.search(low))) or (
+        elif (self.defaults and _denied(low, norm)) or (
             self.sensitive is not None and self.sensitive.search(low)
         ):
             verdict = _FILTER
@@ -448,7 +502,8 @@ class Policy:
         `_SLOW`); the general path (`tracks_paths`) has only `_DEAD`, `_FALSE` and
         `_SLOW`. With a `local` policy, a key where a rule may apply is `_RULED` (`_FAST`
         for value types no rule applies to) instead of `_FAST`, and `_SLOW` instead of
-        `_MAYBE`, `_ATTRS` or `_DENY`.
+        `_MAYBE`, `_ATTRS` or `_DENY`. `_DROP`: a `_meta` the client sent, at any
+        level: removed.
         """
         node = np.node
         children = node.children
@@ -458,7 +513,9 @@ class Policy:
         flags = child.flags
         if self.source_context == "scrub":
             flags &= ~sch.SOURCE
-        if child.dead:
+        if key == sch.META_KEY:
+            code = _DROP
+        elif child.dead:
             code = _DEAD
         elif (
             flags == sch.ATTRS
@@ -688,15 +745,8 @@ class Walk:
     # --- walking -------------------------------------------------------------------------------
 
     def run(self, root: Any, node: sch.Node) -> None:
+        """Walk `root` (at schema `node`) and apply the detectors' results."""
         if isinstance(root, dict):
-            if self.meta:
-                # Remarks go straight into a `_meta` the payload brings, when the walk
-                # never enters it.
-                have = root.get("_meta")
-                if type(have) is dict:
-                    skip = node.children.get("_meta")
-                    if skip is not None and skip.dead:
-                        self.remarks = have
             if node.flags & sch.ATTRS:
                 self._attrs(root, None)
             else:
@@ -769,15 +819,21 @@ class Walk:
                         drop = []
                     drop.append(k)
         if drop:
-            for k in drop:
-                del d[k]
-                self.changes += 1
-                if self.track:
-                    self._record(ref, k, "@source_context:drop", "remove", None, None)
+            self._drop_keys(d, drop, ref)
+
+    def _drop_keys(self, d: dict[str, Any], keys: list[str], ref: Ref) -> None:
+        """Remove source context lines (noted) and client `_meta` objects (not noted:
+        remarks are about values, and this one is replaced by the walk's own)."""
+        for k in keys:
+            del d[k]
+            self.changes += 1
+            if self.track and k != sch.META_KEY:
+                self._record(ref, k, "@source_context:drop", "remove", None, None)
 
     def _planned(self, d: dict[str, Any], k: str, v: Any, np: NodePlan, ref: Ref) -> bool:
         """Key `k` of `d` (at `np`) by its plan code, unless `_FAST` or `_DEAD` was seen
-        in `NodePlan.fast` already; True when source context is to be dropped."""
+        in `NodePlan.fast` already; True when the key is to be removed (source context
+        to drop, a client `_meta`)."""
         found = np.plans.get(k)
         if found is None:
             found = self.p.plan(np, k)
@@ -864,6 +920,8 @@ class Walk:
             return False
         if code == _DEAD:
             return False
+        if code == _DROP:
+            return True
         flags = child.flags
         if flags & sch.SOURCE:
             mode = self.p.source_context
@@ -1356,29 +1414,18 @@ class Walk:
     # --- results --------------------------------------------------------------------------------
 
     def write_meta(self, root: dict[str, Any]) -> None:
-        """Merge the remarks into `root["_meta"]` as Sentry writes them."""
-        if not self.remarks:
-            return
-        meta = root.get("_meta")
-        if meta is self.remarks:
-            return
-        if isinstance(meta, dict):
-            _merge_meta(meta, self.remarks)
-        else:
-            root["_meta"] = self.remarks
-
-
-def _is_leaf(obj: dict[str, Any]) -> bool:
-    """Whether `obj` has the shape of a value's remarks object, `{"": entry}` (possibly
-    one shared between payloads, so never to be changed in place)."""
-    return len(obj) == 1 and "" in obj
+        """Put the remarks in `root["_meta"]` as Sentry writes them (any `_meta` the
+        client sent is gone: the walk removed it)."""
+        if self.remarks:
+            root[sch.META_KEY] = self.remarks
 
 
 def _put_leaf(node: dict[str, Any], name: str, leaf: dict[str, Any]) -> None:
     """Add the remarks of the value object `leaf` to `node[name]`, which exists.
 
-    Copy-on-write: neither `leaf` nor what `node[name]` holds is changed in place.
-    Remarks already there come first and keep their `len`, as `_merge_meta` does.
+    Copy-on-write: neither `leaf` nor what `node[name]` holds is changed in place
+    (leaves are shared between payloads). Remarks already there come first and keep
+    their `len`.
     """
     cur = node[name]
     entry = leaf[""]
@@ -1393,37 +1440,12 @@ def _put_leaf(node: dict[str, Any], name: str, leaf: dict[str, Any]) -> None:
         if "len" in entry and "len" not in have:
             merged["len"] = entry["len"]
         entry = merged
-    if len(cur) == 1 and "" in cur:  # `_is_leaf`
+    if len(cur) == 1 and "" in cur:
+        # A value's remarks object only, possibly a shared leaf: replaced, not changed.
         node[name] = {"": entry}
     else:
         # The value's object exists for remarks below it (never a shared leaf).
         cur[""] = entry
-
-
-def _merge_meta(dst: dict[str, Any], src: dict[str, Any]) -> None:
-    """Add the remarks of `src` to an existing `_meta` object `dst`.
-
-    Objects of `src` may be shared leaves; they are linked into `dst`, never changed.
-    Leaves already in `dst` may be shared too: they are copied before a change.
-    """
-    for name, value in src.items():
-        have = dst.get(name)
-        if not isinstance(have, dict):
-            dst[name] = value
-        elif name != "":
-            if _is_leaf(have):
-                have = dst[name] = dict(have)
-            _merge_meta(have, value)
-        else:
-            new = dict(have)
-            existing = have.get("rem")
-            if isinstance(existing, list) and isinstance(value.get("rem"), list):
-                new["rem"] = existing + value["rem"]
-            elif "rem" in value:
-                new["rem"] = value["rem"]
-            if "len" in value and "len" not in have:
-                new["len"] = value["len"]
-            dst[""] = new
 
 
 def _ref_text(texts: dict[int, str], ref: Ref) -> str:

@@ -190,11 +190,15 @@ def test_meta_switch_and_strips_client_ip() -> None:
     assert on.strips_client_ip and not off.strips_client_ip
 
 
-def test_existing_sdk_meta_is_merged() -> None:
+def test_sdk_meta_is_replaced_by_the_scrubbers() -> None:
     e: dict[str, Any] = {
         "extra": {"password": "[Filtered]", "mail": SECRET},
-        "_meta": {"extra": {"password": {"": {"rem": [["!config", "s"]]}}}},
+        "_meta": {"extra": {"password": {"": {"rem": [["!config", "s"]], "val": SECRET}}}},
     }
     compile_scrubber(None).scrub_event(e)
-    assert e["_meta"]["extra"]["password"][""]["rem"][0] == ["!config", "s"]
-    assert e["_meta"]["extra"]["mail"][""]["rem"] == [["@email:replace", "s", 0, 7]]
+    assert e["_meta"] == {
+        "extra": {
+            "password": {"": {"rem": [["@password:filter", "s", 0, 10]], "len": 10}},
+            "mail": {"": {"rem": [["@email:replace", "s", 0, 7]], "len": len(SECRET)}},
+        }
+    }

@@ -151,7 +151,7 @@ def payloads(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
         item["attributes"] = draw(attributes)
         payload = {"version": 2, "items": [item, *draw(st.lists(values, max_size=1))]}
     if draw(st.booleans()):
-        # A `_meta` the SDK sent along (remarks are merged into it).
+        # A `_meta` the SDK sent along (removed; the remarks replace it).
         payload["_meta"] = {
             "extra": {
                 "password": {"": {"rem": [["!config", "s"]]}},
