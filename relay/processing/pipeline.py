@@ -367,15 +367,9 @@ def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
     Apple event without `user.ip_address` the client's, as Sentry does. With no address
     to give (`client_ip` None: the policy strips IPs), `{{auto}}` is removed instead.
     Returns whether the event changed."""
-    changed = False
     user = event.get("user")
-    if isinstance(user, dict) and user.get("ip_address") == AUTO_IP:
-        if client_ip:
-            user["ip_address"] = client_ip
-        else:
-            del user["ip_address"]
-        changed = True
-    elif client_ip and event.get("platform") in _INFER_IP_PLATFORMS:
+    changed = _resolve_auto(user, "ip_address", client_ip)
+    if not changed and client_ip and event.get("platform") in _INFER_IP_PLATFORMS:
         if user is None:
             event["user"] = {"ip_address": client_ip}
             changed = True
@@ -384,13 +378,18 @@ def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
             changed = True
     request = event.get("request")
     env = request.get("env") if isinstance(request, dict) else None
-    if isinstance(env, dict) and env.get("REMOTE_ADDR") == AUTO_IP:
-        if client_ip:
-            env["REMOTE_ADDR"] = client_ip
-        else:
-            del env["REMOTE_ADDR"]
-        changed = True
-    return changed
+    return _resolve_auto(env, "REMOTE_ADDR", client_ip) or changed
+
+
+def _resolve_auto(obj: object, key: str, client_ip: str | None) -> bool:
+    """`obj[key]` from `{{auto}}` to `client_ip`, or removed without one."""
+    if not isinstance(obj, dict) or obj.get(key) != AUTO_IP:
+        return False
+    if client_ip:
+        obj[key] = client_ip
+    else:
+        del obj[key]
+    return True
 
 
 def finish(
