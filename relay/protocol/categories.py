@@ -79,6 +79,7 @@ def gates(item_type: str, category: str) -> bool:
     exempt = _NOT_GATING.get(item_type)
     return exempt is None or category not in exempt
 
+
 #: Items that carry no billable data of their own and are never rate limited.
 UNCOUNTED_TYPES = frozenset({"client_report", "statsd", "metric_buckets", "metric_meta"})
 
