@@ -3,8 +3,10 @@
 Runs inbound filters, sampling, the PII scrubber and fingerprint rules on an
 event JSON or an envelope, sends nothing, and prints what would happen: the
 decision per item, every redaction (path, rule, method — never the removed
-value), the fingerprint, and the payload as it would leave the relay. Quotas
-are not consulted (they depend on live counters).
+value), the fingerprint, and the payload as it would leave the relay. Items the
+scrubber did not read through are flagged, with why: forwarded unread (binary
+content, `attachments: keep`, counts-only items) or dropped because they could not
+be read. Quotas are not consulted (they depend on live counters).
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+import msgspec
 import orjson
 
 from relay.config import Config
+from relay.outcomes import Reason
 from relay.policy.registry import Denied, PolicyRegistry, ProjectPolicy
 from relay.processing.context import RequestContext
+from relay.processing.pipeline import ScrubOutcome, ScrubStage
+from relay.processing.scrub.content import read_text
+from relay.processing.scrub.items import Unread, scrub_envelope
+from relay.processing.scrub.scrubber import Scrubber
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.store import StoreError, store_to_envelope
 
@@ -55,6 +63,8 @@ class ItemReport:
     fingerprint: list[str] | None = None
     title: str | None = None
     payload: Any = None
+    #: Why the item was forwarded without being read through (None: it was read).
+    unread: str | None = None
 
 
 def _project(registry: PolicyRegistry, project_id: int | None, envelope: Envelope) -> ProjectPolicy:
@@ -116,29 +126,64 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
     # Non-event items: scrubbed as the relay would, reported per item.
     rest = [w for w in prepared.kept if w.event is None]
     if rest and policy.scrubber is not None:
-        probe = Envelope(dict(envelope.headers), [w.item for w in rest])
-        scrub = policy.scrubber.scrub_envelope(probe)
-        for r in getattr(scrub, "redactions", []):
-            if r.item is not None and r.item < len(rest):
-                reports[index_of[id(rest[r.item].item)]].redactions.append(
-                    (r.path, r.rule, r.method)
-                )
-        for d in scrub.dropped:
-            reports[index_of[id(rest[d.index].item)]].decision = f"drop — filtered: {d.reason}"
-        for w in rest:
-            rep = reports[index_of[id(w.item)]]
-            rep.payload = _show(w.item.payload)
+        by_index = {i: reports[index_of[id(w.item)]] for i, w in enumerate(rest)}
+        _scrub_items(
+            policy.scrubber, Envelope(dict(envelope.headers), [w.item for w in rest]), by_index
+        )
     return [reports[i] for i in sorted(reports)]
+
+
+def _scrub_items(scrubber: ScrubStage, probe: Envelope, reports: dict[int, ItemReport]) -> None:
+    """Scrub the non-event items of `probe` as the relay would and fill in their reports
+    (by index in `probe`): redactions, drops, what was forwarded unread, the payload."""
+    items = list(probe.items)
+    notes: dict[int, Unread] = {}
+    scrub: ScrubOutcome
+    if isinstance(scrubber, Scrubber):
+        scrub = scrub_envelope(scrubber, probe, notes=notes)
+    else:
+        scrub = scrubber.scrub_envelope(probe)
+    for r in getattr(scrub, "redactions", []):
+        if r.item in reports:
+            reports[r.item].redactions.append((r.path, r.rule, r.method))
+    for d in scrub.dropped:
+        note = notes.get(d.index)
+        why = f" ({note.why})" if note is not None else ""
+        kind = "invalid" if d.reason == Reason.INVALID_PAYLOAD else "filtered"
+        reports[d.index].decision = f"drop — {kind}: {d.reason}{why}"
+    for i, note in notes.items():
+        if note.reason is None:
+            reports[i].unread = note.why
+    for i, item in enumerate(items):
+        show = _show_video if item.type == "replay_video" else _show
+        reports[i].payload = show(item.payload)
+
+
+def _show_video(payload: bytes) -> Any:
+    """A replay video's MessagePack map: its event as JSON, the recording and video as sizes."""
+    try:
+        parts = msgspec.msgpack.decode(payload)
+    except msgspec.DecodeError:
+        return _show(payload)
+    if not isinstance(parts, dict):
+        return _show(payload)
+    return {
+        key: _show(value)
+        if key == "replay_event" and isinstance(value, bytes)
+        else f"<{len(value)} bytes>"
+        for key, value in parts.items()
+        if isinstance(value, bytes | str)
+    }
 
 
 def _show(payload: bytes) -> Any:
     try:
         return orjson.loads(payload)
     except orjson.JSONDecodeError:
-        try:
-            return payload.decode("utf-8")
-        except UnicodeDecodeError:
-            return f"<{len(payload)} bytes of binary data>"
+        text = read_text(payload)
+        if text is not None:
+            return text.text.encode("utf-8", "replace").decode("utf-8")
+        return f"<{len(payload)} bytes of binary data>"
 
 
 def print_reports(
@@ -155,6 +200,7 @@ def print_reports(
                 ],
                 "fingerprint": r.fingerprint,
                 "title": r.title,
+                "unread": r.unread,
                 "payload": r.payload,
             }
             for r in reports
@@ -163,6 +209,8 @@ def print_reports(
         return
     for r in reports:
         out.write(f"item {r.index} ({r.item_type}): {r.decision}\n")
+        if r.unread is not None:
+            out.write(f"  WARNING: forwarded unread, its content not scrubbed: {r.unread}\n")
         if r.redactions:
             out.write(f"  {len(r.redactions)} redaction(s):\n")
             width = max(len(p) for p, _, _ in r.redactions)
@@ -180,4 +228,7 @@ def print_reports(
             )
             out.write("  scrubbed payload:\n")
             out.write("".join(f"    {line}\n" for line in body.splitlines()))
+    unread = sum(1 for r in reports if r.unread is not None)
+    if unread:
+        out.write(f"WARNING: {unread} item(s) would be forwarded unread (see above)\n")
     out.write("nothing was sent; quotas were not consulted\n")

@@ -1,27 +1,50 @@
-"""Minidump uploads: scrub the event fields that travel beside the binary dump.
+"""Minidump uploads: scrub everything that travels beside the binary dump.
 
-A minidump upload is `multipart/form-data`: the dump itself (and attachments) as
-file parts, which are forwarded as they are, and the event data the SDK adds as a
-`sentry` JSON part or as `sentry[user][email]`-style form fields, which are not.
+A minidump upload is `multipart/form-data`. Its parts, by field name:
+
+    upload_file_minidump    the dump: forwarded as received (binary; see SECURITY.md)
+    sentry                  the event as JSON: walked as an event
+    sentry[user][email]...  event fields as form fields: gathered into one event and
+                            walked, so that key-based rules apply to them too
+    __sentry-event          sentry-native's event, MessagePack: walked as an event
+    __sentry-breadcrumb1/2  sentry-native's breadcrumbs, MessagePack: walked as
+                            breadcrumbs (whatever the `attachments` policy: both are
+                            the event's own data, as Sentry merges them into it)
+    other file parts        attachments, per the `attachments` policy: by content,
+                            JSON walked, text through the value detectors, binary kept;
+                            removed under `drop`
+    other form fields       text through the value detectors, binary kept
+
+Every part's `filename` goes through the value detectors. A part that cannot be read
+(a native payload that does not decode) is removed rather than forwarded unread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
 from typing import Any
 
 import orjson
 
 from relay.processing.pipeline import ScrubStage
-from relay.protocol.envelope import json_exceeds_depth
+from relay.processing.scrub.content import Unreadable, read_text
+from relay.processing.scrub.items import scrub_native
+from relay.processing.scrub.native import FIELD_TYPES
+from relay.processing.scrub.scrubber import Scrubber
+from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 from relay.protocol.multipart import Part, boundary_of, join, split
 
 _FIELD_PATH = re.compile(r"\[([^\]]*)\]")
+_FILENAME = re.compile(rb'(filename=")([^"\r\n]*)(")', re.IGNORECASE)
+_CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
+#: The field name of the dump itself.
+MINIDUMP_FIELD = "upload_file_minidump"
+#: Attachment types of other file parts Sentry recognises by field name.
+_ATTACHMENT_TYPES = {"view-hierarchy.json": "event.view_hierarchy"}
 
 
 def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage | None) -> bytes:
-    """Scrub the non-binary parts of a minidump upload; binary parts are kept as they are.
+    """Scrub every part of a minidump upload but the dump (see the module docstring).
 
     The `sentry` part is an event JSON; `sentry[user][email]`-style fields are gathered
     into one event so that key-based rules (the denylist, selectors) apply to them too.
@@ -32,19 +55,17 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
         return body
     fields: dict[str, Any] = {}
     paths: list[tuple[Part, list[str]]] = []
+    kept: list[Part] = []
     for part in parts:
         name = part.name or ""
+        if part.filename:
+            if _scrub_file(part, name, scrubber):
+                kept.append(part)
+            continue
+        kept.append(part)
         if name == "sentry":
-            try:
-                event = orjson.loads(part.body)
-            except orjson.JSONDecodeError:
-                event = None
-            if isinstance(event, dict) and not json_exceeds_depth(part.body):
-                scrubber.scrub_event(event, "event", report=False)
-                part.body = orjson.dumps(event)
-            else:
-                part.body = b"{}"
-        elif name.startswith("sentry[") and not part.filename:
+            _scrub_sentry_json(part, scrubber)
+        elif name.startswith("sentry["):
             path = _FIELD_PATH.findall(name) or [name]
             value = part.body.decode("utf-8", "replace")
             if _place(fields, path, value):
@@ -56,14 +77,80 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
                 _place(alone, path, value)
                 scrubber.scrub_event(alone, "event", report=False)
                 part.body = _field_bytes(alone, path)
-        elif not part.filename:
-            with contextlib.suppress(UnicodeDecodeError):  # binary: kept like the dump
-                part.body = scrubber.scrub_text(part.body.decode("utf-8")).encode("utf-8")
+        else:
+            text = read_text(part.body)
+            if text is not None:  # binary: kept like the dump
+                part.body = text.encode(scrubber.scrub_text(text.text))
     if paths:
         scrubber.scrub_event(fields, "event", report=False)
         for part, path in paths:
             part.body = _field_bytes(fields, path)
-    return join(parts, boundary)
+    return join(kept, boundary)
+
+
+def _scrub_sentry_json(part: Part, scrubber: ScrubStage) -> None:
+    """The `sentry` part, an event JSON; anything else becomes `{}`."""
+    try:
+        event = orjson.loads(part.body)
+    except orjson.JSONDecodeError:
+        event = None
+    if isinstance(event, dict) and not json_exceeds_depth(part.body):
+        scrubber.scrub_event(event, "event", report=False)
+        part.body = orjson.dumps(event)
+    else:
+        part.body = b"{}"
+
+
+def _scrub_file(part: Part, name: str, scrubber: ScrubStage) -> bool:
+    """Scrub a file part in place; False when it is to be removed."""
+    filename = _scrub_filename(part, scrubber)
+    if name == MINIDUMP_FIELD:
+        return True
+    kind = FIELD_TYPES.get(name)
+    if kind is not None:
+        return _scrub_native_part(part, kind, scrubber)
+    headers: dict[str, Any] = {
+        "type": "attachment",
+        "attachment_type": _ATTACHMENT_TYPES.get(name, "event.attachment"),
+        "filename": filename,
+    }
+    ctype = _CONTENT_TYPE.search(part.headers)
+    if ctype:
+        headers["content_type"] = ctype.group(1).decode("latin-1").strip()
+    item = Item(headers, part.body)
+    outcome = scrubber.scrub_envelope(Envelope({}, [item]), report=False)
+    if outcome.dropped:
+        return False
+    part.body = item.payload
+    return True
+
+
+def _scrub_native_part(part: Part, kind: str, scrubber: ScrubStage) -> bool:
+    """A sentry-native event or breadcrumbs part; False when it cannot be read."""
+    if not part.body:
+        return True
+    if not isinstance(scrubber, Scrubber):
+        return False  # only the compiled scrubber reads native payloads
+    try:
+        new = scrub_native(scrubber, kind, part.body)
+    except Unreadable:
+        return False
+    if new is not None:
+        part.body = new
+    return True
+
+
+def _scrub_filename(part: Part, scrubber: ScrubStage) -> str:
+    """The part's `filename`, through the value detectors (rewritten in its headers)."""
+    found = _FILENAME.search(part.headers)
+    if found is None:
+        return ""
+    name = found.group(2).decode("utf-8", "surrogateescape")
+    new = scrubber.scrub_text(name)
+    if new != name:
+        encoded = new.encode("utf-8", "surrogateescape").replace(b'"', b"'")
+        part.headers = part.headers[: found.start(2)] + encoded + part.headers[found.end(2) :]
+    return new
 
 
 def _place(root: dict[str, Any], path: list[str], value: str) -> bool:

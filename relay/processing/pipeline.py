@@ -427,12 +427,18 @@ def finish(
     if scrubber is not None:
         report = scrubber.scrub_envelope(envelope, skip=frozenset(parsed), report=False)
         if report.dropped:
-            # The policy drops some items outright (e.g. `attachments: drop`): they get outcomes.
+            # The policy drops some items outright (e.g. `attachments: drop`), and the
+            # scrubber those it cannot read (`invalid_payload`): they get outcomes.
             gone = {d.index: d.reason for d in report.dropped}
             kept = []
             for index, work in enumerate(prepared.kept):
                 if index in gone:
-                    outcome = _outcome(work, OutcomeKind.FILTERED, gone[index], prepared.ctx)
+                    kind = (
+                        OutcomeKind.INVALID
+                        if gone[index] == Reason.INVALID_PAYLOAD
+                        else OutcomeKind.FILTERED
+                    )
+                    outcome = _outcome(work, kind, gone[index], prepared.ctx)
                     prepared.dropped.append(Dropped(work, outcome))
                     prepared.scrub_dropped.append(prepared.dropped[-1])
                 else:

@@ -14,7 +14,9 @@ Modules: `detectors` (value regexes, Luhn, IBAN), `selectors` (Sentry selector
 grammar), `rules` (PII-config rules, built-ins, redaction methods), `schema` (value
 types and PII attribute per field), `walker` (one pass over a payload), `cache`
 (detector results per string, per compiled policy), `items` (per item type),
-`scrubber` (merge and compile), `validation`.
+`content` (text or binary, by the bytes), `native` (sentry-native's MessagePack),
+`replay` (recordings and mobile replay videos), `deep` (JSON deeper than the walker
+goes, in pieces), `scrubber` (merge and compile), `validation`.
 """
 
 from __future__ import annotations

@@ -3,13 +3,24 @@
     event, transaction, feedback, replay_event, check_in, security, nel, log, otel_log,
     span, session(s), user_report, profile(_chunk), unknown JSON
                         parsed, walked with the item type's schema, re-serialized
-    attachment          per `attachments`: scrub_text (JSON walked, text through the
-                        value detectors, binary kept), keep, or drop (removed and reported)
-    replay_recording    its JSON (plain or zlib) walked; kept if it cannot be read
+    attachment          per `attachments`: `scrub_text`, `keep`, or `drop` (removed and
+                        reported). `scrub_text`: the filename through the value
+                        detectors; `event.payload` / `event.breadcrumbs` (JSON or
+                        sentry-native MessagePack, see `native`) walked as an event /
+                        as breadcrumbs, dropped when unreadable; anything else by its
+                        content (see `content`): JSON walked, text through the value
+                        detectors, binary (minidumps, images, archives) kept
+    replay_recording    header line and JSON (plain or zlib) walked, deep ones in
+    replay_video        pieces; a replay video's event and recording likewise (see
+                        `replay`); dropped when unreadable
     client_report       kept (counts only)
-    anything else       JSON walked, else UTF-8 text through the value detectors,
-                        else kept (binary)
+    statsd_binary       kept (binary metrics)
+    anything else       JSON walked, else text (by content) through the value
+                        detectors, else kept (binary)
 
+An item that cannot be read is dropped with outcome reason `invalid_payload`: a strict
+relay never forwards what it could not read. Items forwarded or dropped unread are
+described (`Unread`) when the caller asks (`notes`, the dry run does).
 Items whose payload changed get new bytes through `Item.set_payload`.
 """
 
@@ -17,12 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import zlib
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from relay.outcomes import Reason
+from relay.processing.scrub import native
+from relay.processing.scrub.content import Unreadable, binary_kind, read_text
+from relay.processing.scrub.replay import scrub_recording, scrub_video
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
 from relay.processing.scrub.walker import Redaction, Walk
@@ -32,21 +46,22 @@ if TYPE_CHECKING:
     from relay.processing.scrub.scrubber import Scrubber, ScrubReport
     from relay.protocol.envelope import Envelope, Item
 
-_KEEP_TYPES = frozenset({"client_report", "replay_video", "statsd_binary"})
-_TEXT_CONTENT = ("text/", "application/json", "application/xml", "application/x-ndjson")
-_BINARY_ATTACHMENTS = frozenset(
-    {"event.minidump", "event.applecrashreport", "unreal.context", "unreal.logs"}
-)
-_MAX_INFLATE = 50 * 1024 * 1024
+#: Item types forwarded as they are, and why.
+_KEEP_TYPES = {
+    "client_report": "a client report (outcome counts only)",
+    "statsd_binary": "binary metrics",
+}
+
+#: Scrubs a payload: new bytes (None: unchanged) and redactions; `Unreadable` if it cannot.
+_Reader = Callable[["Scrubber", bytes, int, bool], tuple[bytes | None, list[Redaction]]]
 
 
-def _looks_text(payload: bytes) -> str | None:
-    if b"\x00" in payload[:8192]:
-        return None
-    try:
-        return payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+class Unread(NamedTuple):
+    """An item the scrubber did not read through: why, and the outcome reason when it
+    was dropped (None: forwarded as it came)."""
+
+    why: str
+    reason: str | None = None
 
 
 def _text_redactions(
@@ -80,98 +95,184 @@ def _scrub_json_bytes(
     return orjson.dumps(data), red
 
 
-def _scrub_generic(scrubber: Scrubber, item: Item, index: int, report: ScrubReport) -> None:
-    item_type = item.type
+def _apply(
+    item: Item, new: bytes | None, red: list[Redaction], index: int, report: ScrubReport
+) -> None:
+    """Record a payload's scrubbing: new bytes (if any) and the redactions."""
+    if new is not None:
+        item.set_payload(new)
+        report.changed_items.append(index)
+    if red and report.want:
+        report.redactions.extend(red)
+
+
+def _read(
+    reader: _Reader, scrubber: Scrubber, item: Item, index: int, report: ScrubReport
+) -> Unread | None:
+    """Scrub `item` with `reader`; an `Unread` to drop it when it cannot be read."""
+    try:
+        new, red = reader(scrubber, item.payload, index, report.want)
+    except Unreadable as exc:
+        return Unread(f"it could not be read: {exc}", Reason.INVALID_PAYLOAD)
+    _apply(item, new, red, index, report)
+    return None
+
+
+def _scrub_content(
+    scrubber: Scrubber, item: Item, index: int, report: ScrubReport, item_type: str
+) -> Unread | None:
+    """JSON walked, text (by content) through the value detectors, binary kept."""
+    payload = item.payload
+    ctype = str(item.headers.get("content_type") or "").lower()
+    if "json" in ctype or payload.lstrip()[:1] in (b"{", b"["):
+        res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
+        if res is not None:
+            _apply(item, *res, index, report)
+            return None
+    return _scrub_text(scrubber, item, index, report, item_type)
+
+
+def _scrub_text(
+    scrubber: Scrubber, item: Item, index: int, report: ScrubReport, item_type: str
+) -> Unread | None:
+    """Text (see `content`) through the value detectors; binary kept (an `Unread`)."""
+    payload = item.payload
+    text = read_text(payload)
+    if text is None:
+        return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")
+    new_text, red = _text_redactions(scrubber, text.text, index, item_type)
+    if red:
+        _apply(item, text.encode(new_text), red, index, report)
+    return None
+
+
+def _scrub_generic(
+    scrubber: Scrubber, item: Item, index: int, report: ScrubReport
+) -> Unread | None:
+    """JSON walked, else text (by content) through the value detectors, binary kept."""
     payload = item.payload
     if not payload:
-        return
-    res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
+        return None
+    res = _scrub_json_bytes(scrubber, payload, item.type, index, report.want)
     if res is not None:
         new, red = res
         if new is not None:
             item.set_payload(new)
             report.changed_items.append(index)
             report.redactions.extend(red)
-        return
-    text = _looks_text(payload)
-    if text is None:
-        return
-    new_text, red = _text_redactions(scrubber, text, index, item_type)
-    if red:
-        item.set_payload(new_text.encode("utf-8"))
-        report.changed_items.append(index)
-        if report.want:
-            report.redactions.extend(red)
+        return None
+    return _scrub_text(scrubber, item, index, report, item.type)
 
 
-def _scrub_attachment(scrubber: Scrubber, item: Item, index: int, report: ScrubReport) -> bool:
-    """Scrub an attachment per policy; False when it must be dropped."""
-    mode = scrubber.policy.attachments
-    if mode == "keep":
-        return True
-    if mode == "drop":
-        return False
-    kind = item.headers.get("attachment_type")
-    if isinstance(kind, str) and kind in _BINARY_ATTACHMENTS:  # the client's JSON: any type
-        return True
-    ctype = str(item.headers.get("content_type") or "").lower()
-    payload = item.payload
-    if not payload:
-        return True
-    if "json" in ctype or payload[:1] in (b"{", b"["):
-        res = _scrub_json_bytes(scrubber, payload, "attachment", index, report.want)
-        if res is not None:
-            new, red = res
-            if new is not None:
-                item.set_payload(new)
-                report.changed_items.append(index)
-                report.redactions.extend(red)
-            return True
-    if ctype and not ctype.startswith(_TEXT_CONTENT) and ctype != "application/octet-stream":
-        text = _looks_text(payload) if ctype.endswith(("+json", "+xml", "yaml", "csv")) else None
-    else:
-        text = _looks_text(payload)
-    if text is None:
-        return True
-    new_text, red = _text_redactions(scrubber, text, index, "attachment")
-    if red:
-        item.set_payload(new_text.encode("utf-8"))
-        report.changed_items.append(index)
-        if report.want:
-            report.redactions.extend(red)
-    return True
-
-
-def _scrub_replay_recording(
-    scrubber: Scrubber, item: Item, index: int, report: ScrubReport
-) -> None:
-    payload = item.payload
-    nl = payload.find(b"\n")
-    if nl < 0:
-        head, body = b"", payload
-    else:
-        head, body = payload[: nl + 1], payload[nl + 1 :]
-    compressed = False
-    if body[:1] not in (b"[", b"{"):
-        try:
-            inflater = zlib.decompressobj()
-            raw = inflater.decompress(body, _MAX_INFLATE)
-            if inflater.unconsumed_tail:
-                return
-            body = raw
-            compressed = True
-        except zlib.error:
-            return
-    res = _scrub_json_bytes(scrubber, body, "replay_recording", index, report.want)
-    if res is None:
+def _scrub_filename(scrubber: Scrubber, item: Item, index: int, report: ScrubReport) -> None:
+    """An attachment's `filename` header through the value detectors."""
+    name = item.headers.get("filename")
+    if not isinstance(name, str) or len(name) < 3:
         return
-    new, red = res
-    if new is None:
+    new, changes = scrubber.scrub_text_report(name)
+    if not changes:
         return
-    out = zlib.compress(new) if compressed else new
-    item.set_payload(head + out)
+    item.set_header("filename", new)
     report.changed_items.append(index)
-    report.redactions.extend(red)
+    if report.want:
+        report.redactions.extend(
+            Redaction("<filename>", rule, "replace", index, "attachment") for rule, _ in changes
+        )
+
+
+def _scrub_attachment(
+    scrubber: Scrubber, item: Item, index: int, report: ScrubReport
+) -> Unread | None:
+    """Scrub an attachment per policy (see the module docstring)."""
+    mode = scrubber.policy.attachments
+    if mode == "drop":
+        return Unread("attachments: drop", Reason.ATTACHMENTS_POLICY)
+    if mode == "keep":
+        return Unread("attachments: keep")
+    _scrub_filename(scrubber, item, index, report)
+    if not item.payload:
+        return None
+    kind = item.headers.get("attachment_type")
+    if kind == native.EVENT_PAYLOAD:
+        return _read(_scrub_event_payload, scrubber, item, index, report)
+    if kind == native.BREADCRUMBS:
+        return _read(_scrub_breadcrumbs, scrubber, item, index, report)
+    return _scrub_content(scrubber, item, index, report, "attachment")
+
+
+def scrub_native(scrubber: Scrubber, kind: str, payload: bytes) -> bytes | None:
+    """An `event.payload` or `event.breadcrumbs` payload (`kind`) of a native crash,
+    scrubbed: new bytes, or None when unchanged; raises `Unreadable`."""
+    reader = _scrub_event_payload if kind == native.EVENT_PAYLOAD else _scrub_breadcrumbs
+    return reader(scrubber, payload, 0, False)[0]
+
+
+def _is_json(payload: bytes) -> bool:
+    return payload.lstrip()[:1] in (b"{", b"[")
+
+
+def _scrub_event_payload(
+    scrubber: Scrubber, payload: bytes, index: int, want: bool
+) -> tuple[bytes | None, list[Redaction]]:
+    """An `event.payload` attachment (JSON or MessagePack), walked as an event."""
+    if _is_json(payload):
+        res = _scrub_json_bytes(scrubber, payload, "event", index, want)
+        if res is None:
+            raise Unreadable("the event payload is not a JSON object within the depth limit")
+        return res
+    event = native.decode_event(payload)
+    _, red = scrubber.walk_payload(event, "event", item=index, report=want)
+    return _reencoded(native.encode_stream([event]), payload), red
+
+
+def _scrub_breadcrumbs(
+    scrubber: Scrubber, payload: bytes, index: int, want: bool
+) -> tuple[bytes | None, list[Redaction]]:
+    """An `event.breadcrumbs` attachment (JSON, or a MessagePack stream), walked as the
+    breadcrumbs of an event; a cut-short last MessagePack value is left out."""
+    if _is_json(payload):
+        try:
+            values = [orjson.loads(payload)]
+        except orjson.JSONDecodeError:
+            raise Unreadable("the breadcrumbs are not JSON") from None
+        if json_exceeds_depth(payload):
+            raise Unreadable("the breadcrumbs are nested past the depth limit")
+        red = _walk_breadcrumbs(scrubber, values, index, want)
+        return _reencoded(orjson.dumps(values[0] if values else []), payload), red
+    values, _ = native.decode_stream(payload)
+    red = _walk_breadcrumbs(scrubber, values, index, want)
+    return _reencoded(native.encode_stream(values), payload), red
+
+
+def _walk_breadcrumbs(
+    scrubber: Scrubber, values: list[Any], index: int, want: bool
+) -> list[Redaction]:
+    """Walk `values` (breadcrumbs, or lists of them) as an event's breadcrumbs, in place;
+    what a rule removed as a whole is left out."""
+    flat: list[Any] = []
+    for value in values:
+        flat.extend(value if isinstance(value, list) else [value])
+    wrapper: dict[str, Any] = {"breadcrumbs": {"values": flat}}
+    _, red = scrubber.walk_payload(wrapper, "event", item=index, report=want)
+    crumbs = wrapper.get("breadcrumbs")
+    seen = crumbs.get("values") if isinstance(crumbs, dict) else None
+    if seen is not flat:
+        values.clear()
+        return red
+    pos = 0
+    for i, value in enumerate(values):
+        if isinstance(value, list):
+            value[:] = flat[pos : pos + len(value)]
+            pos += len(value)
+        else:
+            values[i] = flat[pos]
+            pos += 1
+    values[:] = [v for v in values if v is not None]
+    return red
+
+
+def _reencoded(new: bytes, old: bytes) -> bytes | None:
+    return None if new == old else new
 
 
 def _pseudonymize_header_user(scrubber: Scrubber, trace: dict[str, Any]) -> list[Redaction]:
@@ -220,21 +321,28 @@ def scrub_envelope(
     skip: frozenset[int] = frozenset(),
     *,
     report: bool = True,
+    notes: dict[int, Unread] | None = None,
 ) -> ScrubReport:
     """Scrub `envelope` in place: header, then every item (see module docstring).
 
     `skip`: indexes of items the caller already scrubbed as parsed events.
     `report`: list the redactions (dropped and changed items are listed regardless).
+    `notes`: filled with an `Unread` per item (by index) that was forwarded or dropped
+    without being read through.
     """
     from relay.processing.scrub.scrubber import ScrubReport
 
     out = ScrubReport(want=report)
-    _scrub_all(scrubber, envelope, skip, out)
+    _scrub_all(scrubber, envelope, skip, out, notes)
     return out
 
 
 def _scrub_all(
-    scrubber: Scrubber, envelope: Envelope, skip: frozenset[int], report: ScrubReport
+    scrubber: Scrubber,
+    envelope: Envelope,
+    skip: frozenset[int],
+    report: ScrubReport,
+    notes: dict[int, Unread] | None,
 ) -> None:
     from relay.processing.scrub.scrubber import DroppedItem
 
@@ -243,15 +351,23 @@ def _scrub_all(
     for index, item in enumerate(envelope.items):
         item_type = item.type
         if index in skip:
-            pass
+            unread = None
         elif item_type == "attachment":
-            if not _scrub_attachment(scrubber, item, index, report):
-                report.dropped.append(DroppedItem(index, item, Reason.ATTACHMENTS_POLICY))
-                continue
+            unread = _scrub_attachment(scrubber, item, index, report)
         elif item_type == "replay_recording":
-            _scrub_replay_recording(scrubber, item, index, report)
-        elif item_type not in _KEEP_TYPES:
-            _scrub_generic(scrubber, item, index, report)
+            unread = _read(scrub_recording, scrubber, item, index, report)
+        elif item_type == "replay_video":
+            unread = _read(scrub_video, scrubber, item, index, report)
+        elif item_type in _KEEP_TYPES:
+            unread = Unread(_KEEP_TYPES[item_type])
+        else:
+            unread = _scrub_generic(scrubber, item, index, report)
+        if unread is not None:
+            if notes is not None:
+                notes[index] = unread
+            if unread.reason is not None:
+                report.dropped.append(DroppedItem(index, item, unread.reason))
+                continue
         kept.append(item)
     if report.dropped:
         envelope.items[:] = kept
