@@ -11,6 +11,8 @@ Parsers and their one error type:
     decompress                  DecompressionError
     Dsn.parse                   InvalidDsn
     parse_http_url              InvalidUrl; a parsed URL's parts are ASCII and sendable
+    native.decode_stream        Unreadable; what decodes encodes again
+    content.read_text           nothing; text read is encoded back to the same bytes
     Proxy.parse, parse_no_proxy InvalidProxy; a parsed proxy round-trips its address
     tunnel_status               ValueError (a proxy's answer to CONNECT)
     parse_config                ConfigError
@@ -38,6 +40,8 @@ from hypothesis import strategies as st
 from relay.config import Config, ConfigError, parse_config
 from relay.processing.fingerprint import compile_fingerprinting, validate_fingerprinting
 from relay.processing.glob import GlobError, GlobSet, glob_to_regex, validate_glob
+from relay.processing.scrub import native
+from relay.processing.scrub.content import Unreadable, read_text
 from relay.protocol.auth import AuthError, extract_auth, parse_auth_header
 from relay.protocol.decompress import DecompressionError, decompress
 from relay.protocol.dsn import Dsn, InvalidDsn
@@ -618,3 +622,48 @@ def test_globs_match_any_python_string(value: str) -> None:
     globs = GlobSet(["*", "a*b", "?"], case_sensitive=False)
     globs.match(value)
     GlobSet([string.printable.replace("\\", "")]).match(value)
+
+
+msgpack_bytes = st.binary(max_size=200) | st.builds(
+    lambda values, cut: b"".join(msgspec.msgpack.encode(v) for v in values)[: cut or None],
+    st.lists(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+            | st.text(max_size=10)
+            | st.binary(max_size=10),
+            lambda inner: (
+                st.lists(inner, max_size=4)
+                | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+            ),
+            max_leaves=10,
+        ),
+        max_size=4,
+    ),
+    st.integers(min_value=0, max_value=60),
+)
+
+
+@FUZZ
+@given(msgpack_bytes)
+@example(b"\xdd\xff\xff\xff\xff")
+@example(b"\x91" * 300)
+@example(b"\xc1")
+def test_native_stream_decoder_raises_only_unreadable(data: bytes) -> None:
+    try:
+        values, left = native.decode_stream(data)
+    except Unreadable:
+        return
+    assert 0 <= left <= len(data)
+    native.encode_stream(values)  # JSON-like values encode again
+
+
+@FUZZ
+@given(st.binary(max_size=300) | st.text(max_size=100).map(lambda t: t.encode("utf-16")))
+@example(b"caf\xe9 \x00 alice@example.com")
+@example(b"\xff\xfe" + "h\udc00i".encode("utf-16-le", "surrogatepass"))
+def test_text_read_from_bytes_encodes_back_to_them(data: bytes) -> None:
+    text = read_text(data)
+    if text is not None:
+        assert text.encode(text.text) == data
