@@ -48,10 +48,10 @@ _ACCEPTED_CACHE_SIZE = 4096
 
 #: A failed read of the outbox is retried after this long, doubling up to the maximum.
 READ_RETRY_S = 0.5
+READ_RETRY_MAX_S = 30.0
 #: An envelope sent this long after it was accepted has its `sent_at` moved by the wait
 #: (`relay.protocol.sent_at`): Sentry would take a long wait for the SDK's clock drift.
 SENT_AT_SHIFT_AFTER_S = 60.0
-READ_RETRY_MAX_S = 30.0
 
 
 class Forwarder:
