@@ -35,7 +35,11 @@ from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 from relay.protocol.multipart import Part, boundary_of, join, split
 
 _FIELD_PATH = re.compile(r"\[([^\]]*)\]")
-_FILENAME = re.compile(rb'(filename=")([^"\r\n]*)(")', re.IGNORECASE)
+#: A part's file name: `filename="..."`, or RFC 5987's `filename*=charset'lang'...`.
+_FILENAMES = (
+    re.compile(rb'(filename=")([^"\r\n]*)(")', re.IGNORECASE),
+    re.compile(rb"(filename\*=[^'\r\n;]*'[^'\r\n;]*')([^;\r\n]*)()", re.IGNORECASE),
+)
 _CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 #: The field name of the dump itself.
 MINIDUMP_FIELD = "upload_file_minidump"
@@ -58,7 +62,9 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
     kept: list[Part] = []
     for part in parts:
         name = part.name or ""
-        if part.filename:
+        # sentry-native's payloads by their field name, file part or not (read as text,
+        # a MessagePack event would pass its key-based rules by).
+        if part.filename or name in FIELD_TYPES:
             if _scrub_file(part, name, scrubber):
                 kept.append(part)
             continue
@@ -141,16 +147,22 @@ def _scrub_native_part(part: Part, kind: str, scrubber: ScrubStage) -> bool:
 
 
 def _scrub_filename(part: Part, scrubber: ScrubStage) -> str:
-    """The part's `filename`, through the value detectors (rewritten in its headers)."""
-    found = _FILENAME.search(part.headers)
-    if found is None:
-        return ""
-    name = found.group(2).decode("utf-8", "surrogateescape")
-    new = scrubber.scrub_text(name)
-    if new != name:
-        encoded = new.encode("utf-8", "surrogateescape").replace(b'"', b"'")
-        part.headers = part.headers[: found.start(2)] + encoded + part.headers[found.end(2) :]
-    return new
+    """The part's file names (`filename=`, `filename*=`) through the value detectors,
+    rewritten in its headers; the first of them, scrubbed."""
+    first = ""
+    for pattern in _FILENAMES:
+        found = pattern.search(part.headers)
+        if found is None:
+            continue
+        name = found.group(2).decode("utf-8", "surrogateescape")
+        new = scrubber.scrub_text(name)
+        if new != name:
+            encoded = new.encode("utf-8", "surrogateescape").replace(b'"', b"'")
+            if found.group(1).endswith(b"'"):  # percent-encoded: no spaces or separators
+                encoded = encoded.replace(b" ", b"%20").replace(b";", b"%3B")
+            part.headers = part.headers[: found.start(2)] + encoded + part.headers[found.end(2) :]
+        first = first or new
+    return first
 
 
 def _place(root: dict[str, Any], path: list[str], value: str) -> bool:

@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 
 _BOUNDARY_RE = re.compile(r'boundary=(?:"([^"]+)"|([^;\s]+))', re.IGNORECASE)
-_NAME_RE = re.compile(rb'name="([^"]*)"', re.IGNORECASE)
+#: The `name` parameter of a Content-Disposition (not the `name` inside `filename=`).
+_NAME_RE = re.compile(rb'(?:^|;)[ \t]*name="([^"]*)"', re.IGNORECASE)
+_FILENAME_RE = re.compile(rb"(?:^|;)[ \t]*filename\*?=", re.IGNORECASE)
 #: The characters of a boundary (RFC 2046 `bchars`); it does not end with a space.
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?]")
 
@@ -25,17 +27,25 @@ class Part:
     headers: bytes
     body: bytes
 
-    @property
-    def name(self) -> str | None:
+    def _disposition(self) -> bytes | None:
+        """The Content-Disposition's parameters (after `form-data`), or None."""
         for line in self.headers.split(b"\r\n"):
             if line.lower().startswith(b"content-disposition:"):
-                m = _NAME_RE.search(line)
-                return m.group(1).decode("utf-8", "replace") if m else None
+                _, _, params = line.partition(b";")
+                return b";" + params
         return None
 
     @property
+    def name(self) -> str | None:
+        params = self._disposition()
+        m = _NAME_RE.search(params) if params is not None else None
+        return m.group(1).decode("utf-8", "replace") if m else None
+
+    @property
     def filename(self) -> bool:
-        return b"filename=" in self.headers.lower()
+        """Whether the part is a file (`filename=`, or RFC 5987's `filename*=`)."""
+        params = self._disposition()
+        return params is not None and _FILENAME_RE.search(params) is not None
 
 
 def boundary_of(content_type: str | None) -> str:

@@ -21,6 +21,7 @@ __all__ = ["HttpUrl", "InvalidUrl", "ascii_host", "parse_http_url"]
 
 #: What a request target may hold as it is (printable ASCII but the space).
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
+_PRINTABLE_SET = frozenset(_PRINTABLE)
 
 
 #: What a host name may hold once in ASCII: letters, digits, hyphens, dots, and the
@@ -87,7 +88,10 @@ def parse_http_url(url: str) -> HttpUrl:
         raise InvalidUrl("has port 0")
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not target.isascii():
-        target = quote(target, safe=_PRINTABLE)
-    if any(c in target for c in "\r\n \t"):
+        try:
+            target = quote(target, safe=_PRINTABLE)
+        except UnicodeEncodeError:  # a lone surrogate
+            raise InvalidUrl("has a path that cannot be sent in a request line") from None
+    if not _PRINTABLE_SET.issuperset(target):  # spaces, control characters
         raise InvalidUrl("has a path that cannot be sent in a request line")
     return HttpUrl(scheme, host, port or (443 if scheme == "https" else 80), target)

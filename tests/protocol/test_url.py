@@ -50,6 +50,9 @@ def test_the_host_header_names_the_port_only_when_not_the_default() -> None:
         ("http://a!b.example/", "has a host name that cannot be one"),
         ("http://[zz::1]/", "has a host or port that cannot be one"),
         ("http://host/a b", "has a path that cannot be sent in a request line"),
+        ("http://host/a\x00b", "has a path that cannot be sent in a request line"),
+        ("http://host/a\x7fb?c", "has a path that cannot be sent in a request line"),
+        ("http://host/\udc80", "has a path that cannot be sent in a request line"),
     ],
 )
 def test_urls_no_request_can_be_sent_to(url: str, why: str) -> None:

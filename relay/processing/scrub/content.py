@@ -60,6 +60,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"SQLite format 3\x00", "SQLite database"),
 )
 _MAGIC_PREFIXES = tuple(magic for magic, _ in _MAGIC)
+#: RIFF container forms (bytes 8-12): WebP, WAV, AVI, animated cursors, MIDI, CD audio.
+_RIFF_FORMS = frozenset({b"WEBP", b"WAVE", b"AVI ", b"ACON", b"RMID", b"CDDA", b"RDIB"})
 #: Byte order marks of UTF-32 (checked first: they start like UTF-16's) and UTF-16.
 _BOMS: tuple[tuple[bytes, str, int], ...] = (
     (b"\xff\xfe\x00\x00", "utf-32-le", 4),
@@ -107,7 +109,10 @@ def read_text(payload: bytes) -> Text | None:
     """`payload` as text (see the module docstring), or None when it is binary."""
     for bom, codec, unit in _BOMS:
         if payload.startswith(bom):
-            return _decode_wide(payload[len(bom) :], codec, unit, bom)
+            text = _decode_wide(payload[len(bom) :], codec, unit, bom)
+            if text is not None or unit == 2:
+                return text
+            # `FF FE 00 00` is also UTF-16 text whose first character is U+0000.
     if _has_magic(payload):
         return None
     wide = _bomless_utf16(payload)
@@ -125,7 +130,7 @@ def _has_magic(payload: bytes) -> bool:
 def _is_media(payload: bytes) -> bool:
     """Formats whose magic is not a plain prefix: RIFF containers (WebP, WAV, AVI), ISO
     media (MP4, MOV, HEIC), BMP images and bzip2 data."""
-    if payload[:4] == b"RIFF" and len(payload) >= 12:
+    if payload[:4] == b"RIFF" and payload[8:12] in _RIFF_FORMS:
         return True
     if payload[4:8] == b"ftyp":
         return True

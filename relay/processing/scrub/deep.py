@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 
 #: Levels per piece: well within the walker's recursion and orjson's 254.
 PIECE_DEPTH = 64
+#: The largest payload walked in pieces (about two seconds of the event loop at most on
+#: the benchmark host); a deeper one of more bytes is `Unreadable`, so dropped.
+MAX_DEEP_BYTES = 1024 * 1024
 #: First code points of the placeholder alphabets tried: the mark, then ten digits.
 _BASES = (0xE000, 0xE100, 0xF000, 0xF100)
 
@@ -41,7 +44,12 @@ def walk_deep(
     scrubber: Scrubber, data: Any, raw: bytes, item_type: str, index: int, want: bool
 ) -> tuple[bytes, list[Redaction]]:
     """Walk `data` (parsed from the JSON text `raw`) in pieces; its new JSON text and the
-    redactions (`want`: else none), with paths from the payload's root."""
+    redactions (`want`: else none), with paths from the payload's root. Raises
+    `Unreadable` when `raw` is over `MAX_DEEP_BYTES`."""
+    if len(raw) > MAX_DEEP_BYTES:
+        raise Unreadable(
+            f"nested deeper than the depth limit and larger than {MAX_DEEP_BYTES // 1024} KiB"
+        )
     base = _free_base(raw)
     pieces: list[Any] = [data]
     links: list[_Link] = [None]

@@ -36,6 +36,7 @@ import orjson
 from relay.outcomes import Reason
 from relay.processing.scrub import native
 from relay.processing.scrub.content import Unreadable, binary_kind, read_text
+from relay.processing.scrub.deep import walk_deep
 from relay.processing.scrub.replay import scrub_recording, scrub_video
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
@@ -77,6 +78,8 @@ def _scrub_json_bytes(
     scrubber: Scrubber, payload: bytes, item_type: str, index: int, want: bool
 ) -> tuple[bytes | None, list[Redaction]] | None:
     """Walk a JSON payload; None if it is not JSON; (new bytes or None, redactions).
+    JSON deeper than the depth limit is walked in pieces (`deep`), so that key-based
+    rules still apply; raises `Unreadable` when it is too large for that.
 
     `want`: build the redactions (else the list stays empty).
     """
@@ -84,8 +87,10 @@ def _scrub_json_bytes(
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(data, dict | list) or json_exceeds_depth(payload):
-        return None  # too deep to walk: scrubbed as text instead
+    if not isinstance(data, dict | list):
+        return None
+    if json_exceeds_depth(payload):
+        return walk_deep(scrubber, data, payload, item_type, index, want)
     changed, red = scrubber.walk_payload(data, item_type, item=index, report=want)
     if not changed:
         if has_duplicate_keys(payload):
@@ -125,7 +130,10 @@ def _scrub_content(
     payload = item.payload
     ctype = str(item.headers.get("content_type") or "").lower()
     if "json" in ctype or payload.lstrip()[:1] in (b"{", b"["):
-        res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
+        try:
+            res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
+        except Unreadable as exc:
+            return Unread(f"it could not be read: {exc}", Reason.INVALID_PAYLOAD)
         if res is not None:
             _apply(item, *res, index, report)
             return None
@@ -153,7 +161,10 @@ def _scrub_generic(
     payload = item.payload
     if not payload:
         return None
-    res = _scrub_json_bytes(scrubber, payload, item.type, index, report.want)
+    try:
+        res = _scrub_json_bytes(scrubber, payload, item.type, index, report.want)
+    except Unreadable as exc:
+        return Unread(f"it could not be read: {exc}", Reason.INVALID_PAYLOAD)
     if res is not None:
         new, red = res
         if new is not None:

@@ -34,6 +34,10 @@ FIELD_TYPES = {
 
 #: The largest native payload read.
 MAX_BYTES = 1024 * 1024
+#: The most values (of any kind, nested ones too) a breadcrumb stream may hold: its
+#: splitting reads every value's header in Python (sentry-native keeps 100 breadcrumbs
+#: a file; a stream of a million one-byte values would hold the loop for seconds).
+MAX_ELEMENTS = 50_000
 _FIXED = {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5}
 _FIXED |= {0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}
 #: Type byte -> (width of the length field, extra header bytes) for bin, ext and str.
@@ -44,11 +48,31 @@ _COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
 
 
 def decode_event(payload: bytes) -> dict[str, Any]:
-    """The event of a `__sentry-event` payload."""
-    values, _ = decode_stream(payload)
-    if len(values) != 1 or not isinstance(values[0], dict):
+    """The event of a `__sentry-event` payload: one MessagePack map, decoded at once."""
+    if len(payload) > MAX_BYTES:
+        raise Unreadable(f"larger than {MAX_BYTES // 1024} KiB")
+    try:
+        value = msgspec.msgpack.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        raise Unreadable("not one MessagePack map") from None
+    if not isinstance(value, dict):
         raise Unreadable("not one MessagePack map")
-    return values[0]
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise Unreadable(f"MessagePack nested deeper than {MAX_JSON_DEPTH} levels")
+    event: dict[str, Any] = _plain(value)
+    return event
+
+
+def _depth_over(root: Any, limit: int) -> bool:
+    """Whether containers in `root` nest deeper than `limit` (without recursion)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def decode_stream(payload: bytes) -> tuple[list[Any], int]:
@@ -58,8 +82,9 @@ def decode_stream(payload: bytes) -> tuple[list[Any], int]:
         raise Unreadable(f"larger than {MAX_BYTES // 1024} KiB")
     values: list[Any] = []
     pos = 0
+    budget = [MAX_ELEMENTS]
     while pos < len(payload):
-        end = _value_end(payload, pos)
+        end = _value_end(payload, pos, budget)
         if end is None:
             if not values:
                 raise Unreadable("truncated MessagePack")
@@ -78,11 +103,12 @@ def encode_stream(values: list[Any]) -> bytes:
     return b"".join(msgspec.msgpack.encode(v) for v in values)
 
 
-def _value_end(data: bytes, pos: int) -> int | None:
+def _value_end(data: bytes, pos: int, budget: list[int]) -> int | None:
     """Where the MessagePack value at `pos` ends; None when `data` ends first.
 
     Reads headers only (no values are built), so that a stream can be split into its
-    values; raises `Unreadable` for a reserved type byte or nesting past the limit.
+    values; raises `Unreadable` for a reserved type byte, nesting past the limit, or
+    more elements than `budget` has left (the count is taken from it).
     """
     size = len(data)
     pending = [1]  # values still to read, per open container (the first: the root)
@@ -91,6 +117,9 @@ def _value_end(data: bytes, pos: int) -> int | None:
             pending.pop()
             continue
         pending[-1] -= 1
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise Unreadable(f"more than {MAX_ELEMENTS} MessagePack values")
         if pos >= size:
             return None
         head, children, length = _header(data, pos)

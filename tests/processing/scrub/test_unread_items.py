@@ -542,3 +542,84 @@ def test_dry_run_says_why_an_unreadable_item_is_dropped(tmp_path: Path) -> None:
         "drop — invalid: invalid_payload (it could not be read: the recording is neither"
     )
     assert "WARNING" not in text
+
+
+# --- hostile shapes: cost bounded, nothing read past -------------------------------------
+
+
+def _raw_multipart(*parts: tuple[str, bytes]) -> bytes:
+    """Parts given by their whole Content-Disposition value."""
+    out = b""
+    for disposition, body in parts:
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += body + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def test_native_payloads_sent_as_form_fields_are_still_decoded() -> None:
+    body = _raw_multipart(
+        ('form-data; name="upload_file_minidump"; filename="m.dmp"', DUMP),
+        ('form-data; name="__sentry-event"', msgspec.msgpack.encode(NATIVE_EVENT)),
+    )
+    parts = part_bodies(upload(body))
+    assert leaks(parts["__sentry-event"]) == []
+    assert msgspec.msgpack.decode(parts["__sentry-event"])["user"]["email"] == "[email]"
+
+
+def test_a_filename_before_the_name_or_in_rfc5987_form_is_read_right() -> None:
+    body = _raw_multipart(
+        ('form-data; name="upload_file_minidump"; filename="m.dmp"', DUMP),
+        ('form-data; filename="upload_file_minidump"; name="log"', LOG.encode()),
+        (f"form-data; name=\"other\"; filename*=UTF-8''{EMAIL.replace('@', '%40')}.log",
+         LOG.encode()),
+    )  # fmt: skip
+    out = upload(body)
+    parts = part_bodies(out)
+    assert parts["upload_file_minidump"] == DUMP
+    assert leaks(parts["log"]) == [] and leaks(parts["other"]) == []
+    assert EMAIL.replace("@", "%40").encode() not in out
+
+
+def test_a_deep_json_attachment_still_has_its_denylisted_keys_filtered() -> None:
+    value: Any = {"cvv": "123", "note": f"by {EMAIL}"}
+    for _ in range(140):
+        value = {"child": value}
+    env, _ = scrub(attachment(orjson.dumps(value), content_type="application/json"))
+    payload = env.items[0].payload
+    assert b'"123"' not in payload and leaks(payload) == []
+    assert depth(orjson.loads(payload)) > 140
+
+
+def test_a_deep_json_attachment_too_large_to_walk_is_dropped() -> None:
+    value: Any = ["x" * 2000] * 600  # over a MiB, and deep
+    for _ in range(140):
+        value = [value]
+    _, report = scrub(attachment(orjson.dumps(value)))
+    assert [d.reason for d in report.dropped] == [Reason.INVALID_PAYLOAD]
+
+
+def test_a_recording_that_inflates_past_the_limit_is_dropped() -> None:
+    bomb = zlib.compress(b"[" + b"{}," * (3 * 1024 * 1024) + b"{}]", 9)
+    assert len(bomb) < 100_000
+    _, report = scrub(({"type": "replay_recording"}, b'{"segment_id":0}\n' + bomb))
+    assert [d.reason for d in report.dropped] == [Reason.INVALID_PAYLOAD]
+
+
+def test_a_breadcrumb_stream_of_too_many_values_is_unreadable() -> None:
+    _, report = scrub(attachment(b"\x80" * 200_000, attachment_type="event.breadcrumbs"))
+    assert [d.reason for d in report.dropped] == [Reason.INVALID_PAYLOAD]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff\xfe" + f"\x00{LOG}".encode("utf-16-le"),  # UTF-16 starting with U+0000
+        f"RIFF {LOG}".encode(),  # text that starts like a RIFF container
+    ],
+)
+def test_text_that_starts_like_something_else_is_still_text(payload: bytes) -> None:
+    text = read_text(payload)
+    assert text is not None and text.encode(text.text) == payload
+    env, _ = scrub(attachment(payload))
+    scrubbed = read_text(env.items[0].payload)
+    assert scrubbed is not None and EMAIL not in scrubbed.text
