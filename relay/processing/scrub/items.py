@@ -124,12 +124,19 @@ def _read(
 
 
 def _scrub_content(
-    scrubber: Scrubber, item: Item, index: int, report: ScrubReport, item_type: str
+    scrubber: Scrubber,
+    item: Item,
+    index: int,
+    report: ScrubReport,
+    item_type: str,
+    *,
+    try_json: bool = False,
 ) -> Unread | None:
-    """JSON walked, text (by content) through the value detectors, binary kept."""
+    """JSON walked, text (by content) through the value detectors, binary kept. JSON is
+    tried when the content type or the first byte says so, or always with `try_json`."""
     payload = item.payload
     ctype = str(item.headers.get("content_type") or "").lower()
-    if "json" in ctype or payload.lstrip()[:1] in (b"{", b"["):
+    if try_json or "json" in ctype or payload.lstrip()[:1] in (b"{", b"["):
         try:
             res = _scrub_json_bytes(scrubber, payload, item_type, index, report.want)
         except Unreadable as exc:
@@ -158,21 +165,9 @@ def _scrub_generic(
     scrubber: Scrubber, item: Item, index: int, report: ScrubReport
 ) -> Unread | None:
     """JSON walked, else text (by content) through the value detectors, binary kept."""
-    payload = item.payload
-    if not payload:
+    if not item.payload:
         return None
-    try:
-        res = _scrub_json_bytes(scrubber, payload, item.type, index, report.want)
-    except Unreadable as exc:
-        return Unread(f"it could not be read: {exc}", Reason.INVALID_PAYLOAD)
-    if res is not None:
-        new, red = res
-        if new is not None:
-            item.set_payload(new)
-            report.changed_items.append(index)
-            report.redactions.extend(red)
-        return None
-    return _scrub_text(scrubber, item, index, report, item.type)
+    return _scrub_content(scrubber, item, index, report, item.type, try_json=True)
 
 
 def _scrub_filename(scrubber: Scrubber, item: Item, index: int, report: ScrubReport) -> None:
