@@ -51,16 +51,22 @@ def decode_event(payload: bytes) -> dict[str, Any]:
     """The event of a `__sentry-event` payload: one MessagePack map, decoded at once."""
     if len(payload) > MAX_BYTES:
         raise Unreadable(f"larger than {MAX_BYTES // 1024} KiB")
-    try:
-        value = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, RecursionError):
-        raise Unreadable("not one MessagePack map") from None
-    if not isinstance(value, dict):
-        raise Unreadable("not one MessagePack map")
+    value = decode_map(payload, "the native event")
     if _depth_over(value, MAX_JSON_DEPTH):
         raise Unreadable(f"MessagePack nested deeper than {MAX_JSON_DEPTH} levels")
     event: dict[str, Any] = _plain(value)
     return event
+
+
+def decode_map(payload: bytes, what: str) -> dict[Any, Any]:
+    """`payload` as one MessagePack map (raw values); `Unreadable` naming `what` if not."""
+    try:
+        value = msgspec.msgpack.decode(payload)
+    except (msgspec.DecodeError, RecursionError):
+        raise Unreadable(f"{what} is not MessagePack") from None
+    if not isinstance(value, dict):
+        raise Unreadable(f"{what} is not a MessagePack map")
+    return value
 
 
 def _depth_over(root: Any, limit: int) -> bool:

@@ -26,6 +26,7 @@ import orjson
 
 from relay.processing.scrub.content import Unreadable
 from relay.processing.scrub.deep import walk_deep
+from relay.processing.scrub.native import decode_map
 from relay.processing.scrub.walker import Redaction
 from relay.protocol.envelope import MAX_JSON_DEPTH, has_duplicate_keys, json_exceeds_depth
 
@@ -79,12 +80,7 @@ def scrub_video(scrubber: Scrubber, payload: bytes, index: int, want: bool) -> S
 
 def _video_parts(payload: bytes) -> dict[str, bytes]:
     """The three byte strings of a replay video's MessagePack map."""
-    try:
-        value = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, RecursionError):
-        raise Unreadable("the replay video is not MessagePack") from None
-    if not isinstance(value, dict):
-        raise Unreadable("the replay video is not a MessagePack map")
+    value = decode_map(payload, "the replay video")
     parts: dict[str, bytes] = {}
     for key in _VIDEO_KEYS:
         part = value.get(key)
