@@ -18,7 +18,6 @@ All patterns are linear: repetitions are bounded or followed by no choice point.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -701,23 +700,28 @@ def scan(entries: Sequence[tuple[Detector, P]], text: str) -> list[Hit[P]]:
     if not found:
         return []
     # Earlier entries first, each left to right (a stable sort: equal starts keep their
-    # order); a span overlapping one already taken is dropped.
-    starts: list[int] = []
-    ends: list[int] = []
-    whats: list[P] = []
+    # order); a span overlapping one already taken is dropped. Each entry's spans are
+    # merged into those taken in one pass over both (inserting them one by one was
+    # quadratic in the hits of a large text).
+    taken: list[tuple[int, int, P]] = []
     for spans, what in found:
         if len(spans) > 1:
             spans.sort(key=_START)
+        merged: list[tuple[int, int, P]] = []
+        j, n = 0, len(taken)
         for s, e in spans:
-            i = bisect_right(starts, s)
-            if i and ends[i - 1] > s:
+            while j < n and taken[j][0] <= s:
+                merged.append(taken[j])
+                j += 1
+            if merged and merged[-1][1] > s:
                 continue
-            if i < len(starts) and starts[i] < e:
+            if j < n and taken[j][0] < e:
                 continue
-            starts.insert(i, s)
-            ends.insert(i, e)
-            whats.insert(i, what)
-    return [_new_hit(Hit, hit) for hit in zip(starts, ends, whats, strict=True)]
+            merged.append((s, e, what))
+        if j < n:
+            merged.extend(taken[j:])
+        taken = merged
+    return [_new_hit(Hit, hit) for hit in taken]
 
 
 _START = itemgetter(0)
