@@ -366,8 +366,11 @@ class Policy:
             ids = tuple(map(id, rules))
             found = self._rule_tuples.get(ids)
             if found is None:
-                found = self._rule_tuples[ids] = tuple(rules)
-                if rules and not any(r.keyed for r in rules):
+                # `setdefault`: with two threads walking (`services.offload`), the memo
+                # belongs to the one tuple kept, whose id stays taken.
+                made = tuple(rules)
+                found = self._rule_tuples.setdefault(ids, made)
+                if found is made and rules and not any(r.keyed for r in rules):
                     self._rule_memos[id(found)] = RulesMemo()
             self._local_rules[(node, tv, deep)] = found
         return found
@@ -446,7 +449,9 @@ class Policy:
         fast = np.fast
         out = []
         for key in keys:
-            entry = fast[key] if key in fast else self._fast_entry(*self.plan(np, key))
+            entry = fast.get(key, _MISS)  # one lookup: another thread may clear `fast`
+            if entry is _MISS:
+                entry = self._fast_entry(*self.plan(np, key))
             if entry is not None:
                 out.append((key, entry))
         found = shapes[keys] = tuple(out)
@@ -552,7 +557,8 @@ class Policy:
             code = _RULED if code == _FAST else _SLOW
         if self._plan_size > _MAX_KEY_CACHE:
             # Bounded memory: start over (plans in use stay valid, just unlisted).
-            for known in self._node_plans.values():
+            # A copy: another thread may add a node plan meanwhile (`services.offload`).
+            for known in tuple(self._node_plans.values()):
                 known.plans.clear()
                 known.fast.clear()
                 if known.shapes is not None:
