@@ -40,6 +40,7 @@ from relay.services.forwarder import Forwarder
 from relay.services.ingest import Ingest
 from relay.services.limiter import create_limiter
 from relay.services.metrics import LogCounter, Metrics
+from relay.services.offload import Offload
 from relay.services.outbox import MemoryOutbox, Outbox
 from relay.services.peers import WORKERS, WORKERS_SCRAPED
 from relay.services.retarget import Retarget
@@ -50,6 +51,8 @@ from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
 from relay.web.body import BodyBudget
 from relay.web.edge import edge_middleware
+
+log = logging.getLogger("relay.app")
 
 #: The shadow queue is small: copies beyond it are dropped (counted), never waited for.
 SHADOW_QUEUE_ITEMS = 1000
@@ -149,15 +152,27 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     app[STATE].started.set()
     yield
     app[STATE].draining = True
+    deadline = time.monotonic() + config.shutdown_timeout
     try:
-        backlog = app[INGEST].backlog
-        if backlog is not None:
-            backlog.flush()  # the envelopes answered but not yet scrubbed, into the outbox
+        stages = app[INGEST]
+        if stages.backlog is not None:
+            stages.backlog.flush()  # the envelopes answered but not yet scrubbed, into the outbox
+        if stages.offload is not None:
+            # Large envelopes still being scrubbed on the offload thread, likewise; those
+            # not done in time get their outcomes (`internal`, `shutdown`).
+            given_up = await stages.offload.drain(max(0.0, deadline - time.monotonic()))
+            if given_up:
+                log.warning(
+                    "shutdown: %d large envelope(s) still being processed after %ss dropped",
+                    given_up,
+                    config.shutdown_timeout,
+                )
+            stages.offload.close()
         await reports.stop()
         await shadow_forwarder.stop()
     finally:
         # Whatever failed above, what was accepted is still sent (or spooled).
-        await forwarder.drain(config.shutdown_timeout)
+        await forwarder.drain(max(0.0, deadline - time.monotonic()))
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:
@@ -240,8 +255,12 @@ def create_app(
     metrics.add_gauge_callback(*WORKERS, lambda: float(config.workers))
     metrics.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
+    offload = Offload()
     shadow = Shadow(
-        MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES), metrics, metrics.shadow_skipped.inc
+        MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES),
+        metrics,
+        metrics.shadow_skipped.inc,
+        offload,
     )
     app[SHADOW] = shadow
     # With the disk spool, an envelope is on disk before the SDK has its answer.
@@ -254,11 +273,12 @@ def create_app(
         backpressure_wait=config.upstream.backpressure_wait_s,
         backlog=backlog,
         gzip_level=config.upstream.gzip_level if config.upstream.gzip else None,
+        offload=offload,
     )
     metrics.add_gauge_callback(
         "relay_processing_backlog",
         "Accepted envelopes waiting to be scrubbed and queued (answered already).",
-        lambda: float(len(backlog)) if backlog is not None else 0.0,
+        lambda: float(len(backlog) if backlog is not None else 0) + len(offload),
     )
     app.cleanup_ctx.append(_log_counter)
     app.cleanup_ctx.append(_outbox)

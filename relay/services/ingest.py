@@ -9,7 +9,9 @@
 
 With the memory outbox, the steps after the line run from the backlog
 (`relay.services.backlog`), after the answer: nothing they do changes it. With the
-disk spool they run before it, so that an answered envelope is on disk.
+disk spool they run before it, so that an answered envelope is on disk. For an envelope
+whose kept payloads reach `offload.MIN_BYTES` they run on the offload thread, so that the
+event loop goes on serving meanwhile (`relay.services.offload`).
 
 Every dropped item gets its outcome here; delivered items get theirs from the
 forwarder. Only the scrubbed, serialized envelope reaches the outbox.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -38,6 +41,7 @@ from relay.protocol.ratelimit_header import RateLimit
 from relay.services.backlog import Backlog
 from relay.services.client_reports import ClientReports
 from relay.services.limiter import REDIS_UNAVAILABLE, Limiter
+from relay.services.offload import Offload
 from relay.services.outbox import MemoryOutbox, Outbox, OutboxEntry, OutboxFull
 from relay.services.upstream_limits import UpstreamLimits
 
@@ -101,6 +105,7 @@ class Ingest:
         outcomes: where every dropped item's outcome goes.
         backlog: where the steps after the answer run, with a memory outbox (without a
             backlog, or with the disk spool, they run before the answer).
+        offload: the worker thread that takes those steps for large envelopes.
     """
 
     def __init__(
@@ -114,8 +119,10 @@ class Ingest:
         backpressure_wait: float = 2.0,
         backlog: Backlog | None = None,
         gzip_level: int | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.outbox = outbox
+        self.offload = offload
         #: Queued copies are gzipped at this level (None: as they are); see `_finish`.
         self.gzip_level = gzip_level
         self.backlog = backlog
@@ -300,18 +307,31 @@ class Ingest:
             return result
 
         outbox = self.outbox
+        finish = partial(self._finish, prepared, policy, target, ctx, received)
+        # Room for what is left to queue: items dropped above take none.
+        size = sum(len(work.item.payload) for work in prepared.kept)
+        large = self.offload is not None and self.offload.wants(size)
         if self.backlog is not None and isinstance(outbox, MemoryOutbox):
-            # Room for what is left to queue: items dropped above take none.
-            size = sum(len(work.item.payload) for work in prepared.kept)
             if not outbox.reserve(size):
                 await self._refused(prepared, ctx, counted, result)
                 return result
-            self.backlog.push(
-                partial(self._finish_later, outbox, size, prepared, policy, target, ctx, received)
-            )
+            if large:
+                assert self.offload is not None
+                self.offload.submit(
+                    finish,
+                    partial(self._queue_reserved, outbox, size, prepared),
+                    partial(self._finish_failed, outbox, size, prepared, ctx),
+                )
+            else:
+                self.backlog.push(partial(self._finish_later, outbox, size, prepared, ctx, finish))
             result.kept = len(prepared.kept)
             return result
-        entry = self._finish(prepared, policy, target, ctx, received)
+        if large:
+            assert self.offload is not None
+            entry = await self.offload.call(finish)
+        else:
+            entry = finish()
+        self._emit_scrub_dropped(prepared)
         if entry is None:
             return result
         try:
@@ -345,13 +365,14 @@ class Ingest:
         received: Received | None,
     ) -> OutboxEntry | None:
         """Fingerprint, scrub and serialize what is kept: the outbox entry, or None when
-        scrubbing left nothing (those items have their outcomes)."""
+        scrubbing left nothing (`_emit_scrub_dropped` gives those items their outcomes).
+
+        Pure: this runs on the offload thread for large envelopes (`relay.services.offload`).
+        """
         envelope = prepared.envelope
         forwarded = pipeline.finish(
             prepared, scrubber=policy.scrubber, fingerprinter=policy.fingerprinter
         )
-        for dropped in prepared.scrub_dropped:
-            self.outcomes.emit(dropped.outcome)
         if not forwarded.items:
             return None
         route_to(forwarded, target, ctx.public_key)
@@ -377,38 +398,64 @@ class Ingest:
             event_id=envelope.event_id,
         )
 
+    def _emit_scrub_dropped(self, prepared: pipeline.Prepared) -> None:
+        """Outcomes of the items scrubbing dropped (on the event loop, after `_finish`)."""
+        for dropped in prepared.scrub_dropped:
+            self.outcomes.emit(dropped.outcome)
+
     def _finish_later(
         self,
         outbox: MemoryOutbox,
         size: int,
         prepared: pipeline.Prepared,
-        policy: CompiledPolicy,
-        target: Target,
         ctx: RequestContext,
-        received: Received | None,
+        finish: Callable[[], OutboxEntry | None],
     ) -> None:
         """`_finish` from the backlog, into the room reserved for it. The SDK has its
         answer: a failure here is logged, and the items get an `internal` outcome."""
         try:
-            entry = self._finish(prepared, policy, target, ctx, received)
+            entry = finish()
         except Exception:
-            outbox.release(size)
             log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
-            for work in prepared.kept:
-                self.outcomes.emit(
-                    Outcome(
-                        OutcomeKind.INTERNAL,
-                        Reason.PROCESSING_FAILED,
-                        work.category,
-                        work.quantity(),
-                        ctx.project_id,
-                    )
-                )
+            self._finish_failed(outbox, size, prepared, ctx, Reason.PROCESSING_FAILED)
             return
+        self._queue_reserved(outbox, size, prepared, entry)
+
+    def _queue_reserved(
+        self,
+        outbox: MemoryOutbox,
+        size: int,
+        prepared: pipeline.Prepared,
+        entry: OutboxEntry | None,
+    ) -> None:
+        """A finished envelope into the room reserved for it (released when nothing is left)."""
+        self._emit_scrub_dropped(prepared)
         if entry is None:
             outbox.release(size)
         else:
             outbox.put_reserved(entry, size)
+
+    def _finish_failed(
+        self,
+        outbox: MemoryOutbox,
+        size: int,
+        prepared: pipeline.Prepared,
+        ctx: RequestContext,
+        reason: str,
+    ) -> None:
+        """`_finish` raised after the answer (or was given up at shutdown): the room goes
+        back, the items get `internal` with `reason`."""
+        outbox.release(size)
+        for work in prepared.kept:
+            self.outcomes.emit(
+                Outcome(
+                    OutcomeKind.INTERNAL,
+                    reason,
+                    work.category,
+                    work.quantity(),
+                    ctx.project_id,
+                )
+            )
 
 
 def _uncount(

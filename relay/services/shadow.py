@@ -24,7 +24,8 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -36,6 +37,7 @@ from relay.processing.filters import tag_for_shadow
 from relay.processing.pipeline import Dropped
 from relay.protocol.envelope import Envelope, Item
 from relay.services.ingest import route_to
+from relay.services.offload import Offload
 from relay.services.outbox import MemoryOutbox, OutboxEntry, OutboxFull
 
 log = logging.getLogger("relay.shadow")
@@ -92,6 +94,7 @@ class Shadow:
         outcomes: where `shadowed` is counted.
         skipped: called with why a request's copy was not queued (`capped`, `queue_full`,
             `failed`), for the metrics.
+        offload: where large copies are built (off the event loop).
     """
 
     def __init__(
@@ -99,8 +102,10 @@ class Shadow:
         outbox: MemoryOutbox,
         outcomes: OutcomeSink,
         skipped: Callable[[str], None] = lambda why: None,
+        offload: Offload | None = None,
     ) -> None:
         self.outbox = outbox
+        self.offload = offload
         self.outcomes = outcomes
         self._skipped = skipped
         self.dropped_copies = 0
@@ -146,38 +151,35 @@ class Shadow:
             self.dropped_copies += 1
             self._skipped("capped")
             return
-        items: list[Item] = []
-        events: set[int] = set()
-        for drop in chosen:
-            work = drop.work
-            event = work.event
-            if event is not None and drop.dry_run:
-                loaded = orjson.loads(work.item.payload)  # the kept item must stay untouched
-                event = loaded if isinstance(loaded, dict) else None
-            headers = {k: v for k, v in work.item.headers.items() if k != "length"}
-            if event is not None:
-                tag_for_shadow(
-                    event,
-                    shadow_reason(drop.outcome),
-                    drop.outcome.rule or drop.outcome.reason,
-                    dry_run=drop.dry_run,
-                )
-                policy.scrubber.scrub_event(event, work.type, report=False)
-                events.add(len(items))
-                items.append(Item(headers, orjson.dumps(event)))
-            else:
-                items.append(Item(headers, work.item.payload))
+        # What the copy is built from, taken now: the primary path goes on with the kept
+        # items (a dry-run hit's event is scrubbed in place there, so its copy is read
+        # again from the payload as it came).
+        parts = [
+            _Part(
+                drop,
+                {k: v for k, v in drop.work.item.headers.items() if k != "length"},
+                drop.work.item.payload,
+                drop.work.event is not None,
+                None if drop.dry_run else drop.work.event,
+                drop.work.type,
+                (drop.work.category, drop.work.quantity()),
+            )
+            for drop in chosen
+        ]
         header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
-        copy = Envelope(header, items)
-        policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)
-        route_to(copy, target, "")
-        entry = OutboxEntry(
-            target=target,
-            body=copy.serialize(),
-            project_id=int(target.dsn.project_id) if target.dsn else 0,
-            quantities=[(d.work.category, d.work.quantity()) for d in chosen],
-            event_id=copy.event_id,
-        )
+        build = partial(_build, policy, header, parts)
+        size = sum(len(part.payload) for part in parts)
+        if self.offload is not None and self.offload.wants(size):
+            self.offload.submit(build, partial(self._queue, chosen), self._failed)
+        else:
+            self._queue(chosen, build())
+
+    def _failed(self, reason: str) -> None:
+        """A copy built on the offload thread failed there (or was given up at shutdown)."""
+        self.failed_copies += 1
+        self._skipped("failed")
+
+    def _queue(self, chosen: list[Dropped], entry: OutboxEntry) -> None:
         if not self.outbox.has_room(len(entry.body)):
             self.dropped_copies += 1
             self._skipped("queue_full")
@@ -195,6 +197,56 @@ class Shadow:
                     OutcomeKind.SHADOWED, o.reason, o.category, o.quantity, o.project_id, o.rule
                 )
             )
+
+
+class _Part(NamedTuple):
+    """One item of a shadow copy, as it was when the copy was asked for."""
+
+    drop: Dropped
+    headers: dict[str, Any]
+    payload: bytes
+    parsed: bool
+    #: The parsed event of a dropped item (None for a dry-run hit: read from `payload`).
+    event: dict[str, Any] | None
+    type: str
+    quantity: tuple[str, int]
+
+
+def _build(policy: CompiledPolicy, header: dict[str, Any], parts: list[_Part]) -> OutboxEntry:
+    """The tagged, scrubbed copy of `parts` (pure: large copies are built on the offload
+    thread, `relay.services.offload`)."""
+    target = policy.shadow_target
+    assert target is not None and policy.scrubber is not None
+    items: list[Item] = []
+    events: set[int] = set()
+    for part in parts:
+        event = part.event
+        if event is None and part.parsed:
+            loaded = orjson.loads(part.payload)  # a dry-run hit: the kept item stays untouched
+            event = loaded if isinstance(loaded, dict) else None
+        if event is not None:
+            outcome = part.drop.outcome
+            tag_for_shadow(
+                event,
+                shadow_reason(outcome),
+                outcome.rule or outcome.reason,
+                dry_run=part.drop.dry_run,
+            )
+            policy.scrubber.scrub_event(event, part.type, report=False)
+            events.add(len(items))
+            items.append(Item(part.headers, orjson.dumps(event)))
+        else:
+            items.append(Item(part.headers, part.payload))
+    copy = Envelope(header, items)
+    policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)
+    route_to(copy, target, "")
+    return OutboxEntry(
+        target=target,
+        body=copy.serialize(),
+        project_id=int(target.dsn.project_id) if target.dsn else 0,
+        quantities=[part.quantity for part in parts],
+        event_id=copy.event_id,
+    )
 
 
 def _one_per_item(drops: list[Dropped]) -> list[Dropped]:

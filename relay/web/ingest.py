@@ -7,6 +7,7 @@ Cheap checks first (auth from headers, project and key, origin), then the body
 from __future__ import annotations
 
 import uuid
+from functools import partial
 
 import orjson
 from aiohttp import web
@@ -272,14 +273,18 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     if not (content_type.isascii() and content_type.isprintable()):
         # It is forwarded as it is: it must be a header the upstream request can carry.
         raise BadRequest("the Content-Type of a minidump upload must be printable ASCII")
+    ingest = request.app[INGEST]
+    scrub = partial(scrub_minidump_upload, body, content_type, project.policy.scrubber)
     try:
-        body = scrub_minidump_upload(body, content_type, project.policy.scrubber)
+        if ingest.offload is not None and ingest.offload.wants(len(body)):
+            body = await ingest.offload.call(scrub)  # off the event loop (`services.offload`)
+        else:
+            body = scrub()
     except MultipartError as exc:
         raise BadRequest(f"invalid minidump upload: {exc}") from None
     event_id = uuid.uuid4()
     # As Sentry answers: the id as text, a hyphenated UUID, which crash reporters expect.
     answer = web.Response(text=str(event_id), content_type="text/plain")
-    ingest = request.app[INGEST]
     target = project.target(auth.public_key)
     ctx = _context(request, project_id, auth)
     admission = await ingest.admit_upload(ctx, project.policy, target, len(body))
