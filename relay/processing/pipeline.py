@@ -358,6 +358,8 @@ AUTO_IP = "{{auto}}"
 #: Platforms whose events Sentry gives the sender's address when they have none.
 _INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
 _IP_TYPES = frozenset({"event", "transaction"})
+_SESSION_TYPES = frozenset({"session", "sessions"})
+_AUTO_IP_BYTES = AUTO_IP.encode()
 
 
 def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
@@ -379,6 +381,20 @@ def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
     request = event.get("request")
     env = request.get("env") if isinstance(request, dict) else None
     return _resolve_auto(env, "REMOTE_ADDR", client_ip) or changed
+
+
+def resolve_session_ip(item: Item, client_ip: str | None) -> bool:
+    """`{{auto}}` in a session's (or session aggregates') `attrs.ip_address`, as in events:
+    the client's address, or removed without one. Returns whether the item changed; a
+    payload that does not parse is left to the scrubber."""
+    try:
+        doc = orjson.loads(item.payload)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(doc, dict) or not _resolve_auto(doc.get("attrs"), "ip_address", client_ip):
+        return False
+    item.set_payload(orjson.dumps(doc))
+    return True
 
 
 def _resolve_auto(obj: object, key: str, client_ip: str | None) -> bool:
@@ -408,6 +424,8 @@ def finish(
     parsed: set[int] = set()
     for index, work in enumerate(prepared.kept):
         if work.event is None:
+            if work.type in _SESSION_TYPES and _AUTO_IP_BYTES in work.item.payload:
+                resolve_session_ip(work.item, client_ip if keep_ip else None)
             continue
         if work.type in _IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
             work.dirty = True

@@ -92,3 +92,32 @@ async def test_the_upstream_never_gets_auto(
         assert users == [{"ip_address": "127.0.0.1"}, {"ip_address": "127.0.0.1"}]
     else:
         assert users == [{}, None]
+
+
+def _sessions(doc: dict[str, Any], item_type: str) -> bytes:
+    return b'{}\n{"type":"' + item_type.encode() + b'"}\n' + orjson.dumps(doc) + b"\n"
+
+
+@pytest.mark.parametrize("keep_ips", [True, False])
+async def test_sessions_get_the_client_address_for_auto_too(
+    relay_factory: Any, recorder: RecordingUpstream, keep_ips: bool
+) -> None:
+    policy = {"scrubbing": {"ip_addresses": False}} if keep_ips else {}
+    relay: TestClient = await relay_factory(policy=policy)
+    attrs = {"release": "shop@1.4.2", "environment": "production", "ip_address": AUTO_IP}
+    session = {"sid": "a" * 32, "did": "u1", "status": "ok", "started": "2026-12-07T00:00:00Z"}
+    aggregates = {"aggregates": [{"started": "2026-12-07T00:00:00Z", "exited": 3}]}
+    for doc, item_type in (
+        ({**session, "attrs": attrs}, "session"),
+        ({**aggregates, "attrs": attrs}, "sessions"),
+    ):
+        resp = await relay.post(
+            "/api/42/envelope/", data=_sessions(doc, item_type), headers=auth_header()
+        )
+        assert resp.status == 200
+    await recorder.wait_for(2)
+    sent = [orjson.loads(e.items[0].payload)["attrs"] for e in recorder.envelopes]
+    want = {"release": "shop@1.4.2", "environment": "production"}
+    if keep_ips:
+        want["ip_address"] = "127.0.0.1"
+    assert sent == [want, want]
