@@ -17,11 +17,16 @@ A minidump upload is `multipart/form-data`. Its parts, by field name:
 
 Every part's `filename` goes through the value detectors. A part that cannot be read
 (a native payload that does not decode) is removed rather than forwarded unread.
+
+The crash reporter is answered the event's id: the upload's own when it has one, else
+a new one that is added to the upload as a `sentry[event_id]` field, so that the event
+the upstream makes has that id too (`prepare_minidump_upload`).
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import orjson
@@ -29,7 +34,7 @@ import orjson
 from relay.processing.pipeline import ScrubStage
 from relay.processing.scrub.content import Unreadable, read_text
 from relay.processing.scrub.items import scrub_native
-from relay.processing.scrub.native import FIELD_TYPES
+from relay.processing.scrub.native import EVENT_PAYLOAD, FIELD_TYPES, decode_map
 from relay.processing.scrub.scrubber import Scrubber
 from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 from relay.protocol.multipart import Part, boundary_of, join, split
@@ -47,16 +52,72 @@ MINIDUMP_FIELD = "upload_file_minidump"
 _ATTACHMENT_TYPES = {"view-hierarchy.json": "event.view_hierarchy"}
 
 
+def prepare_minidump_upload(
+    body: bytes, content_type: str, scrubber: ScrubStage | None
+) -> tuple[bytes, str]:
+    """The upload scrubbed (`scrub_minidump_upload`), and its event id as 32 hex digits.
+
+    The id is the event's own where the upload carries one, as Sentry takes it: the
+    `sentry` JSON's `event_id`, a `sentry[event_id]` field or the native event's. Else
+    it is a new one, added as a `sentry[event_id]` field, so that the event the upstream
+    makes of the upload has the id the crash reporter was answered.
+    """
+    boundary = boundary_of(content_type)
+    parts = _scrub_parts(split(body, boundary), scrubber)
+    found = _event_id(parts)
+    if found is None:
+        found = uuid.uuid4().hex
+        parts.append(
+            Part(b'Content-Disposition: form-data; name="sentry[event_id]"', found.encode())
+        )
+    elif scrubber is None:
+        return body, found
+    return join(parts, boundary), found
+
+
+def _event_id(parts: list[Part]) -> str | None:
+    """The first valid event id the parts carry (see `prepare_minidump_upload`)."""
+    for part in parts:
+        name = part.name or ""
+        value: Any = None
+        if name == "sentry[event_id]":
+            value = part.body.decode("utf-8", "replace").strip()
+        elif name == "sentry":
+            try:
+                event = orjson.loads(part.body)
+            except orjson.JSONDecodeError:
+                continue
+            value = event.get("event_id") if isinstance(event, dict) else None
+        elif FIELD_TYPES.get(name) == EVENT_PAYLOAD:
+            try:
+                value = decode_map(part.body, "the native event").get("event_id")
+            except Unreadable:
+                continue
+        if isinstance(value, str):
+            try:
+                return uuid.UUID(value).hex
+            except ValueError:
+                continue
+    return None
+
+
 def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage | None) -> bytes:
     """Scrub every part of a minidump upload but the dump (see the module docstring).
 
     The `sentry` part is an event JSON; `sentry[user][email]`-style fields are gathered
     into one event so that key-based rules (the denylist, selectors) apply to them too.
     """
-    boundary = boundary_of(content_type)
-    parts = split(body, boundary)
     if scrubber is None:
+        split(body, boundary_of(content_type))  # readable, or MultipartError
         return body
+    boundary = boundary_of(content_type)
+    return join(_scrub_parts(split(body, boundary), scrubber), boundary)
+
+
+def _scrub_parts(parts: list[Part], scrubber: ScrubStage | None) -> list[Part]:
+    """The parts to forward, scrubbed (as they are without a scrubber)."""
+    if scrubber is None:
+        return parts
     fields: dict[str, Any] = {}
     paths: list[tuple[Part, list[str]]] = []
     kept: list[Part] = []
@@ -91,7 +152,7 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
         scrubber.scrub_event(fields, "event", report=False)
         for part, path in paths:
             part.body = _field_bytes(fields, path)
-    return join(kept, boundary)
+    return kept
 
 
 def _scrub_sentry_json(part: Part, scrubber: ScrubStage) -> None:

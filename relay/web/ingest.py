@@ -17,7 +17,7 @@ from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
 from relay.processing.filters import resolve_client_ip
-from relay.processing.minidump import scrub_minidump_upload
+from relay.processing.minidump import prepare_minidump_upload
 from relay.protocol.auth import Auth, AuthError, extract_auth
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.multipart import MultipartError
@@ -274,17 +274,16 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         # It is forwarded as it is: it must be a header the upstream request can carry.
         raise BadRequest("the Content-Type of a minidump upload must be printable ASCII")
     ingest = request.app[INGEST]
-    scrub = partial(scrub_minidump_upload, body, content_type, project.policy.scrubber)
+    prepare = partial(prepare_minidump_upload, body, content_type, project.policy.scrubber)
     try:
         if ingest.offload is not None and ingest.offload.wants(len(body)):
-            body = await ingest.offload.call(scrub)  # off the event loop (`services.offload`)
+            body, event_id = await ingest.offload.call(prepare)  # off the loop (`offload`)
         else:
-            body = scrub()
+            body, event_id = prepare()
     except MultipartError as exc:
         raise BadRequest(f"invalid minidump upload: {exc}") from None
-    event_id = uuid.uuid4()
     # As Sentry answers: the id as text, a hyphenated UUID, which crash reporters expect.
-    answer = web.Response(text=str(event_id), content_type="text/plain")
+    answer = web.Response(text=str(uuid.UUID(event_id)), content_type="text/plain")
     target = project.target(auth.public_key)
     ctx = _context(request, project_id, auth)
     admission = await ingest.admit_upload(ctx, project.policy, target, len(body))
@@ -297,7 +296,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         body=body,
         project_id=project_id,
         quantities=[("error", 1)],
-        event_id=event_id.hex,
+        event_id=event_id,
         endpoint="minidump",
         content_type=content_type,
         app_key=auth.public_key,

@@ -161,7 +161,7 @@ async def test_a_large_minidump_upload_is_scrubbed_off_the_loop(
 ) -> None:
     gate = Gate(lambda body, *_: len(body) >= MIN_BYTES)
     monkeypatch.setattr(
-        web_ingest, "scrub_minidump_upload", gate.wrap(web_ingest.scrub_minidump_upload)
+        web_ingest, "prepare_minidump_upload", gate.wrap(web_ingest.prepare_minidump_upload)
     )
     dump = b"MDMP\x93\xa7" + bytes(range(256)) * (MIN_BYTES // 256)
     headers = {**auth_header(), "Content-Type": "multipart/form-data; boundary=xyzzy"}

@@ -8,6 +8,7 @@ import uuid
 import zlib
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
@@ -158,6 +159,58 @@ async def test_minidump_uploads_are_counted_by_quotas(
         )
     else:
         assert 'outcome="rate_limited"' not in metrics
+
+
+def _upload_with(extra: bytes, boundary: str = "xyzzy") -> bytes:
+    """`_minidump_upload` with more parts (`extra`, each ending in CRLF) before its end."""
+    return _minidump_upload(boundary).replace(
+        f"--{boundary}--\r\n".encode(), extra + f"--{boundary}--\r\n".encode()
+    )
+
+
+def _field(name: str, value: bytes, boundary: str = "xyzzy", filename: str | None = None) -> bytes:
+    file = f'; filename="{filename}"' if filename else ""
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n\r\n'
+    return head.encode() + value + b"\r\n"
+
+
+EVENT_ID = "2dd132e467174db48dbaddabd3cbed57"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        _field("sentry", orjson.dumps({"event_id": EVENT_ID, "user": {"id": "1"}})),
+        _field("sentry[event_id]", str(uuid.UUID(EVENT_ID)).encode()),
+        _field("__sentry-event", msgspec.msgpack.encode({"event_id": EVENT_ID}), filename="e"),
+    ],
+    ids=["sentry-json", "sentry-field", "native-event"],
+)
+async def test_a_minidump_upload_is_answered_with_its_own_event_id(
+    relay: TestClient, recorder: RecordingUpstream, extra: bytes
+) -> None:
+    headers = {**auth_header(), "Content-Type": "multipart/form-data; boundary=xyzzy"}
+    resp = await relay.post("/api/42/minidump/", data=_upload_with(extra), headers=headers)
+    assert resp.status == 200
+    assert await resp.text() == str(uuid.UUID(EVENT_ID))
+    await recorder.wait_for(1)
+    assert b'name="sentry[event_id]"\r\n\r\n' + EVENT_ID.encode() not in recorder.received[0].body
+
+
+async def test_a_minidump_upload_without_an_event_id_gets_the_answered_one(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
+    """The upstream makes the event with the id the crash reporter was answered."""
+    headers = {**auth_header(), "Content-Type": "multipart/form-data; boundary=xyzzy"}
+    bad = _field("sentry", orjson.dumps({"event_id": "not-an-id"}))
+    resp = await relay.post("/api/42/minidump/", data=_upload_with(bad), headers=headers)
+    assert resp.status == 200
+    answered = uuid.UUID(await resp.text()).hex
+    await recorder.wait_for(1)
+    sent = recorder.received[0].body
+    field = b'Content-Disposition: form-data; name="sentry[event_id]"\r\n\r\n'
+    assert field + answered.encode() + b"\r\n" in sent
+    assert b"MDMP\x93\xa7 binary" in sent
 
 
 async def test_garbage_minidump_upload_is_400(relay: TestClient) -> None:
