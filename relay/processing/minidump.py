@@ -67,8 +67,9 @@ def prepare_minidump_upload(
     found = _event_id(parts)
     if found is None:
         found = uuid.uuid4().hex
-        parts.append(
-            Part(b'Content-Disposition: form-data; name="sentry[event_id]"', found.encode())
+        # First: of the form fields, the first `sentry` or `sentry[event_id]` decides.
+        parts.insert(
+            0, Part(b'Content-Disposition: form-data; name="sentry[event_id]"', found.encode())
         )
     elif scrubber is None:
         return body, found
@@ -76,29 +77,39 @@ def prepare_minidump_upload(
 
 
 def _event_id(parts: list[Part]) -> str | None:
-    """The first valid event id the parts carry (see `prepare_minidump_upload`)."""
+    """The upload's event id, where Sentry looks for it: the native event's (the first
+    `__sentry-event`), else the first form field named `sentry` (its JSON's `event_id`)
+    or `sentry[event_id]`. None when that holds no valid id."""
     for part in parts:
-        name = part.name or ""
-        value: Any = None
-        if name == "sentry[event_id]":
-            value = part.body.decode("utf-8", "replace").strip()
-        elif name == "sentry":
+        if FIELD_TYPES.get(part.name or "") == EVENT_PAYLOAD:
+            try:
+                found = _uuid_hex(decode_map(part.body, "the native event").get("event_id"))
+            except Unreadable:
+                found = None
+            if found is not None:
+                return found
+            break
+    for part in parts:
+        if part.filename:
+            continue  # a file, not a form field
+        if part.name == "sentry[event_id]":
+            return _uuid_hex(part.body.decode("utf-8", "replace").strip())
+        if part.name == "sentry":
             try:
                 event = orjson.loads(part.body)
             except orjson.JSONDecodeError:
-                continue
-            value = event.get("event_id") if isinstance(event, dict) else None
-        elif FIELD_TYPES.get(name) == EVENT_PAYLOAD:
-            try:
-                value = decode_map(part.body, "the native event").get("event_id")
-            except Unreadable:
-                continue
-        if isinstance(value, str):
-            try:
-                return uuid.UUID(value).hex
-            except ValueError:
-                continue
+                return None
+            return _uuid_hex(event.get("event_id") if isinstance(event, dict) else None)
     return None
+
+
+def _uuid_hex(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value).hex
+    except ValueError:
+        return None
 
 
 def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage | None) -> bytes:
