@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from typing import Any
 
 import orjson
@@ -76,9 +77,11 @@ async def test_minidump_fields_that_collide_are_each_kept_and_scrubbed(
     assert b"MDMP\x00\x01" in got.body
     assert b"bob" in got.body  # not personal data by the default policy: kept
     assert b"alice@example.com" not in got.body  # scrubbed wherever it stood
-    # Every field part still has a value (none emptied by the other's path).
+    # Every field part still has a value (none emptied by the other's path); the relay
+    # adds one, the answered event id (`sentry[event_id]`), first.
     bodies = [chunk.split(b"\r\n\r\n", 1)[1] for chunk in got.body.split(b"--XyZ")[1:-1]]
-    assert len(bodies) == 3 and all(b.strip(b"\r\n") for b in bodies), bodies
+    assert len(bodies) == 4 and all(b.strip(b"\r\n") for b in bodies), bodies
+    assert bodies[0].strip(b"\r\n").decode() == uuid.UUID(await resp.text()).hex
 
 
 def test_an_item_count_is_capped() -> None:
