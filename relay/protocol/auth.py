@@ -13,7 +13,8 @@ Sentry only takes a header as auth when its value starts with `Sentry `
 (case-insensitive); a header without that prefix counts as absent. Field names
 may omit the `sentry_` prefix and values may be double-quoted.
 
-    AuthError(ValueError)   .status: 401 missing or invalid, 400 malformed or conflicting
+    AuthError(ValueError)   .status: 401 missing, invalid, malformed or conflicting (as
+                            Sentry answers them); 400 an envelope `dsn` that is not a DSN
 """
 
 from __future__ import annotations
@@ -77,20 +78,20 @@ def _normalize_name(name: str) -> str:
 def parse_auth_header(value: str) -> dict[str, str]:
     """Fields of a `Sentry k=v, k=v` header value, keyed with the `sentry_` prefix.
 
-    The `Sentry` scheme is case-insensitive and required. Raises AuthError(400)
+    The `Sentry` scheme is case-insensitive and required. Raises AuthError(401)
     when the value is not Sentry auth or a field has no `=`.
     """
     text = value.strip()
     scheme, _, rest = text.partition(" ")
     if scheme.lower() != "sentry":
-        raise AuthError(400, "bad x-sentry-auth header: not Sentry authentication")
+        raise AuthError(401, "bad x-sentry-auth header: not Sentry authentication")
     fields: dict[str, str] = {}
     for part in rest.split(","):
         if not part.strip():
             continue
         name, eq, raw = part.partition("=")
         if not eq or not name.strip():
-            raise AuthError(400, f"bad x-sentry-auth header: malformed field {part.strip()!r}")
+            raise AuthError(401, f"bad x-sentry-auth header: malformed field {part.strip()!r}")
         fields[_normalize_name(name)] = _unquote(raw)
     return fields
 
@@ -109,7 +110,7 @@ def _from_fields(fields: Mapping[str, str], source: str) -> Auth:
     if version is not None:
         version = version.strip()
         if not _VERSION_RE.fullmatch(version):
-            raise AuthError(400, "bad x-sentry-auth header: invalid sentry_version")
+            raise AuthError(401, "bad x-sentry-auth header: invalid sentry_version")
     client = fields.get("sentry_client")
     secret = fields.get("sentry_secret")
     return Auth(
@@ -179,7 +180,7 @@ def extract_auth(
 
     `headers` and `query` are the request's (header names case-insensitive);
     `envelope_dsn` is the envelope header `dsn`, consulted only with
-    `allow_envelope`. Sources that name different keys: AuthError(400,
+    `allow_envelope`. Sources that name different keys: AuthError(401,
     "conflicting authentication"); none: AuthError(401, "missing authorization
     information"); a key that is not a key: AuthError(401, "invalid sentry_key").
     """
@@ -227,7 +228,7 @@ def extract_auth(
     first = found[0]
     for other in found[1:]:
         if other.public_key != first.public_key:
-            raise AuthError(400, "conflicting authentication")
+            raise AuthError(401, "conflicting authentication")
     if first.version is None or first.client is None:
         # The SDK version and client may come from a later source (e.g. the query).
         version = first.version or next((a.version for a in found if a.version), None)

@@ -291,7 +291,7 @@ def test_auth_header_parser_raises_only_auth_errors(value: str) -> None:
     try:
         parse_auth_header(value)
     except AuthError as exc:
-        assert exc.status == 400
+        assert exc.status == 401
 
 
 # -- rate-limit headers ---------------------------------------------------------------------------

@@ -49,7 +49,7 @@ def test_parse_auth_header_tolerates_spacing_quotes_and_prefixless_names(value: 
 def test_parse_auth_header_rejects(value: str) -> None:
     with pytest.raises(AuthError) as info:
         parse_auth_header(value)
-    assert info.value.status == 400
+    assert info.value.status == 401  # as Sentry answers a bad X-Sentry-Auth
 
 
 def test_x_sentry_auth() -> None:
@@ -140,7 +140,7 @@ def test_missing_fields_are_taken_from_later_sources() -> None:
 def test_conflicting_keys(headers: dict[str, str], query: dict[str, str], dsn: str | None) -> None:
     with pytest.raises(AuthError) as info:
         extract_auth(headers, query, dsn, allow_envelope=True)
-    assert (info.value.status, str(info.value)) == (400, "conflicting authentication")
+    assert (info.value.status, str(info.value)) == (401, "conflicting authentication")
 
 
 def test_missing() -> None:
@@ -167,7 +167,7 @@ def test_valid_keys(key: str) -> None:
 def test_bad_version() -> None:
     with pytest.raises(AuthError) as info:
         extract_auth({"X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=seven"}, {})
-    assert info.value.status == 400
+    assert info.value.status == 401
 
 
 def test_dsn_project_id() -> None:
