@@ -21,11 +21,13 @@ and its items get their outcome (`internal`, `shutdown`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import queue
 import sys
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from relay.logs import log_unexpected
 from relay.outcomes import Reason
@@ -68,13 +70,18 @@ class _Job:
 class Offload:
     """One worker thread for large, pure jobs (see the module's docstring).
 
+    The thread is a daemon of its own rather than a `ThreadPoolExecutor`'s, whose
+    threads the interpreter joins at exit: a job given up at shutdown would hold the
+    process's exit for as long as it still runs.
+
     Parameters:
         min_bytes: payloads at least this large go to the thread (`wants`).
     """
 
     def __init__(self, min_bytes: int = MIN_BYTES) -> None:
         self.min_bytes = min_bytes
-        self._executor: ThreadPoolExecutor | None = None
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
         self._jobs: dict[asyncio.Task[None], _Job] = {}
         self._calls = 0
 
@@ -87,12 +94,15 @@ class Offload:
         return size >= self.min_bytes
 
     def _in_thread(self, fn: Callable[[], T]) -> asyncio.Future[T]:
-        return asyncio.get_running_loop().run_in_executor(self._pool(), _switching, fn)
-
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="relay-offload")
-        return self._executor
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=_work, args=(self._queue,), name="relay-offload", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((fn, future, loop))
+        return future
 
     async def call(self, fn: Callable[[], T]) -> T:
         """`fn()` on the worker thread; its result or its exception."""
@@ -143,17 +153,70 @@ class Offload:
         return len(left)
 
     def close(self) -> None:
-        """Let the thread go once its job (if any) is done; no new jobs after this."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Let the thread go once its job (if any) is done; jobs still queued are not run
+        (their awaiting tasks were given up by `drain`)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
+            self._queue = queue.SimpleQueue()
 
 
-def _switching(fn: Callable[[], T]) -> T:
-    """`fn()` with the short switch interval (jobs run one at a time, on one thread)."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
-    try:
-        return fn()
-    finally:
-        sys.setswitchinterval(before)
+#: (function, its future, the loop that awaits it): one job for the thread.
+_Work = tuple[Callable[[], Any], "asyncio.Future[Any]", asyncio.AbstractEventLoop]
+
+
+def _work(jobs: queue.SimpleQueue[_Work | None]) -> None:
+    """The worker thread: runs jobs in order until it gets None."""
+    while (job := jobs.get()) is not None:
+        fn, future, loop = job
+        if future.cancelled():
+            continue  # its caller is gone (given up at shutdown)
+        try:
+            result = _SHORT_SWITCH.run(fn)
+        except BaseException as exc:
+            _settle(loop, future.set_exception, future, exc)
+        else:
+            _settle(loop, future.set_result, future, result)
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop,
+    setter: Callable[[Any], None],
+    future: asyncio.Future[Any],
+    value: Any,
+) -> None:
+    """`setter(value)` on the loop, unless the future is done by then (or the loop is)."""
+
+    def settle() -> None:
+        if not future.done():
+            setter(value)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(settle)
+
+
+class _ShortSwitch:
+    """`SWITCH_INTERVAL_S` while any job runs, on any thread; the interval as it was
+    once none does (jobs of two relays in one process may overlap, as in tests)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before = 0.0
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._running == 0:
+                self._before = sys.getswitchinterval()
+                sys.setswitchinterval(SWITCH_INTERVAL_S)
+            self._running += 1
+        try:
+            return fn()
+        finally:
+            with self._lock:
+                self._running -= 1
+                if self._running == 0:
+                    sys.setswitchinterval(self._before)
+
+
+_SHORT_SWITCH = _ShortSwitch()

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
 from relay.outcomes import Reason
-from relay.services.offload import MIN_BYTES, Offload
+from relay.services.offload import MIN_BYTES, SWITCH_INTERVAL_S, Offload
 
 
 async def test_wants_only_large_payloads() -> None:
@@ -91,3 +96,63 @@ async def test_drain_gives_up_jobs_past_the_timeout_with_one_shutdown_outcome() 
     await asyncio.sleep(0.1)  # the thread finishes the first job: its result goes nowhere
     assert results == [] and reasons == [Reason.SHUTDOWN, Reason.SHUTDOWN]
     offload.close()
+
+
+async def test_overlapping_jobs_of_two_offloads_restore_the_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    first, second = Offload(), Offload()
+    started = [threading.Event(), threading.Event()]
+    go = [threading.Event(), threading.Event()]
+
+    def job(n: int) -> float:
+        started[n].set()
+        go[n].wait(5)
+        return sys.getswitchinterval()
+
+    a = asyncio.ensure_future(first.call(lambda: job(0)))
+    await asyncio.to_thread(started[0].wait, 5)
+    b = asyncio.ensure_future(second.call(lambda: job(1)))
+    await asyncio.to_thread(started[1].wait, 5)
+    go[0].set()
+    assert await a == SWITCH_INTERVAL_S
+    go[1].set()
+    assert await b == SWITCH_INTERVAL_S  # still short: the other job was running
+    first.close()
+    second.close()
+    assert sys.getswitchinterval() == before
+
+
+def test_a_job_given_up_does_not_hold_the_process_exit(tmp_path: Path) -> None:
+    """The thread is a daemon: a job still running at exit (given up by `drain`) is not
+    waited for, as a `ThreadPoolExecutor`'s thread would be."""
+    script = tmp_path / "exit.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio, threading
+            from relay.services.offload import Offload
+
+            async def main():
+                offload = Offload()
+                started = threading.Event()
+                never = threading.Event()
+                offload.submit(lambda: (started.set(), never.wait()), print, print)
+                await asyncio.to_thread(started.wait, 5)
+                print("given up", await offload.drain(0.05))
+                offload.close()
+
+            asyncio.run(main())
+            """
+        )
+    )
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["shutdown", "given up 1"]
