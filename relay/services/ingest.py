@@ -315,15 +315,20 @@ class Ingest:
             if not outbox.reserve(size):
                 await self._refused(prepared, ctx, counted, result)
                 return result
+            # Should processing fail (or be given up at shutdown), every item kept now gets
+            # its outcome: `finish` takes those it drops from `prepared.kept` as it goes.
+            kept = list(prepared.kept)
             if large:
                 assert self.offload is not None
                 self.offload.submit(
                     finish,
                     partial(self._queue_reserved, outbox, size, prepared),
-                    partial(self._finish_failed, outbox, size, prepared, ctx),
+                    partial(self._finish_failed, outbox, size, kept, ctx),
                 )
             else:
-                self.backlog.push(partial(self._finish_later, outbox, size, prepared, ctx, finish))
+                self.backlog.push(
+                    partial(self._finish_later, outbox, size, kept, prepared, ctx, finish)
+                )
             result.kept = len(prepared.kept)
             return result
         if large:
@@ -407,17 +412,19 @@ class Ingest:
         self,
         outbox: MemoryOutbox,
         size: int,
+        kept: list[pipeline.WorkItem],
         prepared: pipeline.Prepared,
         ctx: RequestContext,
         finish: Callable[[], OutboxEntry | None],
     ) -> None:
         """`_finish` from the backlog, into the room reserved for it. The SDK has its
-        answer: a failure here is logged, and the items get an `internal` outcome."""
+        answer: a failure here is logged, and the items (`kept` before `finish` began)
+        get an `internal` outcome."""
         try:
             entry = finish()
         except Exception:
             log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
-            self._finish_failed(outbox, size, prepared, ctx, Reason.PROCESSING_FAILED)
+            self._finish_failed(outbox, size, kept, ctx, Reason.PROCESSING_FAILED)
             return
         self._queue_reserved(outbox, size, prepared, entry)
 
@@ -439,14 +446,15 @@ class Ingest:
         self,
         outbox: MemoryOutbox,
         size: int,
-        prepared: pipeline.Prepared,
+        kept: list[pipeline.WorkItem],
         ctx: RequestContext,
         reason: str,
     ) -> None:
         """`_finish` raised after the answer (or was given up at shutdown): the room goes
-        back, the items get `internal` with `reason`."""
+        back, the items it was given (`kept`) get `internal` with `reason`. Not
+        `prepared.kept`, which `finish` changes as it goes (on another thread, maybe)."""
         outbox.release(size)
-        for work in prepared.kept:
+        for work in kept:
             self.outcomes.emit(
                 Outcome(
                     OutcomeKind.INTERNAL,

@@ -17,6 +17,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+import relay.services.ingest as ingest_module
 import relay.services.shadow as shadow_module
 import relay.web.ingest as web_ingest
 from relay.app import create_app
@@ -208,3 +209,36 @@ async def test_a_large_shadow_copy_is_built_off_the_loop(
     assert [i.type for i in copy.items] == ["event", "attachment"]
     assert SECRET not in copy.items[1].payload
     assert gate.threads == [(True, False)]
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["backlog", "offload"])
+async def test_when_processing_fails_every_item_it_was_given_gets_one_outcome(
+    relay: TestClient, monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    """Scrubbing drops the unreadable recording (taking it out of `prepared.kept`), then
+    the step after it fails: both items still end `internal` / `processing_failed`."""
+
+    def broken(*_: Any) -> bytes:
+        raise RuntimeError("a bug after scrubbing")
+
+    monkeypatch.setattr(ingest_module, "gzip_worth", broken)
+    recording = b"neither JSON nor zlib " * ((MIN_BYTES if large else 100) // 22 + 1)
+    body = Envelope(
+        {"event_id": "b" * 32},
+        [
+            Item({"type": "event"}, b'{"message":"m"}'),
+            Item({"type": "replay_recording"}, recording),
+        ],
+    ).serialize()
+    assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    want = [
+        'relay_items_total{category="error",outcome="internal",reason="processing_failed"} 1.0',
+        'relay_items_total{category="replay",outcome="internal",reason="processing_failed"} 1.0',
+    ]
+    async with asyncio.timeout(GATE_S):
+        while True:
+            metrics = await (await relay.get("/metrics")).text()
+            if all(line in metrics for line in want):
+                break
+            await asyncio.sleep(0.02)
+    assert 'outcome="invalid"' not in metrics  # one outcome per item
