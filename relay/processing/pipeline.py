@@ -357,9 +357,11 @@ def drop_categories(
 AUTO_IP = "{{auto}}"
 #: Platforms whose events Sentry gives the sender's address when they have none.
 _INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
-_IP_TYPES = frozenset({"event", "transaction"})
-_SESSION_TYPES = frozenset({"session", "sessions"})
-_AUTO_IP_BYTES = AUTO_IP.encode()
+#: Item types whose `{{auto}}` addresses are resolved: events (`resolve_client_ip`) and
+#: sessions (`resolve_session_ip`, found by `AUTO_IP_BYTES` in the payload).
+IP_TYPES = frozenset({"event", "transaction"})
+SESSION_TYPES = frozenset({"session", "sessions"})
+AUTO_IP_BYTES = AUTO_IP.encode()
 
 
 def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
@@ -424,10 +426,10 @@ def finish(
     parsed: set[int] = set()
     for index, work in enumerate(prepared.kept):
         if work.event is None:
-            if work.type in _SESSION_TYPES and _AUTO_IP_BYTES in work.item.payload:
+            if work.type in SESSION_TYPES and AUTO_IP_BYTES in work.item.payload:
                 resolve_session_ip(work.item, client_ip if keep_ip else None)
             continue
-        if work.type in _IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
+        if work.type in IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
             work.dirty = True
         # Scrub first: fingerprints and titles are then built from scrubbed values only.
         if scrubber is not None:

@@ -54,6 +54,7 @@ class ShadowSink(Protocol):
         envelope_headers: dict[str, Any],
         drops: list[pipeline.Dropped],
         policy: CompiledPolicy,
+        client_ip: str | None = None,
     ) -> None: ...
 
 
@@ -293,7 +294,7 @@ class Ingest:
                 if self.client_reports is not None:
                     self.client_reports.record(target, dropped.outcome)
         if self.shadow is not None and prepared.dropped and policy.shadow is not None:
-            self.shadow.mirror(envelope.headers, prepared.dropped, policy)
+            self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
 
         if not prepared.kept:
             kinds = {d.outcome.kind for d in prepared.dropped if not d.dry_run}

@@ -34,7 +34,14 @@ from relay.logs import log_unexpected
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink
 from relay.policy.compile import CompiledPolicy
 from relay.processing.filters import tag_for_shadow
-from relay.processing.pipeline import Dropped
+from relay.processing.pipeline import (
+    AUTO_IP_BYTES,
+    IP_TYPES,
+    SESSION_TYPES,
+    Dropped,
+    resolve_client_ip,
+    resolve_session_ip,
+)
 from relay.protocol.envelope import Envelope, Item
 from relay.services.ingest import route_to
 from relay.services.offload import Offload
@@ -121,21 +128,29 @@ class Shadow:
         return bucket
 
     def mirror(
-        self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy
+        self,
+        envelope_headers: dict[str, Any],
+        drops: list[Dropped],
+        policy: CompiledPolicy,
+        client_ip: str | None = None,
     ) -> None:
         """Queue a scrubbed, tagged copy of `drops` (call before the primary path mutates payloads).
 
         Never raises (but for cancellation): the primary request must not depend on its shadow.
         """
         try:
-            self._mirror(envelope_headers, drops, policy)
+            self._mirror(envelope_headers, drops, policy, client_ip)
         except Exception:
             self.failed_copies += 1
             self._skipped("failed")
             log_unexpected(log, "shadow copy failed; the primary request goes on without it")
 
     def _mirror(
-        self, envelope_headers: dict[str, Any], drops: list[Dropped], policy: CompiledPolicy
+        self,
+        envelope_headers: dict[str, Any],
+        drops: list[Dropped],
+        policy: CompiledPolicy,
+        client_ip: str | None,
     ) -> None:
         cfg = policy.shadow
         target = policy.shadow_target
@@ -167,7 +182,7 @@ class Shadow:
             for drop in chosen
         ]
         header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
-        build = partial(_build, policy, header, parts)
+        build = partial(_build, policy, header, parts, client_ip)
         size = sum(len(part.payload) for part in parts)
         if self.offload is not None and self.offload.wants(size):
             self.offload.submit(build, partial(self._queue, chosen), self._failed)
@@ -212,11 +227,16 @@ class _Part(NamedTuple):
     quantity: tuple[str, int]
 
 
-def _build(policy: CompiledPolicy, header: dict[str, Any], parts: list[_Part]) -> OutboxEntry:
+def _build(
+    policy: CompiledPolicy, header: dict[str, Any], parts: list[_Part], client_ip: str | None
+) -> OutboxEntry:
     """The tagged, scrubbed copy of `parts` (pure: large copies are built on the offload
-    thread, `relay.services.offload`)."""
+    thread, `relay.services.offload`). `{{auto}}` addresses are resolved as on the primary
+    path (`pipeline.finish`): the shadow's upstream would fill in the relay's own."""
     target = policy.shadow_target
     assert target is not None and policy.scrubber is not None
+    if policy.scrubber.strips_client_ip:
+        client_ip = None
     items: list[Item] = []
     events: set[int] = set()
     for part in parts:
@@ -225,6 +245,8 @@ def _build(policy: CompiledPolicy, header: dict[str, Any], parts: list[_Part]) -
             loaded = orjson.loads(part.payload)  # a dry-run hit: the kept item stays untouched
             event = loaded if isinstance(loaded, dict) else None
         if event is not None:
+            if part.type in IP_TYPES:
+                resolve_client_ip(event, client_ip)
             outcome = part.drop.outcome
             tag_for_shadow(
                 event,
@@ -236,7 +258,10 @@ def _build(policy: CompiledPolicy, header: dict[str, Any], parts: list[_Part]) -
             events.add(len(items))
             items.append(Item(part.headers, orjson.dumps(event)))
         else:
-            items.append(Item(part.headers, part.payload))
+            item = Item(part.headers, part.payload)
+            if part.type in SESSION_TYPES and AUTO_IP_BYTES in part.payload:
+                resolve_session_ip(item, client_ip)
+            items.append(item)
     copy = Envelope(header, items)
     policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)
     route_to(copy, target, "")

@@ -303,3 +303,34 @@ async def test_shadow_cap_per_minute(
     assert len(shadow_rec.received) == 3
     metrics = await (await relay.get("/metrics")).text()
     assert 'relay_shadow_copies_skipped_total{reason="capped"} 7.0' in metrics
+
+
+@pytest.mark.parametrize("keep_ips", [True, False])
+async def test_shadow_copies_resolve_auto_addresses_as_the_primary_path_does(
+    shadow: tuple[RecordingUpstream, str],
+    upstream_url: str,
+    aiohttp_client: Any,
+    keep_ips: bool,
+) -> None:
+    shadow_rec, shadow_url = shadow
+    scrubbing = {"scrubbing": {"ip_addresses": False}} if keep_ips else {}
+    relay = await _relay(
+        aiohttp_client,
+        upstream_url,
+        shadow_url,
+        filters={"error_types": ["ConnectionResetError"]},
+        **scrubbing,
+    )
+    envelope = parse_envelope(RESET)
+    items = []
+    for item in envelope.items:
+        if item.type == "event":
+            event = orjson.loads(item.payload)
+            event["user"] = {"id": "42", "ip_address": "{{auto}}"}
+            item = Item(dict(item.headers), orjson.dumps(event))
+        items.append(item)
+    body = Envelope(envelope.headers, items).serialize()
+    assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    await shadow_rec.wait_for(1)
+    user = _first_copy(shadow_rec)["user"]
+    assert user == ({"id": "42", "ip_address": "127.0.0.1"} if keep_ips else {"id": "42"})
