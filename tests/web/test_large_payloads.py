@@ -194,7 +194,7 @@ async def test_a_large_shadow_copy_is_built_off_the_loop(
         "filters": {"error_types": ["ConnectionResetError"]},
     }
     relay = await aiohttp_client(create_app(make_config(upstream_url, policy=policy)))
-    gate = Gate(lambda policy, header, parts: sum(len(p.payload) for p in parts) >= MIN_BYTES)
+    gate = Gate(lambda policy, header, parts, *_: sum(len(p.payload) for p in parts) >= MIN_BYTES)
     monkeypatch.setattr(shadow_module, "_build", gate.wrap(shadow_module._build))
     reset = parse_envelope(RESET)  # an event the filter drops, with a large log attached
     log = Item({"type": "attachment", "filename": "app.log"}, _log(MIN_BYTES))
