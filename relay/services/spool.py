@@ -13,15 +13,22 @@ where the payload is a msgpack `SpoolRecord` (routing, quantities, the body).
   bounded whatever the backlog). A segment is deleted once it is sealed, read
   to its end, and every record read from it has been finished (delivered,
   dropped with an outcome, or expired).
-- On start, existing segments are replayed first, in order; a crash between
-  delivery and deletion resends (at-least-once; upstreams de-duplicate by
-  event_id). Torn or corrupt tails (power loss) are detected by length and CRC,
-  skipped and counted, never fatal.
+- On a clean close, how far each segment is finished is kept: a segment finished to
+  its end is deleted (the live one too), and for the others a `seg-<n>.done` file holds
+  the offset of the first record not finished (delivered, dropped with an outcome or
+  expired), from which the next start reads it. Without that, every restart would send
+  (and count) again everything since the last segment rotation.
+- On start, existing segments are replayed first, in order, each from its `.done`
+  offset; a crash between delivery and deletion resends (at-least-once; upstreams
+  de-duplicate by event_id), as do records in flight at a clean close. Torn or
+  corrupt tails (power loss) are detected by length and CRC, skipped and counted,
+  never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import struct
@@ -119,6 +126,12 @@ class _Segment:
     open_records: int = 0
     #: The reader has passed the end of this sealed segment.
     read_done: bool = False
+    #: Where reading starts: the offset a clean close recorded in `seg-<n>.done`.
+    start: int = 0
+
+    @property
+    def done_path(self) -> Path:
+        return self.path.with_suffix(".done")
 
 
 class DiskSpool:
@@ -165,7 +178,8 @@ class DiskSpool:
         self._rseg: int | None = None
         self._roff = 0
         self._rfile: object = None
-        self._entry_seg: dict[int, int] = {}
+        #: id(entry) -> (segment number, offset) of each record handed out, not finished.
+        self._entry_seg: dict[int, tuple[int, int]] = {}
         self._queued = 0
         self._in_flight = 0
         self._oldest_created: float | None = None
@@ -180,12 +194,17 @@ class DiskSpool:
             except ValueError:
                 continue
             seg = _Segment(number, file, file.stat().st_size, sealed=True)
+            seg.start = _read_done_mark(seg)
             self._segments[number] = seg
             self._order.append(number)
+        for mark in self.path.glob("seg-*.done"):
+            if not mark.with_suffix(".log").exists():
+                mark.unlink(missing_ok=True)  # its segment was deleted before the mark
         self._queued = await asyncio.to_thread(self._count_existing)
         if self._order:
             log.info("spool: replaying %d segment(s) from %s", len(self._order), self.path)
             self._rseg = self._order[0]
+            self._roff = self._segments[self._rseg].start
         self._new_segment()
         if self._rseg is None:
             self._rseg = self._writer.number  # type: ignore[union-attr]
@@ -194,8 +213,8 @@ class DiskSpool:
     def _count_existing(self) -> int:
         count = 0
         for number in self._order:
-            for _ in self._scan(self._segments[number].path):
-                count += 1
+            seg = self._segments[number]
+            count += sum(1 for offset in self._scan(seg.path) if offset >= seg.start)
         return count
 
     def _scan(self, path: Path) -> list[int]:
@@ -228,6 +247,41 @@ class DiskSpool:
             if fh is not None:
                 fh.close()  # type: ignore[attr-defined]
         self._wfile = self._rfile = None
+        self._mark_finished()
+
+    def _mark_finished(self) -> None:
+        """On close: delete the segments finished to their end, and record for the others
+        the offset of their first record not finished (see the module's docstring)."""
+        first_open: dict[int, int] = {}
+        for number, offset in self._entry_seg.values():
+            first_open[number] = min(offset, first_open.get(number, offset))
+        for number in list(self._order):
+            seg = self._segments[number]
+            if seg.read_done:
+                finished = seg.size
+            elif number == self._rseg:
+                finished = self._roff
+            else:
+                finished = seg.start  # not reached yet
+            finished = min(finished, first_open.get(number, finished))
+            try:
+                if finished >= seg.size:
+                    seg.path.unlink(missing_ok=True)
+                    seg.done_path.unlink(missing_ok=True)
+                    self._segments.pop(number, None)
+                    self._order.remove(number)
+                elif finished > seg.start:
+                    _write_done_mark(seg, finished, durable=self.durable)
+            except OSError as exc:
+                log.warning(
+                    "spool: cannot record how far %s was sent (%s); the next start sends "
+                    "its records again",
+                    seg.path.name,
+                    exc,
+                )
+        if self.durable:
+            with contextlib.suppress(OSError):  # the marks are an optimization
+                _fsync_dir(self.path)
 
     # -- accounting --------------------------------------------------------------------------
 
@@ -374,6 +428,7 @@ class DiskSpool:
                 self._advance_segment()
                 continue
             if self._roff + _HEADER.size <= seg.size:
+                offset = self._roff
                 got = self._read_record(seg)
                 if got is None:
                     continue  # corrupt: skipped to the next segment
@@ -386,7 +441,7 @@ class DiskSpool:
                     continue
                 self._oldest_created = created
                 seg.open_records += 1
-                self._entry_seg[id(entry)] = seg.number
+                self._entry_seg[id(entry)] = (seg.number, offset)
                 self._in_flight += 1
                 return entry
             if not seg.sealed:
@@ -403,7 +458,7 @@ class DiskSpool:
             self._rfile = None
         later = [n for n in self._order if self._rseg is not None and n > self._rseg]
         self._rseg = later[0] if later else None
-        self._roff = 0
+        self._roff = self._segments[self._rseg].start if self._rseg is not None else 0
 
     def _read_record(self, seg: _Segment) -> tuple[OutboxEntry, float] | None:
         if self._rfile is None:
@@ -446,11 +501,11 @@ class DiskSpool:
             return self._read_record(seg) if self._roff + _HEADER.size <= seg.size else None
 
     def done(self, entry: OutboxEntry) -> None:
-        number = self._entry_seg.pop(id(entry), None)
+        found = self._entry_seg.pop(id(entry), None)
         self._in_flight = max(0, self._in_flight - 1)
-        if number is None:
+        if found is None:
             return
-        seg = self._segments.get(number)
+        seg = self._segments.get(found[0])
         if seg is None:
             return
         seg.open_records -= 1
@@ -467,12 +522,38 @@ class DiskSpool:
                     seg.path.name,
                     exc,
                 )
+            seg.done_path.unlink(missing_ok=True)
             self._segments.pop(seg.number, None)
             self._order.remove(seg.number)
 
     def drain_nowait(self) -> list[OutboxEntry]:
         """Nothing to hand back: unsent records stay on disk for the next start."""
         return []
+
+
+def _read_done_mark(seg: _Segment) -> int:
+    """The offset recorded in a segment's `.done` file; 0 when there is none or it is not
+    a record boundary the file can hold (then the whole segment is read again)."""
+    try:
+        text = seg.done_path.read_text()
+    except OSError:
+        return 0
+    try:
+        offset = int(text.strip())
+    except ValueError:
+        return 0
+    return offset if 0 < offset <= seg.size else 0
+
+
+def _write_done_mark(seg: _Segment, offset: int, *, durable: bool) -> None:
+    """Replace a segment's `.done` file with `offset` (written aside, then renamed)."""
+    tmp = seg.done_path.with_suffix(".done.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(f"{offset}\n")
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+    os.replace(tmp, seg.done_path)
 
 
 def _fsync_dir(path: Path) -> None:

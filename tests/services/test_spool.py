@@ -59,15 +59,62 @@ async def test_restart_replays_unfinished_in_order(tmp_path: Path) -> None:
     await spool.get()  # read but never finished: must come back after restart
     await spool.close()
 
+    # The close recorded where the first unfinished record starts.
+    assert [p.name for p in tmp_path.glob("seg-*.done")] == ["seg-000000000001.done"]
+
     again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
     await again.open()
-    assert len(again) == 10  # at-least-once: the segment was not finished
+    assert len(again) == 7  # the three finished are not sent again; the one in flight is
     await again.put(entry(10))
-    got = await take(again, 11)
-    assert [int(e.event_id or "", 16) for e in got] == list(range(11))
+    got = await take(again, 8)
+    assert [int(e.event_id or "", 16) for e in got] == list(range(3, 11))
     await again.close()
-    # Every record finished: the old segments are gone.
-    assert len(list(tmp_path.glob("seg-*.log"))) == 1
+    # Every record finished: no segment and no mark is left.
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_clean_restart_sends_nothing_twice(tmp_path: Path) -> None:
+    """Records delivered (or expired) before a clean close are not read again: each would
+    be sent and counted a second time."""
+    expired: list[OutboxEntry] = []
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0.2, on_expired=expired.append)
+    await spool.open()
+    await spool.put(entry(0))
+    await asyncio.sleep(0.3)  # record 0 expires before it is read
+    for i in range(1, 6):
+        await spool.put(entry(i))
+    got = await take(spool, 5)
+    assert [int(e.event_id or "", 16) for e in got] == [1, 2, 3, 4, 5]
+    await spool.put(entry(6))  # not read before the close
+    await spool.close()
+    assert [e.event_id for e in expired] == [f"{0:032x}"]
+
+    again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0.2, on_expired=expired.append)
+    await again.open()
+    assert len(again) == 1
+    (left,) = await take(again, 1)
+    assert left.event_id == f"{6:032x}"
+    assert len(expired) == 1  # the expired record is not read (and reported) again
+    await again.close()
+
+    third = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await third.open()
+    assert len(third) == 0
+    await third.close()
+
+
+async def test_a_done_mark_that_does_not_fit_its_segment_is_ignored(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await spool.open()
+    for i in range(3):
+        await spool.put(entry(i))
+    await spool.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    seg.with_suffix(".done").write_text("99999999\n")  # past the end: read it all
+    again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await again.open()
+    assert [int(e.event_id or "", 16) for e in await take(again, 3)] == [0, 1, 2]
+    await again.close()
 
 
 async def test_torn_tail_is_skipped_and_counted(tmp_path: Path) -> None:
@@ -182,11 +229,16 @@ def entry(n):
     return OutboxEntry(target=TARGET, body=b"x" * 3000, project_id=42,
                        quantities=[("error", 1)], event_id=f"{n:032x}")
 
-async def read_all(spool):
+HELD = []  # records read and not finished stay referenced, as the forwarder holds them
+
+async def read_all(spool, finish=True):
     got = []
     while (e := spool._read_next()) is not None:
         got.append(int(e.event_id, 16))
-        spool.done(e)
+        if finish:
+            spool.done(e)
+        else:
+            HELD.append(e)
     return got
 
 async def main(path):
@@ -203,7 +255,7 @@ async def main(path):
     for n in range(3):
         await spool.put(entry(20 + n))
     sizes = [spool._writer.size, os.path.getsize(spool._writer.path)]
-    first = await read_all(spool)
+    first = await read_all(spool, finish=False)  # in flight at close: read again after
     corrupt = spool.corrupt_records
     await spool.close()
     again = DiskSpool(path, max_bytes=10**9, max_age=0)
