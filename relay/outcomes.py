@@ -38,7 +38,11 @@ class Reason:
     TOO_LARGE = "too_large"
     INVALID_JSON = "invalid_json"
     INVALID_PAYLOAD = "invalid_payload"
+    #: The upstream answered 429 to this envelope (the upstream counted it itself).
     UPSTREAM_RATE_LIMITED = "upstream_rate_limited"
+    #: Dropped here under a limit the upstream announced earlier, which named no reason
+    #: (the words SDKs use for the same: backing off after a 429).
+    RATELIMIT_BACKOFF = "ratelimit_backoff"
     UPSTREAM_REJECTED = "upstream_rejected"
     SEND_FAILED = "send_failed"
     OUTBOX_FULL = "outbox_full"

@@ -34,9 +34,9 @@ from relay.policy.targets import Target
 from relay.processing import pipeline
 from relay.processing.context import RequestContext
 from relay.processing.quotas import Counter, Scoping
-from relay.protocol.categories import primary_category
+from relay.protocol.categories import item_quantities, primary_category
 from relay.protocol.compress import gzip_worth
-from relay.protocol.envelope import Envelope
+from relay.protocol.envelope import Envelope, Item
 from relay.protocol.ratelimit_header import RateLimit
 from relay.services.backlog import Backlog
 from relay.services.client_reports import ClientReports
@@ -199,12 +199,12 @@ class Ingest:
         at once); attachment quotas count the dump but never drop it (it is what makes
         the event). `counted` is what a refund takes back if it is not queued after all.
         """
-        quantities = [("error", 1), ("attachment", size), ("attachment_item", 1)]
+        quantities = [*upload_quantities(size), ("attachment_item", 1)]
         rejected: dict[str, str] = {}
         if self.upstream_limits.has(target.key):
             limit = self.upstream_limits.check(target.key, "error")
             if limit is not None:
-                rejected["error"] = limit.reason or Reason.UPSTREAM_RATE_LIMITED
+                rejected["error"] = limit.reason or Reason.RATELIMIT_BACKOFF
         counted: list[Counter] = []
         if not rejected and self.limiter is not None and policy.quotas:
             checked = await self.limiter.check(
@@ -266,9 +266,7 @@ class Ingest:
         size = sum(len(i.payload) for i in envelope.items)
         if not self.outbox.has_room(size):
             # Overloaded: refuse before spending CPU on an envelope that cannot be queued.
-            self._overloaded(
-                [(str(primary_category(i.type)), 1) for i in envelope.items], ctx.project_id
-            )
+            self._overloaded([_quantity(i) for i in envelope.items], ctx.project_id)
             result.overloaded = True
             return result
 
@@ -279,7 +277,7 @@ class Ingest:
             for category in prepared.categories():
                 limit = self.upstream_limits.check(target.key, category)
                 if limit is not None:
-                    rejected[category] = (limit.reason or Reason.UPSTREAM_RATE_LIMITED, None)
+                    rejected[category] = (limit.reason or Reason.RATELIMIT_BACKOFF, None)
                     if limit not in result.rate_limits:
                         result.rate_limits.append(limit)
             pipeline.drop_categories(prepared, rejected)
@@ -312,13 +310,13 @@ class Ingest:
         # Room for what is left to queue: items dropped above take none.
         size = sum(len(work.item.payload) for work in prepared.kept)
         large = self.offload is not None and self.offload.wants(size)
+        # Should processing fail (or be given up at shutdown), every item kept now gets its
+        # outcome: `finish` takes those it drops from `prepared.kept` as it goes.
+        kept = list(prepared.kept)
         if self.backlog is not None and isinstance(outbox, MemoryOutbox):
             if not outbox.reserve(size):
                 await self._refused(prepared, ctx, counted, result)
                 return result
-            # Should processing fail (or be given up at shutdown), every item kept now gets
-            # its outcome: `finish` takes those it drops from `prepared.kept` as it goes.
-            kept = list(prepared.kept)
             if large:
                 assert self.offload is not None
                 self.offload.submit(
@@ -332,11 +330,18 @@ class Ingest:
                 )
             result.kept = len(prepared.kept)
             return result
-        if large:
-            assert self.offload is not None
-            entry = await self.offload.call(finish)
-        else:
-            entry = finish()
+        try:
+            if large:
+                assert self.offload is not None
+                entry = await self.offload.call(finish)
+            else:
+                entry = finish()
+        except Exception:
+            # As from the backlog: logged, and the items end `internal` (answered 200, so
+            # that the SDK does not send again what would fail again).
+            log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
+            self._processing_failed(kept, ctx, Reason.PROCESSING_FAILED)
+            return result
         self._emit_scrub_dropped(prepared)
         if entry is None:
             return result
@@ -455,6 +460,11 @@ class Ingest:
         back, the items it was given (`kept`) get `internal` with `reason`. Not
         `prepared.kept`, which `finish` changes as it goes (on another thread, maybe)."""
         outbox.release(size)
+        self._processing_failed(kept, ctx, reason)
+
+    def _processing_failed(
+        self, kept: list[pipeline.WorkItem], ctx: RequestContext, reason: str
+    ) -> None:
         for work in kept:
             self.outcomes.emit(
                 Outcome(
@@ -465,6 +475,20 @@ class Ingest:
                     ctx.project_id,
                 )
             )
+
+
+def _quantity(item: Item) -> tuple[str, int]:
+    """An unprocessed item's primary category and its quantity in it (attachment bytes,
+    log items, ...), as for the items refused after processing."""
+    category = primary_category(item.type)
+    counted = item_quantities(item.type, item.headers, len(item.payload))
+    return str(category), next((q for c, q in counted if c == category), 1)
+
+
+def upload_quantities(size: int) -> list[tuple[str, int]]:
+    """What a minidump upload of `size` bytes counts for in outcomes: an error, and its
+    dump as attachment bytes (delivered, dropped or refused alike)."""
+    return [("error", 1), ("attachment", size)]
 
 
 def _uncount(

@@ -24,7 +24,7 @@ from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
 from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
-from relay.services.ingest import IngestResult, Received
+from relay.services.ingest import IngestResult, Received, upload_quantities
 from relay.services.outbox import OutboxEntry, OutboxFull
 from relay.web.body import BodyBudget, read_body
 from relay.web.errors import (
@@ -295,7 +295,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         target=target,
         body=body,
         project_id=project_id,
-        quantities=[("error", 1)],
+        quantities=upload_quantities(len(body)),
         event_id=event_id,
         endpoint="minidump",
         content_type=content_type,
@@ -305,9 +305,10 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         await request.app[OUTBOX].put(entry)
     except OutboxFull:
         await ingest.refund(admission.counted)  # the SDK sends it again
-        ingest.outcomes.emit(
-            Outcome(OutcomeKind.INTERNAL, Reason.OUTBOX_FULL, "error", 1, project_id)
-        )
+        for category, quantity in upload_quantities(len(body)):
+            ingest.outcomes.emit(
+                Outcome(OutcomeKind.INTERNAL, Reason.OUTBOX_FULL, category, quantity, project_id)
+            )
         raise ServiceUnavailable(
             "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
         ) from None
