@@ -228,9 +228,7 @@ class Ingest:
             outcome = Outcome(
                 OutcomeKind.RATE_LIMITED, rejected["error"], category, quantity, ctx.project_id
             )
-            self.outcomes.emit(outcome)
-            if self.client_reports is not None:
-                self.client_reports.record(target, outcome)
+            self._dropped(target, outcome)
         return UploadAdmission(admitted=False)
 
     async def refund(self, counted: list[Counter]) -> None:
@@ -288,9 +286,7 @@ class Ingest:
 
         for dropped in prepared.dropped:
             if not dropped.dry_run:
-                self.outcomes.emit(dropped.outcome)
-                if self.client_reports is not None:
-                    self.client_reports.record(target, dropped.outcome)
+                self._dropped(target, dropped.outcome)
         if self.shadow is not None and prepared.dropped and policy.shadow is not None:
             self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
 
@@ -321,12 +317,12 @@ class Ingest:
                 assert self.offload is not None
                 self.offload.submit(
                     finish,
-                    partial(self._queue_reserved, outbox, size, prepared),
-                    partial(self._finish_failed, outbox, size, kept, ctx),
+                    partial(self._queue_reserved, outbox, size, prepared, target),
+                    partial(self._finish_failed, outbox, size, kept, ctx, target),
                 )
             else:
                 self.backlog.push(
-                    partial(self._finish_later, outbox, size, kept, prepared, ctx, finish)
+                    partial(self._finish_later, outbox, size, kept, prepared, ctx, target, finish)
                 )
             result.kept = len(prepared.kept)
             return result
@@ -340,9 +336,9 @@ class Ingest:
             # As from the backlog: logged, and the items end `internal` (answered 200, so
             # that the SDK does not send again what would fail again).
             log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
-            self._processing_failed(kept, ctx, Reason.PROCESSING_FAILED)
+            self._processing_failed(kept, ctx, target, Reason.PROCESSING_FAILED)
             return result
-        self._emit_scrub_dropped(prepared)
+        self._emit_scrub_dropped(prepared, target)
         if entry is None:
             return result
         try:
@@ -409,10 +405,16 @@ class Ingest:
             event_id=envelope.event_id,
         )
 
-    def _emit_scrub_dropped(self, prepared: pipeline.Prepared) -> None:
+    def _dropped(self, target: Target, outcome: Outcome) -> None:
+        """One dropped item's outcome: counted, and reported upstream (client reports)."""
+        self.outcomes.emit(outcome)
+        if self.client_reports is not None:
+            self.client_reports.record(target, outcome)
+
+    def _emit_scrub_dropped(self, prepared: pipeline.Prepared, target: Target) -> None:
         """Outcomes of the items scrubbing dropped (on the event loop, after `_finish`)."""
         for dropped in prepared.scrub_dropped:
-            self.outcomes.emit(dropped.outcome)
+            self._dropped(target, dropped.outcome)
 
     def _finish_later(
         self,
@@ -421,6 +423,7 @@ class Ingest:
         kept: list[pipeline.WorkItem],
         prepared: pipeline.Prepared,
         ctx: RequestContext,
+        target: Target,
         finish: Callable[[], OutboxEntry | None],
     ) -> None:
         """`_finish` from the backlog, into the room reserved for it. The SDK has its
@@ -430,19 +433,20 @@ class Ingest:
             entry = finish()
         except Exception:
             log_unexpected(log, "processing an accepted envelope failed; its items are dropped")
-            self._finish_failed(outbox, size, kept, ctx, Reason.PROCESSING_FAILED)
+            self._finish_failed(outbox, size, kept, ctx, target, Reason.PROCESSING_FAILED)
             return
-        self._queue_reserved(outbox, size, prepared, entry)
+        self._queue_reserved(outbox, size, prepared, target, entry)
 
     def _queue_reserved(
         self,
         outbox: MemoryOutbox,
         size: int,
         prepared: pipeline.Prepared,
+        target: Target,
         entry: OutboxEntry | None,
     ) -> None:
         """A finished envelope into the room reserved for it (released when nothing is left)."""
-        self._emit_scrub_dropped(prepared)
+        self._emit_scrub_dropped(prepared, target)
         if entry is None:
             outbox.release(size)
         else:
@@ -454,26 +458,28 @@ class Ingest:
         size: int,
         kept: list[pipeline.WorkItem],
         ctx: RequestContext,
+        target: Target,
         reason: str,
     ) -> None:
         """`_finish` raised after the answer (or was given up at shutdown): the room goes
         back, the items it was given (`kept`) get `internal` with `reason`. Not
         `prepared.kept`, which `finish` changes as it goes (on another thread, maybe)."""
         outbox.release(size)
-        self._processing_failed(kept, ctx, reason)
+        self._processing_failed(kept, ctx, target, reason)
 
     def _processing_failed(
-        self, kept: list[pipeline.WorkItem], ctx: RequestContext, reason: str
+        self, kept: list[pipeline.WorkItem], ctx: RequestContext, target: Target, reason: str
     ) -> None:
         for work in kept:
-            self.outcomes.emit(
+            self._dropped(
+                target,
                 Outcome(
                     OutcomeKind.INTERNAL,
                     reason,
                     work.category,
                     work.quantity(),
                     ctx.project_id,
-                )
+                ),
             )
 
 

@@ -116,3 +116,21 @@ async def test_with_the_spool_a_failure_in_processing_gives_the_items_an_outcome
         'relay_items_total{category="error",outcome="internal",reason="processing_failed"} 1.0'
         in (await _metrics(relay))
     )
+
+
+async def test_items_scrubbing_drops_go_in_the_client_report(
+    relay_factory: RelayFactory, recorder: RecordingUpstream
+) -> None:
+    relay = await relay_factory(upstream={"client_reports_interval": 100})
+    recording = b'{"segment_id":0}\n[{not json'
+    body = (
+        EVENT
+        + orjson.dumps({"type": "replay_recording", "length": len(recording)})
+        + b"\n"
+        + recording
+        + b"\n"
+    )
+    assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
+    await recorder.wait_for(1)  # the event went on; the recording was dropped
+    pending = [dict(counts) for counts in relay.app[INGEST].client_reports._counts.values()]
+    assert pending == [{("discarded_events", "internal_sdk_error", "replay"): 1}]
