@@ -148,6 +148,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     shadow_forwarder.start()
     reports = ClientReports(outbox, config.upstream.client_reports_interval)
     app[INGEST].client_reports = reports
+    forwarder.reports = reports
     reports.start()
     app[STATE].started.set()
     yield

@@ -35,6 +35,7 @@ from relay.policy.targets import CLIENT_NAME
 from relay.protocol.compress import gzip_worth
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.protocol.sent_at import shift_sent_at
+from relay.services.client_reports import ClientReports
 from relay.services.metrics import Metrics
 from relay.services.outbox import Outbox, OutboxEntry
 from relay.services.upstream_http import UpstreamHttp
@@ -97,6 +98,8 @@ class Forwarder:
         self._probing = False
         #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
         self.keeps_unsent = keeps_unsent
+        #: Where drops are recorded for the upstream's client reports (set once started).
+        self.reports: ClientReports | None = None
         #: Points an entry at its project's upstream under the current config (in place).
         self._retarget = retarget
         #: `accepted` outcomes by (reason, category, quantity, project id).
@@ -174,8 +177,12 @@ class Forwarder:
                     outcome = cache[key] = Outcome(kind, reason, category, quantity, project_id)
                 emit(outcome)
             return
+        reports = self.reports
         for category, quantity in entry.quantities:
-            emit(Outcome(kind, reason, category, quantity, project_id))
+            outcome = Outcome(kind, reason, category, quantity, project_id)
+            emit(outcome)
+            if reports is not None:
+                reports.record(entry.target, outcome)  # it leaves out the upstream's own
 
     # -- upstream health -------------------------------------------------------------------
 

@@ -134,3 +134,19 @@ async def test_items_scrubbing_drops_go_in_the_client_report(
     await recorder.wait_for(1)  # the event went on; the recording was dropped
     pending = [dict(counts) for counts in relay.app[INGEST].client_reports._counts.values()]
     assert pending == [{("discarded_events", "internal_sdk_error", "replay"): 1}]
+
+
+async def test_envelopes_the_forwarder_gives_up_go_in_the_client_report(
+    relay_factory: RelayFactory, recorder: RecordingUpstream
+) -> None:
+    relay = await relay_factory(
+        upstream={"client_reports_interval": 100, "max_attempts": 1, "outage_after": 100}
+    )
+    recorder.answer(Reply(500))
+    assert (await relay.post("/api/42/envelope/", data=EVENT, headers=auth_header())).status == 200
+    reports = relay.app[INGEST].client_reports
+    async with asyncio.timeout(5):
+        while not reports._counts:
+            await asyncio.sleep(0.02)
+    pending = [dict(counts) for counts in reports._counts.values()]
+    assert pending == [{("discarded_events", "queue_overflow", "error"): 1}]
