@@ -202,7 +202,7 @@ def pipeline_benchmarks(
     return rows, notes
 
 
-def _large_payload(kind: str, size: int) -> bytes:
+def large_payload(kind: str, size: int) -> bytes:
     """An envelope with an event and one attachment of ~`size` bytes (see the docstring)."""
     lines = []
     total = 0
@@ -242,7 +242,7 @@ def large_payload_benchmarks(seconds: float) -> list[dict[str, Any]]:
     for kind in ("text", "json"):
         per_mb: dict[int, float] = {}
         for mib in (1, 8):
-            data = _large_payload(kind, mib << 20)
+            data = large_payload(kind, mib << 20)
             payload = parse_envelope(data).items[1].payload
 
             def baseline(payload: bytes = payload) -> None:

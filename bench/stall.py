@@ -34,39 +34,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import yaml
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, load_corpus
 from loadgen import percentile
+from micro import large_payload
 from procs import LOOPBACK, Child, children, free_port
 from run import BENCH, PY, build_config, load_scenario, wait_http
 
 AUTH = f"Sentry sentry_key={CORPUS_KEY}, sentry_version=7, sentry_client=bench-stall/1.0"
-
-
-def large_envelope(mib: int) -> bytes:
-    """An event and a `mib` MiB log attachment (every line an email and a token)."""
-    lines = []
-    size = 0
-    i = 0
-    while size < mib << 20:
-        line = f"INFO request {i} from user{i}@example.com path=/items/{i} token=t{i:08x}\n"
-        lines.append(line)
-        size += len(line)
-        i += 1
-    log = "".join(lines).encode()
-    event = orjson.dumps({"message": "large attachment", "level": "info"})
-    head = {"type": "attachment", "length": len(log), "filename": "app.log"}
-    return b"\n".join(
-        [
-            orjson.dumps({"event_id": "c" * 32}),
-            orjson.dumps({"type": "event", "length": len(event)}),
-            event,
-            orjson.dumps(head),
-            log,
-            b"",
-        ]
-    )
 
 
 async def small_window(
@@ -136,7 +111,7 @@ async def measure(url: str, args: argparse.Namespace, bodies: list[bytes]) -> di
         baseline = await small_window(session, url, bodies, args.rate, args.duration)
         stop = asyncio.Event()
         sender = asyncio.create_task(
-            large_sender(session, url, large_envelope(args.large_mib), stop)
+            large_sender(session, url, large_payload("text", args.large_mib << 20), stop)
         )
         large = await small_window(session, url, bodies, args.rate, args.duration)
         stop.set()

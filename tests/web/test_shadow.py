@@ -27,12 +27,17 @@ GARBAGE_TAGS: list[Any] = [[["a"], "b"], "x", [1, 2, 3], [{"k": 1}, "v"], ["tena
 
 def _with_tags(body: bytes, tags: Any) -> bytes:
     """`body` with its event's `tags` replaced."""
+    return _with_field(body, "tags", tags)
+
+
+def _with_field(body: bytes, key: str, value: Any) -> bytes:
+    """`body` with its event's `key` set to `value`."""
     envelope = parse_envelope(body)
     items = []
     for item in envelope.items:
         if item.type == "event":
             event = orjson.loads(item.payload)
-            event["tags"] = tags
+            event[key] = value
             item = Item(dict(item.headers), orjson.dumps(event))
         items.append(item)
     return Envelope(envelope.headers, items).serialize()
@@ -321,15 +326,7 @@ async def test_shadow_copies_resolve_auto_addresses_as_the_primary_path_does(
         filters={"error_types": ["ConnectionResetError"]},
         **scrubbing,
     )
-    envelope = parse_envelope(RESET)
-    items = []
-    for item in envelope.items:
-        if item.type == "event":
-            event = orjson.loads(item.payload)
-            event["user"] = {"id": "42", "ip_address": "{{auto}}"}
-            item = Item(dict(item.headers), orjson.dumps(event))
-        items.append(item)
-    body = Envelope(envelope.headers, items).serialize()
+    body = _with_field(RESET, "user", {"id": "42", "ip_address": "{{auto}}"})
     assert (await relay.post("/api/42/envelope/", data=body, headers=auth_header())).status == 200
     await shadow_rec.wait_for(1)
     user = _first_copy(shadow_rec)["user"]
