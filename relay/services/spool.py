@@ -178,8 +178,9 @@ class DiskSpool:
         self._rseg: int | None = None
         self._roff = 0
         self._rfile: object = None
-        #: id(entry) -> (segment number, offset) of each record handed out, not finished.
-        self._entry_seg: dict[int, tuple[int, int]] = {}
+        #: id(entry) -> (the entry, its segment number, its offset) of each record handed
+        #: out and not finished. The entry is held so that its id stays its own.
+        self._entry_seg: dict[int, tuple[OutboxEntry, int, int]] = {}
         self._queued = 0
         self._in_flight = 0
         self._oldest_created: float | None = None
@@ -253,7 +254,7 @@ class DiskSpool:
         """On close: delete the segments finished to their end, and record for the others
         the offset of their first record not finished (see the module's docstring)."""
         first_open: dict[int, int] = {}
-        for number, offset in self._entry_seg.values():
+        for _, number, offset in self._entry_seg.values():
             first_open[number] = min(offset, first_open.get(number, offset))
         for number in list(self._order):
             seg = self._segments[number]
@@ -441,7 +442,7 @@ class DiskSpool:
                     continue
                 self._oldest_created = created
                 seg.open_records += 1
-                self._entry_seg[id(entry)] = (seg.number, offset)
+                self._entry_seg[id(entry)] = (entry, seg.number, offset)
                 self._in_flight += 1
                 return entry
             if not seg.sealed:
@@ -505,7 +506,7 @@ class DiskSpool:
         self._in_flight = max(0, self._in_flight - 1)
         if found is None:
             return
-        seg = self._segments.get(found[0])
+        seg = self._segments.get(found[1])
         if seg is None:
             return
         seg.open_records -= 1

@@ -229,16 +229,12 @@ def entry(n):
     return OutboxEntry(target=TARGET, body=b"x" * 3000, project_id=42,
                        quantities=[("error", 1)], event_id=f"{n:032x}")
 
-HELD = []  # records read and not finished stay referenced, as the forwarder holds them
-
 async def read_all(spool, finish=True):
     got = []
     while (e := spool._read_next()) is not None:
         got.append(int(e.event_id, 16))
         if finish:
             spool.done(e)
-        else:
-            HELD.append(e)
     return got
 
 async def main(path):
