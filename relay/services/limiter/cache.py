@@ -32,6 +32,9 @@ class CachedLimit:
     limit: int
     #: What still fits (0: the counter is full).
     room: int = 0
+    #: When the counter's window ends, for Retry-After (0: at `expires_at`). The entry
+    #: itself may expire sooner, when the store is to be asked again.
+    window_end: float = 0.0
 
 
 class ActiveLimits:

@@ -169,8 +169,8 @@ class BaseLimiter:
         self.prefix = prefix
         self.active_limits = ActiveLimits()
         #: How long a cached counter (full, or its room) is believed without asking the
-        #: store again;
-        #: None: until its window ends (exact whenever counters never shrink).
+        #: store again; None: until its window ends (exact when only this process
+        #: shrinks its counters, as in memory: refunds clear its own cache).
         self.full_cache_s: float | None = None
         #: The quota cache (`redis.quota_cache_ratio`), when the backend has one.
         self.share: QuotaShare | None = None
@@ -369,6 +369,7 @@ class BaseLimiter:
                         ),
                         limit=limit,
                         room=max(0, limit - after),
+                        window_end=counter.window_end,
                     ),
                     now,
                 )
@@ -626,7 +627,8 @@ def _cached_rejection(demand: CategoryDemand, cached: CachedLimit, now: float) -
         cached.quota_id,
         cached.reason,
         RateLimit(
-            retry_after=max(1.0, cached.expires_at - now),
+            # When the window ends, not when the cache asks the store again.
+            retry_after=max(1.0, (cached.window_end or cached.expires_at) - now),
             # A full counter stops all its categories; one with room left, this one.
             categories=cached.categories if cached.room == 0 else (demand.category,),
             scope=cached.scope,

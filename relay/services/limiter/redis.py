@@ -31,11 +31,13 @@ check returns. Consequences, documented and tested:
   check can be rejected by the reservation it undoes. Under contention on several
   slots at once the relay can therefore accept slightly fewer items than a limit
   allows, never more;
-- since counters can shrink (refunds), a full counter (or the room left in one) is
-  believed from the in-process cache for `CLUSTER_FULL_CACHE_S` only, not until its
-  window ends.
 
 Standalone and Sentinel run the whole check as one script call, fully atomic.
+
+In every mode counters can shrink (refunds, here or in another process, or keys lost
+in a Redis restart), so a full counter (or the room left in one) is believed from the
+in-process cache for `FULL_CACHE_S` only, not until its window ends; a rejection from
+the cache still names the window's end as Retry-After.
 
 Failures: connection errors, timeouts and cluster errors raise `LimiterUnavailable`
 (see `BaseLimiter` for `on_error`). After a failure the store is skipped for a short,
@@ -102,8 +104,8 @@ BARE_CONNECTION = True
 #: Connection timeouts: a slow Redis must not hold requests for long.
 CONNECT_TIMEOUT_S = 1.0
 SOCKET_TIMEOUT_S = 2.0
-#: Cluster mode: how long a full counter is believed before Redis is asked again.
-CLUSTER_FULL_CACHE_S = 1.0
+#: How long a full counter is believed before Redis is asked again.
+FULL_CACHE_S = 1.0
 #: Standalone and Sentinel: most category groups merged into one script call (a bound
 #: on how long one script run keeps Redis busy).
 MAX_MERGED_GROUPS = 512
@@ -210,9 +212,8 @@ class RedisLimiter(BaseLimiter):
         self._client = client
         self._helpers = list(helpers)
         self._cluster = isinstance(client, RedisCluster)
-        if self._cluster:
-            # Counters can shrink here (refunds), so "full" is re-checked now and then.
-            self.full_cache_s = CLUSTER_FULL_CACHE_S
+        # Counters can shrink (refunds from any process), so "full" is re-checked now and then.
+        self.full_cache_s = FULL_CACHE_S
         self._pending: list[_Job] = []
         self._flushing: set[asyncio.Task[None]] = set()
         self._flush_scheduled = False

@@ -10,7 +10,7 @@
 -- the check (0 for a key that holds no integer). A bad key fails only its own group.
 --
 -- Refund: ARGV = "r", then one amount per key; decrements the keys that still exist
--- and hold an integer.
+-- and hold an integer, none below 0.
 
 local function is_integer(raw)
   return type(raw) == "string" and string.match(raw, "^-?%d+$") ~= nil
@@ -30,9 +30,15 @@ local function counter_at(key)
 end
 
 if ARGV[1] == "r" then
+  -- A refund never takes a counter below 0 (its key may be newer than the count it
+  -- gives back: a Redis restart without persistence lost the old one).
   for i = 1, #KEYS do
-    if is_integer(redis.pcall("GET", KEYS[i])) then
-      redis.call("DECRBY", KEYS[i], ARGV[i + 1])
+    local raw = redis.pcall("GET", KEYS[i])
+    if is_integer(raw) then
+      local back = math.min(tonumber(ARGV[i + 1]), tonumber(raw))
+      if back > 0 then
+        redis.call("DECRBY", KEYS[i], back)
+      end
     end
   end
   return 0

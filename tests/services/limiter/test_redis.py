@@ -504,3 +504,68 @@ async def test_sentinel_mode_finds_the_master(sentinel: int, clock: Clock) -> No
         assert not any(r.store_error for r in results)
     finally:
         await limiter.close()
+
+
+async def test_a_refund_never_takes_a_counter_below_zero(
+    fresh_redis: RedisServer, clock: Clock
+) -> None:
+    """Keys lost in a Redis restart (no persistence) between a check and its refund: the
+    refund gives back at most what the new key holds, so the window does not open wider
+    than its limit by the refunded amount."""
+    errors_10 = quotas(
+        {"id": "n", "categories": ["error"], "scope": "project", "limit": 10, "window": 60}
+    )
+    limiter = create_limiter(redis_config(fresh_redis.url), clock=clock)
+    direct = Redis.from_url(fresh_redis.url)
+    try:
+        first = await limiter.check(P42, [("error", 5)], errors_10)
+        assert not first.limited
+        await direct.flushall()  # the restart
+        assert not (await limiter.check(P42, [("error", 1)], errors_10)).limited
+        await limiter.refund(first.consumed["error"])
+        values = [int(await direct.get(key)) for key in await direct.keys("*")]
+        assert values == [0]  # not -4, which would let 14 more in
+        assert accepted(await checks(limiter, 20, errors_10)) == 10
+    finally:
+        await direct.aclose()
+        await limiter.close()
+
+
+async def test_a_refund_by_another_process_is_seen_within_a_second(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    """A full counter is believed from the cache for a second, not until its window ends
+    (a month here): another process's refund opens it again soon."""
+    monthly = quotas(
+        {"id": "m", "categories": ["error"], "scope": "project", "limit": 2, "window": "month"}
+    )
+    config = redis_config(redis_server.url)
+    one, other = create_limiter(config, clock=clock), create_limiter(config, clock=clock)
+    try:
+        mine = await one.check(P42, [("error", 1)], monthly)
+        assert not (await other.check(P42, [("error", 1)], monthly)).limited  # now full
+        full = await other.check(P42, [("error", 1)], monthly)
+        assert full.is_rejected("error")
+        await one.refund(mine.consumed["error"])
+        clock.advance(1.5)
+        assert not (await other.check(P42, [("error", 1)], monthly)).limited
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_a_rejection_from_the_cache_names_the_end_of_the_window(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    hourly = quotas(
+        {"id": "h", "categories": ["error"], "scope": "project", "limit": 1, "window": 3600}
+    )
+    limiter = create_limiter(redis_config(redis_server.url), clock=clock)
+    try:
+        assert not (await limiter.check(P42, [("error", 1)], hourly)).limited
+        from_store = await limiter.check(P42, [("error", 1)], hourly)
+        from_cache = await limiter.check(P42, [("error", 1)], hourly)
+        assert from_store.retry_after > 60
+        assert from_cache.retry_after == from_store.retry_after
+    finally:
+        await limiter.close()
