@@ -30,7 +30,7 @@ check returns. Consequences, documented and tested:
 - across slots the check is not atomic: while a refund is on its way, a concurrent
   check can be rejected by the reservation it undoes. Under contention on several
   slots at once the relay can therefore accept slightly fewer items than a limit
-  allows, never more;
+  allows, never more.
 
 Standalone and Sentinel run the whole check as one script call, fully atomic.
 
