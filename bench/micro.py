@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import datetime as dt
 import gzip
-import json
 import shutil
 import sys
 import tempfile
@@ -42,7 +41,7 @@ from typing import Any
 import orjson
 import yaml
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, load_corpus
-from procs import LOOPBACK, REPO, children, free_port
+from procs import LOOPBACK, REPO, children, free_port, write_results
 
 sys.path.insert(0, str(REPO))
 
@@ -405,10 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     results["notes"] = notes
     for note in notes:
         print(note)
-    out = args.json or BENCH / "results" / f"micro-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results(results, args.json, 'micro-', started)}")
     return 0
 
 

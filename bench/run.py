@@ -54,11 +54,19 @@ from typing import Any
 
 import yaml
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, parse_mix
-from procs import LOOPBACK, Child, ChildFailed, TreeSampler, children, free_port, raise_nofile
+from procs import (
+    LOOPBACK,
+    Child,
+    ChildFailed,
+    TreeSampler,
+    children,
+    free_port,
+    raise_nofile,
+    write_results,
+)
 
 BENCH = Path(__file__).resolve().parent
 SCENARIOS_DIR = BENCH / "scenarios"
-RESULTS_DIR = BENCH / "results"
 DEFAULT_SCENARIOS = (
     "none",
     "default",
@@ -1116,10 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ntargets (reported, not asserted):")
         for line in results["targets"]:
             print(f"  {line}")
-    out = args.json or RESULTS_DIR / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nwrote {write_results(results, args.json, '', started)}")
     return 0
 
 

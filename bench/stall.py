@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ import yaml
 from corpus import CORPUS_KEY, CORPUS_PROJECT, DEFAULT_CORPUS, load_corpus
 from loadgen import percentile
 from micro import large_payload
-from procs import LOOPBACK, Child, children, free_port
+from procs import LOOPBACK, Child, children, free_port, write_results
 from run import BENCH, PY, build_config, load_scenario, wait_http
 
 AUTH = f"Sentry sentry_key={CORPUS_KEY}, sentry_version=7, sentry_client=bench-stall/1.0"
@@ -183,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f" longest answer {r['large_answer_ms_max']} ms"
     )
     print(f"large / baseline: {result['large_vs_baseline']}")
-    out = args.json or BENCH / "results" / f"stall-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    print(f"wrote {write_results(result, args.json, 'stall-', started)}")
     return 0
 
 
