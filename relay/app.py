@@ -20,6 +20,7 @@ from relay.keys import (
     BODY_BUDGET,
     CLOCK,
     CONFIG,
+    CONNECTIONS,
     FORWARDER,
     INGEST,
     LIMITER,
@@ -50,6 +51,7 @@ from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web import admin, health, ingest
 from relay.web.body import BodyBudget
+from relay.web.connections import ConnectionStats
 from relay.web.edge import edge_middleware
 
 log = logging.getLogger("relay.app")
@@ -256,6 +258,20 @@ def create_app(
     metrics.add_gauge_callback(*WORKERS, lambda: float(config.workers))
     metrics.add_gauge_callback(*WORKERS_SCRAPED, lambda: 1.0)
     app[BODY_BUDGET] = BodyBudget(config.limits.max_inflight_body_bytes)
+    connections = app[CONNECTIONS] = ConnectionStats()
+    metrics.add_gauge_callback(
+        "relay_connections", "Open client connections.", lambda: float(connections.open())
+    )
+    metrics.add_counter_callback(
+        "relay_connections_idle_closed",
+        "Idle client connections closed to make room at listen.max_connections.",
+        lambda: float(connections.idle_closed),
+    )
+    metrics.add_counter_callback(
+        "relay_connections_refused",
+        "Client connections refused (503) at listen.max_connections, none being idle.",
+        lambda: float(connections.refused),
+    )
     offload = Offload()
     shadow = Shadow(
         MemoryOutbox(SHADOW_QUEUE_ITEMS, SHADOW_QUEUE_BYTES),

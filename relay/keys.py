@@ -19,6 +19,7 @@ from relay.services.shadow import Shadow
 from relay.services.upstream_http import UpstreamHttp
 from relay.services.upstream_limits import UpstreamLimits
 from relay.web.body import BodyBudget
+from relay.web.connections import ConnectionStats
 
 
 class State:
@@ -41,6 +42,8 @@ STATE = web.AppKey("state", State)
 SHADOW = web.AppKey("shadow", Shadow)
 LIMITER: web.AppKey[Limiter] = web.AppKey("limiter")
 BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
+#: The client connections' cap, and what it did (`listen.max_connections`).
+CONNECTIONS = web.AppKey("connections", ConnectionStats)
 #: Unix seconds for the limiter's windows (tests pass their own).
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 #: On the internal metrics app: the relay app whose metrics it serves.

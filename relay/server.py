@@ -132,6 +132,7 @@ def serve_worker(
             backlog=config.listen.backlog,
             keepalive_timeout=float(config.listen.keepalive_timeout_s),
             shutdown_timeout=config.shutdown_timeout,
+            max_connections=config.listen.max_connections,
         )
     except StartupError as exc:
         who = "the relay" if worker is None else f"worker {worker}"

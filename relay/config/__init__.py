@@ -71,6 +71,9 @@ class ListenConfig(Section, frozen=True):
     #: How long a connection may stay idle between requests, and the most a client may
     #: take to send a request's line and headers, before the relay closes it.
     keepalive_timeout_s: Duration = Duration(75)
+    #: Open client connections per process; at the cap idle ones close to make room, and
+    #: new ones are refused (503) while none is idle.
+    max_connections: int = 10000
 
 
 class UpstreamConfig(Section, frozen=True):
@@ -356,6 +359,8 @@ def _check_core(config: Config) -> list[Problem]:
         )
     if not 0 < config.listen.backlog <= 65535:
         problems.append(Problem("listen.backlog", "must be between 1 and 65535"))
+    if config.listen.max_connections < 1:
+        problems.append(Problem("listen.max_connections", "must be at least 1"))
     if not 0 < config.listen.keepalive_timeout_s <= 3600:
         problems.append(
             Problem("listen.keepalive_timeout_s", "must be more than 0 and at most 3600 seconds")

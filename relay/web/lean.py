@@ -42,8 +42,9 @@ from aiohttp.tcp_helpers import tcp_keepalive
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 from yarl import URL
 
-from relay.keys import REGISTRY
+from relay.keys import CONNECTIONS, REGISTRY
 from relay.logs import log_unexpected
+from relay.web import connections as cap
 from relay.web.edge import answer
 from relay.web.errors import RequestTimeout, error_response
 from relay.web.ingest import envelope_endpoint, store_endpoint
@@ -231,10 +232,20 @@ class LeanServer:
     """The fast path's connections on one listener, and the aiohttp server it hands
     the others to. Call it for a new connection's protocol (`loop.create_server`)."""
 
-    def __init__(self, app: web.Application, fallback: web.Server, keepalive_timeout: float):
+    def __init__(
+        self,
+        app: web.Application,
+        fallback: web.Server,
+        keepalive_timeout: float,
+        max_connections: int | None = None,
+    ):
         self.app = app
         self.fallback = fallback
         self.keepalive_timeout = keepalive_timeout
+        #: The cap on open connections, aiohttp's included (`relay.web.connections`).
+        self.max_connections = max_connections
+        self.stats = app.get(CONNECTIONS) or cap.ConnectionStats()
+        self.stats.counters.append(self.open_count)
         self.connections: set[LeanConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
@@ -244,6 +255,24 @@ class LeanServer:
 
     def __call__(self) -> LeanConnection:
         return LeanConnection(self)
+
+    def open_count(self) -> int:
+        """Open connections: on the fast path, and handed over to aiohttp."""
+        return len(self.connections) + len(self.fallback.connections)
+
+    def admit(self) -> bool:
+        """Whether a new connection (not counted yet) may stay. At the cap the longest
+        idle connections close to make room; with none idle, the new one is refused."""
+        limit = self.max_connections
+        if limit is None or self.open_count() < limit:
+            return True
+        self.stats.warn_once(limit)
+        shed = cap.make_room(self.connections, limit)
+        for connection in shed:
+            self.connections.discard(connection)
+            connection.close_if_idle()
+        self.stats.idle_closed += len(shed)
+        return bool(shed)
 
     def pre_shutdown(self) -> None:
         """No new requests: idle connections close now, the others after their answer."""
@@ -313,11 +342,25 @@ class LeanConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple | list) and peer:
             self.remote = str(peer[0])
-        self.server.connections.add(self)
-        if self.server.closing:
+        server = self.server
+        if server.closing:
             transport.close()
             return
+        if not server.admit():
+            self._refuse()
+            return
+        server.connections.add(self)
         self._idle()
+
+    def _refuse(self) -> None:
+        """At the cap with no idle connection to close: 503, and this one closes."""
+        assert self.transport is not None
+        self.server.stats.refused += 1
+        response = error_response(
+            503, cap.REFUSED_DETAIL, headers={"Retry-After": str(cap.REFUSED_RETRY_AFTER_S)}
+        )
+        self.transport.write(serialize(response, "1.1", False))
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -328,6 +371,12 @@ class LeanConnection(asyncio.Protocol):
     def in_request(self) -> bool:
         """A request is being read or answered."""
         return self.busy or bool(self.buf)
+
+    @property
+    def idle_since(self) -> float | None:
+        """Since when the connection waits for a request with nothing of it read (loop
+        time); None in a request."""
+        return None if self.busy or self.buf else self.waiting_since
 
     def close_if_idle(self) -> None:
         if self.transport is not None and not self.in_request:

@@ -42,7 +42,15 @@ class LeanSite(web.BaseSite):
     """A TCP listener (a host and port, or a bound socket) whose connections start on
     the fast path and move to aiohttp at their first request it does not take."""
 
-    __slots__ = ("_host", "_keepalive_timeout", "_port", "_reuse_port", "_sock", "lean")
+    __slots__ = (
+        "_host",
+        "_keepalive_timeout",
+        "_max_connections",
+        "_port",
+        "_reuse_port",
+        "_sock",
+        "lean",
+    )
 
     def __init__(
         self,
@@ -54,8 +62,10 @@ class LeanSite(web.BaseSite):
         backlog: int = 128,
         reuse_port: bool | None = None,
         keepalive_timeout: float = 75.0,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(runner, backlog=backlog)
+        self._max_connections = max_connections
         self._host = host
         self._port = port
         self._sock = sock
@@ -75,7 +85,9 @@ class LeanSite(web.BaseSite):
         await super().start()
         runner = self._runner
         assert isinstance(runner, RelayRunner) and runner.server is not None
-        self.lean = LeanServer(runner.app, runner.server, self._keepalive_timeout)
+        self.lean = LeanServer(
+            runner.app, runner.server, self._keepalive_timeout, self._max_connections
+        )
         runner.lean_servers.append(self.lean)
         loop = asyncio.get_running_loop()
         if self._sock is not None:
@@ -106,6 +118,7 @@ async def _serve(
     backlog: int,
     keepalive_timeout: float,
     shutdown_timeout: float,
+    max_connections: int | None,
 ) -> None:
     runner = RelayRunner(
         app,
@@ -124,6 +137,7 @@ async def _serve(
             backlog=backlog,
             reuse_port=reuse_port,
             keepalive_timeout=keepalive_timeout,
+            max_connections=max_connections,
         )
         try:
             await site.start()
@@ -150,6 +164,7 @@ def run_app(
     backlog: int = 1024,
     keepalive_timeout: float = 75.0,
     shutdown_timeout: float = 60.0,
+    max_connections: int | None = None,
 ) -> None:
     """Serve `app` until SIGINT or SIGTERM, then shut down gracefully."""
     loop = asyncio.new_event_loop()
@@ -162,6 +177,7 @@ def run_app(
             backlog=backlog,
             keepalive_timeout=keepalive_timeout,
             shutdown_timeout=shutdown_timeout,
+            max_connections=max_connections,
         )
     )
     try:

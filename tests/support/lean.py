@@ -33,7 +33,12 @@ class LeanTestServer(TestServer):
         await runner.setup()
         sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
-        site = LeanSite(runner, sock=sock, keepalive_timeout=keepalive)
+        site = LeanSite(
+            runner,
+            sock=sock,
+            keepalive_timeout=keepalive,
+            max_connections=self.app[CONFIG].listen.max_connections,
+        )
         await site.start()
         self.scheme = "http"
         self._root = URL(f"http://{self.host}:{self.port}")
