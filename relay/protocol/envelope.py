@@ -13,6 +13,15 @@ A header line with a duplicate key is not kept byte-for-byte: the parsed value
 it forwards; the upstream never sees a value the relay did not look at.
 `has_duplicate_keys` is the same check for payloads.
 
+A header line that ends in a carriage return, a space or a tab is not kept
+byte-for-byte either: Sentry refuses a header not followed by a bare newline, so the
+relay accepts it and forwards the parsed header on a line of its own.
+
+Refused as Sentry's Relay refuses them (the whole envelope, 400): an envelope header
+whose `event_id` is not a UUID or whose `sent_at` is not an ISO 8601 timestamp,
+and items of the types Sentry keeps for its own use (`INTERNAL_TYPES`). Forwarded, such
+an envelope would be refused upstream after the SDK was told it was accepted.
+
 JSON nested deeper than `MAX_JSON_DEPTH` levels (Sentry's own parser stops at
 the same depth) is refused: `exceeds_depth` is the check for parsed payloads.
 """
@@ -21,12 +30,19 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from datetime import datetime
 from typing import Any
 
 import orjson
 
 #: Deepest JSON nesting accepted in headers and payloads (arrays and objects).
 MAX_JSON_DEPTH = 128
+#: Item types Sentry's Relay creates itself and refuses from clients.
+INTERNAL_TYPES = frozenset({"integration"})
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+#: The last byte of a header line kept byte-for-byte: anything but whitespace.
+_TRAILING_SPACE = frozenset(b" \t\r")
 
 
 class EnvelopeError(ValueError):
@@ -223,6 +239,40 @@ def _load_header(line: bytes, what: str) -> dict[str, Any]:
     return value
 
 
+def is_event_id(value: object) -> bool:
+    """A UUID as Sentry reads an event id: 32 hex digits, or a UUID in a common spelling."""
+    if not isinstance(value, str):
+        return False
+    if _HEX32.fullmatch(value):
+        return True
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_envelope_header(headers: dict[str, Any]) -> None:
+    event_id = headers.get("event_id")
+    if event_id is not None and not is_event_id(event_id):
+        raise EnvelopeError(f"envelope header event_id is not a UUID: {event_id!r:.80}")
+    sent_at = headers.get("sent_at")
+    if sent_at is not None and not _is_timestamp(sent_at):
+        raise EnvelopeError(
+            f"envelope header sent_at is not an ISO 8601 timestamp: {sent_at!r:.80}"
+        )
+
+
+def _is_timestamp(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
     """Parse envelope bytes; raise EnvelopeError with a precise message on bad input."""
     if not data.strip():
@@ -232,7 +282,8 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
         end = len(data)
     raw_header: bytes | None = data[:end]
     headers = _load_header(data[:end], "envelope header")
-    if _duplicates(data[:end], headers):
+    _check_envelope_header(headers)
+    if _duplicates(data[:end], headers) or (end and data[end - 1] in _TRAILING_SPACE):
         raw_header = None
     items: list[Item] = []
     pos = end + 1
@@ -250,6 +301,8 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
         item_type = item_headers.get("type")
         if not isinstance(item_type, str) or not item_type:
             raise EnvelopeError(f"item {index} header has no type")
+        if item_type in INTERNAL_TYPES:
+            raise EnvelopeError(f"item {index} has the type {item_type!r}, which only Sentry sends")
         pos = min(nl + 1, size)
         length = item_headers.get("length")
         if length is not None:
@@ -273,7 +326,7 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
                 nl = size
             payload = data[pos:nl]
             pos = nl + 1
-        raw_line = None if _duplicates(line, item_headers) else line
+        raw_line = None if line[-1] in _TRAILING_SPACE or _duplicates(line, item_headers) else line
         items.append(Item(item_headers, payload, raw_header=raw_line))
         if len(items) > max_items:
             raise EnvelopeError(f"too many items (more than {max_items})")

@@ -170,12 +170,44 @@ def test_make_envelope() -> None:
         (b'{}\n{"type":7}\na\n', "has no type"),
         (b'{}\n{"type":"a"\na\n', "item 0 header is not valid JSON"),
         (b'{}\n{"type":"a"}\nx\n[]\n', "item 1 header must be a JSON object"),
+        # As Sentry's Relay refuses them: upstream they would be refused after a 200.
+        (b'{"event_id":"not-a-uuid"}\n', "event_id is not a UUID: 'not-a-uuid'"),
+        (b'{"event_id":12}\n', "event_id is not a UUID: 12"),
+        (b'{"sent_at":"yesterday"}\n', "sent_at is not an ISO 8601 timestamp"),
+        (b'{"sent_at":1700000000}\n', "sent_at is not an ISO 8601 timestamp"),
+        (b'{}\n{"type":"integration"}\nx\n', "item 0 has the type 'integration'"),
     ],
 )
 def test_errors(data: bytes, message: str) -> None:
     with pytest.raises(EnvelopeError) as info:
         parse_envelope(data)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","sent_at":"2026-12-07T04:31:14.123Z"}',
+        b'{"event_id":"9EC79C33-EC99-42AB-8353-589FCB2E04DC","sent_at":"2026-12-07T04:31:14"}',
+        b'{"event_id":null,"sent_at":null}',
+    ],
+)
+def test_event_ids_and_timestamps_sentry_reads(header: bytes) -> None:
+    assert parse_envelope(header + b"\n").serialize() == header + b"\n"
+
+
+@pytest.mark.parametrize("end", [b"\r", b" ", b"\t", b" \r"])
+def test_header_lines_ending_in_whitespace_are_forwarded_on_a_line_of_their_own(
+    end: bytes,
+) -> None:
+    # Sentry refuses a header not followed by a bare newline: such a line is accepted, and
+    # forwarded as the parsed header, not as received.
+    data = b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}' + end + b'\n{"type":"event"}'
+    data += end + b'\n{"message":"hi"}\n'
+    out = parse_envelope(data).serialize()
+    assert out == (
+        b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n{"type":"event"}\n{"message":"hi"}\n'
+    )
 
 
 def test_too_many_items() -> None:
