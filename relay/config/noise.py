@@ -111,7 +111,10 @@ class SwitchFilter(Section, frozen=True):
 
 
 class LegacyBrowsersFilter(Section, frozen=True):
-    """Drop events from old browsers; `browsers` uses Sentry's names (`default`, `ie9`, ...)."""
+    """Drop events from old browsers; `browsers` uses Sentry's names (`default`, `ie9`, ...).
+
+    With `default` beside other names, what any of them names is dropped (Sentry's Relay
+    has applied only the default set then)."""
 
     enabled: bool = True
     browsers: list[str] = msgspec.field(default_factory=lambda: ["default"])

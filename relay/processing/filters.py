@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
@@ -272,6 +272,10 @@ _EXTENSION_VALUES: Final[list[tuple[str, str]]] = [
     ("Extension context invalidated", r"Extension\scontext\sinvalidated"),
     ("webkit-masked-url", r"webkit-masked-url:"),
     ("can't access dead object", r"can't\saccess\sdead\sobject"),
+    (
+        "Cannot redefine property: solana|ethereum|googletag",
+        r"Cannot\sredefine\sproperty:\s(?:solana|ethereum|googletag)",
+    ),
 ]
 _EXTENSION_SOURCES: Final[list[tuple[str, str]]] = [
     ("graph.facebook.com", r"graph\.facebook\.com"),
@@ -326,31 +330,66 @@ LEGACY_BROWSERS: Final[dict[str, tuple[str, int, int]]] = {
 # `default`: each family's minimum supported major version.
 _DEFAULT_MIN_VERSIONS: Final = {"IE": 10, "Safari": 6, "Opera": 15, "Android": 4, "Opera Mini": 8}
 
-_UA_RULES: Final[list[tuple[str, re.Pattern[str]]]] = [
-    ("Opera Mini", re.compile(r"Opera Mini/(\d+)")),
-    ("IE", re.compile(r"IEMobile/(\d+)")),
-    ("IE", re.compile(r"MSIE (\d+)")),
-    ("IE", re.compile(r"Trident/\d+.*?rv:(\d+)")),
-    ("Edge", re.compile(r"Edge/(\d+)")),
-    ("Edge", re.compile(r"Edg(?:A|iOS)?/(\d+)")),
-    ("Opera", re.compile(r"OPR/(\d+)")),
-    ("Opera", re.compile(r"Opera[/ ].*?Version/(\d+)")),
-    ("Opera", re.compile(r"Opera[/ ](\d+)")),
-    ("Firefox", re.compile(r"(?:Firefox|FxiOS)/(\d+)")),
-    ("Chrome", re.compile(r"(?:Chrome|CriOS)/(\d+)")),
-    ("Android", re.compile(r"Android (\d+)")),
-    ("Mobile Safari", re.compile(r"Version/(\d+)[^ ]* Mobile(?:/\S+)? Safari/")),
-    ("Safari", re.compile(r"Version/(\d+).*Safari/")),
+#: (family, regex, major): the first rule that matches names the browser, as in uap-core's
+#: regexes.yaml (which Relay's relay-ua parses with); the major version is the regex's group,
+#: or `major` where the token implies it (IE in Compatibility View says `MSIE 7.0`, but
+#: `Trident/7.0` is IE 11). Families no class names (UC Browser, Opera Mobile, Amazon Silk,
+#: Edge Mobile) come before the rules of the browsers whose tokens their user agents repeat.
+_UA_RULES: Final[list[tuple[str, re.Pattern[str], int | None]]] = [
+    ("UC Browser", re.compile(r"(?:UC? ?Browser|UCWEB|UCMobile|U3)[ /]?(\d+)\.\d+\.\d+"), None),
+    ("Opera Mini", re.compile(r"Opera Mini/(\d+)"), None),
+    ("Opera Mobile", re.compile(r"Opera/.{1,100}Opera Mobi.{1,100}Version/(\d+)\.\d+"), None),
+    ("Opera Mobile", re.compile(r"Opera/(\d+)\.\d+.{1,100}Opera Mobi"), None),
+    ("Opera Mobile", re.compile(r"Opera Mobi.{1,100}Opera(?:/|\s+)(\d+)\.\d+"), None),
+    ("Opera Mobile", re.compile(r"Opera Mobi"), None),
+    ("Opera Mobile", re.compile(r"Mobile Safari.{1,300}OPR/(\d+)\.\d+\.\d+"), None),
+    ("Opera", re.compile(r"OPR/(\d+)"), None),
+    ("Opera", re.compile(r"Opera[/ ].*?Version/(\d+)"), None),
+    ("Opera", re.compile(r"Opera[/ ](\d+)"), None),
+    ("Amazon Silk", re.compile(r"Silk/(\d+)\.\d+"), None),
+    ("Edge Mobile", re.compile(r"Windows Phone .{0,200}Edge/(\d+)\.\d+"), None),
+    ("Edge Mobile", re.compile(r"(?:EdgiOS|EdgA)/(\d+)"), None),
+    ("Edge", re.compile(r"Edge?/(\d+)"), None),
+    ("IE", re.compile(r"IEMobile[ /](\d+)"), None),
+    ("IE", re.compile(r"Trident/[78]\.0"), 11),
+    ("IE", re.compile(r"Trident/6\.0"), 10),
+    ("IE", re.compile(r"Trident/5\.0"), 9),
+    ("IE", re.compile(r"Trident/4\.0"), 8),
+    ("IE", re.compile(r"MSIE (\d+)"), None),
+    ("Firefox", re.compile(r"(?:Firefox|FxiOS)/(\d+)"), None),
+    ("Chrome", re.compile(r"(?:Chrome|CriOS)/(\d+)"), None),
+    ("Android", re.compile(r"Android (\d+)"), None),
+    ("Mobile Safari", re.compile(r"Version/(\d+)[^ ]* Mobile(?:/\S+)? Safari/"), None),
+    ("Safari", re.compile(r"Version/(\d+).*Safari/"), None),
 ]
 
 
-def browser_version(user_agent: str) -> tuple[str, int] | None:
-    """(family, major version) of the browsers the legacy filter knows, else None."""
-    for family, regex in _UA_RULES:
+#: User agents remembered by `browser_version`, and the longest one remembered.
+_UA_CACHE = 1024
+_UA_CACHE_MAX_LEN = 512
+
+
+def browser_version(user_agent: str) -> tuple[str, int | None] | None:
+    """(family, major version) of the browsers the legacy filter tells apart, else None.
+
+    The major version is None when the user agent does not give one (`Opera Mobi`).
+    Memoized (up to a length): the same few user agents come with most events."""
+    if len(user_agent) > _UA_CACHE_MAX_LEN:
+        return _browser_version(user_agent)
+    return _browser_version_cached(user_agent)
+
+
+def _browser_version(user_agent: str) -> tuple[str, int | None] | None:
+    for family, regex, major in _UA_RULES:
         m = regex.search(user_agent)
         if m is not None:
-            return family, int(m.group(1))
+            if major is None and regex.groups:
+                major = int(m.group(1))
+            return family, major
     return None
+
+
+_browser_version_cached = functools.lru_cache(maxsize=_UA_CACHE)(_browser_version)
 
 
 # --- the filters -----------------------------------------------------------------------------
@@ -421,6 +460,21 @@ class _ErrorTypeCheck:
         return None
 
 
+def _log_message(event: Mapping[str, Any]) -> str | None:
+    """The log message Sentry's error_messages filter reads: `logentry.formatted`, or the
+    unformatted `logentry.message` only when there is no formatted text (`message`, the
+    legacy name of `logentry`, also as a plain string)."""
+    for container in (event.get("logentry"), event.get("message")):
+        if isinstance(container, Mapping):
+            for key in ("formatted", "message"):
+                text = container.get(key)
+                if isinstance(text, str) and text:
+                    return text
+        elif isinstance(container, str) and container:
+            return container
+    return None
+
+
 class _ErrorMessageCheck:
     reason = FilterReason.ERROR_MESSAGE
 
@@ -429,10 +483,9 @@ class _ErrorMessageCheck:
         self.globs = GlobSet(globs)
 
     def __call__(self, view: EventView, ctx: RequestContext) -> str | None:
-        for text in view.messages:
-            hit = self.globs.match(text)
-            if hit is not None:
-                return hit
+        hit = self.globs.match(_log_message(view.event))
+        if hit is not None:
+            return hit
         for exc in view.exceptions:
             if exc.type and exc.value:
                 text = f"{exc.type}: {exc.value}"
@@ -454,6 +507,32 @@ def _is_local_host(host: str) -> bool:
     return host in _LOCAL_HOSTS or host.endswith(".localhost")
 
 
+_AUTO_IP: Final = "{{auto}}"
+#: Platforms whose events Sentry gives the client's address when they name no user IP.
+_INFER_IP_PLATFORMS: Final = frozenset({"javascript", "cocoa", "objc"})
+
+
+def _user_ip(view: EventView, ctx: RequestContext) -> IpAddress | None:
+    """`user.ip_address` as Sentry's normalization leaves it before its filters run: `{{auto}}`
+    is the client's address; without one, `request.env.REMOTE_ADDR`, else (browser and Apple
+    platforms) the client's address."""
+    user_ip = view.user_ip()
+    if user_ip == _AUTO_IP:
+        return parse_ip(ctx.client_ip)
+    ip = parse_ip(user_ip)
+    if ip is not None:
+        return ip
+    env = view.request().get("env")
+    remote = env.get("REMOTE_ADDR") if isinstance(env, Mapping) else None
+    if isinstance(remote, str):
+        ip = parse_ip(ctx.client_ip if remote == _AUTO_IP else remote)
+        if ip is not None:
+            return ip
+    if view.event.get("platform") in _INFER_IP_PLATFORMS:
+        return parse_ip(ctx.client_ip)
+    return None
+
+
 class _LocalhostCheck:
     reason = FilterReason.LOCALHOST
 
@@ -461,19 +540,17 @@ class _LocalhostCheck:
         self.dry_run = dry_run
 
     def __call__(self, view: EventView, ctx: RequestContext) -> str | None:
-        user_ip = view.user_ip()
-        if user_ip == "{{auto}}":
-            user_ip = ctx.client_ip
-        ip = parse_ip(user_ip)
+        ip = _user_ip(view, ctx)
         if ip is not None and str(ip) in _LOCAL_IPS:
             return "user.ip_address"
         url = view.request().get("url")
+        host = None
         if isinstance(url, str) and url:
             try:
                 parts = urlsplit(url.strip())
                 host = parts.hostname
             except ValueError:
-                parts, host = None, None
+                parts = None
             if parts is not None and parts.scheme == "file":
                 return "request.url"
             if host and _is_local_host(host):
@@ -481,7 +558,8 @@ class _LocalhostCheck:
         forwarded = view.header("X-Forwarded-For")
         if forwarded and forwarded.strip() in _LOCAL_IPS:
             return "request.headers.X-Forwarded-For"
-        if not url:
+        if not host:
+            # No URL, or a relative one (`/checkout`): the Host headers name the site.
             for name in ("Host", "X-Forwarded-Host"):
                 value = view.header(name)
                 if value:
@@ -547,6 +625,8 @@ class _LegacyBrowsersCheck:
         if found is None:
             return None
         family, major = found
+        if major is None:
+            return None
         for name in self.browsers:
             if name == "default":
                 minimum = _DEFAULT_MIN_VERSIONS.get(family)

@@ -6,7 +6,9 @@ Syntax (Sentry's glob flavour, plus `**` for paths):
              (with ``path=True``: any run without `/`)
     **       with ``path=True``: any run, `/` included
     ?        exactly one character
-    [abc]    one of the listed characters; ranges `[a-z]`; negated `[!a-z]` or `[^a-z]`
+    [abc]    one of the listed characters; ranges `[a-z]`; negated `[!a-z]`
+             (`[^...]` is refused: Sentry reads its `^` literally, not as a negation;
+             `[\\^...]` is a class with a literal `^`)
     {a,b}    one of the alternatives (may nest and contain other syntax)
     \\x       the character `x` literally
 
@@ -116,7 +118,13 @@ class _Translator:
         p = self.p
         self.i += 1
         negate = False
-        if self.i < len(p) and p[self.i] in "!^":
+        if self.i < len(p) and p[self.i] == "^":
+            raise GlobError(
+                "'[^' does not negate in Sentry's globs: write '[!...]' to negate a class"
+                " (and '[\\^...]' for a class with a literal '^')",
+                self.i,
+            )
+        if self.i < len(p) and p[self.i] == "!":
             negate = True
             self.i += 1
         items: list[str] = []

@@ -248,6 +248,15 @@ def test_error_messages(event: dict[str, Any], expected: str | None) -> None:
     assert (hit.rule if hit else None) == expected
 
 
+def test_error_messages_match_the_template_only_without_formatted_text() -> None:
+    cfg = FiltersConfig(error_messages=["*%(user)s*"])
+    template = {"message": "Login failed for %(user)s", "params": {"user": "alice"}}
+    assert check(cfg, {"logentry": {**template, "formatted": "Login failed for alice"}}) is None
+    assert check(cfg, {"logentry": template}) is not None
+    formatted = FiltersConfig(error_messages=["*for alice"])
+    assert check(formatted, {"logentry": {**template, "formatted": "Login failed for alice"}})
+
+
 def test_error_messages_match_type_colon_value() -> None:
     event = exc_event(("OperationalError", "could not connect to server"))
     cfg = FiltersConfig(error_messages=["OperationalError: could not connect*"])
@@ -354,6 +363,16 @@ def test_validate_trusted_proxies() -> None:
         ({"request": {"url": "http://my.dom.com/"}}, None),
         ({"request": {"headers": {"Host": "localhost.sentry.io:3000"}}}, None),
         ({"request": {"url": "https://shop.example.com/", "headers": {"Host": "localhost"}}}, None),
+        # A relative URL names no host: the Host headers do.
+        (
+            {"request": {"url": "/checkout", "headers": {"Host": "localhost:3000"}}},
+            "request.headers.Host",
+        ),
+        (
+            {"request": {"url": "/a?b=1", "headers": {"X-Forwarded-Host": "127.0.0.1:8080"}}},
+            "request.headers.X-Forwarded-Host",
+        ),
+        ({"request": {"url": "/checkout", "headers": {"Host": "shop.example.com"}}}, None),
         ({}, None),
     ],
 )
@@ -369,6 +388,44 @@ def test_localhost_auto_ip_uses_the_client_address() -> None:
     remote = RequestContext(project_id=1, public_key="k", client_ip="203.0.113.1")
     assert check(FiltersConfig(localhost=True), event, ctx=local) is not None
     assert check(FiltersConfig(localhost=True), event, ctx=remote) is None
+
+
+LOCAL_CLIENT = RequestContext(project_id=1, public_key="k", client_ip="127.0.0.1")
+REMOTE_CLIENT = RequestContext(project_id=1, public_key="k", client_ip="203.0.113.1")
+
+
+@pytest.mark.parametrize(
+    ("event", "ctx", "dropped"),
+    [
+        # Without user.ip_address, Sentry gives the event request.env.REMOTE_ADDR ...
+        ({"request": {"env": {"REMOTE_ADDR": "127.0.0.1"}}}, REMOTE_CLIENT, True),
+        ({"request": {"env": {"REMOTE_ADDR": "{{auto}}"}}}, LOCAL_CLIENT, True),
+        ({"user": {"id": "1"}, "request": {"env": {"REMOTE_ADDR": "::1"}}}, REMOTE_CLIENT, True),
+        ({"request": {"env": {"REMOTE_ADDR": "203.0.113.1"}}}, LOCAL_CLIENT, False),
+        # ... but a user address of its own wins.
+        (
+            {"user": {"ip_address": "203.0.113.7"}, "request": {"env": {"REMOTE_ADDR": "::1"}}},
+            REMOTE_CLIENT,
+            False,
+        ),
+        # Browser and Apple events get the client's address; other platforms do not.
+        ({"platform": "javascript"}, LOCAL_CLIENT, True),
+        ({"platform": "cocoa", "user": {"id": "1"}}, LOCAL_CLIENT, True),
+        ({"platform": "objc"}, REMOTE_CLIENT, False),
+        ({"platform": "python"}, LOCAL_CLIENT, False),
+        ({"platform": "javascript", "user": {"ip_address": "203.0.113.7"}}, LOCAL_CLIENT, False),
+        (
+            {"platform": "javascript", "request": {"env": {"REMOTE_ADDR": "10.0.0.1"}}},
+            LOCAL_CLIENT,
+            False,
+        ),
+    ],
+)
+def test_localhost_reads_the_user_ip_sentry_infers(
+    event: dict[str, Any], ctx: RequestContext, dropped: bool
+) -> None:
+    hit = check(FiltersConfig(localhost=True), event, ctx=ctx)
+    assert hit == (FilterHit("localhost", "user.ip_address", False) if dropped else None)
 
 
 @pytest.mark.parametrize(
@@ -427,6 +484,9 @@ def test_browser_extension_sources(source: str) -> None:
         "Extension context invalidated",
         "useless error webkit-masked-url: please filter",
         "TypeError: can't access dead object because dead stuff smells bad",
+        "Cannot redefine property: ethereum",
+        "TypeError: Cannot redefine property: solana",
+        "cannot redefine property: googletag",
     ],
 )
 def test_browser_extension_values(value: str) -> None:
@@ -523,6 +583,18 @@ EDGE12 = "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) C
 EDGE120 = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36 Edg/120.0.0.0"
 CHROME = "Mozilla/5.0 (Windows NT 6.1) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/41.0.2228.0 Safari/537.36"
 FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+# IE 11 and IE 10 in Compatibility View say `MSIE 7.0`; the Trident token tells the version.
+IE11_COMPAT = "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 10.0; WOW64; Trident/7.0; .NET4.0C)"
+IE10_COMPAT = "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.1; Trident/6.0)"
+IE7 = "Mozilla/4.0 (compatible; MSIE 7.0; Windows NT 6.0)"
+OPERA_MOBILE = "Opera/9.80 (Android 2.3.3; Linux; Opera Mobi/ADR-1111101157; U; es-ES) Presto/2.9.201 Version/11.50"
+OPERA_MOBILE_SYMBIAN = "Mozilla/5.0 (S60; SymbOS; Opera Mobi/SYB-1107071606; U; en)"
+OPERA_MOBILE_OPR = "Mozilla/5.0 (Linux; Android 4.4.2; SM-T230 Build/KOT49H) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/40.0.2214.89 Mobile Safari/537.36 OPR/14.0.1764.90386"
+UC_ANDROID2 = "Mozilla/5.0 (Linux; U; Android 2.3.5; en-US; GT-S5360 Build/GINGERBREAD) AppleWebKit/534.31 (KHTML, like Gecko) UCBrowser/9.0.2.299 U3/0.8.0 Mobile Safari/534.31"
+SILK_ANDROID2 = "Mozilla/5.0 (Linux; U; Android 2.3.4; en-us; Kindle Fire Build/GINGERBREAD) AppleWebKit/533.1 (KHTML, like Gecko) Version/4.0 Mobile Safari/533.1 Silk/1.0.141.16-Gen4_11004310 Silk-Accelerated=true"
+EDGE_ANDROID = "Mozilla/5.0 (Linux; Android 9; SM-G960F) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/77.0.3865.116 Mobile Safari/537.36 EdgA/45.09.4.5083"
+EDGE_IOS = "Mozilla/5.0 (iPhone; CPU iPhone OS 14_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/14.0 EdgiOS/46.3.13 Mobile/15E148 Safari/605.1.15"
+EDGE_WINPHONE = "Mozilla/5.0 (Windows Phone 10.0; Android 6.0.1; Microsoft; Lumia 950) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/52.0.2743.116 Mobile Safari/537.36 Edge/15.15063"
 
 
 @pytest.mark.parametrize(
@@ -541,10 +613,24 @@ FIREFOX = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.
         (EDGE120, "Edge", 120),
         (CHROME, "Chrome", 41),
         (FIREFOX, "Firefox", 120),
+        # uap-core's families and versions, as Relay parses them
+        (IE11_COMPAT, "IE", 11),
+        (IE10_COMPAT, "IE", 10),
+        (IE7, "IE", 7),
+        (OPERA_MOBILE, "Opera Mobile", 11),
+        (OPERA_MOBILE_SYMBIAN, "Opera Mobile", None),
+        (OPERA_MOBILE_OPR, "Opera Mobile", 14),
+        (UC_ANDROID2, "UC Browser", 9),
+        (SILK_ANDROID2, "Amazon Silk", 1),
+        (EDGE_ANDROID, "Edge Mobile", 45),
+        (EDGE_IOS, "Edge Mobile", 46),
+        (EDGE_WINPHONE, "Edge Mobile", 15),
     ],
 )
-def test_browser_version(ua: str, family: str, major: int) -> None:
+def test_browser_version(ua: str, family: str, major: int | None) -> None:
     assert browser_version(ua) == (family, major)
+    # Long user agents are parsed the same, only not remembered.
+    assert browser_version(ua + " " + "x" * 600) == (family, major)
 
 
 @pytest.mark.parametrize(
@@ -583,6 +669,24 @@ def test_browser_version(ua: str, family: str, major: int) -> None:
         (OPERA_MINI8, ["opera_mini_pre_8"], None),
         (ANDROID4, ["android_pre_4"], None),
         (SAFARI6, ["safari_pre_6"], None),
+        # IE 11 / IE 10 in Compatibility View are not IE 7.
+        (IE11_COMPAT, ["default"], None),
+        (IE11_COMPAT, ["ie_pre_9"], None),
+        (IE11_COMPAT, ["ie11"], "ie11"),
+        (IE10_COMPAT, ["default"], None),
+        (IE10_COMPAT, ["ie10"], "ie10"),
+        (IE7, ["default"], "default"),
+        # Browsers no class names are not old versions of another.
+        (OPERA_MOBILE, ["default"], None),
+        (OPERA_MOBILE, ["opera_pre_15"], None),
+        (OPERA_MOBILE_SYMBIAN, ["default", "opera_pre_15"], None),
+        (OPERA_MOBILE_OPR, ["opera_pre_15"], None),
+        (UC_ANDROID2, ["default"], None),
+        (UC_ANDROID2, ["android_pre_4"], None),
+        (SILK_ANDROID2, ["android_pre_4"], None),
+        (EDGE_ANDROID, ["edge_pre_79"], None),
+        (EDGE_IOS, ["edge_pre_79"], None),
+        (EDGE_WINPHONE, ["edge_pre_79"], None),
     ],
 )
 def test_legacy_browsers(ua: str, browsers: list[str], expected: str | None) -> None:
@@ -758,6 +862,10 @@ def test_validate_filters_reports_paths() -> None:
     assert [p.path for p in validate_filters(ips)] == ["client_ips.ips[0]"]
     legacy = FiltersConfig(legacy_browsers=LegacyBrowsersFilter(browsers=["x"]))
     assert [p.path for p in validate_filters(legacy)] == ["legacy_browsers.browsers[0]"]
+    # `[^...]` negates in other glob dialects but not in Sentry's: refused, not misread.
+    caret = validate_filters(FiltersConfig(releases=["1.18.[^0-4].*"]))
+    assert [p.path for p in caret] == ["releases[0]"]
+    assert "write '[!...]' to negate" in caret[0].message
 
 
 # --- shadow tags ----------------------------------------------------------------------------------------

@@ -25,7 +25,11 @@ from relay.processing.glob import GlobSet, glob_to_regex, validate_glob
         ("1.18.[0-4].*", "1.18.4.2153-2aa83397b", True),
         ("1.18.[0-4].*", "1.18.5.2153-2aa83397b", False),
         ("1.18.[!0-4].*", "1.18.5.2153-2aa83397b", True),
-        ("1.18.[^0-4].*", "1.18.4.2153-2aa83397b", False),
+        ("1.18.[!0-4].*", "1.18.4.2153-2aa83397b", False),
+        (r"v[\^1]", "v^", True),
+        (r"v[\^1]", "v2", False),
+        ("v[!^]", "v^", False),
+        ("v[1^]", "v^", True),
         ("[]x]", "]", True),
         ("*{timeout,timed out}*", "request timed out after 5s", True),
         ("*{timeout,timed out}*", "request TIMEOUT", True),
@@ -87,6 +91,18 @@ def test_invalid_patterns_are_reported_and_skipped() -> None:
     globs = GlobSet(["a{b", "ok"])
     assert globs.patterns == ("ok",)
     assert globs.match("ok") == "ok"
+
+
+def test_caret_negation_is_refused() -> None:
+    # Sentry negates only with `!`: `[^0-4]` there is the class {^, 0-4}. Rather than
+    # silently mean the opposite of Sentry, the pattern is refused with the fix.
+    problem = validate_glob("1.18.[^0-4].*") or ""
+    assert problem.startswith("invalid glob at position 7: '[^' does not negate")
+    assert "'[!...]' to negate" in problem and "'[\\^...]'" in problem
+    assert validate_glob("[^a]", path=True) is not None
+    assert validate_glob("1.18.[!0-4].*") is None
+    assert validate_glob(r"[\^a]") is None
+    assert not GlobSet(["v[^1]"])
 
 
 def test_regex_metacharacters_are_literal() -> None:
