@@ -8,16 +8,22 @@ One rule per line; `#` starts a comment line:
     !error.type:CancelledError stack.module:"app.payments.*" -> payments, {{ stack.function }}
     logger:celery.* -> celery, {{ error.type }} override=true
 
-- Matchers (see `relay.processing.matchers`) are `key:value` with an optional `!`
-  negation; values are globs, quoted with `"..."` (backslash escapes `\\"` and
-  `\\\\`) when they contain spaces; keys may be quoted too (`"error.type":X`).
-  All matchers of a line must hold.
-- After `->`: fingerprint values separated by commas or spaces, bare or quoted.
-  `{{ variable }}` is replaced by the event's value (`{{ default }}` is kept for
-  the upstream to expand); it may be embedded (`payments-{{ level }}`).
-- Attributes after the values: `title="..."` (may use variables) sets the event's
-  title; `override=true` replaces a fingerprint the SDK sent, which is otherwise
-  kept (a relay extension: without it the SDK's own grouping wins).
+- Matchers (see `relay.processing.matchers`, fingerprint semantics) are `key:value`
+  with an optional `!` negation; values are globs, quoted with `"..."` when they
+  contain spaces; keys may be quoted too (`"error.type":X`). Quoted values unescape
+  standard escapes (`\\"`, `\\\\`, `\\n`, ...) and keep unknown ones, so
+  `"div\\*"` is a literal `*` for the glob. All matchers of a line must hold.
+  Sentry's `thread.*` matchers and caller/callee forms (`[ function:a ] |`,
+  `| [ function:b ]`) are refused with an error naming them.
+- After `->`: fingerprint values separated by commas or spaces (a trailing comma is
+  fine), bare or quoted. A value that is wholly `{{ variable }}` is replaced by the
+  event's value (`{{ default }}` is kept for the upstream to expand, `{{ message }}`
+  is templated like Sentry's message parameterization, an unknown name gives
+  `<unrecognized-variable-name>`); text around a variable stays literal, and a bare
+  `svc-{{ level }}` is two values, as in Sentry.
+- Attributes after the values: `title="..."` (variables anywhere in it) sets the
+  event's title; `override=true` replaces a fingerprint the SDK sent, which is
+  otherwise kept (a relay extension: without it the SDK's own grouping wins).
 - The first matching rule wins; org rules come before project rules. Rules apply to
   error and message events, not to transactions.
 
@@ -29,6 +35,7 @@ that has no SDK fingerprint gets `[message_template(message)]` as fingerprint.
 
 from __future__ import annotations
 
+import codecs
 import re
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,7 +46,6 @@ from relay.processing.matchers import (
     EventView,
     Matcher,
     validate_matcher,
-    validate_variable,
 )
 from relay.processing.normalize import message_template
 
@@ -58,8 +64,21 @@ DEFAULT_VARIABLE: Final = "{{ default }}"
 _KEY_RE: Final = re.compile(r"[A-Za-z0-9_.\-]+")
 _QUOTED_KEY_RE: Final = re.compile(r'"([A-Za-z0-9_.:\-]+)"')
 _ATTRIBUTE_RE: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)=")
-_VAR_RE: Final = re.compile(r"\{\{\s*([^\s{}]+)\s*\}\}")
+# Sentry's FINGERPRINT_VARIABLE_REGEX and its `unquoted_no_comma` token.
+_VAR_RE: Final = re.compile(r"\{\{\s*(\S+)\s*\}\}")
+_BARE_RE: Final = re.compile(r"\{\{\s*\S+\s*\}\}|[^\s{,]+")
 _DEFAULT_RE: Final = re.compile(r"^\{\{\s*default\s*\}\}$")
+# The escapes Python's `unicode-escape` (Sentry's `unescape_string`) knows; others stay.
+_ESCAPE_RE: Final = re.compile(
+    r"\\(?:u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|x[0-9a-fA-F]{2}|[0-7]{1,3}|N\{[^}]*\}|[\\'\"abfnrtv\n])"
+)
+_THREAD_MATCHERS: Final = (
+    "thread.id",
+    "thread.name",
+    "thread.state",
+    "thread.crashed",
+    "thread.current",
+)
 _TRUE: Final = ("true", "yes", "1", "on")
 _FALSE: Final = ("false", "no", "0", "off")
 
@@ -78,8 +97,34 @@ class FingerprintSyntaxError(ValueError):
 Template = tuple[tuple[bool, str], ...]  # (is_variable, text)
 
 
+def _unescape(text: str) -> str:
+    """Sentry's `unescape_string`: standard escapes decoded, unknown ones (`\\*`) kept."""
+    if "\\" not in text:
+        return text
+
+    def decode(m: re.Match[str]) -> str:
+        try:
+            return codecs.decode(m.group(), "unicode-escape")
+        except UnicodeDecodeError:  # an unknown \\N{name}
+            return m.group()
+
+    return _ESCAPE_RE.sub(decode, text)
+
+
 def _render(template: Template, view: EventView) -> str:
+    """A title: variables anywhere in the text."""
     return "".join(view.variable(text) if is_var else text for is_var, text in template)
+
+
+def _render_value(template: Template, view: EventView) -> str:
+    """A fingerprint value: one literal, or one variable (`{{ message }}` templated)."""
+    is_var, text = template[0]
+    if not is_var:
+        return text
+    value = view.variable(text)
+    if text == "message" and value != "<no-message>":
+        return message_template(value)
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,22 +172,24 @@ class _LineParser:
     def quoted(self) -> str:
         start = self.i
         self.i += 1
-        out: list[str] = []
         while self.i < len(self.s):
             ch = self.s[self.i]
             if ch == "\\" and self.i + 1 < len(self.s):
-                out.append(self.s[self.i + 1])
                 self.i += 2
                 continue
             if ch == '"':
                 self.i += 1
-                return "".join(out)
-            out.append(ch)
+                return _unescape(self.s[start + 1 : self.i - 1])
             self.i += 1
         raise self.error("unterminated quoted string", start)
 
     def matcher(self) -> tuple[Matcher, int]:
         start = self.i
+        if self.s[self.i] in "[|":
+            raise self.error(
+                "caller/callee matchers ('[ ... ] |' and '| [ ... ]') are not supported"
+                " by the relay"
+            )
         negated = False
         if self.s[self.i] == "!":
             negated = True
@@ -153,6 +200,8 @@ class _LineParser:
             raise self.error("expected a matcher such as error.type:Name, or '->'")
         key = m.group(1) if m.re is _QUOTED_KEY_RE else m.group(0)
         self.i = m.end()
+        if key in _THREAD_MATCHERS:
+            raise self.error(f"thread matchers ({key}) are not supported by the relay", key_at)
         if self.at_end() or self.s[self.i] != ":":
             raise self.error(f"expected ':' after matcher '{key}'")
         self.i += 1
@@ -171,30 +220,45 @@ class _LineParser:
         if problem is not None:
             at = key_at if problem.startswith("unknown matcher") else value_at
             raise self.error(problem, at)
-        return Matcher(key, [value], negated), start
+        return Matcher(key, [value], negated, fingerprint=True), start
 
-    def template(self, text: str, at: int) -> Template:
+    @staticmethod
+    def title(text: str) -> Template:
         parts: list[tuple[bool, str]] = []
         pos = 0
         for m in _VAR_RE.finditer(text):
             if m.start() > pos:
                 parts.append((False, text[pos : m.start()]))
-            name = m.group(1)
-            problem = validate_variable(name)
-            if problem is not None:
-                raise self.error(problem, at + m.start())
-            parts.append((True, name))
+            parts.append((True, m.group(1)))
             pos = m.end()
         if pos < len(text):
-            rest = text[pos:]
-            bad = min((i for i in (rest.find("{{"), rest.find("}}")) if i >= 0), default=-1)
-            if bad >= 0:
-                raise self.error("malformed variable, expected {{ name }}", at + pos + bad)
-            parts.append((False, rest))
+            parts.append((False, text[pos:]))
         return tuple(parts)
 
+    @staticmethod
+    def value(text: str) -> Template:
+        """A fingerprint value: a variable only when it is wholly `{{ name }}`."""
+        m = _VAR_RE.match(text)
+        if m is None or m.end() != len(text):
+            return ((False, text),)
+        if m.group(1) == "default":
+            return ((False, DEFAULT_VARIABLE),)
+        return ((True, m.group(1)),)
+
     def bare_value(self) -> str:
-        """A value up to whitespace or a comma; `{{ ... }}` may contain spaces."""
+        """Sentry's bare token: `{{ ... }}` (may hold spaces), or text up to a space,
+        comma or `{`."""
+        m = _BARE_RE.match(self.s, self.i)
+        if m is None:
+            if self.s.startswith("{{", self.i):
+                raise self.error("'{{' is never closed")
+            raise self.error("unexpected '{' (a variable is written {{ name }})")
+        self.i = m.end()
+        return m.group()
+
+    def bare_attribute(self) -> str:
+        """An unquoted attribute value (a relay extension): up to whitespace or a comma;
+        `{{ ... }}` may contain spaces."""
         start = self.i
         while self.i < len(self.s):
             ch = self.s[self.i]
@@ -240,9 +304,9 @@ class _LineParser:
                     raise self.error(f"expected a value after '{name}='")
                 value_at = self.i
                 is_quoted = self.s[self.i] == '"'
-                raw = self.quoted() if is_quoted else self.bare_value()
+                raw = self.quoted() if is_quoted else self.bare_attribute()
                 if name == "title":
-                    title = self.template(raw, value_at + int(is_quoted))
+                    title = self.title(raw)
                 elif name == "override":
                     if raw.lower() in _TRUE:
                         override = True
@@ -255,28 +319,17 @@ class _LineParser:
             else:
                 if self.s[self.i] == ",":
                     raise self.error("empty fingerprint value")
-                if self.s[self.i] == '"':
-                    value = self.quoted()
-                    offset = at + 1
-                else:
-                    value = self.bare_value()
-                    offset = at
-                if _DEFAULT_RE.match(value.strip()):
-                    fingerprint.append(((False, DEFAULT_VARIABLE),))
-                else:
-                    fingerprint.append(self.template(value, offset))
+                value = self.quoted() if self.s[self.i] == '"' else self.bare_value()
+                fingerprint.append(self.value(value))
             self.skip_ws()
             if not self.at_end() and self.s[self.i] == ",":
                 self.i += 1
-                self.skip_ws()
-                if self.at_end():
-                    raise self.error("expected a fingerprint value after ','")
         if not fingerprint:
             raise self.error("expected a fingerprint after '->'")
         return FingerprintRule(
             text=self.s.strip(),
             line=self.line,
-            condition=Condition(matchers),
+            condition=Condition(matchers, fingerprint=True),
             fingerprint=tuple(fingerprint),
             title=title,
             override=override,
@@ -357,7 +410,7 @@ class Fingerprinter:
                 continue
             if has_client and not rule.override:
                 return None
-            fingerprint = [_render(part, view) for part in rule.fingerprint]
+            fingerprint = [_render_value(part, view) for part in rule.fingerprint]
             title = _render(rule.title, view) if rule.title is not None else None
             event["fingerprint"] = fingerprint
             if title is not None:

@@ -23,12 +23,24 @@ not match; a group made only of negated matchers holds when no exception (or
 frame) matches any of them, so `!error.type:CancelledError` means "no
 CancelledError anywhere in the chain".
 
+Fingerprint rules (`Matcher(..., fingerprint=True)`, `Condition(..., fingerprint=True)`)
+follow Sentry's fingerprinting instead: a rule holds when, for each kind, some single
+exception (frame, message) satisfies all its matchers of that kind, a negated one by
+not matching, so `!error.type:CancelledError` means "some exception is not a
+CancelledError" and never holds without exceptions. Frames are the exceptions'
+frames, else the event stacktrace, else the crashing thread's; `message` looks at the
+log message and each exception value in turn; values, the message, tags and release
+are stripped; a missing `level` is `error`; `sdk` is Sentry's normalized SDK name
+(`sentry.python.django` -> `sentry.python`); `path` and `package` ignore case.
+
 `EventView` reads an event dict once, tolerating every shape SDKs send (tags as a
 mapping or as pairs, `exception` as `{values: [...]}` or a bare list, ...).
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -43,9 +55,9 @@ __all__ = [
     "Matcher",
     "canonical_key",
     "compile_condition",
+    "normalize_sdk_name",
     "platform_family",
     "validate_matcher",
-    "validate_variable",
 ]
 
 # key -> (canonical key, group)
@@ -77,26 +89,30 @@ _KEYS: Final[dict[str, tuple[str, str]]] = {
 #: Every accepted matcher key (plus `tags.<name>`).
 MATCHER_KEYS: Final = (*_KEYS, "tags.<name>")
 
-#: Variables usable in fingerprints and titles: `{{ name }}` (plus `tags.<name>`).
+#: Variables of fingerprints and titles, `{{ name }}` -> canonical name (plus `tags.<name>`).
+#: Any other name renders as `<unrecognized-variable-name>`, as in Sentry.
 VARIABLES: Final[dict[str, str]] = {
     "default": "default",
     "transaction": "transaction",
+    "message": "message",
+    "raw_message": "raw_message",
     "error.type": "error.type",
     "type": "error.type",
     "error.value": "error.value",
     "value": "error.value",
+    "error.raw_value": "error.value",
+    "raw_value": "error.value",
     "stack.function": "stack.function",
     "function": "stack.function",
     "stack.module": "stack.module",
     "module": "stack.module",
     "stack.abs_path": "stack.abs_path",
     "path": "stack.abs_path",
+    "stack.filename": "stack.filename",
     "stack.package": "stack.package",
     "package": "stack.package",
     "level": "level",
     "logger": "logger",
-    "release": "release",
-    "environment": "environment",
 }
 
 _CASE_INSENSITIVE = frozenset({"error.value", "message", "level", "release", "event.type"})
@@ -116,6 +132,86 @@ def platform_family(platform: object) -> str:
     if platform in _NATIVE_PLATFORMS:
         return "native"
     return "other"
+
+
+_KNOWN_SDKS: Final = frozenset(
+    {
+        "sentry.cocoa",
+        "sentry.dart",
+        "sentry.dotnet",
+        "sentry.elixir",
+        "sentry.go",
+        "sentry.java",
+        "sentry.javascript.angular",
+        "sentry.javascript.browser",
+        "sentry.javascript.capacitor",
+        "sentry.javascript.cordova",
+        "sentry.javascript.deno",
+        "sentry.javascript.electron",
+        "sentry.javascript.ember",
+        "sentry.javascript.gatsby",
+        "sentry.javascript.miniapp",
+        "sentry.javascript.nextjs",
+        "sentry.javascript.node",
+        "sentry.javascript.node.experimental",
+        "sentry.javascript.node.hapi",
+        "sentry.javascript.raycast",
+        "sentry.javascript.react",
+        "sentry.javascript.react.native",
+        "sentry.javascript.remix",
+        "sentry.javascript.serverless",
+        "sentry.javascript.sfcc",
+        "sentry.javascript.svelte",
+        "sentry.javascript.sveltekit",
+        "sentry.javascript.vue",
+        "sentry.kubernetes",
+        "sentry.lua",
+        "sentry.native.android",
+        "sentry.native.dotnet",
+        "sentry.native.unity",
+        "sentry.native.unreal",
+        "sentry.objc",
+        "sentry.perl",
+        "sentry.php",
+        "sentry.python",
+        "sentry.ruby",
+        "sentry.rust",
+        "sentry.swift",
+    }
+)
+_SDK_SYNONYMS: Final = {
+    "sentry.android": "sentry.native.android",
+    "sentry.cordova": "sentery.javascript.cordova",  # sic: Sentry's table, so `other`
+    "sentry.electron": "sentry.javascript.electron",
+    "sentry.javascript.angular.ivy": "sentry.javascript.angular",
+    "sentry.javascript.react.expo": "sentry.javascript.react",
+    "sentry.javascript.react.native.expo": "sentry.javascript.react.native",
+    "sentry.laravel": "sentry.php.laravel",
+    "sentry.react": "sentry.javascript.react",
+    "sentry.symfony": "sentry.php.symfony",
+    "sentry.unity": "sentry.native.unity",
+    "sentrydotnet": "sentry.dotnet",
+}
+_NON_WORD_RE: Final = re.compile(r"[\W_]+")
+
+
+@functools.lru_cache(maxsize=300)
+def normalize_sdk_name(name: str) -> str:
+    """Sentry's normalized SDK tag: frameworks fold into their SDK (`sentry.python.django`
+    -> `sentry.python`, `sentry.java.android` -> `sentry.java`; JavaScript and native keep
+    one more level), unknown SDKs become `other`."""
+    if not name.startswith("sentry"):
+        return "other"
+    tag = _NON_WORD_RE.sub(".", name)
+    tag = _SDK_SYNONYMS.get(tag, tag)
+    if not tag.startswith("sentry."):
+        return "other"
+    parts = tag.split(".")
+    if parts[1] not in ("javascript", "native"):
+        tag = ".".join(parts[:2])
+    elif parts[1] == "native":
+        tag = ".".join(parts[:3])
+    return tag if tag in _KNOWN_SDKS else "other"
 
 
 def canonical_key(key: str) -> tuple[str, str] | None:
@@ -141,13 +237,6 @@ def validate_matcher(key: str, pattern: str) -> str | None:
         if problem is not None:
             return problem
     return None
-
-
-def validate_variable(name: str) -> str | None:
-    """What is wrong with variable `{{ name }}`, or None."""
-    if name in VARIABLES or (name.startswith("tags.") and len(name) > 5):
-        return None
-    return f"unknown variable '{{{{ {name} }}}}' (known: {', '.join(VARIABLES)}, tags.<name>)"
 
 
 # --- reading events -----------------------------------------------------------------------
@@ -372,47 +461,164 @@ class EventView:
             return [self.tags.get(key[5:])]
         return [None]
 
+    # --- the fingerprint side (Sentry's EventDatastore) ---------------------------------
+
+    @property
+    def log_message(self) -> str | None:
+        """The log message as Sentry sees it after normalization: `logentry.formatted`,
+        else `logentry.message`, else the legacy `message`."""
+        if "log_message" not in self._cache:
+            found: str | None = None
+            for container in (self.event.get("logentry"), self.event.get("message")):
+                if isinstance(container, Mapping):
+                    found = _str(container.get("formatted")) or _str(container.get("message"))
+                else:
+                    found = _str(container)
+                if found:
+                    break
+            self._cache["log_message"] = found or None
+        message: str | None = self._cache["log_message"]
+        return message
+
+    @property
+    def stripped_exceptions(self) -> list[Exc]:
+        """`exceptions` with their values stripped of surrounding whitespace."""
+        cached = self._cache.get("stripped_exceptions")
+        if cached is None:
+            cached = []
+            for exc in self.exceptions:
+                value = exc.value.strip() if exc.value else exc.value
+                cached.append(
+                    exc if value == exc.value else Exc(exc.type, value, exc.module, exc.frames)
+                )
+            self._cache["stripped_exceptions"] = cached
+        return cached
+
+    @property
+    def toplevel(self) -> list[str | None]:
+        """What a fingerprint `message:` looks at, one element each: the stripped log
+        message, then each exception's stripped value (None when it has none)."""
+        cached = self._cache.get("toplevel")
+        if cached is None:
+            message = self.log_message
+            cached = [message.strip()] if message else []
+            cached.extend(e.value for e in self.stripped_exceptions)
+            self._cache["toplevel"] = cached
+        return cached
+
+    @property
+    def stack_frames(self) -> list[Mapping[str, Any]]:
+        """The frames fingerprint rules look at (Sentry's `find_stack_frames`): every
+        exception's frames; if none, the event stacktrace; if none, the crashing thread's
+        (the only thread, else the one `crashed`, else the one `current`)."""
+        cached = self._cache.get("stack_frames")
+        if cached is None:
+            cached = []
+            for exc in self.exceptions:
+                cached.extend(exc.frames)
+            if not cached:
+                cached.extend(_frames(self.event.get("stacktrace")))
+            if not cached:
+                thread = _crashing_thread(_values(self.event.get("threads")))
+                if thread is not None:
+                    cached.extend(_frames(thread.get("stacktrace")))
+            self._cache["stack_frames"] = cached
+        return cached
+
+    @property
+    def level(self) -> str:
+        """`level`, defaulting as Sentry's normalization does (`error`, transactions `info`)."""
+        return self.get_str("level") or ("info" if self.is_transaction else "error")
+
+    def fingerprint_field(self, key: str) -> str | None:
+        """The event-level value a fingerprint matcher key looks at (not `message`)."""
+        if key == "level":
+            return self.level
+        if key == "sdk":
+            name = self.sdk_name
+            return normalize_sdk_name(name) if name else "other"
+        if key == "release":
+            release = self.get_str("release")
+            return release.strip() if release else None
+        if key.startswith("tags."):
+            tag = self.tags.get(key[5:])
+            return tag.strip() if tag else tag
+        return self.event_field(key)[0]
+
     def variable(self, name: str) -> str:
-        """The value of fingerprint variable `name` (fallbacks as in Sentry)."""
-        name = VARIABLES.get(name, name)
-        if name == "default":
+        """The value of fingerprint variable `name`, as Sentry's
+        `resolve_fingerprint_variable` gives it (without `{{ message }}`'s templating)."""
+        canonical = VARIABLES.get(name)
+        if canonical is None:
+            if name.startswith("tags."):
+                tag = name[5:]
+                return self.tags.get(tag) or f"<no-value-for-tag-{tag}>"
+            return f"<unrecognized-variable-{name}>"
+        if canonical == "default":
             return "{{ default }}"
-        if name.startswith("tags."):
-            tag = name[5:]
-            return self.tags.get(tag) or f"<no-value-for-tag-{tag}>"
-        if name in ("transaction", "level", "logger", "release", "environment"):
-            return self.get_str(name) or f"<no-{name}>"
-        if name in ("error.type", "error.value"):
+        if canonical in ("transaction", "logger"):
+            return self.get_str(canonical) or f"<no-{canonical}>"
+        if canonical == "level":
+            return self.level
+        if canonical in ("message", "raw_message"):
+            last = self.exceptions[-1].value if self.exceptions else None
+            return self.log_message or last or "<no-message>"
+        if canonical in ("error.type", "error.value"):
             exc = self.exceptions[-1] if self.exceptions else None
-            if name == "error.type":
+            if canonical == "error.type":
                 return (exc.type if exc else None) or "<no-type>"
             return (exc.value if exc else None) or "<no-value>"
         frame = self.crash_frame or {}
-        if name == "stack.function":
+        if canonical == "stack.function":
             return _str(frame.get("function")) or "<no-function>"
-        if name == "stack.module":
+        if canonical == "stack.module":
             return _str(frame.get("module")) or "<no-module>"
-        if name == "stack.abs_path":
+        if canonical == "stack.abs_path":
             return _str(frame.get("abs_path")) or _str(frame.get("filename")) or "<no-abs-path>"
-        if name == "stack.package":
-            return _str(frame.get("package")) or "<no-package>"
-        return f"<no-{name}>"
+        if canonical == "stack.filename":
+            return _str(frame.get("filename")) or _str(frame.get("abs_path")) or "<no-filename>"
+        package = _str(frame.get("package"))
+        if package:
+            # The last segment of a POSIX or Windows path.
+            package = package.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+        return package or "<no-package>"
+
+
+def _crashing_thread(threads: list[Any]) -> Mapping[str, Any] | None:
+    if len(threads) == 1:
+        found: Mapping[str, Any] = threads[0]
+        return found
+    for flag in ("crashed", "current"):
+        flagged = [t for t in threads if t.get(flag)]
+        if len(flagged) == 1:
+            return flagged[0]  # type: ignore[no-any-return]
+    return None
 
 
 # --- compiled matchers ----------------------------------------------------------------------
 
 
 class Matcher:
-    """One compiled `[!]key:pattern` (a pattern list means: any of them)."""
+    """One compiled `[!]key:pattern` (a pattern list means: any of them).
 
-    __slots__ = ("_app", "_flags", "_globs", "group", "key", "negated", "source")
+    With `fingerprint=True` the matcher follows Sentry's fingerprinting semantics (see
+    the module docstring): `message` becomes a group of its own, `path` and `package`
+    ignore case, and event-level values come from `EventView.fingerprint_field`.
+    """
 
-    def __init__(self, key: str, patterns: Sequence[str], negated: bool = False) -> None:
+    __slots__ = ("_app", "_fingerprint", "_flags", "_globs", "group", "key", "negated", "source")
+
+    def __init__(
+        self, key: str, patterns: Sequence[str], negated: bool = False, *, fingerprint: bool = False
+    ) -> None:
         found = canonical_key(key)
         if found is None:
             raise ValueError(f"unknown matcher '{key}'")
         self.key, self.group = found
+        if fingerprint and self.key == "message":
+            self.group = "toplevel"
         self.negated = negated
+        self._fingerprint = fingerprint
         self.source = f"{'!' if negated else ''}{key}:{','.join(patterns)}"
         self._app: bool | None = None
         self._flags = False
@@ -424,21 +630,28 @@ class Matcher:
             flat = [p.strip() for pattern in patterns for p in pattern.split(",")]
             self._flags = "all" in flat
             patterns = flat
+        path = self.key in _PATH_LIKE
         self._globs = GlobSet(
             patterns,
-            case_sensitive=self.key not in _CASE_INSENSITIVE,
-            path=self.key in _PATH_LIKE,
+            case_sensitive=self.key not in _CASE_INSENSITIVE and not (fingerprint and path),
+            path=path,
         )
 
     def _positive(self, element: object) -> bool:
         key = self.key
+        if self.group == "toplevel":
+            assert element is None or isinstance(element, str)
+            return self._globs.matches(element)
         if self.group == "exception":
             assert isinstance(element, Exc)
             return self._globs.matches(element.type if key == "error.type" else element.value)
         if self.group == "frame":
             assert isinstance(element, Mapping)
             if key == "app":
-                return (element.get("in_app") is True) == self._app
+                in_app = element.get("in_app")
+                if self._fingerprint and not isinstance(in_app, bool):
+                    return False  # Sentry: an unknown in_app matches neither yes nor no
+                return (in_app is True) == self._app
             if key == "stack.abs_path":
                 return any(
                     self._path_match(_str(element.get(field))) for field in ("abs_path", "filename")
@@ -448,6 +661,11 @@ class Matcher:
             field = "module" if key == "stack.module" else "function"
             return self._globs.matches(_str(element.get(field)))
         assert isinstance(element, EventView)
+        if self._fingerprint:
+            value = element.fingerprint_field(key)
+            if self._flags:
+                return value is not None
+            return self._globs.matches(value)
         values = element.event_field(key)
         if self._flags:
             return any(v is not None for v in values)
@@ -465,23 +683,33 @@ class Matcher:
         return self._positive(element) != self.negated
 
 
+_GROUP_ORDER: Final = {"event": 0, "toplevel": 1, "exception": 2, "frame": 3}
+
+
 class Condition:
-    """All matchers of a rule; `matches(view)` applies the grouping semantics above."""
+    """All matchers of a rule; `matches(view)` applies the grouping semantics above.
 
-    __slots__ = ("_groups", "matchers")
+    With `fingerprint=True` (and matchers built with `fingerprint=True`), Sentry's
+    fingerprinting semantics: for each group some single element satisfies all of the
+    group's matchers, and a group without elements never holds.
+    """
 
-    def __init__(self, matchers: Sequence[Matcher]) -> None:
+    __slots__ = ("_fingerprint", "_groups", "matchers")
+
+    def __init__(self, matchers: Sequence[Matcher], *, fingerprint: bool = False) -> None:
         self.matchers = tuple(matchers)
+        self._fingerprint = fingerprint
         groups: dict[str, list[Matcher]] = {}
         for m in self.matchers:
             groups.setdefault(m.group, []).append(m)
         # Cheap event-level checks first, frames last.
-        order = {"event": 0, "exception": 1, "frame": 2}
         self._groups = sorted(
-            ((g, tuple(ms)) for g, ms in groups.items()), key=lambda gm: order[gm[0]]
+            ((g, tuple(ms)) for g, ms in groups.items()), key=lambda gm: _GROUP_ORDER[gm[0]]
         )
 
     def matches(self, view: EventView) -> bool:
+        if self._fingerprint:
+            return self._matches_fingerprint(view)
         for group, matchers in self._groups:
             elements: Sequence[object]
             if group == "event":
@@ -495,6 +723,21 @@ class Condition:
             else:
                 ok = any(all(m.test(e) for m in matchers) for e in elements)
             if not ok:
+                return False
+        return True
+
+    def _matches_fingerprint(self, view: EventView) -> bool:
+        for group, matchers in self._groups:
+            elements: Sequence[object]
+            if group == "event":
+                elements = (view,)
+            elif group == "toplevel":
+                elements = view.toplevel
+            elif group == "exception":
+                elements = view.stripped_exceptions
+            else:
+                elements = view.stack_frames
+            if not any(all(m.test(e) for m in matchers) for e in elements):
                 return False
         return True
 
