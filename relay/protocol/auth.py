@@ -78,8 +78,8 @@ def _normalize_name(name: str) -> str:
 def parse_auth_header(value: str) -> dict[str, str]:
     """Fields of a `Sentry k=v, k=v` header value, keyed with the `sentry_` prefix.
 
-    The `Sentry` scheme is case-insensitive and required. Raises AuthError(401)
-    when the value is not Sentry auth or a field has no `=`.
+    The `Sentry` scheme is case-insensitive and required: AuthError(401) without it. A
+    field without `=` or without a name is skipped, as Sentry skips it.
     """
     text = value.strip()
     scheme, _, rest = text.partition(" ")
@@ -90,9 +90,8 @@ def parse_auth_header(value: str) -> dict[str, str]:
         if not part.strip():
             continue
         name, eq, raw = part.partition("=")
-        if not eq or not name.strip():
-            raise AuthError(401, f"bad x-sentry-auth header: malformed field {part.strip()!r}")
-        fields[_normalize_name(name)] = _unquote(raw)
+        if eq and name.strip():
+            fields[_normalize_name(name)] = _unquote(raw)
     return fields
 
 
@@ -108,7 +107,8 @@ def _from_fields(fields: Mapping[str, str], source: str) -> Auth:
         raise AuthError(401, "invalid sentry_key")
     version = fields.get("sentry_version")
     if version is not None:
-        version = version.strip()
+        # Sentry reads the version up to its first dot (`2.0` is 2).
+        version = version.strip().partition(".")[0]
         if not _VERSION_RE.fullmatch(version):
             raise AuthError(401, "bad x-sentry-auth header: invalid sentry_version")
     client = fields.get("sentry_client")

@@ -196,7 +196,9 @@ async def envelope_endpoint(request: IngestRequest) -> web.Response:
         auth = _auth(request, dsn_text, allow_envelope=True)
     if header_auth is not None and auth.public_key != header_auth.public_key:
         raise BadRequest("conflicting authentication: the envelope dsn and the request disagree")
-    if auth.source == "envelope" and dsn_text is not None:
+    if dsn_text is not None:
+        # Whatever the auth came from, an envelope naming another project is refused (as
+        # Sentry does): its data would land in, and be scrubbed by the policy of, the URL's.
         _check_dsn_project(dsn_text, project_id)
     if project is None:
         project = _resolve(request, project_id, auth)
@@ -322,6 +324,9 @@ def add_routes(app: web.Application) -> None:
         ("envelope", envelope_endpoint),
         ("store", store_endpoint),
         ("security", security_endpoint),
+        # Sentry's other paths for browser reports (CSP, and the Reporting API's NEL).
+        ("csp-report", security_endpoint),
+        ("nel", security_endpoint),
         ("minidump", minidump_endpoint),
     ):
         for path in (f"/api/{{project_id}}/{name}/", f"/api/{{project_id}}/{name}"):

@@ -45,11 +45,28 @@ def test_parse_auth_header_tolerates_spacing_quotes_and_prefixless_names(value: 
     assert fields["sentry_version"] == "7"
 
 
-@pytest.mark.parametrize("value", [f"sentry_key={KEY}", f"Bearer {KEY}", "Sentry sentry_key"])
+@pytest.mark.parametrize("value", [f"sentry_key={KEY}", f"Bearer {KEY}"])
 def test_parse_auth_header_rejects(value: str) -> None:
     with pytest.raises(AuthError) as info:
         parse_auth_header(value)
     assert info.value.status == 401  # as Sentry answers a bad X-Sentry-Auth
+
+
+def test_fields_sentry_skips_are_skipped_and_a_versions_minor_part_ignored() -> None:
+    # As Sentry's auth parser: a field without `=` (or a name) is skipped, and the version
+    # is read up to its first dot.
+    value = f"Sentry sentry_key={KEY}, sentry_version=2.0, sentry_client=x/1, flag, =v"
+    assert parse_auth_header(value) == {
+        "sentry_key": KEY,
+        "sentry_version": "2.0",
+        "sentry_client": "x/1",
+    }
+    auth = extract_auth({"X-Sentry-Auth": value}, {})
+    assert (auth.public_key, auth.version) == (KEY, "2")
+    with pytest.raises(AuthError, match="no sentry_key"):
+        extract_auth({"X-Sentry-Auth": "Sentry sentry_key"}, {})
+    with pytest.raises(AuthError, match="invalid sentry_version"):
+        extract_auth({"X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=x.1"}, {})
 
 
 def test_x_sentry_auth() -> None:

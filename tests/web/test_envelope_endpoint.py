@@ -83,6 +83,19 @@ async def test_trailing_slash_optional_and_query_auth(
     await recorder.wait_for(1)
 
 
+async def test_an_envelope_dsn_naming_another_project_is_400_whatever_the_auth(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
+    # As Sentry: the envelope would land in (and be scrubbed by the policy of) the URL's
+    # project, not the one its SDK named.
+    header = {"dsn": f"https://{KEY}@o1.ingest.example.com/7"}
+    body = orjson.dumps(header) + b'\n{"type":"event"}\n{"message":"hi"}\n'
+    resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+    assert resp.status == 400
+    assert "another project" in await resp.text()
+    assert not recorder.received
+
+
 async def test_tunnel_mode_auth_from_envelope_dsn(
     relay: TestClient, recorder: RecordingUpstream
 ) -> None:

@@ -76,6 +76,50 @@ async def test_security_csp_report(relay: TestClient, recorder: RecordingUpstrea
     assert orjson.loads(item.payload)["csp-report"]["violated-directive"] == "script-src"
 
 
+NEL_REPORTS = [
+    {
+        "age": 0,
+        "type": "network-error",
+        "url": "https://shop.example.com/about/",
+        "user_agent": "Mozilla/5.0",
+        "body": {"sampling_fraction": 1.0, "phase": "dns", "type": "dns.name_not_resolved"},
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "item_type"),
+    [
+        (
+            "csp-report",
+            {"csp-report": {"violated-directive": "script-src"}},
+            "application/csp-report",
+            "raw_security",
+        ),
+        ("nel", NEL_REPORTS, "application/reports+json", "nel"),
+        ("nel", NEL_REPORTS, "application/json", "nel"),
+    ],
+)
+async def test_sentrys_other_browser_report_paths(
+    relay: TestClient,
+    recorder: RecordingUpstream,
+    path: str,
+    body: Any,
+    content_type: str,
+    item_type: str,
+) -> None:
+    # Browsers configured with Sentry's `csp-report/` and `nel/` URLs do not retry a 404.
+    resp = await relay.post(
+        f"/api/42/{path}/?sentry_key={KEY}",
+        data=orjson.dumps(body),
+        headers={"Content-Type": content_type},
+    )
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    (item,) = recorder.received[0].envelope.items
+    assert item.type == item_type
+
+
 async def test_minidump_forwarded_with_its_event_fields_scrubbed(
     relay: TestClient, recorder: RecordingUpstream
 ) -> None:

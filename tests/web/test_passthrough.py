@@ -201,21 +201,26 @@ async def test_a_file_target_that_stays_unwritable_gives_up_with_an_outcome(
 async def test_a_file_target_names_files_only_by_a_real_event_id(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
-    """The envelope header's event_id comes from the client: one that is not 32 hex
-    digits (a `/`, `..`, a NUL) gets a new id in the file name; a dashed one is used."""
+    """The envelope header's event_id comes from the client: one that is not a UUID (a
+    `/`, `..`, a NUL) is refused (400, as Sentry answers); a dashed one names the file as
+    32 hex digits, and an envelope without one gets a new id."""
     outbox = tmp_path / "outbox"
     relay = await relay_factory(policy=NO_POLICY, upstream={"url": f"file://{outbox}"})
     dashed = "0f8fad5b-d9cb-469f-a165-70867728950e"
-    for event_id in ("../../escaped", "a\u0000b", dashed.upper()):
+    for event_id in ("../../escaped", "a\u0000b"):
         body = orjson.dumps({"event_id": event_id}) + b'\n{"type":"event"}\n{"message":"m"}\n'
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        assert resp.status == 400, await resp.text()
+    for header in ({"event_id": dashed.upper()}, {}):
+        body = orjson.dumps(header) + b'\n{"type":"event"}\n{"message":"m"}\n'
         await _send(relay, gzip.compress(body, mtime=0))
     for _ in range(200):
         names = sorted(p.name for p in outbox.glob("*.envelope"))
-        if len(names) == 3:
+        if len(names) == 2:
             break
         await asyncio.sleep(0.01)
     ids = [name.split("-", 1)[1].removesuffix(".envelope") for name in names]
-    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), ids
+    assert len(ids) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids), ids
     assert dashed.replace("-", "") in ids
     assert sorted(p.name for p in tmp_path.iterdir()) == ["outbox"]  # nothing escaped
 
