@@ -10,7 +10,12 @@
                 events re-serialized once
 
 An event that is dropped takes its envelope's attachments, user reports and
-profiles with it, as Sentry does. Every dropped item yields exactly one `Outcome`.
+profiles with it, as Sentry does. The envelope's event is its first event item (an
+event, transaction, security or NEL report, user feedback, an Unreal crash report) or,
+without one, its first native crash report (a minidump attachment, ...), which then
+counts one `error`. Every dropped item yields exactly one `Outcome`; one dropped for a
+rate limit also lists every category it counted in (`Dropped.report`) for the client
+reports, as Sentry's outcomes do.
 """
 
 from __future__ import annotations
@@ -23,7 +28,15 @@ import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing.context import RequestContext
-from relay.protocol.categories import EVENT_TYPES, gates, item_quantities, primary_category
+from relay.protocol.categories import (
+    EVENT_ITEM_TYPES,
+    EVENT_TYPES,
+    DataCategory,
+    exempt_categories,
+    is_crash_report,
+    item_quantities,
+    primary_category,
+)
 from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
 
 #: Items that belong to the envelope's event (or transaction) and share its fate.
@@ -127,6 +140,10 @@ class WorkItem:
     event: dict[str, Any] | None = None
     #: The payload changed (fingerprint, scrub): re-serialize `event` at the end.
     dirty: bool = False
+    #: Categories it counts in whose rejection does not drop it (`exempt_categories`).
+    exempt: frozenset[str] = frozenset()
+    #: It is the envelope's event: rate limited, it takes the dependents with it.
+    makes_event: bool = False
 
     @property
     def type(self) -> str:
@@ -148,6 +165,9 @@ class Dropped:
     dry_run: bool = False
     #: Removed by the PII policy (`attachments: drop`): never mirrored anywhere.
     private: bool = False
+    #: For a rate-limited drop: every (category, quantity) it is reported in upstream
+    #: (client reports), as Sentry reports it; None: the outcome's alone.
+    report: list[tuple[str, int]] | None = None
 
 
 @dataclass
@@ -195,7 +215,12 @@ def prepare(
     event_drop: Dropped | None = None
     for item in envelope.items:
         itype = item.type
-        work = WorkItem(item, str(primary_category(itype)), [])
+        work = WorkItem(
+            item,
+            str(primary_category(itype, item.headers)),
+            [],
+            exempt=exempt_categories(itype, item.headers),
+        )
         if itype in EVENT_TYPES:
             if len(item.payload) > limits.max_event_bytes:
                 work.quantities = [
@@ -254,7 +279,33 @@ def prepare(
         result.kept.append(work)
     if event_drop is not None:
         _drop_dependents(result, event_drop)
+    _find_event(result)
     return result
+
+
+def _find_event(result: Prepared) -> None:
+    """Mark the kept item that is the envelope's event (the first event item, as Sentry's
+    `creates_event`). Without one, the first native crash report is the event and counts
+    one `error`; without that either, a profile also counts `transaction` 0: Sentry drops
+    a profile left without its transaction while `transaction` is limited."""
+    crash: WorkItem | None = None
+    profiles: list[WorkItem] = []
+    for work in result.kept:
+        itype = work.type
+        if itype in EVENT_ITEM_TYPES:
+            work.makes_event = True
+            return
+        if itype == "attachment":
+            if crash is None and is_crash_report(itype, work.item.headers):
+                crash = work
+        elif itype == "profile":
+            profiles.append(work)
+    if crash is not None:
+        crash.makes_event = True
+        crash.quantities.insert(0, (DataCategory.ERROR.value, 1))
+        return
+    for work in profiles:
+        work.quantities.append((DataCategory.TRANSACTION.value, 0))
 
 
 def _decide(
@@ -292,6 +343,7 @@ def _drop_dependents(result: Prepared, cause: Dropped) -> None:
                         out.project_id,
                         out.rule,
                     ),
+                    report=None if cause.report is None else _counted(work.quantities),
                 )
             )
         else:
@@ -304,15 +356,34 @@ def categories_left(prepared: Prepared, rejected: Collection[str]) -> set[str]:
     those of `rejected` (and, with a dropped event, its dependents); nothing is changed."""
     left = [w for w in prepared.kept if not _hit(w, rejected)]
     if len(left) < len(prepared.kept) and any(
-        w.event is not None and w.type in ("event", "transaction") and _hit(w, rejected)
-        for w in prepared.kept
+        w.makes_event and _hit(w, rejected) for w in prepared.kept
     ):
         left = [w for w in left if w.type not in DEPENDENT_TYPES]
     return {c for w in left for c, _ in w.quantities}
 
 
 def _hit(work: WorkItem, rejected: Collection[str]) -> bool:
-    return any(c in rejected and gates(work.type, c) for c, _ in work.quantities)
+    return any(c in rejected and c not in work.exempt for c, _ in work.quantities)
+
+
+def announces(prepared: Prepared, category: str) -> bool:
+    """Whether a rejection of `category` is announced to the SDK (`X-Sentry-Rate-Limits`):
+    not when only crash reports count in it, which an attachment limit never drops (as
+    Sentry: no limit is announced for an envelope with crash reports only)."""
+    return any(
+        category not in w.exempt or w.type != "attachment"
+        for w in prepared.kept
+        if any(c == category for c, _ in w.quantities)
+    )
+
+
+#: Items rate limited in each of their categories separately: reported upstream in the
+#: rejected ones only (Sentry limits log items and log bytes apart).
+_SEPARATELY_LIMITED = frozenset({"log", "otel_log"})
+
+
+def _counted(quantities: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    return [(c, q) for c, q in quantities if q > 0]
 
 
 def drop_categories(
@@ -323,8 +394,10 @@ def drop_categories(
     """Drop kept items whose categories were rejected: `{category: (reason, rule)}`.
 
     An item counts in several categories (a transaction also counts spans); it is
-    dropped when any of them that gates it is rejected (`categories.gates`: not a
-    transaction for its spans). Dropping the event drops its dependents.
+    dropped when any of them it is not exempt from is rejected (`WorkItem.exempt`: not a
+    transaction for its spans, not a crash report for attachments). Dropping the
+    envelope's event drops its dependents. Each drop is reported upstream in every
+    category it counted in (`Dropped.report`), a log in the rejected ones only.
     """
     if not rejected:
         return []
@@ -333,16 +406,20 @@ def drop_categories(
     event_drop: Dropped | None = None
     for work in prepared.kept:
         hit = next(
-            (rejected[c] for c, _ in work.quantities if c in rejected and gates(work.type, c)),
+            (rejected[c] for c, _ in work.quantities if c in rejected and c not in work.exempt),
             None,
         )
         if hit is None:
             kept.append(work)
             continue
         reason, rule = hit
-        drop = Dropped(work, _outcome(work, kind, reason, prepared.ctx, rule))
+        if work.type in _SEPARATELY_LIMITED:
+            report = [(c, q) for c, q in work.quantities if c in rejected and q > 0]
+        else:
+            report = _counted(work.quantities)
+        drop = Dropped(work, _outcome(work, kind, reason, prepared.ctx, rule), report=report)
         dropped.append(drop)
-        if work.event is not None and work.type in ("event", "transaction"):
+        if work.makes_event:
             event_drop = event_drop or drop
     prepared.kept = kept
     prepared.dropped.extend(dropped)

@@ -5,6 +5,11 @@ Drops are summed per upstream target, reason and category, and sent every
 so Sentry's usage stats show what the relay discarded. Drops the upstream
 decided itself (its 429s and rejections) are not reported back to it.
 
+A drop for a rate limit is reported in every category the item counted in (a
+transaction in `transaction` and `span`, an attachment in `attachment` and
+`attachment_item`; a log in the rejected one of `log_item` / `log_byte`), as Sentry's
+relays and SDKs report it; other drops in their outcome's category.
+
 Each drop goes in the report's field for it, as a relay in front of Sentry reports
 them: a quota's in `rate_limited_events` with its reason code, a filter's in
 `filtered_events` with the filter's name (`release-version`, `localhost`, ... or a
@@ -69,7 +74,11 @@ class ClientReports:
         )
         self._task: asyncio.Task[None] | None = None
 
-    def record(self, target: Target, outcome: Outcome) -> None:
+    def record(
+        self, target: Target, outcome: Outcome, quantities: list[tuple[str, int]] | None = None
+    ) -> None:
+        """Count one drop: in `quantities` (every category the item counted in, as Sentry
+        reports a rate-limited drop) when given, else in the outcome's category."""
         if not self.interval or target.is_file or outcome.reason in _NOT_REPORTED:
             return
         field = FIELDS.get(outcome.kind)
@@ -82,9 +91,12 @@ class ClientReports:
                 return
         self._targets[target.key] = target
         counts = self._counts[target.key]
-        key = (field, reason, str(outcome.category))
-        # Quantities come from client headers (`item_count`): a report stays within 64 bits.
-        counts[key] = min(counts[key] + outcome.quantity, MAX_QUANTITY)
+        if quantities is None:
+            quantities = [(str(outcome.category), outcome.quantity)]
+        for category, quantity in quantities:
+            key = (field, reason, category)
+            # Quantities come from client headers (`item_count`): a report stays in 64 bits.
+            counts[key] = min(counts[key] + quantity, MAX_QUANTITY)
 
     def start(self) -> None:
         if self.interval:

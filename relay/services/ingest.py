@@ -155,7 +155,9 @@ class Ingest:
         rejected: dict[str, tuple[str, str | None]] = {}
         for category, rejection in checked.rejected.items():
             rejected[category] = (rejection.reason, rejection.quota_id)
-            if rejection.rate_limit not in result.rate_limits:
+            if rejection.rate_limit not in result.rate_limits and pipeline.announces(
+                prepared, category
+            ):
                 result.rate_limits.append(rejection.rate_limit)
         if checked.rejected and all(
             r.quota_id == REDIS_UNAVAILABLE for r in checked.rejected.values()
@@ -175,7 +177,10 @@ class Ingest:
             # Would-be drops: kept and forwarded, mirrored to the shadow project as dry-run.
             hits = {hit.category: hit for hit in checked.dry_run}
             for work in prepared.kept:
-                hit = next((hits[c] for c, _ in work.quantities if c in hits), None)
+                hit = next(
+                    (hits[c] for c, _ in work.quantities if c in hits and c not in work.exempt),
+                    None,
+                )
                 if hit is not None:
                     outcome = Outcome(
                         OutcomeKind.RATE_LIMITED,
@@ -228,7 +233,9 @@ class Ingest:
             outcome = Outcome(
                 OutcomeKind.RATE_LIMITED, rejected["error"], category, quantity, ctx.project_id
             )
-            self._dropped(target, outcome)
+            # Reported upstream as an envelope's dump would be: with its `attachment_item`.
+            report = quantities[1:] if category == "attachment" else None
+            self._dropped(target, outcome, report)
         return UploadAdmission(admitted=False)
 
     async def refund(self, counted: list[Counter]) -> None:
@@ -276,7 +283,7 @@ class Ingest:
                 limit = self.upstream_limits.check(target.key, category)
                 if limit is not None:
                     rejected[category] = (limit.reason or Reason.RATELIMIT_BACKOFF, None)
-                    if limit not in result.rate_limits:
+                    if limit not in result.rate_limits and pipeline.announces(prepared, category):
                         result.rate_limits.append(limit)
             pipeline.drop_categories(prepared, rejected)
 
@@ -286,7 +293,7 @@ class Ingest:
 
         for dropped in prepared.dropped:
             if not dropped.dry_run:
-                self._dropped(target, dropped.outcome)
+                self._dropped(target, dropped.outcome, dropped.report)
         if self.shadow is not None and prepared.dropped and policy.shadow is not None:
             self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
 
@@ -405,11 +412,15 @@ class Ingest:
             event_id=envelope.event_id,
         )
 
-    def _dropped(self, target: Target, outcome: Outcome) -> None:
-        """One dropped item's outcome: counted, and reported upstream (client reports)."""
+    def _dropped(
+        self, target: Target, outcome: Outcome, report: list[tuple[str, int]] | None = None
+    ) -> None:
+        """One dropped item's outcome: counted, and reported upstream (client reports), in
+        the categories of `report` when given (a rate-limited drop: every category it
+        counted in), else in the outcome's."""
         self.outcomes.emit(outcome)
         if self.client_reports is not None:
-            self.client_reports.record(target, outcome)
+            self.client_reports.record(target, outcome, report)
 
     def _emit_scrub_dropped(self, prepared: pipeline.Prepared, target: Target) -> None:
         """Outcomes of the items scrubbing dropped (on the event loop, after `_finish`)."""
@@ -486,7 +497,7 @@ class Ingest:
 def _quantity(item: Item) -> tuple[str, int]:
     """An unprocessed item's primary category and its quantity in it (attachment bytes,
     log items, ...), as for the items refused after processing."""
-    category = primary_category(item.type)
+    category = primary_category(item.type, item.headers)
     counted = item_quantities(item.type, item.headers, len(item.payload))
     return str(category), next((q for c, q in counted if c == category), 1)
 

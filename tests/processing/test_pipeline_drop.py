@@ -58,8 +58,42 @@ def _mixed() -> bytes:
     )
 
 
+def _native() -> bytes:
+    """A native crash without an event item: a minidump, a log file, a standalone profile."""
+    profile = _line({"version": "1", "platform": "cocoa", "profile": {}})
+    return b"".join(
+        [
+            _line({"event_id": "a" * 32}),
+            _line({"type": "attachment", "length": 4, "attachment_type": "event.minidump"}),
+            b"MDMP\n",
+            _line({"type": "attachment", "length": 3, "filename": "log.txt"}),
+            b"abc\n",
+            _line({"type": "profile", "length": len(profile) - 1}),
+            profile,
+        ]
+    )
+
+
+def _feedback() -> bytes:
+    """User feedback with its screenshot, and a profile chunk of a UI platform."""
+    feedback = _line({"event_id": "a" * 32, "contexts": {"feedback": {"message": "m"}}})
+    return b"".join(
+        [
+            _line({"event_id": "a" * 32}),
+            _line({"type": "feedback", "length": len(feedback) - 1}),
+            feedback,
+            _line({"type": "attachment", "length": 3, "filename": "screenshot.png"}),
+            b"png\n",
+            _line({"type": "profile_chunk", "length": 2, "platform": "android"}),
+            b"{}\n",
+        ]
+    )
+
+
 BODIES = {
     "mixed": _mixed(),
+    "native": _native(),
+    "feedback": _feedback(),
     **{p.stem: p.read_bytes() for p in sorted(CORPUS.glob("*.envelope"))},
 }
 
@@ -149,3 +183,114 @@ def test_item_types_sentry_does_not_know_are_never_limited() -> None:
     assert [w.category for w in prepared.kept] == ["unknown", "error"]
     pipeline.drop_categories(prepared, {"error": ("q", None), "unknown": ("q", None)})
     assert [w.type for w in prepared.kept] == ["something_new"]
+
+
+MINIDUMP = b"MDMP" + b"\x00" * 28
+
+
+def test_a_crash_report_is_the_event_of_an_envelope_without_one() -> None:
+    # Sentry (item.rs `creates_event`): a minidump, an Apple crash report or a native
+    # event payload makes the event: it counts one `error` when there is no event item.
+    body = _envelope(
+        ({"type": "attachment", "attachment_type": "event.minidump"}, MINIDUMP),
+        ({"type": "attachment", "attachment_type": "event.applecrashreport"}, b"crash"),
+        ({"type": "attachment", "filename": "log.txt"}, b"abc"),
+    )
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    assert prepared.quantities() == {"error": 1, "attachment": 40, "attachment_item": 3}
+    # An attachment quota drops the plain attachment only, and is not announced for the
+    # crash reports alone.
+    assert pipeline.categories_left(prepared, {"attachment"}) == prepared.categories()
+    assert pipeline.announces(prepared, "attachment")
+    dropped = pipeline.drop_categories(prepared, {"attachment": ("att", None)})
+    assert [d.work.item.headers.get("filename") for d in dropped] == ["log.txt"]
+    assert not pipeline.announces(prepared, "attachment")
+    assert pipeline.announces(prepared, "error")
+    # An error quota drops the event, and with it every attachment.
+    assert pipeline.categories_left(prepared, {"error"}) == set()
+    dropped = pipeline.drop_categories(prepared, {"error": ("err", None)})
+    assert len(dropped) == 2 and prepared.kept == []
+    assert dropped[0].report == [("error", 1), ("attachment", 32), ("attachment_item", 1)]
+
+
+def test_a_crash_report_beside_an_event_item_counts_as_an_attachment() -> None:
+    body = _envelope(
+        ({"type": "event"}, b"{}"),
+        ({"type": "attachment", "attachment_type": "event.minidump"}, MINIDUMP),
+    )
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    assert prepared.quantities() == {"error": 1, "attachment": 32, "attachment_item": 1}
+    assert pipeline.drop_categories(prepared, {"attachment": ("att", None)}) == []
+    assert [w.type for w in prepared.kept] == ["event", "attachment"]
+
+
+def test_nel_reports_and_unreal_reports_count_as_errors() -> None:
+    nel = orjson.dumps({"type": "network-error", "url": "https://example.com/", "body": {}})
+    for item_type, payload in (("nel", nel), ("unreal_report", b"PK\x03\x04")):
+        prepared = pipeline.prepare(parse_envelope(_envelope(({"type": item_type}, payload))), CTX)
+        assert prepared.quantities() == {"error": 1}, item_type
+        assert [w.category for w in prepared.kept] == ["error"]
+
+
+def test_rate_limited_feedback_takes_its_attachments() -> None:
+    prepared = pipeline.prepare(parse_envelope(BODIES["feedback"]), CTX)
+    assert pipeline.categories_left(prepared, {"feedback"}) == {"profile_chunk_ui"}
+    dropped = pipeline.drop_categories(prepared, {"feedback": ("fb", None)})
+    assert sorted(d.work.type for d in dropped) == ["attachment", "feedback"]
+    assert [w.type for w in prepared.kept] == ["profile_chunk"]
+
+
+def test_a_profile_without_its_transaction_also_counts_as_transaction_zero() -> None:
+    prepared = pipeline.prepare(parse_envelope(_envelope(({"type": "profile"}, PROFILE))), CTX)
+    assert prepared.quantities() == {"profile": 1, "transaction": 0}
+    dropped = pipeline.drop_categories(prepared, {"transaction": ("tx", None)})
+    assert [(d.outcome.category, d.outcome.quantity, d.report) for d in dropped] == [
+        ("profile", 1, [("profile", 1)])
+    ]
+    # Beside its transaction it goes with it, and counts no transaction of its own.
+    body = _envelope(({"type": "transaction"}, TRANSACTION), ({"type": "profile"}, PROFILE))
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    assert prepared.quantities()["transaction"] == 1
+
+
+@pytest.mark.parametrize(
+    ("platform", "category"),
+    [
+        ("cocoa", "profile_chunk_ui"),
+        ("android", "profile_chunk_ui"),
+        ("javascript", "profile_chunk_ui"),
+        ("python", "profile_chunk"),
+        (None, "profile_chunk"),
+        (["cocoa"], "profile_chunk"),
+    ],
+)
+def test_profile_chunks_of_ui_platforms_count_apart(platform: object, category: str) -> None:
+    headers: dict[str, object] = {"type": "profile_chunk"}
+    if platform is not None:
+        headers["platform"] = platform
+    prepared = pipeline.prepare(parse_envelope(_envelope((headers, b"{}"))), CTX)
+    assert prepared.quantities() == {category: 1}
+    assert [w.category for w in prepared.kept] == [category]
+
+
+def test_the_profile_chunk_ui_item_type_counts_as_a_ui_chunk() -> None:
+    # Sentry's Android SDK 8.10-8.11 sends UI chunks as their own item type; Sentry reads
+    # it as a profile chunk, so a `profile_chunk_ui` quota limits it.
+    headers = {"type": "profile_chunk_ui"}
+    prepared = pipeline.prepare(parse_envelope(_envelope((headers, b"{}"))), CTX)
+    assert prepared.quantities() == {"profile_chunk_ui": 1}
+    assert [w.category for w in prepared.kept] == ["profile_chunk_ui"]
+
+
+def test_a_rate_limited_drop_reports_every_category_it_counted_in() -> None:
+    prepared = pipeline.prepare(parse_envelope(BODIES["mixed"]), CTX)
+    dropped = pipeline.drop_categories(
+        prepared, {"error": ("err", None), "transaction": ("tx", None), "log_byte": ("lb", None)}
+    )
+    reports = {d.work.type: d.report for d in dropped}
+    assert reports["event"] == [("error", 1)]
+    assert reports["attachment"] == [("attachment", 3), ("attachment_item", 1)]
+    assert reports["transaction"] == [("transaction", 1), ("span", 2)]
+    # Log items and log bytes are limited apart: only the rejected one is reported.
+    (log,) = (d.work for d in dropped if d.work.type == "log")
+    assert reports["log"] == [("log_byte", len(log.item.payload))]
