@@ -10,10 +10,15 @@ A minidump upload is `multipart/form-data`. Its parts, by field name:
     __sentry-breadcrumb1/2  sentry-native's breadcrumbs, MessagePack: walked as
                             breadcrumbs (whatever the `attachments` policy: both are
                             the event's own data, as Sentry merges them into it)
+    sentry__1, sentry__2... one event JSON in pieces (Electron splits long ones): joined
+                            in their order, walked as an event, and split again into
+                            as many pieces
     other file parts        attachments, per the `attachments` policy: by content,
                             JSON walked, text through the value detectors, binary kept;
                             removed under `drop`
-    other form fields       text through the value detectors, binary kept
+    other form fields       the event's `extra.<field name>` to Sentry: walked as that,
+                            so that key-based rules apply (a `password` field is
+                            filtered); binary ones kept
 
 Every part's `filename` goes through the value detectors. A part that cannot be read
 (a native payload that does not decode) is removed rather than forwarded unread.
@@ -32,7 +37,7 @@ from typing import Any
 import orjson
 
 from relay.processing.pipeline import ScrubStage
-from relay.processing.scrub.content import Unreadable, read_text
+from relay.processing.scrub.content import Text, Unreadable, read_text
 from relay.processing.scrub.items import scrub_native
 from relay.processing.scrub.native import EVENT_PAYLOAD, FIELD_TYPES, decode_map
 from relay.processing.scrub.scrubber import Scrubber
@@ -100,7 +105,39 @@ def _event_id(parts: list[Part]) -> str | None:
             except orjson.JSONDecodeError:
                 return None
             return _uuid_hex(event.get("event_id") if isinstance(event, dict) else None)
+    chunks = _chunks(parts)
+    if chunks:
+        event = _chunked_event(chunks)
+        return _uuid_hex(event.get("event_id")) if event is not None else None
     return None
+
+
+def _chunk_index(name: str) -> int | None:
+    """The index of a `sentry__<n>` field (a piece of one event JSON), else None."""
+    rest = name[8:] if name.startswith("sentry__") else ""
+    return int(rest) if rest.isascii() and rest.isdigit() and len(rest) <= 9 else None
+
+
+def _chunks(parts: list[Part]) -> list[Part]:
+    """The `sentry__<n>` form fields, in the order Sentry joins them."""
+    found = []
+    for part in parts:
+        if not part.filename:
+            index = _chunk_index(part.name or "")
+            if index is not None:
+                found.append((index, part))
+    found.sort(key=lambda pair: pair[0])
+    return [part for _, part in found]
+
+
+def _chunked_event(chunks: list[Part]) -> dict[str, Any] | None:
+    """The event JSON the pieces make together, or None when they make none."""
+    data = b"".join(part.body for part in chunks)
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and not json_exceeds_depth(data) else None
 
 
 def _uuid_hex(value: object) -> str | None:
@@ -131,6 +168,8 @@ def _scrub_parts(parts: list[Part], scrubber: ScrubStage | None) -> list[Part]:
         return parts
     fields: dict[str, Any] = {}
     paths: list[tuple[Part, list[str]]] = []
+    extra: dict[str, Any] = {}
+    extras: list[tuple[Part, str, Text]] = []
     kept: list[Part] = []
     for part in parts:
         name = part.name or ""
@@ -155,15 +194,52 @@ def _scrub_parts(parts: list[Part], scrubber: ScrubStage | None) -> list[Part]:
                 _place(alone, path, value)
                 scrubber.scrub_event(alone, "event", report=False)
                 part.body = _field_bytes(alone, path)
-        else:
+        elif _chunk_index(name) is None:
             text = read_text(part.body)
-            if text is not None:  # binary: kept like the dump
-                part.body = text.encode(scrubber.scrub_text(text.text))
+            if text is None:
+                continue  # binary: kept like the dump
+            if name in extra:  # the same name twice: scrubbed on its own
+                single: dict[str, Any] = {"extra": {name: text.text}}
+                scrubber.scrub_event(single, "event", report=False)
+                part.body = _extra_bytes(single, name, text)
+            else:
+                extra[name] = text.text
+                extras.append((part, name, text))
     if paths:
         scrubber.scrub_event(fields, "event", report=False)
         for part, path in paths:
             part.body = _field_bytes(fields, path)
+    if extras:
+        # To Sentry these are the event's `extra`: walked as that, key rules included.
+        event: dict[str, Any] = {"extra": extra}
+        scrubber.scrub_event(event, "event", report=False)
+        for part, name, text in extras:
+            part.body = _extra_bytes(event, name, text)
+    chunks = _chunks(kept)
+    if chunks:
+        _scrub_chunks(chunks, scrubber)
     return kept
+
+
+def _extra_bytes(event: dict[str, Any], name: str, text: Text) -> bytes:
+    """The scrubbed `extra.<name>` of `event`, as the field's body (empty when removed)."""
+    extra = event.get("extra")
+    value = extra.get(name) if isinstance(extra, dict) else None
+    return b"" if value is None else text.encode(str(value))
+
+
+def _scrub_chunks(chunks: list[Part], scrubber: ScrubStage) -> None:
+    """The `sentry__<n>` pieces walked as the one event they make, then split again into
+    as many pieces (at character boundaries); anything else becomes `{}`."""
+    event = _chunked_event(chunks)
+    if event is None:
+        text = "{}"
+    else:
+        scrubber.scrub_event(event, "event", report=False)
+        text = orjson.dumps(event).decode("utf-8")
+    size = -(-len(text) // len(chunks))
+    for i, part in enumerate(chunks):
+        part.body = text[i * size : (i + 1) * size].encode("utf-8")
 
 
 def _scrub_sentry_json(part: Part, scrubber: ScrubStage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import uuid
 import zlib
 from typing import Any
@@ -162,6 +163,38 @@ async def test_minidump_forwarded_with_its_event_fields_scrubbed(
     assert b"shop@1.4.2" in sent
 
 
+async def test_minidump_form_fields_are_scrubbed_as_the_event_sentry_makes_of_them(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
+    # To Sentry, `sentry__1`, `sentry__2`, ... are one event JSON in pieces (Electron splits
+    # long ones) and any other form field is the event's `extra.<name>`: key rules apply.
+    event = orjson.dumps(
+        {"release": "app@1.0", "extra": {"password": "hunter2"}, "user": {"id": "42"}}
+    )
+    cut = event.index(b"hunter2") - 3
+    body = _upload_with(
+        _field("sentry__2", event[cut:])
+        + _field("sentry__1", event[:cut])
+        + _field("password", b"s3cr3t-value")
+        + _field("note", b"for bob@example.org")
+    )
+    headers = {**auth_header(), "Content-Type": "multipart/form-data; boundary=xyzzy"}
+    resp = await relay.post("/api/42/minidump/", data=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    await recorder.wait_for(1)
+    sent = recorder.received[0].body
+    for secret in (b"hunter2", b"s3cr3t-value", b"bob@example.org"):
+        assert secret not in sent
+    parts = {m.group(1): m.group(2) for m in _FIELD_RE.finditer(sent)}
+    joined = parts[b"sentry__1"] + parts[b"sentry__2"]
+    assert orjson.loads(joined)["release"] == "app@1.0"  # still one event, in two pieces
+    assert parts[b"sentry__1"] and parts[b"sentry__2"]
+    assert parts[b"password"] == b"[Filtered]"
+
+
+_FIELD_RE = re.compile(rb'name="([^"]+)"\r\n\r\n(.*?)\r\n--xyzzy', re.DOTALL)
+
+
 def _minidump_upload(boundary: str = "xyzzy") -> bytes:
     return (
         f'--{boundary}\r\nContent-Disposition: form-data; name="upload_file_minidump"; '
@@ -227,8 +260,9 @@ EVENT_ID = "2dd132e467174db48dbaddabd3cbed57"
         _field("sentry", orjson.dumps({"event_id": EVENT_ID, "user": {"id": "1"}})),
         _field("sentry[event_id]", str(uuid.UUID(EVENT_ID)).encode()),
         _field("__sentry-event", msgspec.msgpack.encode({"event_id": EVENT_ID}), filename="e"),
+        _field("sentry__2", f'{EVENT_ID}"}}'.encode()) + _field("sentry__1", b'{"event_id":"'),
     ],
-    ids=["sentry-json", "sentry-field", "native-event"],
+    ids=["sentry-json", "sentry-field", "native-event", "sentry-chunks"],
 )
 async def test_a_minidump_upload_is_answered_with_its_own_event_id(
     relay: TestClient, recorder: RecordingUpstream, extra: bytes
