@@ -23,6 +23,10 @@ A minidump upload is `multipart/form-data`. Its parts, by field name:
 Every part's `filename` goes through the value detectors. A part that cannot be read
 (a native payload that does not decode) is removed rather than forwarded unread.
 
+An upload whose whole body is the dump (`application/octet-stream` or
+`application/x-dmp`, as Sentry takes them) is turned into that form first
+(`wrap_raw_upload`), with the dump as its only part.
+
 The crash reporter is answered the event's id: the upload's own when it has one, else
 a new one that is added to the upload as a `sentry[event_id]` field, so that the event
 the upstream makes has that id too (`prepare_minidump_upload`).
@@ -42,7 +46,7 @@ from relay.processing.scrub.items import scrub_native
 from relay.processing.scrub.native import EVENT_PAYLOAD, FIELD_TYPES, decode_map
 from relay.processing.scrub.scrubber import Scrubber
 from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
-from relay.protocol.multipart import Part, boundary_of, join, split
+from relay.protocol.multipart import MultipartError, Part, boundary_of, join, split
 
 _FIELD_PATH = re.compile(r"\[([^\]]*)\]")
 #: A part's file name: `filename="..."`, or RFC 5987's `filename*=charset'lang'...`.
@@ -55,6 +59,32 @@ _CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([^\r\n]*)", re.IGNORECASE | r
 MINIDUMP_FIELD = "upload_file_minidump"
 #: Attachment types of other file parts Sentry recognises by field name.
 _ATTACHMENT_TYPES = {"view-hierarchy.json": "event.view_hierarchy"}
+
+
+#: Content types of an upload whose whole body is the dump (no form), as Sentry takes them.
+RAW_CONTENT_TYPES = frozenset({"application/octet-stream", "application/x-dmp"})
+#: The first bytes of a minidump (either byte order).
+_MINIDUMP_MAGIC = (b"MDMP", b"PMDM")
+
+
+def is_raw_upload(content_type: str) -> bool:
+    """Whether an upload of this Content-Type is the dump alone, not a form."""
+    return content_type.partition(";")[0].strip().lower() in RAW_CONTENT_TYPES
+
+
+def wrap_raw_upload(body: bytes) -> tuple[bytes, str]:
+    """A raw dump as the form crash reporters send (its only part the dump, named as
+    Sentry names it), and that form's Content-Type; MultipartError when `body` does not
+    start like a minidump."""
+    if not body.startswith(_MINIDUMP_MAGIC):
+        raise MultipartError("the body is not a minidump (it does not start with MDMP)")
+    boundary = f"relay-{uuid.uuid4().hex}"
+    part = Part(
+        f'Content-Disposition: form-data; name="{MINIDUMP_FIELD}"; filename="Minidump"\r\n'
+        "Content-Type: application/octet-stream".encode(),
+        body,
+    )
+    return join([part], boundary), f"multipart/form-data; boundary={boundary}"
 
 
 def prepare_minidump_upload(

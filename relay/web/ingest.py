@@ -17,7 +17,7 @@ from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
 from relay.processing.filters import resolve_client_ip
-from relay.processing.minidump import prepare_minidump_upload
+from relay.processing.minidump import is_raw_upload, prepare_minidump_upload, wrap_raw_upload
 from relay.protocol.auth import Auth, AuthError, extract_auth
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.multipart import MultipartError
@@ -275,6 +275,11 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     if not (content_type.isascii() and content_type.isprintable()):
         # It is forwarded as it is: it must be a header the upstream request can carry.
         raise BadRequest("the Content-Type of a minidump upload must be printable ASCII")
+    if is_raw_upload(content_type):
+        try:
+            body, content_type = wrap_raw_upload(body)
+        except MultipartError as exc:
+            raise BadRequest(f"invalid minidump upload: {exc}") from None
     ingest = request.app[INGEST]
     prepare = partial(prepare_minidump_upload, body, content_type, project.policy.scrubber)
     try:

@@ -192,6 +192,36 @@ async def test_minidump_form_fields_are_scrubbed_as_the_event_sentry_makes_of_th
     assert parts[b"password"] == b"[Filtered]"
 
 
+@pytest.mark.parametrize("content_type", ["application/octet-stream", "application/x-dmp"])
+async def test_a_raw_minidump_upload_is_forwarded_as_the_form_sentry_reads(
+    relay: TestClient, recorder: RecordingUpstream, content_type: str
+) -> None:
+    # As Sentry takes them: the whole body is the dump.
+    dump = b"MDMP\x93\xa7\x00\x00" + bytes(range(256))
+    headers = {**auth_header(), "Content-Type": content_type}
+    resp = await relay.post("/api/42/minidump/", data=dump, headers=headers)
+    assert resp.status == 200, await resp.text()
+    event_id = uuid.UUID(await resp.text()).hex
+    await recorder.wait_for(1)
+    received = recorder.received[0]
+    assert received.headers["Content-Type"].startswith("multipart/form-data; boundary=")
+    parts = {
+        m.group(1): m.group(2)
+        for m in _FIELD_RE.finditer(
+            received.body.replace(
+                received.headers["Content-Type"].partition("boundary=")[2].encode(), b"xyzzy"
+            )
+        )
+    }
+    assert parts[b"sentry[event_id]"] == event_id.encode()
+    assert dump in received.body
+    assert b'name="upload_file_minidump"; filename="Minidump"' in received.body
+
+    resp = await relay.post("/api/42/minidump/", data=b"not a dump", headers=headers)
+    assert resp.status == 400
+    assert "not a minidump" in await resp.text()
+
+
 _FIELD_RE = re.compile(rb'name="([^"]+)"\r\n\r\n(.*?)\r\n--xyzzy', re.DOTALL)
 
 
