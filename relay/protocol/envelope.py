@@ -275,6 +275,8 @@ def _is_timestamp(value: object) -> bool:
 
 def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
     """Parse envelope bytes; raise EnvelopeError with a precise message on bad input."""
+    if data[:1].isspace():
+        data = data.lstrip()  # as Sentry reads it: whitespace before the header is skipped
     if not data.strip():
         raise EnvelopeError("empty envelope")
     end = data.find(b"\n")

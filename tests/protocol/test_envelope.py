@@ -210,6 +210,13 @@ def test_header_lines_ending_in_whitespace_are_forwarded_on_a_line_of_their_own(
     )
 
 
+def test_whitespace_before_the_header_is_skipped() -> None:
+    data = b'\n \r\n{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n{"type":"event"}\n{}\n'
+    parsed = parse_envelope(data)
+    assert parsed.event_id == "9ec79c33ec9942ab8353589fcb2e04dc"
+    assert parsed.serialize() == data.lstrip()
+
+
 def test_too_many_items() -> None:
     data = b"{}\n" + b'{"type":"a"}\nx\n' * 11
     assert len(parse_envelope(data, max_items=11).items) == 11
