@@ -4,12 +4,19 @@
 - 429: the upstream's limits (`X-Sentry-Rate-Limits`, else `Retry-After`) are cached
   per upstream key so the relay enforces them locally; the items get `rate_limited`.
 - other 4xx: `invalid` / `upstream_rejected`, never retried.
-- network errors, timeouts and 5xx: retried with exponential backoff and full jitter,
-  up to `upstream.max_attempts`, then `internal` / `send_failed`.
-- after `upstream.outage_after` consecutive failures the upstream is *down*: one worker
-  probes it with backoff (up to `probe_max_s`) while the others hold their entries and
-  the outbox keeps accepting; attempts are not counted during an outage, so nothing is
-  given up on. When a probe succeeds every worker resumes, in queue order.
+- network errors, timeouts, 502-504 (the upstream unreachable), other 5xx, 408 and 3xx:
+  retried with exponential backoff and full jitter, up to `upstream.max_attempts`, then
+  `internal` / `send_failed`.
+- after `upstream.outage_after` consecutive times unreachable (network errors, timeouts,
+  502-504, as Sentry's Relay counts them) the upstream is *down*: one worker probes it
+  with backoff (up to `probe_max_s`) while the others hold their entries and the outbox
+  keeps accepting; attempts are not counted during an outage, so nothing is given up on.
+  When a probe reaches it every worker resumes, in queue order. Any other answer means
+  the upstream is up: an envelope it answers 500 every time is given up on after its
+  attempts, and does not hold the others.
+- an entry whose every category is under a limit the upstream announced (a 429) is not
+  sent: it gets `rate_limited` with the limit's reason (or `ratelimit_backoff`), as the
+  SDKs and Sentry's Relay do, so a backlog is not flushed into a limited upstream.
 - an envelope sent a minute or more after the relay accepted it has its `sent_at` moved
   by that wait (`relay.protocol.sent_at`), so that Sentry's clock-drift correction does
   not move its timestamps by it.
@@ -222,7 +229,7 @@ class Forwarder:
                         self._succeeded()  # nothing to probe: `_deliver` writes it
                         return None
                 status = await self._post(entry)
-                if status is not None and (status < 500 or status == 429):
+                if not _unreachable(status):
                     self._succeeded()
                     return status
                 delay = min(self.config.probe_max_s, delay * 2)
@@ -250,11 +257,19 @@ class Forwarder:
                     continue
                 self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
                 return
+            limit = self._limited(entry)
+            if limit is not None:
+                self._finish(
+                    entry, OutcomeKind.RATE_LIMITED, limit.reason or Reason.RATELIMIT_BACKOFF
+                )
+                return
             if self._up.is_set():
                 entry.attempts += 1
                 status = await self._post(entry)
             else:
                 status = await self._probe(entry)
+                if not _unreachable(status):
+                    entry.attempts += 1  # the upstream answered this one
             if status is not None and 200 <= status < 300:
                 self._succeeded()
                 self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
@@ -271,14 +286,33 @@ class Forwarder:
                 )
                 self._finish(entry, OutcomeKind.INVALID, Reason.UPSTREAM_REJECTED)
                 return
-            self._failed()
-            if not self._up.is_set():
-                continue  # outage: no attempt is counted; the entry waits for the upstream
+            if _unreachable(status):
+                self._failed()
+                if not self._up.is_set():
+                    continue  # outage: no attempt is counted; the entry waits for the upstream
+            else:
+                # A 5xx other than 502-504, a 408 or a redirect: the upstream is up, and
+                # this entry failed there. Retried, but it never puts the relay in an outage.
+                self._succeeded()
             if entry.attempts >= self.config.max_attempts:
                 log.error("giving up on envelope after %d attempts", entry.attempts)
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
                 return
             await self._sleep(self.backoff(entry.attempts))
+
+    def _limited(self, entry: OutboxEntry) -> RateLimit | None:
+        """A limit the upstream announced that covers every category of `entry` (the
+        longest), or None: an entry with a category left, or none at all, is sent."""
+        if not entry.quantities or entry.target.is_file:
+            return None
+        found: RateLimit | None = None
+        for category, _ in entry.quantities:
+            limit = self.limits.check(entry.target.key, category)
+            if limit is None:
+                return None
+            if found is None or limit.retry_after > found.retry_after:
+                found = limit
+        return found
 
     def backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff for the given (1-based) attempt."""
@@ -391,6 +425,15 @@ def _file_id(event_id: str | None) -> str:
         if len(plain) == 32 and all(c in "0123456789abcdef" for c in plain):
             return plain
     return uuid.uuid4().hex
+
+
+#: Answers that mean the upstream could not be reached (as Sentry's Relay counts them).
+_UNREACHABLE = frozenset({502, 503, 504})
+
+
+def _unreachable(status: int | None) -> bool:
+    """A network error or timeout (None), or a gateway's 502-504."""
+    return status is None or status in _UNREACHABLE
 
 
 def _describe(exc: BaseException) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -181,3 +182,101 @@ async def test_outbox_errors_never_stop_the_forwarder(aiohttp_server: Any, caplo
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("cannot read the next queued envelope; trying again") == 3
     assert messages.count("could not mark a delivered envelope done in the outbox") == 1
+
+
+async def _forward(
+    aiohttp_server: Any,
+    answer: Any,
+    entries: list[tuple[int, list[tuple[str, int]]]],
+    limits: UpstreamLimits | None = None,
+    **config: Any,
+) -> tuple[OutcomeLog, list[str]]:
+    """Forward `entries` (project, quantities) to an upstream answering `answer(project)`;
+    the outcomes, and the projects the upstream was sent, in order."""
+    seen: list[str] = []
+
+    async def envelope(request: web.Request) -> web.Response:
+        project = request.match_info["project"]
+        seen.append(project)
+        await request.read()
+        status, headers = answer(project)
+        return web.Response(status=status, headers=headers, text="{}")
+
+    app = web.Application()
+    app.router.add_post("/api/{project}/envelope/", envelope)
+    server: TestServer = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    outbox = MemoryOutbox(100, 10**6)
+    log = OutcomeLog()
+    http = UpstreamHttp()
+
+    async def no_wait(_: float) -> None:
+        await asyncio.sleep(0)
+
+    try:
+        forwarder = Forwarder(
+            outbox,
+            http,
+            UpstreamConfig(url=url, **config),
+            limits or UpstreamLimits(),
+            log,
+            Metrics(),
+            sleep=no_wait,
+            concurrency=1,
+        )
+        for project, quantities in entries:
+            target = resolve_target(url, None, project, "a" * 32)
+            outbox.put_nowait(OutboxEntry(target, b"{}\n", project, quantities))
+        forwarder.start()
+        await forwarder.drain(5)
+    finally:
+        await http.close()
+    return log, seen
+
+
+async def test_an_envelope_answered_500_every_time_is_given_up_on_and_holds_no_other(
+    aiohttp_server: Any,
+) -> None:
+    # A 500 means the upstream is up and this envelope failed there: it is retried up to
+    # its attempts, and never puts the relay in an outage (where the one probing entry
+    # would be sent forever and every other wait behind it), as Sentry's Relay counts it.
+    log, seen = await _forward(
+        aiohttp_server,
+        lambda project: (500 if project == "7" else 200, {}),
+        [(7, [("error", 1)]), (42, [("error", 1)]), (43, [("error", 1)])],
+        max_attempts=3,
+        outage_after=2,
+    )
+    assert seen == ["7", "7", "7", "42", "43"]
+    assert log.outcomes == [
+        Outcome(OutcomeKind.INTERNAL, Reason.SEND_FAILED, "error", 1, 7),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "error", 1, 42),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "error", 1, 43),
+    ]
+
+
+async def test_entries_under_an_announced_limit_are_not_sent(aiohttp_server: Any) -> None:
+    # After a 429 the queued entries whose every category is limited get `rate_limited`
+    # without a request (as SDKs and Sentry's Relay do); the others are still sent.
+    limited = {"X-Sentry-Rate-Limits": "60:error;attachment:key:quota_exceeded"}
+    log, seen = await _forward(
+        aiohttp_server,
+        lambda project: (429, limited) if project == "7" else (200, {}),
+        [
+            (7, [("error", 1)]),
+            (42, [("error", 1), ("attachment", 100)]),
+            (43, [("transaction", 1), ("span", 2)]),
+            (44, [("error", 1), ("transaction", 1)]),
+            (45, []),
+        ],
+    )
+    assert seen == ["7", "43", "44", "45"]
+    assert log.outcomes == [
+        Outcome(OutcomeKind.RATE_LIMITED, Reason.UPSTREAM_RATE_LIMITED, "error", 1, 7),
+        Outcome(OutcomeKind.RATE_LIMITED, "quota_exceeded", "error", 1, 42),
+        Outcome(OutcomeKind.RATE_LIMITED, "quota_exceeded", "attachment", 100, 42),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "transaction", 1, 43),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "span", 2, 43),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "error", 1, 44),
+        Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "transaction", 1, 44),
+    ]
