@@ -434,10 +434,12 @@ def drop_categories(
 AUTO_IP = "{{auto}}"
 #: Platforms whose events Sentry gives the sender's address when they have none.
 _INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
-#: Item types whose `{{auto}}` addresses are resolved: events (`resolve_client_ip`) and
-#: sessions (`resolve_session_ip`, found by `AUTO_IP_BYTES` in the payload).
+#: Item types whose `{{auto}}` addresses are resolved: events (`resolve_client_ip`),
+#: sessions (`resolve_session_ip`, found by `AUTO_IP_BYTES` in the payload) and replays
+#: (`resolve_replay_ip`, which Sentry normalizes as events).
 IP_TYPES = frozenset({"event", "transaction"})
 SESSION_TYPES = frozenset({"session", "sessions"})
+REPLAY_TYPE = "replay_event"
 AUTO_IP_BYTES = AUTO_IP.encode()
 
 
@@ -476,6 +478,20 @@ def resolve_session_ip(item: Item, client_ip: str | None) -> bool:
     return True
 
 
+def resolve_replay_ip(item: Item, client_ip: str | None) -> bool:
+    """A replay event's addresses as an event's (`resolve_client_ip`): Sentry fills them in
+    the same way, from the request it gets, which comes from the relay. Returns whether
+    the item changed; a payload that does not parse is left to the scrubber."""
+    try:
+        doc = orjson.loads(item.payload)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(doc, dict) or not resolve_client_ip(doc, client_ip):
+        return False
+    item.set_payload(orjson.dumps(doc))
+    return True
+
+
 def _resolve_auto(obj: object, key: str, client_ip: str | None) -> bool:
     """`obj[key]` from `{{auto}}` to `client_ip`, or removed without one."""
     if not isinstance(obj, dict) or obj.get(key) != AUTO_IP:
@@ -505,6 +521,8 @@ def finish(
         if work.event is None:
             if work.type in SESSION_TYPES and AUTO_IP_BYTES in work.item.payload:
                 resolve_session_ip(work.item, client_ip if keep_ip else None)
+            elif work.type == REPLAY_TYPE:
+                resolve_replay_ip(work.item, client_ip if keep_ip else None)
             continue
         if work.type in IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
             work.dirty = True

@@ -37,9 +37,11 @@ from relay.processing.filters import tag_for_shadow
 from relay.processing.pipeline import (
     AUTO_IP_BYTES,
     IP_TYPES,
+    REPLAY_TYPE,
     SESSION_TYPES,
     Dropped,
     resolve_client_ip,
+    resolve_replay_ip,
     resolve_session_ip,
 )
 from relay.protocol.envelope import Envelope, Item
@@ -261,6 +263,8 @@ def _build(
             item = Item(part.headers, part.payload)
             if part.type in SESSION_TYPES and AUTO_IP_BYTES in part.payload:
                 resolve_session_ip(item, client_ip)
+            elif part.type == REPLAY_TYPE:
+                resolve_replay_ip(item, client_ip)
             items.append(item)
     copy = Envelope(header, items)
     policy.scrubber.scrub_envelope(copy, skip=frozenset(events), report=False)

@@ -121,3 +121,27 @@ async def test_sessions_get_the_client_address_for_auto_too(
     if keep_ips:
         want["ip_address"] = "127.0.0.1"
     assert sent == [want, want]
+
+
+@pytest.mark.parametrize("keep_ips", [True, False])
+async def test_replays_get_the_client_address_as_events_do(
+    relay_factory: Any, recorder: RecordingUpstream, keep_ips: bool
+) -> None:
+    # Sentry normalizes a replay's addresses as an event's, from the request it gets: from
+    # the relay, so left to Sentry every replay would get the relay's address and place.
+    policy = {"scrubbing": {"ip_addresses": False}} if keep_ips else {}
+    relay: TestClient = await relay_factory(policy=policy)
+    replays = (
+        {"replay_id": "a" * 32, "platform": "python", "user": {"ip_address": AUTO_IP}},
+        {"replay_id": "b" * 32, "platform": "javascript", "user": {"id": "7"}},
+    )
+    for doc in replays:
+        body = b'{}\n{"type":"replay_event"}\n' + orjson.dumps(doc) + b"\n"
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        assert resp.status == 200
+    await recorder.wait_for(2)
+    users = [orjson.loads(e.items[0].payload).get("user") for e in recorder.envelopes]
+    if keep_ips:
+        assert users == [{"ip_address": "127.0.0.1"}, {"id": "7", "ip_address": "127.0.0.1"}]
+    else:
+        assert users == [{}, {"id": "7"}]
