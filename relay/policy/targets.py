@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -34,14 +35,22 @@ class Target:
             return self.url
         return self.dsn.api_url(endpoint)
 
-    def auth_header(self) -> str:
+    def auth_header(self, client: str = "") -> str:
+        """`X-Sentry-Auth` for this target, naming `client` (the SDK's `sentry_client`, as
+        Sentry's Relay forwards it) where it is one a header can carry, else the relay."""
         assert self.dsn is not None
-        return _auth_header(self.dsn.public_key, self.dsn.secret_key)
+        return _auth_header(self.dsn.public_key, self.dsn.secret_key, client)
+
+
+#: A `sentry_client` forwarded as it came: printable ASCII, no separator of the header.
+_CLIENT = re.compile(r"[\x21-\x2b\x2d-\x7e]{1,200}")
 
 
 @functools.lru_cache(maxsize=4096)
-def _auth_header(public_key: str, secret_key: str | None) -> str:
-    parts = [f"Sentry sentry_key={public_key}", "sentry_version=7", f"sentry_client={CLIENT_NAME}"]
+def _auth_header(public_key: str, secret_key: str | None, client: str = "") -> str:
+    if not _CLIENT.fullmatch(client):
+        client = CLIENT_NAME
+    parts = [f"Sentry sentry_key={public_key}", "sentry_version=7", f"sentry_client={client}"]
     if secret_key:
         parts.append(f"sentry_secret={secret_key}")
     return ", ".join(parts)

@@ -13,4 +13,6 @@ class RequestContext:
     #: The client's address (first X-Forwarded-For hop from a trusted proxy, else the peer).
     client_ip: str | None = None
     user_agent: str | None = None
+    #: The SDK's name and version (`sentry_client` of its auth), forwarded upstream.
+    sdk_client: str | None = None
     received_at: float = field(default_factory=time.time)

@@ -321,10 +321,15 @@ class Forwarder:
 
     async def _post(self, entry: OutboxEntry) -> int | None:
         target = entry.target
+        ua = entry.user_agent
         headers = {
             "Content-Type": entry.content_type,
-            "X-Sentry-Auth": target.auth_header(),
-            "User-Agent": CLIENT_NAME,
+            "X-Sentry-Auth": target.auth_header(entry.client),
+            # The SDK's, as Sentry's Relay forwards it: Sentry reads browsers from it (CSP
+            # reports, logs, spans).
+            "User-Agent": ua
+            if ua and len(ua) <= _MAX_USER_AGENT and _printable(ua)
+            else CLIENT_NAME,
         }
         body = entry.body
         encoding = entry.encoding
@@ -425,6 +430,14 @@ def _file_id(event_id: str | None) -> str:
         if len(plain) == 32 and all(c in "0123456789abcdef" for c in plain):
             return plain
     return uuid.uuid4().hex
+
+
+#: The longest SDK `User-Agent` forwarded (a longer one is replaced by the relay's own).
+_MAX_USER_AGENT = 512
+
+
+def _printable(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 #: Answers that mean the upstream could not be reached (as Sentry's Relay counts them).

@@ -410,6 +410,8 @@ class Ingest:
             project_id=ctx.project_id,
             quantities=[(w.category, w.quantity()) for w in prepared.kept],
             event_id=envelope.event_id,
+            user_agent=ctx.user_agent or "",
+            client=ctx.sdk_client or "",
         )
 
     def _dropped(

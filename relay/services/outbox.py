@@ -42,6 +42,10 @@ class OutboxEntry:
     encoding: str = ""
     #: The SDK's public key the target was resolved for ("" for shadow copies).
     app_key: str = ""
+    #: The SDK's `User-Agent` and `sentry_client`, forwarded as Sentry's Relay forwards
+    #: them ("": the relay's own, for what the relay sends itself).
+    user_agent: str = ""
+    client: str = ""
 
 
 class OutboxFull(Exception):

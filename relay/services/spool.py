@@ -70,6 +70,8 @@ class SpoolRecord(msgspec.Struct, array_like=True):
     #: Added later: records written before them read as "" (not compressed, no key).
     encoding: str = ""
     app_key: str = ""
+    user_agent: str = ""
+    client: str = ""
 
 
 def _encode(entry: OutboxEntry, created: float) -> bytes:
@@ -88,6 +90,8 @@ def _encode(entry: OutboxEntry, created: float) -> bytes:
         entry.body,
         entry.encoding,
         entry.app_key,
+        entry.user_agent,
+        entry.client,
     )
     payload = msgspec.msgpack.encode(record)
     return _HEADER.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
@@ -111,6 +115,8 @@ def _decode(payload: bytes) -> tuple[OutboxEntry, float]:
         content_type=r.content_type,
         encoding=r.encoding,
         app_key=r.app_key,
+        user_agent=r.user_agent,
+        client=r.client,
         received_at=r.created,
     )
     return entry, r.created

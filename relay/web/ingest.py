@@ -125,6 +125,7 @@ def _context(request: IngestRequest, project_id: int, auth: Auth) -> RequestCont
             request.app[REGISTRY].current.trusted_proxies,
         ),
         user_agent=request.headers.get("User-Agent"),
+        sdk_client=auth.client,
     )
 
 
@@ -307,6 +308,8 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         endpoint="minidump",
         content_type=content_type,
         app_key=auth.public_key,
+        user_agent=ctx.user_agent or "",
+        client=ctx.sdk_client or "",
     )
     try:
         await request.app[OUTBOX].put(entry)

@@ -280,3 +280,48 @@ async def test_entries_under_an_announced_limit_are_not_sent(aiohttp_server: Any
         Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "error", 1, 44),
         Outcome(OutcomeKind.ACCEPTED, Reason.FORWARDED, "transaction", 1, 44),
     ]
+
+
+async def test_the_sdks_user_agent_and_client_are_forwarded(aiohttp_server: Any) -> None:
+    # As Sentry's Relay forwards them: Sentry reads browsers from the User-Agent (CSP
+    # reports, logs, spans). What the relay sends itself, or a value a header cannot
+    # carry, names the relay.
+    seen: list[tuple[str, str]] = []
+
+    async def envelope(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append((request.headers["User-Agent"], request.headers["X-Sentry-Auth"]))
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/api/{project}/envelope/", envelope)
+    server: TestServer = await aiohttp_server(app)
+    url = str(server.make_url("")).rstrip("/")
+    outbox = MemoryOutbox(100, 10**6)
+    http = UpstreamHttp()
+    browser = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
+    try:
+        forwarder = Forwarder(
+            outbox, http, UpstreamConfig(url=url), UpstreamLimits(), OutcomeLog(), Metrics(),
+            concurrency=1,
+        )  # fmt: skip
+        target = resolve_target(url, None, 42, "a" * 32)
+        for user_agent, client in (
+            (browser, "sentry.javascript.browser/8.0.0"),
+            ("", ""),
+            ("x" * 600, "bad client, with a comma"),
+        ):
+            outbox.put_nowait(
+                OutboxEntry(target, b"{}\n", 42, [], user_agent=user_agent, client=client)
+            )
+        forwarder.start()
+        await forwarder.drain(5)
+    finally:
+        await http.close()
+    relay = "sentry-relay-proxy/0.1"
+    assert [ua for ua, _ in seen] == [browser, relay, relay]
+    assert [auth.split("sentry_client=")[1].split(",")[0] for _, auth in seen] == [
+        "sentry.javascript.browser/8.0.0",
+        relay,
+        relay,
+    ]

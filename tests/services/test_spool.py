@@ -320,6 +320,20 @@ async def test_compressed_bodies_keep_their_encoding_across_restart(tmp_path: Pa
     await again.close()
 
 
+async def test_the_sdks_user_agent_and_client_are_kept_across_restart(tmp_path: Path) -> None:
+    spool = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await spool.open()
+    sent = entry(0)
+    sent.user_agent, sent.client = "Mozilla/5.0 Firefox/120.0", "sentry.javascript.browser/8.0.0"
+    await spool.put(sent)
+    await spool.close()
+    again = DiskSpool(tmp_path, max_bytes=10**8, max_age=0)
+    await again.open()
+    (got,) = await take(again, 1)
+    assert (got.user_agent, got.client) == (sent.user_agent, sent.client)
+    await again.close()
+
+
 def test_records_written_before_the_encoding_field_read_as_plain() -> None:
     """A spool written by an older relay (11 fields per record) still replays."""
     old = msgspec.msgpack.encode(
@@ -330,3 +344,4 @@ def test_records_written_before_the_encoding_field_read_as_plain() -> None:
     )  # fmt: skip
     got, created = _decode(old)
     assert (got.encoding, got.body, created) == ("", b"{}\n", 1.0)
+    assert (got.user_agent, got.client) == ("", "")

@@ -96,6 +96,24 @@ async def test_an_envelope_dsn_naming_another_project_is_400_whatever_the_auth(
     assert not recorder.received
 
 
+async def test_the_sdks_user_agent_and_client_reach_the_upstream(
+    relay: TestClient, recorder: RecordingUpstream
+) -> None:
+    browser = "Mozilla/5.0 (Macintosh) AppleWebKit/605.1.15 Version/17.0 Safari/605.1.15"
+    headers = {
+        "X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7, "
+        "sentry_client=sentry.javascript.browser/8.1.0",
+        "User-Agent": browser,
+    }
+    body = b'{}\n{"type":"event"}\n{"message":"hi"}\n'
+    resp = await relay.post("/api/42/envelope/", data=body, headers=headers)
+    assert resp.status == 200
+    await recorder.wait_for(1)
+    sent = recorder.received[0].headers
+    assert sent["User-Agent"] == browser
+    assert "sentry_client=sentry.javascript.browser/8.1.0" in sent["X-Sentry-Auth"]
+
+
 async def test_tunnel_mode_auth_from_envelope_dsn(
     relay: TestClient, recorder: RecordingUpstream
 ) -> None:
