@@ -37,7 +37,7 @@ from relay.protocol.categories import (
     item_quantities,
     primary_category,
 )
-from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
+from relay.protocol.envelope import Envelope, Item, is_event_id, json_exceeds_depth
 
 #: Items that belong to the envelope's event (or transaction) and share its fate.
 DEPENDENT_TYPES = frozenset({"attachment", "user_report", "profile"})
@@ -213,6 +213,7 @@ def prepare(
     `filtered` / `attachments_policy`, as when the scrubber drops them)."""
     result = Prepared(envelope, ctx)
     event_drop: Dropped | None = None
+    replay_drop: Dropped | None = None
     for item in envelope.items:
         itype = item.type
         work = WorkItem(
@@ -245,7 +246,9 @@ def prepare(
                     event if isinstance(event, dict) else None,
                 )
             ]
-            if not isinstance(event, dict):
+            if not isinstance(event, dict) or (
+                itype == "user_report" and not _is_user_report(event)
+            ):
                 result.dropped.append(
                     Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.INVALID_JSON, ctx))
                 )
@@ -263,9 +266,23 @@ def prepare(
                     continue
             result.kept.append(work)
             continue
+        doc = _load_object(item.payload) if itype in _FILTERED_TOO else None
         work.quantities = [
-            (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload))
+            (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload), doc)
         ]
+        if doc is not None and filters:
+            # Sessions and replays: Sentry's inbound filters drop them too (release, client
+            # addresses, user agent), or release health keeps the sessions of a release
+            # whose errors are filtered, and filtered users' replays are billed.
+            found = filters.check(_filter_view(itype, doc), itype, ctx)
+            if found is not None:
+                outcome = _outcome(work, OutcomeKind.FILTERED, found.reason, ctx, found.rule)
+                drop = Dropped(work, outcome, dry_run=found.dry_run)
+                result.dropped.append(drop)
+                if not found.dry_run:
+                    if itype == REPLAY_TYPE:
+                        replay_drop = replay_drop or drop
+                    continue
         if itype == "attachment":
             if drop_attachments:
                 outcome = _outcome(work, OutcomeKind.FILTERED, Reason.ATTACHMENTS_POLICY, ctx)
@@ -279,8 +296,51 @@ def prepare(
         result.kept.append(work)
     if event_drop is not None:
         _drop_dependents(result, event_drop)
+    if replay_drop is not None:
+        _drop_dependents(result, replay_drop, REPLAY_PARTS)
     _find_event(result)
     return result
+
+
+#: Item types filtered on their own (not events): their payloads are read for it.
+_FILTERED_TOO = frozenset({"session", "sessions", "replay_event"})
+#: The items of a replay that go with its `replay_event` when that is filtered.
+REPLAY_PARTS = frozenset({"replay_recording", "replay_video"})
+
+
+def _load_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) and not json_exceeds_depth(payload) else None
+
+
+def _filter_view(item_type: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """What the filters read of a session (its `attrs` as an event's release, environment,
+    user address and user agent) or a replay (an event already)."""
+    if item_type == REPLAY_TYPE:
+        return doc
+    attrs = doc.get("attrs")
+    if not isinstance(attrs, dict):
+        return {}
+    view: dict[str, Any] = {
+        "release": attrs.get("release"),
+        "environment": attrs.get("environment"),
+    }
+    if attrs.get("ip_address") is not None:
+        view["user"] = {"ip_address": attrs["ip_address"]}
+    if isinstance(attrs.get("user_agent"), str):
+        view["request"] = {"headers": [["User-Agent", attrs["user_agent"]]]}
+    return view
+
+
+def _is_user_report(doc: dict[str, Any]) -> bool:
+    """A user report as Sentry reads it: an event id, and its texts strings (or null)."""
+    event_id = doc.get("event_id")
+    if not isinstance(event_id, str) or not is_event_id(event_id):
+        return False
+    return all(isinstance(doc.get(k), str | None) for k in ("name", "email", "comments"))
 
 
 def _find_event(result: Prepared) -> None:
@@ -327,10 +387,12 @@ def _decide(
     return None
 
 
-def _drop_dependents(result: Prepared, cause: Dropped) -> None:
+def _drop_dependents(
+    result: Prepared, cause: Dropped, dependents: frozenset[str] = DEPENDENT_TYPES
+) -> None:
     kept = []
     for work in result.kept:
-        if work.type in DEPENDENT_TYPES:
+        if work.type in dependents:
             out = cause.outcome
             result.dropped.append(
                 Dropped(

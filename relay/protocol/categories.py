@@ -2,7 +2,7 @@
 
 Follows Sentry's counting: attachments count their bytes (and one
 `attachment_item`), a transaction also counts `1 + len(spans)` spans, a
-`sessions` aggregate counts each aggregate bucket, a log item counts its
+`sessions` item counts each aggregate bucket, a log item counts its
 `item_count`. User reports count as `feedback`, as user feedback does; NEL reports as
 `error`, as Sentry bills them; profile chunks of UI platforms as `profile_chunk_ui`. Item
 types Sentry does not know count in no category: no quota limits them (their outcomes
@@ -192,14 +192,8 @@ def item_quantities(
     if item_type == "profile_chunk":
         return [(_chunk_category(headers), 1)]
     if item_type == "sessions" and event is not None:
+        # As Sentry counts session aggregates: one per bucket (not per session in it).
         aggregates = event.get("aggregates")
         if isinstance(aggregates, list):
-            total = 0
-            for bucket in aggregates:
-                if isinstance(bucket, dict):
-                    for key in ("exited", "errored", "abnormal", "crashed"):
-                        value = bucket.get(key)
-                        if isinstance(value, int) and not isinstance(value, bool):
-                            total += max(value, 0)
-            return [(DataCategory.SESSION, min(max(total, 1), MAX_ITEM_COUNT))]
+            return [(DataCategory.SESSION, min(max(len(aggregates), 1), MAX_ITEM_COUNT))]
     return [(primary_category(item_type), 1)]

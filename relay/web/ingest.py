@@ -146,10 +146,10 @@ def _respond(result: IngestResult) -> web.Response:
         raise TooManyRequests(
             "event submission rejected with_reason: rate limited", headers=headers
         )
-    if result.all_invalid:
-        if result.too_large:
-            raise PayloadTooLarge("the event is too large")
-        raise BadRequest("no valid item in the request")
+    if result.all_invalid and result.too_large:
+        raise PayloadTooLarge("the event is too large")
+    # Items that do not parse are answered 200 with their `invalid` outcome, as Sentry
+    # answers them: a 400 would have the SDK count them lost a second time.
     return web.Response(
         # No id (sessions, client reports, ...): `{}`, as Sentry answers, not `{"id": null}`.
         body=orjson.dumps({"id": result.event_id} if result.event_id else {}),

@@ -4,12 +4,15 @@ which categories drop which items, as Sentry decides."""
 from __future__ import annotations
 
 from itertools import chain, combinations
+from typing import Any
 
 import orjson
 import pytest
 
+from relay.config.noise import FiltersConfig
 from relay.processing import pipeline
 from relay.processing.context import RequestContext
+from relay.processing.filters import Filters, compile_filters
 from relay.protocol.envelope import parse_envelope
 from tests.support.corpus import CORPUS
 
@@ -294,3 +297,74 @@ def test_a_rate_limited_drop_reports_every_category_it_counted_in() -> None:
     # Log items and log bytes are limited apart: only the rejected one is reported.
     (log,) = (d.work for d in dropped if d.work.type == "log")
     assert reports["log"] == [("log_byte", len(log.item.payload))]
+
+
+def _filters(**config: Any) -> Filters:
+    return compile_filters(FiltersConfig(**config), None, [])
+
+
+SESSION_ATTRS = {"release": "app@1.0.0", "environment": "production"}
+
+
+@pytest.mark.parametrize(
+    ("item_type", "doc"),
+    [
+        ("session", {"sid": "a" * 32, "status": "ok", "attrs": SESSION_ATTRS}),
+        ("sessions", {"aggregates": [{"started": "2026-12-07T00:00:00Z"}], "attrs": SESSION_ATTRS}),
+    ],
+)
+def test_sessions_of_a_filtered_release_are_filtered(item_type: str, doc: object) -> None:
+    # As Sentry's inbound filters: else release health keeps the sessions of a release
+    # whose errors are filtered out.
+    body = _envelope(({"type": item_type}, orjson.dumps(doc)))
+    filters = _filters(releases=["app@1.0.*"])
+    prepared = pipeline.prepare(parse_envelope(body), CTX, filters=filters)
+    assert not prepared.kept
+    (dropped,) = prepared.dropped
+    assert (dropped.outcome.kind.value, dropped.outcome.reason) == ("filtered", "release-version")
+    kept = pipeline.prepare(parse_envelope(body), CTX, filters=_filters(releases=["other"]))
+    assert [w.type for w in kept.kept] == [item_type]
+
+
+def test_a_filtered_replay_takes_its_recording_and_video_with_it() -> None:
+    replay = {"replay_id": "b" * 32, "release": "app@1.0.0", "platform": "javascript"}
+    body = _envelope(
+        ({"type": "replay_event"}, orjson.dumps(replay)),
+        ({"type": "replay_recording", "length": 3}, b"abc"),
+        ({"type": "replay_video", "length": 3}, b"xyz"),
+        ({"type": "check_in"}, b'{"check_in_id":"c","monitor_slug":"m","status":"ok"}'),
+    )
+    filters = _filters(releases=["app@1.0.0"])
+    prepared = pipeline.prepare(parse_envelope(body), CTX, filters=filters)
+    assert [w.type for w in prepared.kept] == ["check_in"]
+    assert [(d.work.type, d.outcome.reason) for d in prepared.dropped] == [
+        ("replay_event", "release-version"),
+        ("replay_recording", "release-version"),
+        ("replay_video", "release-version"),
+    ]
+
+
+def test_session_aggregates_count_one_per_bucket() -> None:
+    # As Sentry counts them against a `session` quota: each bucket once.
+    doc = {"aggregates": [{"started": "a", "exited": 5}, {"started": "b", "errored": 2}, {}]}
+    body = _envelope(({"type": "sessions"}, orjson.dumps(doc)))
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    assert prepared.quantities() == {"session": 3}
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        {"name": "Jane", "comments": "it broke"},  # no event id
+        {"event_id": "not-an-id", "comments": "it broke"},
+        {"event_id": "c" * 32, "comments": ["not", "text"]},
+    ],
+)
+def test_a_user_report_sentry_cannot_read_is_invalid(report: object) -> None:
+    body = _envelope(({"type": "user_report"}, orjson.dumps(report)))
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    assert not prepared.kept
+    assert prepared.dropped[0].outcome.reason == "invalid_json"
+    good = {"event_id": "c" * 32, "name": None, "email": "a@b.c", "comments": "it broke"}
+    body = _envelope(({"type": "user_report"}, orjson.dumps(good)))
+    assert [w.type for w in pipeline.prepare(parse_envelope(body), CTX).kept] == ["user_report"]
