@@ -1,5 +1,5 @@
-"""Fingerprint rules behave as Sentry's (src/sentry/grouping/fingerprinting/): the
-divergences an audit found, one section each."""
+"""Fingerprint rules behave as Sentry's (src/sentry/grouping/fingerprinting/): matching,
+frames, the grammar, escapes, SDK names, case, defaults and variables, one section each."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Every accepted item ends with one outcome, counted in its own quantity.
 
-Paths an audit of the outcome accounting found short: a minidump's dump, attachments
-refused before processing, drops under a cached upstream limit without a reason code,
-and a failure in processing with the disk spool.
+The paths covered here: a minidump's dump, attachments refused before processing, drops
+under a cached upstream limit without a reason code, and a failure in processing with
+the disk spool.
 """
 
 from __future__ import annotations
