@@ -390,6 +390,7 @@ class Ingest:
         if not forwarded.items:
             return None
         route_to(forwarded, target, ctx.public_key)
+        user_agent, client = sdk_headers(policy, ctx)
         body = forwarded.serialize()
         encoding = ""
         if not target.is_file:
@@ -410,8 +411,8 @@ class Ingest:
             project_id=ctx.project_id,
             quantities=[(w.category, w.quantity()) for w in prepared.kept],
             event_id=envelope.event_id,
-            user_agent=ctx.user_agent or "",
-            client=ctx.sdk_client or "",
+            user_agent=user_agent,
+            client=client,
         )
 
     def _dropped(
@@ -494,6 +495,19 @@ class Ingest:
                     ctx.project_id,
                 ),
             )
+
+
+def sdk_headers(policy: CompiledPolicy, ctx: RequestContext) -> tuple[str, str]:
+    """The SDK's `User-Agent` and `sentry_client` for an outbox entry (forwarded upstream,
+    as Sentry's Relay forwards them), through the policy's value detectors: nothing
+    leaves unscrubbed, not even a header. Most SDKs send the same few values, which the
+    detectors' cache answers."""
+    user_agent, client = ctx.user_agent or "", ctx.sdk_client or ""
+    scrubber = policy.scrubber
+    if scrubber is not None and not scrubber.noop:
+        user_agent = scrubber.scrub_text(user_agent) if user_agent else ""
+        client = scrubber.scrub_text(client) if client else ""
+    return user_agent, client
 
 
 def _quantity(item: Item) -> tuple[str, int]:

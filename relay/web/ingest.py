@@ -24,7 +24,7 @@ from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
 from relay.protocol.security import SecurityReportError, security_report_envelopes
 from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
-from relay.services.ingest import IngestResult, Received, upload_quantities
+from relay.services.ingest import IngestResult, Received, sdk_headers, upload_quantities
 from relay.services.outbox import OutboxEntry, OutboxFull
 from relay.web.body import BodyBudget, read_body
 from relay.web.errors import (
@@ -299,6 +299,7 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         raise ServiceUnavailable("quotas cannot be checked right now", headers={"Retry-After": "1"})
     if not admission.admitted:
         return answer  # dropped with an outcome; never 429: crash reporters retry at once
+    user_agent, client = sdk_headers(project.policy, ctx)
     entry = OutboxEntry(
         target=target,
         body=body,
@@ -308,8 +309,8 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
         endpoint="minidump",
         content_type=content_type,
         app_key=auth.public_key,
-        user_agent=ctx.user_agent or "",
-        client=ctx.sdk_client or "",
+        user_agent=user_agent,
+        client=client,
     )
     try:
         await request.app[OUTBOX].put(entry)

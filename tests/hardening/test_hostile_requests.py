@@ -599,13 +599,13 @@ async def test_request_text_in_error_details_cannot_split_headers(small_relay: T
     assert "X-Injected" not in resp.headers
 
 
-async def test_nothing_from_the_request_reaches_forwarded_headers(
+async def test_nothing_from_the_request_reaches_forwarded_headers_but_the_sdks_name(
     small_relay: TestClient, recorder: RecordingUpstream
 ) -> None:
     marker = "zz-marker-zz"
     headers = {
-        "X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client={marker}",
-        "User-Agent": marker,
+        "X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7, sentry_client=sdk/{marker}",
+        "User-Agent": f"{marker} (bob@example.org)",
         "Origin": f"https://{marker}.example",
         "Cookie": f"session={marker}",
         "X-Forwarded-For": "203.0.113.9",
@@ -627,7 +627,8 @@ async def test_nothing_from_the_request_reaches_forwarded_headers(
     await recorder.wait_for(1)
     forwarded = recorder.received[0].headers
     for name, value in forwarded.items():
-        assert marker not in value, (name, value)
+        if name.lower() not in ("user-agent", "x-sentry-auth"):
+            assert marker not in value, (name, value)
     allowed = {
         "host",
         "content-type",
@@ -648,6 +649,8 @@ async def _slow_loris(port: int, trickle: float, seconds: float) -> tuple[bytes,
     """Send complete headers announcing a body, then a byte every `trickle` seconds."""
     start = time.perf_counter()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    assert forwarded["User-Agent"] == f"{marker} ([email])"
+    assert f"sentry_client=sdk/{marker}" in forwarded["X-Sentry-Auth"]
     writer.write(
         b"POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\n"
         b"X-Sentry-Auth: Sentry sentry_key=" + KEY.encode() + b"\r\n"
