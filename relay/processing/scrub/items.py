@@ -8,7 +8,8 @@
                         detectors; `event.payload` / `event.breadcrumbs` (JSON or
                         sentry-native MessagePack, see `native`) walked as an event /
                         as breadcrumbs, dropped when unreadable; anything else by its
-                        content (see `content`): JSON walked, text through the value
+                        content (see `content`): JSON walked, text through the rules
+                        that select the file (`$attachments.'app.log'`) and the value
                         detectors, binary (minidumps, images, archives) kept
     replay_recording    header line and JSON (plain or zlib) walked, deep ones in
     replay_video        pieces; a replay video's event and recording likewise (see
@@ -38,6 +39,7 @@ from relay.processing.scrub import native
 from relay.processing.scrub.content import Unreadable, binary_kind, read_text
 from relay.processing.scrub.deep import walk_deep
 from relay.processing.scrub.replay import scrub_recording, scrub_video
+from relay.processing.scrub.rules import merge_spans, rewrite
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, State, matches
 from relay.processing.scrub.walker import Redaction, Walk
@@ -46,6 +48,10 @@ from relay.protocol.envelope import has_duplicate_keys, json_exceeds_depth
 if TYPE_CHECKING:
     from relay.processing.scrub.scrubber import Scrubber, ScrubReport
     from relay.protocol.envelope import Envelope, Item
+
+#: The value types of an attachment's state and of its root (`_attachment_rules`).
+_ATTACHMENTS = frozenset({"attachments"})
+_BINARY = frozenset({"binary"})
 
 #: Item types forwarded as they are, and why.
 _KEEP_TYPES = {
@@ -131,9 +137,11 @@ def _scrub_content(
     item_type: str,
     *,
     try_json: bool = False,
+    filename: str | None = None,
 ) -> Unread | None:
     """JSON walked, text (by content) through the value detectors, binary kept. JSON is
-    tried when the content type or the first byte says so, or always with `try_json`."""
+    tried when the content type or the first byte says so, or always with `try_json`.
+    `filename`: an attachment's (see `_scrub_text`)."""
     payload = item.payload
     ctype = str(item.headers.get("content_type") or "").lower()
     if try_json or "json" in ctype or payload.lstrip()[:1] in (b"{", b"["):
@@ -144,21 +152,58 @@ def _scrub_content(
         if res is not None:
             _apply(item, *res, index, report)
             return None
-    return _scrub_text(scrubber, item, index, report, item_type)
+    return _scrub_text(scrubber, item, index, report, item_type, filename)
 
 
 def _scrub_text(
-    scrubber: Scrubber, item: Item, index: int, report: ScrubReport, item_type: str
+    scrubber: Scrubber,
+    item: Item,
+    index: int,
+    report: ScrubReport,
+    item_type: str,
+    filename: str | None = None,
 ) -> Unread | None:
-    """Text (see `content`) through the value detectors; binary kept (an `Unread`)."""
+    """Text (see `content`) through the rules that select the attachment `filename`
+    (if any), then the value detectors; binary kept (an `Unread`)."""
     payload = item.payload
     text = read_text(payload)
     if text is None:
         return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")
-    new_text, red = _text_redactions(scrubber, text.text, index, item_type)
+    red: list[Redaction] = []
+    current = text.text
+    if filename is not None and scrubber.policy.applications:
+        current, red = _attachment_rules(scrubber, filename, current, index)
+    new_text, found = _text_redactions(scrubber, current, index, item_type)
+    red += found
     if red:
         _apply(item, text.encode(new_text), red, index, report)
     return None
+
+
+def _attachment_rules(
+    scrubber: Scrubber, filename: str, text: str, index: int
+) -> tuple[str, list[Redaction]]:
+    """Sentry's attachment scrubbing (relay-pii `attachments.rs`): the applications whose
+    selector matches the attachment (a binary value under the file name, below an
+    `$attachments` root: `$attachments.'app.log'`, `$binary`, `**`) apply to its text.
+    The text is encoded anew, so a replacement need not keep the length."""
+    states: list[State] = [("", _ATTACHMENTS), (filename, _BINARY)]
+    current = text
+    red: list[Redaction] = []
+    for app in scrubber.policy.applications:
+        if not matches(app.selector, states, PII_TRUE):
+            continue
+        for rule in app.rules:
+            whole = rule.keyed and (rule.type == "anything" or rule.applies_to_key(filename))
+            spans = [(0, len(current))] if whole and current else rule.spans(current)
+            if not spans:
+                continue
+            current, ranges = rewrite(current, merge_spans(spans), rule.redaction.substitute)
+            red += (
+                Redaction(f"<text>[{a}:{b}]", rule.origin, rule.method, index, "attachment")
+                for a, b in ranges
+            )
+    return current, red
 
 
 def _scrub_generic(
@@ -195,6 +240,7 @@ def _scrub_attachment(
         return Unread("attachments: drop", Reason.ATTACHMENTS_POLICY)
     if mode == "keep":
         return Unread("attachments: keep")
+    name = item.headers.get("filename")
     _scrub_filename(scrubber, item, index, report)
     if not item.payload:
         return None
@@ -203,7 +249,9 @@ def _scrub_attachment(
         return _read(_scrub_event_payload, scrubber, item, index, report)
     if kind == native.BREADCRUMBS:
         return _read(_scrub_breadcrumbs, scrubber, item, index, report)
-    return _scrub_content(scrubber, item, index, report, "attachment")
+    return _scrub_content(
+        scrubber, item, index, report, "attachment", filename=name if isinstance(name, str) else ""
+    )
 
 
 def scrub_native(scrubber: Scrubber, kind: str, payload: bytes) -> bytes | None:

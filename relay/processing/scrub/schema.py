@@ -25,6 +25,7 @@ ATTRS = 4  # Sentry attributes: {name: {"type": ..., "value": ...}}
 COOKIES = 8  # every value is filtered
 IP_FIELD = 16  # removed when `ip_addresses` is on
 CLIENT_META = 32  # a client's `_meta`: kept live so that the walker meets it, and drops it
+DEFAULT_SAFE = 64  # a safe field: no denylist, no detectors; rules still apply (User-Agent)
 
 #: The key of Sentry's metadata tree (remarks, errors, original values).
 META_KEY = "_meta"
@@ -54,6 +55,11 @@ class Node:
     dead: bool = field(init=False, default=False)
     #: For a PII_FALSE object whose unknown keys are dead: the keys worth visiting.
     live: tuple[str, ...] | None = field(init=False, default=None)
+    #: A file path (Sentry's `NativeImagePath`): rules never touch its file name.
+    basename: bool = field(init=False, default=False)
+    #: One of Sentry's pair-list fields (headers, query string, tags): a `[name, value]`
+    #: pair's value is selected by its name right below the list, without its index.
+    pairlist: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.typesets = {t: self.types | {name} for t, name in _BASIC_TYPES.items()}
@@ -94,6 +100,10 @@ SKIPPED = _n(PII_FALSE, flags=SKIP)
 #: (`val`); the walker removes it before writing remarks of its own.
 DROPPED_META = _n(PII_FALSE, flags=CLIENT_META)
 IP = _n(flags=IP_FIELD)
+#: A file path, pii "maybe": frames' `filename` / `abs_path`, images' `code_file` /
+#: `debug_file`. Rules that select it rewrite the directory and keep the file name.
+PATH = _n(PII_MAYBE)
+PATH.basename = True
 
 
 def _obj(types: tuple[str, ...] = (), /, **children: Node) -> Node:
@@ -112,10 +122,10 @@ FRAME = _obj(
     function=F,
     raw_function=F,
     symbol=F,
-    module=F,
+    module=MAYBE,
     package=F,
-    filename=MAYBE,
-    abs_path=MAYBE,
+    filename=PATH,
+    abs_path=PATH,
     lineno=F,
     colno=F,
     in_app=F,
@@ -174,7 +184,8 @@ THREAD = _obj(
     raw_stacktrace=STACKTRACE,
 )
 BREADCRUMB = _obj(("breadcrumb",), timestamp=F, type=F, category=F, level=F, event_id=F, origin=F)
-LOGENTRY = _obj(("logentry",))
+#: `formatted` and `message` are Sentry's `Message` values: `$message` selects them.
+LOGENTRY = _obj(("logentry",), formatted=_obj(("message",)), message=_obj(("message",)))
 USER = _obj(("user",), ip_address=IP, sentry_user=ANY)
 REQUEST = _obj(
     ("request",),
@@ -185,8 +196,15 @@ REQUEST = _obj(
     protocol=F,
     cookies=_n(flags=COOKIES),
     env=_obj(REMOTE_ADDR=IP),
-    headers=_obj(**{"user-agent": MAYBE, "User-Agent": MAYBE}),
+    # As in Sentry: headers are PII, the User-Agent exempt from the default scrubbing only
+    # (its version numbers look like IP addresses), not from rules.
+    headers=_obj(**{"user-agent": _n(flags=DEFAULT_SAFE), "User-Agent": _n(flags=DEFAULT_SAFE)}),
 )
+REQUEST.children["query_string"] = _obj()
+for _name in ("headers", "query_string"):
+    REQUEST.children[_name].pairlist = True
+TAGS = _obj()
+TAGS.pairlist = True
 SDK = _n(PII_FALSE, ("sdk",), {"client_ip": IP}, NONE)
 ATTRIBUTES = _n(flags=ATTRS)
 TRACE_CONTEXT = _obj(
@@ -248,7 +266,6 @@ _EVENT_FALSE = (
     "version",
     "fingerprint",
     "modules",
-    "debug_meta",
     "measurements",
     "breakdowns",
     "transaction_info",
@@ -271,9 +288,22 @@ _EVENT_FALSE = (
     "trace_ids",
     "error_ids",
 )
+#: Sentry's `debug_meta.images`: only the module paths may be selected (pii "maybe").
+DEBUG_META = _n(
+    PII_FALSE,
+    children={
+        "images": _n(
+            PII_FALSE,
+            items=_n(PII_FALSE, children={"code_file": PATH, "debug_file": PATH}, other=NONE),
+        )
+    },
+    other=NONE,
+)
 EVENT = _obj(
     ("event",),
     **{name: NONE for name in _EVENT_FALSE},
+    debug_meta=DEBUG_META,
+    tags=TAGS,
     _meta=DROPPED_META,
     sdk=SDK,
     user=USER,
@@ -375,6 +405,7 @@ ITEM_SCHEMAS: dict[str, Node] = {
     "user_report": USER_REPORT,
     "profile": PROFILE,
     "profile_chunk": PROFILE,
+    "profile_chunk_ui": PROFILE,
 }
 
 

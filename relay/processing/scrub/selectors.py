@@ -1,15 +1,16 @@
 """Sentry's selector grammar: parse once, match against a walker path.
 
     selector := or
-    or       := and ("||" and)*
-    and      := not ("&&" not)*
-    not      := "!" atom | atom
+    or       := and (("||" | "|") and)*
+    and      := not (("&&" | "&") not)*
+    not      := ("!" | "~") atom | atom
     atom     := "(" or ")" | path
     path     := item ("." item)*
     item     := "$" type | "**" | "*" | index | key | "'" quoted "'"   ('' escapes ')
 
 A path is matched from its END against the walker's path: `a.b` selects every `b`
-whose parent is `a`, anywhere. `**` matches one or more items. `$type` matches items
+whose parent is `a`, anywhere. `**` matches one or more items; as in Sentry, the root
+counts as one, so `**` alone selects top-level fields too. `$type` matches items
 whose value has that type (`$string`, `$frame`, `$http`, ...). Keys compare
 case-insensitively. Sentry's PII attribute is honoured: on a field that is PII
 "maybe" (file names, for example) only specific paths match, never `**` or `$string`;
@@ -21,20 +22,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: Value-type names accepted after `$`, mapped to the canonical name the walker uses.
+#: Value-type names accepted after `$` (Sentry's, aliases included), mapped to the
+#: canonical name the walker uses.
 VALUE_TYPES: dict[str, str] = {
     "string": "string",
     "binary": "binary",
     "number": "number",
     "boolean": "boolean",
+    "bool": "boolean",
     "datetime": "datetime",
     "array": "array",
+    "list": "array",
     "object": "object",
     "event": "event",
     "attachments": "attachments",
     "exception": "exception",
     "error": "exception",
     "stacktrace": "stacktrace",
+    "stack": "stacktrace",
     "frame": "frame",
     "request": "request",
     "http": "request",
@@ -50,6 +55,7 @@ VALUE_TYPES: dict[str, str] = {
     "stack_memory": "stack_memory",
     "replay": "replay",
     "log": "log",
+    "trace_metric": "trace_metric",
 }
 _BASIC = frozenset({"string", "binary", "number", "boolean", "datetime", "array", "object"})
 _LEGACY = {
@@ -139,20 +145,20 @@ class _Parser:
 
     def or_(self) -> Selector:
         parts = [self.and_()]
-        while self.peek("||"):
-            self.i += 2
+        while self.peek("|"):
+            self.i += 2 if self.s.startswith("||", self.i) else 1
             parts.append(self.and_())
         return parts[0] if len(parts) == 1 else OrSel(tuple(parts))
 
     def and_(self) -> Selector:
         parts = [self.not_()]
-        while self.peek("&&"):
-            self.i += 2
+        while self.peek("&"):
+            self.i += 2 if self.s.startswith("&&", self.i) else 1
             parts.append(self.not_())
         return parts[0] if len(parts) == 1 else AndSel(tuple(parts))
 
     def not_(self) -> Selector:
-        if self.peek("!"):
+        if self.peek("!") or self.peek("~"):
             self.i += 1
             return NotSel(self.atom())
         return self.atom()
@@ -264,6 +270,10 @@ def _item_matches(item: Item, pii: int, first: bool, state: State) -> bool:
     return item.value not in _BASIC and first
 
 
+#: The root's state in `_path_matches` (the walker's path starts below it).
+_ROOT: State = (None, frozenset())  # type: ignore[assignment]
+
+
 def _path_matches(items: tuple[Item, ...], states: Sequence[State], pii: int) -> bool:
     n = len(states)
     if len(items) > n:
@@ -282,10 +292,12 @@ def _path_matches(items: tuple[Item, ...], states: Sequence[State], pii: int) ->
             break
     if not deep:
         return True
-    # items[0..ii] must match consecutively, starting at the first state matching items[0].
+    # Sentry counts the root as a state above the top-level fields: `**` matches those
+    # too, and `*` matches the root (no key, no value type).
     if ii < 0:
-        return si >= 0
-    remaining = states[: si + 1]
+        return True
+    # items[0..ii] must match consecutively, starting at the first state matching items[0].
+    remaining = [_ROOT, *states[: si + 1]]
     start = 0
     while start < len(remaining) and not _item_matches(items[0], pii, True, remaining[start]):
         start += 1
@@ -322,8 +334,9 @@ def is_local(sel: Selector, *, deep: bool = False) -> bool:
     True for value types (`$string`, `$message`, ...) and their `&&`, `||` and `!`
     combinations: a one-item path of a type compares only the last state, so no keys,
     indexes or depth are needed to match it (see `Policy.local_rules` in the walker).
-    `deep=True` also admits `**` alone, which needs one thing more: whether the path
-    has two states or more (the value is not in the root).
+    `deep=True` also admits `**` alone, which the walker keeps apart from the value
+    types (it selects any PII value below the root, whatever its depth; see
+    `Policy.local_rules`).
     """
     if isinstance(sel, PathSel):
         if len(sel.items) != 1:

@@ -29,7 +29,7 @@ needs a key in the path (`keyed`): the value's own (`extra.a`, `$http.headers.x-
 `user.id`) or a container's above it (`vars` of `$frame.vars.**`, `extra` of `extra.*`),
 only values under those keys, and every value below such a container, take the
 per-value path; the others keep the fast codes (with the rules of local applications,
-if any, and `**`, whose depth the tracked path tells), and containers are entered
+if any, and of `**`), and containers are entered
 with their path tracked. Anything else (`$frame.**`, `$frame.*`, `!a`) takes the
 general per-value path everywhere. All give the same
 results (`tests/processing/scrub/test_fast_equivalence.py`, `test_local_selectors.py`).
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -269,6 +270,8 @@ class Policy:
     scanner: det.Scanner[Finding] = field(init=False, repr=False)
     #: What every `Walk` of this policy starts from (see `Walk.__init__`).
     _walk_setup: tuple[Any, ...] = field(init=False, repr=False)
+    #: Rules or pseudonymization may rewrite `user.ip_address` (see `Walk._move_ip`).
+    moves_ip: bool = field(init=False, repr=False)
     #: Detector results per string, for this policy only.
     cache: ScanCache = field(default_factory=ScanCache, repr=False)
     #: Every selector is an application's and local (`selectors.is_local`): rules are
@@ -292,7 +295,7 @@ class Policy:
     _local_nodes: dict[sch.Node, bool] = field(default_factory=dict, repr=False)
     #: The applications whose selectors are local (all of them in a `local` policy), and
     #: those `local_rules` applies: these, or in a policy that tracks paths also those
-    #: with `**` (`is_local(deep=True)`: the walk knows the depth there).
+    #: with `**` (`is_local(deep=True)`).
     _local_apps: tuple[Application, ...] = field(init=False, repr=False)
     _rule_apps: tuple[Application, ...] = field(init=False, repr=False)
     #: The distinct tuples `local_rules` returns (one object per list of rules), by the
@@ -304,6 +307,7 @@ class Policy:
     _rule_clean: dict[int, ScanCache] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.moves_ip = bool(self.applications or self.pseudonymize)
         self._app_keys = tuple(last_keys(a.selector) for a in self.applications)
         self.scanner = det.Scanner(self.entries)
         self._local_apps = tuple(a for a in self.applications if is_local(a.selector))
@@ -352,8 +356,9 @@ class Policy:
         """The rules, in application order, of local applications (`_rule_apps`) that
         apply to a value of type `tv` at `node`, `deep` when its path has two states or
         more: what `Walk._selected` finds with the path tracked, since such a selector
-        looks at the last state only (`(segment, types)`, the segment unused), the
-        value's PII attribute and, for `**`, the number of states."""
+        looks at the last state only (`(segment, types)`, the segment unused) and the
+        value's PII attribute (`**` alone matches at any depth: the root counts as a
+        state above the top-level fields, so `deep` changes nothing)."""
         found = self._local_rules.get((node, tv, deep))
         if found is None:
             state: list[State] = [("", node.typesets.get(tv, node.types))]
@@ -752,7 +757,15 @@ class Walk:
 
     def run(self, root: Any, node: sch.Node) -> None:
         """Walk `root` (at schema `node`) and apply the detectors' results."""
+        #: `user` and its `ip_address` before the walk (see `_move_ip`).
+        before: tuple[dict[str, Any], str] | None = None
         if isinstance(root, dict):
+            if self.p.moves_ip and node is sch.EVENT:
+                user = root.get("user")
+                if type(user) is dict:
+                    ip = user.get("ip_address")
+                    if type(ip) is str:
+                        before = (user, ip)
             if node.flags & sch.ATTRS:
                 self._attrs(root, None)
             else:
@@ -760,6 +773,32 @@ class Walk:
         elif isinstance(root, list):
             self._list(root, self.p.node_plan(node), None)
         self._scan_queued()
+        if before is not None and before[0].get("ip_address") != before[1]:
+            self._move_ip(root, *before)
+
+    def _move_ip(self, event: dict[str, Any], user: dict[str, Any], was: str) -> None:
+        """Sentry's `process_user`: a valid `user.ip_address` (`was`) that a rule made
+        invalid (hashed, masked, replaced) becomes `user.id` when the user has no id,
+        username or email, so that "users affected" still counts (its remarks move
+        along)."""
+        ip = user.get("ip_address")
+        # An empty string is what a `remove` rule left of an address: removed, as null.
+        if ip is None or ip == "" or event.get("user") is not user:
+            return
+        if _valid_ip(ip) or not _valid_ip(was):
+            return
+        if any(user.get(k) is not None for k in ("id", "username", "email")):
+            return
+        user["id"] = ip
+        user["ip_address"] = None
+        if self.meta:
+            above = self.remarks.get("user")
+            if not isinstance(above, dict):
+                above = self.remarks["user"] = {}
+            moved = above.pop("ip_address", None)
+            if moved is not None:
+                above["id"] = moved
+            above["ip_address"] = {"": {"rem": [["project:0", "x"]]}}
 
     def _dict(self, d: dict[str, Any], np: NodePlan, ref: Ref) -> None:
         """The keys of an object at `np` (never an attributes node: `run` and `_descend`
@@ -952,6 +991,28 @@ class Walk:
         item_node = item_np.node
         first = type(lst[0])
         if first is list and _is_pairs(lst):
+            if self.slow and not np.node.pairlist:
+                # In free data Sentry enters a pair's name below the pair's own index
+                # (`vars.headers.0.authorization`); in its pair-list fields (headers,
+                # query string, tags) below the list (`$http.headers.authorization`).
+                # When no rule selects the value by its name, Sentry tries its index
+                # (`vars.headers.0.1`).
+                states = self.states
+                pair_types = item_node.typesets[list]
+                apps = self.p.applications
+                for i, v in enumerate(lst):
+                    key = v[0]
+                    states.append((i, pair_types))
+                    seg: str | int = key
+                    if (
+                        apps
+                        and not self._any_rule(item_node, v[1], key)
+                        and self._any_rule(item_node, v[1], 1)
+                    ):
+                        seg = 1
+                    self._value(v, 1, v[1], item_node, [ref, i, None], seg, key)
+                    states.pop()
+                return
             for i, v in enumerate(lst):
                 key = v[0]
                 self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
@@ -991,6 +1052,15 @@ class Walk:
             elif tv is list:
                 self._descend(lst, i, v, item_node, ref, i)
             # Numbers, booleans and nulls in a fast array need nothing (see `_value`).
+
+    def _any_rule(self, node: sch.Node, value: Any, seg: str | int) -> bool:
+        """Does an application select `value` (at `node`) as `seg` below the path?"""
+        states = self.states
+        states.append((seg, node.typesets.get(type(value), node.types)))
+        try:
+            return any(matches(app.selector, states, node.pii) for app in self.p.applications)
+        finally:
+            states.pop()
 
     def _list_other(self, lst: list[Any], mode: int, item_np: NodePlan, ref: Ref) -> None:
         """The items of a non-empty array that is not `_LIST_FAST` (nor pairs)."""
@@ -1151,6 +1221,8 @@ class Walk:
         if flags & sch.COOKIES and p.defaults:
             self._cookies(container, ckey, value, ref)
             return
+        if flags & sch.DEFAULT_SAFE:
+            verdict = _SAFE
         if self.slow:
             self.states.append((seg, node.typesets.get(tv, node.types)))
             try:
@@ -1161,7 +1233,7 @@ class Walk:
             # Rules may have rewritten the string: the detectors see the rewritten text.
             value = container[ckey]
             tv = type(value)
-        elif self.local and verdict != _SAFE:
+        elif self.local:
             # What `_selected` does for a local policy, without the path.
             rules = p.local_rules(node, tv, True)
             if rules:
@@ -1259,28 +1331,40 @@ class Walk:
                         orig = len(value) if tv is str else None
                         self._record(ref, ckey, "@pseudonymize", "hash", (0, len(digest)), orig)
                     return True
-        if p.safe_selectors and pii == PII_TRUE:
+        if p.safe_selectors and pii == PII_TRUE and verdict != _SAFE:
             for sel in p.safe_selectors:
                 if matches(sel, states, pii):
                     verdict = _SAFE
                     break
+        # Safe fields exempt a value from the denylist and the detectors only: the
+        # applications of a PII config still apply (as in Sentry, where safe fields
+        # narrow the legacy scrubbing only).
+        if p.applications:
+            seg = states[-1][0]
+            low = seg.lower() if isinstance(seg, str) else None
+            rules: list[Rule] = []
+            for app, keys in zip(p.applications, p._app_keys, strict=True):
+                if keys is not None and low not in keys:
+                    continue
+                if matches(app.selector, states, pii):
+                    rules.extend(app.rules)
+            tail = ""
+            if rules and node.basename and tv is str:
+                # Sentry's file paths (`NativeImagePath`): the rules see the directory
+                # only, the file name stays; a bare file name is left alone.
+                cut = max(value.rfind("/"), value.rfind("\\"))
+                if cut < 0:
+                    rules = []
+                else:
+                    value, tail = value[:cut], value[cut:]
+            if rules and self._apply_rules(container, ckey, value, ref, key, rules, tail):
+                return True
         if verdict == _SAFE:
-            if tv is dict or tv is list:
+            value = container[ckey]
+            if type(value) is dict or type(value) is list:
                 self._descend_safe(container, ckey, value, node, ref)
             return True
-        if not p.applications:
-            return False
-        seg = states[-1][0]
-        low = seg.lower() if isinstance(seg, str) else None
-        rules: list[Rule] = []
-        for app, keys in zip(p.applications, p._app_keys, strict=True):
-            if keys is not None and low not in keys:
-                continue
-            if matches(app.selector, states, pii):
-                rules.extend(app.rules)
-        if not rules:
-            return False
-        return self._apply_rules(container, ckey, value, ref, key, rules)
+        return False
 
     def _descend_safe(
         self, container: Any, ckey: str | int, value: Any, node: sch.Node, ref: Ref
@@ -1300,7 +1384,11 @@ class Walk:
         ref: Ref,
         key: str | None,
         rules: Sequence[Rule],
+        tail: str = "",
     ) -> bool:
+        """Apply `rules` to the value at `ckey`; True when it is finished (removed). A
+        `tail` (a path's file name, see `_selected`) is kept after the rewritten string,
+        and is all that a rule removing the value leaves (without its separator)."""
         if not isinstance(value, str):
             for rule in rules:
                 if rule.removes_non_string(key) or rule.type == "anything":
@@ -1327,7 +1415,13 @@ class Walk:
         for rule in rules:
             whole = rule.keyed and (rule.type == "anything" or rule.applies_to_key(key))
             if whole and rule.method == "remove":
-                self._remove(container, ckey, ref, rule.origin)
+                if tail:
+                    container[ckey] = tail[1:]
+                    self.changes += 1
+                    if self.track:
+                        self._record(ref, ckey, rule.origin, "remove", None, None)
+                else:
+                    self._remove(container, ckey, ref, rule.origin)
                 return True
             spans = [(0, len(current))] if whole else self.p.rule_spans(rule, current)
             if not spans:
@@ -1341,7 +1435,7 @@ class Walk:
             current = new
             changed = True
         if changed:
-            container[ckey] = current
+            container[ckey] = current + tail
             self.changes += 1
         if memo is not None:
             memo.put(value, (current, tuple(marks or ())) if changed else None)
@@ -1537,6 +1631,19 @@ def _is_pair(obj: dict[str, Any]) -> bool:
 
 def _is_pairs(lst: list[Any]) -> bool:
     return bool(lst) and all(type(v) is list and len(v) == 2 and type(v[0]) is str for v in lst)
+
+
+def _valid_ip(value: Any) -> bool:
+    """Whether a `user.ip_address` is an address (or Sentry's `{{auto}}`)."""
+    if type(value) is not str:
+        return False
+    if value == "{{auto}}":
+        return True
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def scrub_string(policy: Policy, text: str) -> tuple[str, list[tuple[str, tuple[int, int]]]]:

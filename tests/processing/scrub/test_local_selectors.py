@@ -57,6 +57,22 @@ def _pair(applications: dict[str, list[str]], **extra: Any) -> tuple[Any, Any]:
 
 PAIRS = [_pair(apps) for apps in APPLICATIONS]
 QUIET = [_pair(apps, meta=False) for apps in APPLICATIONS[:3]]
+#: Local policies with safe keys (exempt from the denylist and detectors, not from rules).
+SAFE_KEYS = ["note", "a", "password", "value"]
+SAFE_PAIRS = [
+    (
+        compile_scrubber(
+            cfg(pii_config={"rules": RULES, "applications": apps}, safe_fields=SAFE_KEYS)
+        ),
+        compile_scrubber(
+            cfg(
+                pii_config={"rules": RULES, "applications": apps},
+                safe_fields=[*SAFE_KEYS, "$binary"],
+            )
+        ),
+    )
+    for apps in (APPLICATIONS[0], APPLICATIONS[3], APPLICATIONS[5], APPLICATIONS[8])
+]
 
 #: Keyed policies: applications, safe fields and pseudonymized fields whose selectors all
 #: end in a key (keys of the payloads drawn by `payloads`).
@@ -121,7 +137,7 @@ KEYED: list[dict[str, Any]] = [
             "applications": {"$object || $string": ["digits"], "a": ["word"]},
         }
     },
-    # `**` alone: pii "true" and not in the root, which the tracked path tells.
+    # `**` alone: pii "true", at any depth (the root counts as a state, as in Sentry).
     {"pii_config": {"rules": RULES, "applications": {"**": ["digits"]}}},
     {"pii_config": {"rules": RULES, "applications": {"**": ["hello"], "extra.a": ["word"]}}},
     {
@@ -169,6 +185,18 @@ def test_local_policies_agree_with_the_general_path(
 def test_local_policies_without_meta_agree(case: tuple[dict[str, Any], str]) -> None:
     payload, item_type = case
     for local, general in QUIET:
+        for report in (True, False):
+            assert _scrub(local, payload, item_type, report) == _scrub(
+                general, payload, item_type, report
+            )
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=payloads())
+def test_local_policies_with_safe_keys_agree(case: tuple[dict[str, Any], str]) -> None:
+    payload, item_type = case
+    for local, general in SAFE_PAIRS:
+        assert local.policy.local and not general.policy.local
         for report in (True, False):
             assert _scrub(local, payload, item_type, report) == _scrub(
                 general, payload, item_type, report

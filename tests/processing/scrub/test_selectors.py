@@ -83,9 +83,37 @@ def test_pii_maybe_only_specific_paths() -> None:
     assert not matches(parse_selector("$frame.abs_path"), path, PII_FALSE)
 
 
-def test_deep_wildcard_needs_depth() -> None:
-    assert not matches(parse_selector("**"), st(("message", "string")), PII_TRUE)
+def test_deep_wildcard_counts_the_root() -> None:
+    """As in Sentry, the root is a state above the top-level fields: `**` selects them,
+    and `*` before a `**` can stand for the root."""
+    assert matches(parse_selector("**"), st(("message", "string")), PII_TRUE)
     assert matches(parse_selector("**"), st(("extra", "object"), ("a", "string")), PII_TRUE)
+    assert not matches(parse_selector("**"), st(("message", "string")), PII_MAYBE)
+    assert not matches(parse_selector("**.message"), st(("message", "string")), PII_TRUE)
+    extra_a_b = st(("extra", "object"), ("a", "object"), ("b", "string"))
+    assert matches(parse_selector("*.extra.**"), extra_a_b, PII_TRUE)
+    assert matches(parse_selector("extra.**"), extra_a_b, PII_TRUE)
+    assert not matches(parse_selector("*.*.extra.**"), extra_a_b, PII_TRUE)
+    # A selector longer than the path matches nothing (the root is not counted there).
+    assert not matches(parse_selector("*.extra.**"), extra_a_b[:2], PII_TRUE)
+
+
+def test_relay_operator_spellings_and_type_aliases() -> None:
+    """Sentry's grammar also spells the operators `&`, `|` and `~`, and accepts `$bool`,
+    `$list`, `$stack` and `$trace_metric`."""
+    assert parse_selector("a & b") == parse_selector("a && b")
+    assert parse_selector("a | b & c") == parse_selector("a || b && c")
+    assert parse_selector("~a") == parse_selector("!a")
+    assert parse_selector("(debug_meta.images.**.code_file & $string)") == parse_selector(
+        "debug_meta.images.**.code_file && $string"
+    )
+    assert parse_selector("$bool") == parse_selector("$boolean")
+    assert parse_selector("$list") == parse_selector("$array")
+    assert parse_selector("$stack.frames") == parse_selector("$stacktrace.frames")
+    assert isinstance(parse_selector("$trace_metric.**"), PathSel)
+    assert matches(parse_selector("$string & vars.*"), FRAME_VAR, PII_TRUE)
+    assert not matches(parse_selector("$string & ~vars.*"), FRAME_VAR, PII_TRUE)
+    assert matches(parse_selector("$number | vars.password"), FRAME_VAR, PII_TRUE)
 
 
 def test_quoted_keys_and_structure() -> None:
@@ -101,7 +129,21 @@ def test_quoted_keys_and_structure() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "$nosuchtype", "a..b", "(a || b", "a ||", "*", "**.a.**", "'unterminated", "a b", "!!a"],
+    [
+        "",
+        "$nosuchtype",
+        "a..b",
+        "(a || b",
+        "a ||",
+        "a |",
+        "*",
+        "**.a.**",
+        "'unterminated",
+        "a b",
+        "!!a",
+        "~~a",
+        "a &&& b",
+    ],
 )
 def test_invalid_selectors(text: str) -> None:
     with pytest.raises(SelectorError):
