@@ -303,11 +303,12 @@ class Forwarder:
     def _limited(self, entry: OutboxEntry) -> RateLimit | None:
         """A limit the upstream announced that covers every category of `entry` (the
         longest), or None: an entry with a category left, or none at all, is sent."""
-        if not entry.quantities or entry.target.is_file:
+        key = entry.target.key
+        if not entry.quantities or entry.target.is_file or not self.limits.has(key):
             return None
         found: RateLimit | None = None
         for category, _ in entry.quantities:
-            limit = self.limits.check(entry.target.key, category)
+            limit = self.limits.check(key, category)
             if limit is None:
                 return None
             if found is None or limit.retry_after > found.retry_after:

@@ -502,12 +502,27 @@ def sdk_headers(policy: CompiledPolicy, ctx: RequestContext) -> tuple[str, str]:
     as Sentry's Relay forwards them), through the policy's value detectors: nothing
     leaves unscrubbed, not even a header. Most SDKs send the same few values, which the
     detectors' cache answers."""
-    user_agent, client = ctx.user_agent or "", ctx.sdk_client or ""
+    sent = (ctx.user_agent or "", ctx.sdk_client or "")
     scrubber = policy.scrubber
-    if scrubber is not None and not scrubber.noop:
-        user_agent = scrubber.scrub_text(user_agent) if user_agent else ""
-        client = scrubber.scrub_text(client) if client else ""
-    return user_agent, client
+    if scrubber is None or scrubber.noop or sent == ("", ""):
+        return sent
+    memo = _SDK_HEADERS.get(sent)
+    if memo is None or memo[0] is not scrubber:
+        user_agent, client = sent
+        scrubbed = (
+            scrubber.scrub_text(user_agent) if user_agent else "",
+            scrubber.scrub_text(client) if client else "",
+        )
+        if len(_SDK_HEADERS) >= _SDK_HEADERS_MAX:
+            _SDK_HEADERS.clear()
+        memo = _SDK_HEADERS[sent] = (scrubber, scrubbed)
+    return memo[1]
+
+
+#: `sdk_headers`' answers by what the SDK sent, with the scrubber that gave them (another
+#: policy revision asks again): most SDKs send the same few values.
+_SDK_HEADERS: dict[tuple[str, str], tuple[object, tuple[str, str]]] = {}
+_SDK_HEADERS_MAX = 1024
 
 
 def _quantity(item: Item) -> tuple[str, int]:
