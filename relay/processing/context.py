@@ -5,6 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+#: `{{auto}}` in an IP address field: "the address this was sent from", for Sentry to fill.
+AUTO_IP = "{{auto}}"
+#: Platforms whose events Sentry gives the sender's address when they name none.
+INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
+
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:

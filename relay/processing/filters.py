@@ -49,7 +49,7 @@ from relay.config.noise import (
     LegacyBrowsersFilter,
     SwitchFilter,
 )
-from relay.processing.context import RequestContext
+from relay.processing.context import AUTO_IP, INFER_IP_PLATFORMS, RequestContext
 from relay.processing.glob import GlobSet, validate_glob
 from relay.processing.matchers import EventView
 
@@ -460,21 +460,6 @@ class _ErrorTypeCheck:
         return None
 
 
-def _log_message(event: Mapping[str, Any]) -> str | None:
-    """The log message Sentry's error_messages filter reads: `logentry.formatted`, or the
-    unformatted `logentry.message` only when there is no formatted text (`message`, the
-    legacy name of `logentry`, also as a plain string)."""
-    for container in (event.get("logentry"), event.get("message")):
-        if isinstance(container, Mapping):
-            for key in ("formatted", "message"):
-                text = container.get(key)
-                if isinstance(text, str) and text:
-                    return text
-        elif isinstance(container, str) and container:
-            return container
-    return None
-
-
 class _ErrorMessageCheck:
     reason = FilterReason.ERROR_MESSAGE
 
@@ -483,7 +468,7 @@ class _ErrorMessageCheck:
         self.globs = GlobSet(globs)
 
     def __call__(self, view: EventView, ctx: RequestContext) -> str | None:
-        hit = self.globs.match(_log_message(view.event))
+        hit = self.globs.match(view.log_message)
         if hit is not None:
             return hit
         for exc in view.exceptions:
@@ -507,17 +492,12 @@ def _is_local_host(host: str) -> bool:
     return host in _LOCAL_HOSTS or host.endswith(".localhost")
 
 
-_AUTO_IP: Final = "{{auto}}"
-#: Platforms whose events Sentry gives the client's address when they name no user IP.
-_INFER_IP_PLATFORMS: Final = frozenset({"javascript", "cocoa", "objc"})
-
-
 def _user_ip(view: EventView, ctx: RequestContext) -> IpAddress | None:
     """`user.ip_address` as Sentry's normalization leaves it before its filters run: `{{auto}}`
     is the client's address; without one, `request.env.REMOTE_ADDR`, else (browser and Apple
     platforms) the client's address."""
     user_ip = view.user_ip()
-    if user_ip == _AUTO_IP:
+    if user_ip == AUTO_IP:
         return parse_ip(ctx.client_ip)
     ip = parse_ip(user_ip)
     if ip is not None:
@@ -525,10 +505,10 @@ def _user_ip(view: EventView, ctx: RequestContext) -> IpAddress | None:
     env = view.request().get("env")
     remote = env.get("REMOTE_ADDR") if isinstance(env, Mapping) else None
     if isinstance(remote, str):
-        ip = parse_ip(ctx.client_ip if remote == _AUTO_IP else remote)
+        ip = parse_ip(ctx.client_ip if remote == AUTO_IP else remote)
         if ip is not None:
             return ip
-    if view.event.get("platform") in _INFER_IP_PLATFORMS:
+    if view.event.get("platform") in INFER_IP_PLATFORMS:
         return parse_ip(ctx.client_ip)
     return None
 

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
-from relay.processing.context import RequestContext
+from relay.processing.context import AUTO_IP, INFER_IP_PLATFORMS, RequestContext
 from relay.protocol.categories import (
     EVENT_ITEM_TYPES,
     EVENT_TYPES,
@@ -492,10 +492,6 @@ def drop_categories(
     return dropped
 
 
-#: `{{auto}}` in an IP address field: "the address this was sent from", for Sentry to fill.
-AUTO_IP = "{{auto}}"
-#: Platforms whose events Sentry gives the sender's address when they have none.
-_INFER_IP_PLATFORMS = frozenset({"javascript", "cocoa", "objc"})
 #: Item types whose `{{auto}}` addresses are resolved: events (`resolve_client_ip`),
 #: sessions (`resolve_session_ip`, found by `AUTO_IP_BYTES` in the payload) and replays
 #: (`resolve_replay_ip`, which Sentry normalizes as events).
@@ -514,7 +510,7 @@ def resolve_client_ip(event: dict[str, Any], client_ip: str | None) -> bool:
     Returns whether the event changed."""
     user = event.get("user")
     changed = _resolve_auto(user, "ip_address", client_ip)
-    if not changed and client_ip and event.get("platform") in _INFER_IP_PLATFORMS:
+    if not changed and client_ip and event.get("platform") in INFER_IP_PLATFORMS:
         if user is None:
             event["user"] = {"ip_address": client_ip}
             changed = True

@@ -21,47 +21,17 @@ from relay.services.upstream_limits import UpstreamLimits
 async def test_each_delivered_or_rejected_entry_gets_its_own_outcomes(
     aiohttp_server: Any,
 ) -> None:
-    seen: list[str] = []
-
-    async def envelope(request: web.Request) -> web.Response:
-        seen.append(request.match_info["project"])
-        await request.read()
-        return web.Response(status=400 if request.match_info["project"] == "7" else 200)
-
-    app = web.Application()
-    app.router.add_post("/api/{project}/envelope/", envelope)
-    server: TestServer = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
-    outbox = MemoryOutbox(100, 10**6)
-    log = OutcomeLog()
-    http = UpstreamHttp()
-    try:
-        forwarder = Forwarder(
-            outbox,
-            http,
-            UpstreamConfig(url=url),
-            UpstreamLimits(),
-            log,
-            Metrics(),
-            concurrency=1,
-        )
-
-        def entry(project: int, quantities: list[tuple[str, int]]) -> OutboxEntry:
-            target = resolve_target(url, None, project, "a" * 32)
-            return OutboxEntry(target, b"{}\n", project, quantities)
-
-        for e in (
-            entry(42, [("transaction", 1), ("span", 3)]),
-            entry(42, [("transaction", 1), ("span", 3)]),
-            entry(43, [("transaction", 1), ("span", 3)]),
-            entry(42, [("error", 1), ("attachment", 1234)]),
-            entry(7, [("error", 1)]),
-        ):
-            outbox.put_nowait(e)
-        forwarder.start()
-        await forwarder.drain(5)
-    finally:
-        await http.close()
+    log, seen = await _forward(
+        aiohttp_server,
+        lambda project: (400 if project == "7" else 200, {}),
+        [
+            (42, [("transaction", 1), ("span", 3)]),
+            (42, [("transaction", 1), ("span", 3)]),
+            (43, [("transaction", 1), ("span", 3)]),
+            (42, [("error", 1), ("attachment", 1234)]),
+            (7, [("error", 1)]),
+        ],
+    )
     assert seen == ["42", "42", "43", "42", "7"]
     accepted = OutcomeKind.ACCEPTED, Reason.FORWARDED
     assert log.outcomes == [
@@ -80,42 +50,15 @@ async def test_each_delivered_or_rejected_entry_gets_its_own_outcomes(
 async def test_a_redirect_is_not_followed_but_logged_and_retried(
     aiohttp_server: Any, caplog: Any
 ) -> None:
-    hits: list[str] = []
-
-    async def moved(request: web.Request) -> web.Response:
-        hits.append(request.method)
-        await request.read()
-        raise web.HTTPMovedPermanently(location="https://elsewhere.example.com/api/1/envelope/")
-
-    app = web.Application()
-    app.router.add_route("*", "/api/{project}/envelope/", moved)
-    server: TestServer = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
-    outbox = MemoryOutbox(100, 10**6)
-    log = OutcomeLog()
-    http = UpstreamHttp()
-
-    async def no_wait(_: float) -> None:
-        return None
-
-    try:
-        forwarder = Forwarder(
-            outbox,
-            http,
-            UpstreamConfig(url=url, max_attempts=2, outage_after=100),
-            UpstreamLimits(),
-            log,
-            Metrics(),
-            sleep=no_wait,
-            concurrency=1,
-        )
-        target = resolve_target(url, None, 42, "a" * 32)
-        outbox.put_nowait(OutboxEntry(target, b"{}\n", 42, [("error", 1)]))
-        forwarder.start()
-        await forwarder.drain(5)
-    finally:
-        await http.close()
-    assert hits == ["POST", "POST"]  # two attempts, never a GET to the new address
+    moved = {"Location": "https://elsewhere.example.com/api/1/envelope/"}
+    log, seen = await _forward(
+        aiohttp_server,
+        lambda project: (301, moved),
+        [(42, [("error", 1)])],
+        max_attempts=2,
+        outage_after=100,
+    )
+    assert seen == ["42", "42"]  # two attempts, never a request to the new address
     assert log.outcomes == [Outcome(OutcomeKind.INTERNAL, Reason.SEND_FAILED, "error", 1, 42)]
     assert "answered 301 (a redirect)" in caplog.text
 
