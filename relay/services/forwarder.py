@@ -4,16 +4,15 @@
 - 429: the upstream's limits (`X-Sentry-Rate-Limits`, else `Retry-After`) are cached
   per upstream key so the relay enforces them locally; the items get `rate_limited`.
 - other 4xx: `invalid` / `upstream_rejected`, never retried.
-- network errors, timeouts, 502-504 (the upstream unreachable), other 5xx, 408 and 3xx:
-  retried with exponential backoff and full jitter, up to `upstream.max_attempts`, then
-  `internal` / `send_failed`.
-- after `upstream.outage_after` consecutive times unreachable (network errors, timeouts,
-  502-504, as Sentry's Relay counts them) the upstream is *down*: one worker probes it
-  with backoff (up to `probe_max_s`) while the others hold their entries and the outbox
-  keeps accepting; attempts are not counted during an outage, so nothing is given up on.
-  When a probe reaches it every worker resumes, in queue order. Any other answer means
-  the upstream is up: an envelope it answers 500 every time is given up on after its
-  attempts, and does not hold the others.
+- network errors, timeouts, 5xx, 408 and 3xx: retried with exponential backoff and full
+  jitter, up to `upstream.max_attempts`, then `internal` / `send_failed`.
+- after `upstream.outage_after` consecutive failures the upstream is *down*: one worker
+  probes it with backoff (up to `probe_max_s`) while the others hold their entries and the
+  outbox keeps accepting. A probe that does not reach the upstream (a network error, a
+  timeout, 502-504) costs its envelope no attempt, so an outage gives up on nothing. A
+  probe the upstream answers with a failure (a 500) counts: an envelope it fails every
+  time is given up on after its attempts, and the next one probes, instead of it holding
+  every other forever. When a probe succeeds every worker resumes, in queue order.
 - an entry whose every category is under a limit the upstream announced (a 429) is not
   sent: it gets `rate_limited` with the limit's reason (or `ratelimit_backoff`), as the
   SDKs and Sentry's Relay do, so a backlog is not flushed into a limited upstream.
@@ -215,6 +214,7 @@ class Forwarder:
         """While the upstream is down one worker probes it with `entry`; the others wait."""
         if self._probing:
             await self._up.wait()
+            entry.attempts += 1
             return await self._post(entry)
         self._probing = True
         try:
@@ -229,10 +229,19 @@ class Forwarder:
                         self._succeeded()  # nothing to probe: `_deliver` writes it
                         return None
                 status = await self._post(entry)
-                if not _unreachable(status):
+                if _unreachable(status):
+                    delay = min(self.config.probe_max_s, delay * 2)
+                    continue  # still down: the attempt is not counted
+                entry.attempts += 1
+                if status is not None and (status < 500 or status == 429):
                     self._succeeded()
                     return status
+                if entry.attempts >= self.config.max_attempts:
+                    # Answered, and this envelope failed there every time (a 500): given
+                    # up on, so that the next one probes instead of it holding all others.
+                    return status
                 delay = min(self.config.probe_max_s, delay * 2)
+            entry.attempts += 1
             return await self._post(entry)
         finally:
             self._probing = False
@@ -267,9 +276,7 @@ class Forwarder:
                 entry.attempts += 1
                 status = await self._post(entry)
             else:
-                status = await self._probe(entry)
-                if not _unreachable(status):
-                    entry.attempts += 1  # the upstream answered this one
+                status = await self._probe(entry)  # counts the attempts it makes
             if status is not None and 200 <= status < 300:
                 self._succeeded()
                 self._finish(entry, OutcomeKind.ACCEPTED, Reason.FORWARDED)
@@ -286,14 +293,11 @@ class Forwarder:
                 )
                 self._finish(entry, OutcomeKind.INVALID, Reason.UPSTREAM_REJECTED)
                 return
-            if _unreachable(status):
-                self._failed()
-                if not self._up.is_set():
-                    continue  # outage: no attempt is counted; the entry waits for the upstream
-            else:
-                # A 5xx other than 502-504, a 408 or a redirect: the upstream is up, and
-                # this entry failed there. Retried, but it never puts the relay in an outage.
-                self._succeeded()
+            self._failed()
+            if not self._up.is_set() and (
+                _unreachable(status) or entry.attempts < self.config.max_attempts
+            ):
+                continue  # outage: the entry waits for the upstream (see `_probe`)
             if entry.attempts >= self.config.max_attempts:
                 log.error("giving up on envelope after %d attempts", entry.attempts)
                 self._finish(entry, OutcomeKind.INTERNAL, Reason.SEND_FAILED)
