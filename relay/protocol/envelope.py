@@ -23,7 +23,8 @@ and items of the types Sentry keeps for its own use (`INTERNAL_TYPES`). Forwarde
 an envelope would be refused upstream after the SDK was told it was accepted.
 
 JSON nested deeper than `MAX_JSON_DEPTH` levels (Sentry's own parser stops at
-the same depth) is refused: `exceeds_depth` is the check for parsed payloads.
+the same depth) is refused in headers; `exceeds_depth` is the check for parsed
+payloads, which the pipeline drops as `invalid`.
 """
 
 from __future__ import annotations

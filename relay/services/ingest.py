@@ -76,7 +76,7 @@ class IngestResult:
     rate_limits: list[RateLimit] = field(default_factory=list)
     #: Every item was dropped by rate limits: answer 429.
     all_rate_limited: bool = False
-    #: Every item was invalid: answer 400 (or 413 when too large).
+    #: Every item was invalid: still answered 200 (413 when too large), as Sentry does.
     all_invalid: bool = False
     too_large: bool = False
     #: No room in the outbox: answer 503.

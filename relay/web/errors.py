@@ -1,8 +1,9 @@
 """Errors -> HTTP, in one place.
 
     ApiError                      (status, detail, causes, headers)
-    ├── BadRequest        400     malformed body, envelope, auth, conflicting auth
-    ├── Unauthorized      401     no auth, bad key format
+    ├── BadRequest        400     malformed body or envelope, an envelope dsn that is not
+    │                             a DSN or names another project
+    ├── Unauthorized      401     missing, malformed or conflicting auth, bad key
     ├── Forbidden         403     unknown project or key, CORS origin
     ├── RequestTimeout    408     the client did not send its body in time
     ├── PayloadTooLarge   413     body or decompressed body over the limits

@@ -1,5 +1,5 @@
 """Hostile requests against a running relay: each gets a clear 4xx (or a 200 for what is
-valid), never a 500, a crash or a hang, and a well-behaved client keeps getting 200 within
+valid, or is only an unreadable item, dropped as invalid), never a 500, a crash or a hang, and a well-behaved client keeps getting 200 within
 a second while the attack runs.
 
 Attacks: compression bombs (gzip, deflate, br, zstd, nested), bodies over every limit,
