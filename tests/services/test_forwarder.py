@@ -132,15 +132,20 @@ async def _forward(
     answer: Any,
     entries: list[tuple[int, list[tuple[str, int]]]],
     limits: UpstreamLimits | None = None,
+    sdk: list[tuple[str, str]] | None = None,
+    requests: list[dict[str, str]] | None = None,
     **config: Any,
 ) -> tuple[OutcomeLog, list[str]]:
-    """Forward `entries` (project, quantities) to an upstream answering `answer(project)`;
-    the outcomes, and the projects the upstream was sent, in order."""
+    """Forward `entries` (project, quantities; with `sdk`, each entry's User-Agent and
+    client) to an upstream answering `answer(project)`; the outcomes, and the projects the
+    upstream was sent, in order (with `requests`, each request's headers are added to it)."""
     seen: list[str] = []
 
     async def envelope(request: web.Request) -> web.Response:
         project = request.match_info["project"]
         seen.append(project)
+        if requests is not None:
+            requests.append(dict(request.headers))
         await request.read()
         status, headers = answer(project)
         return web.Response(status=status, headers=headers, text="{}")
@@ -167,9 +172,14 @@ async def _forward(
             sleep=no_wait,
             concurrency=1,
         )
-        for project, quantities in entries:
+        for n, (project, quantities) in enumerate(entries):
             target = resolve_target(url, None, project, "a" * 32)
-            outbox.put_nowait(OutboxEntry(target, b"{}\n", project, quantities))
+            user_agent, client = sdk[n] if sdk else ("", "")
+            outbox.put_nowait(
+                OutboxEntry(
+                    target, b"{}\n", project, quantities, user_agent=user_agent, client=client
+                )
+            )
         forwarder.start()
         await forwarder.drain(5)
     finally:
@@ -180,9 +190,9 @@ async def _forward(
 async def test_an_envelope_answered_500_every_time_is_given_up_on_and_holds_no_other(
     aiohttp_server: Any,
 ) -> None:
-    # A 500 means the upstream is up and this envelope failed there: it is retried up to
-    # its attempts, and never puts the relay in an outage (where the one probing entry
-    # would be sent forever and every other wait behind it), as Sentry's Relay counts it.
+    # Its failures put the relay in an outage, where it is the probing entry: a probe the
+    # upstream answers with a failure spends one of its attempts, so it is given up on and
+    # the next entry probes, instead of it being sent forever with every other waiting.
     log, seen = await _forward(
         aiohttp_server,
         lambda project: (500 if project == "7" else 200, {}),
@@ -229,41 +239,22 @@ async def test_the_sdks_user_agent_and_client_are_forwarded(aiohttp_server: Any)
     # As Sentry's Relay forwards them: Sentry reads browsers from the User-Agent (CSP
     # reports, logs, spans). What the relay sends itself, or a value a header cannot
     # carry, names the relay.
-    seen: list[tuple[str, str]] = []
-
-    async def envelope(request: web.Request) -> web.Response:
-        await request.read()
-        seen.append((request.headers["User-Agent"], request.headers["X-Sentry-Auth"]))
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/api/{project}/envelope/", envelope)
-    server: TestServer = await aiohttp_server(app)
-    url = str(server.make_url("")).rstrip("/")
-    outbox = MemoryOutbox(100, 10**6)
-    http = UpstreamHttp()
     browser = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
-    try:
-        forwarder = Forwarder(
-            outbox, http, UpstreamConfig(url=url), UpstreamLimits(), OutcomeLog(), Metrics(),
-            concurrency=1,
-        )  # fmt: skip
-        target = resolve_target(url, None, 42, "a" * 32)
-        for user_agent, client in (
+    sent: list[dict[str, str]] = []
+    await _forward(
+        aiohttp_server,
+        lambda project: (200, {}),
+        [(42, []), (42, []), (42, [])],
+        sdk=[
             (browser, "sentry.javascript.browser/8.0.0"),
             ("", ""),
             ("x" * 600, "bad client, with a comma"),
-        ):
-            outbox.put_nowait(
-                OutboxEntry(target, b"{}\n", 42, [], user_agent=user_agent, client=client)
-            )
-        forwarder.start()
-        await forwarder.drain(5)
-    finally:
-        await http.close()
+        ],
+        requests=sent,
+    )
     relay = "sentry-relay-proxy/0.1"
-    assert [ua for ua, _ in seen] == [browser, relay, relay]
-    assert [auth.split("sentry_client=")[1].split(",")[0] for _, auth in seen] == [
+    assert [h["User-Agent"] for h in sent] == [browser, relay, relay]
+    assert [h["X-Sentry-Auth"].split("sentry_client=")[1].split(",")[0] for h in sent] == [
         "sentry.javascript.browser/8.0.0",
         relay,
         relay,
