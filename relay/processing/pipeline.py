@@ -1,7 +1,8 @@
 """The processing order, in one place, as pure functions over an envelope.
 
     prepare()   parse event-like items once, reject invalid ones, run inbound filters
-                and sampling                       -> outcomes: invalid, filtered, sampled
+                and sampling; drop the sessions Sentry would discard (`sessions`)
+                                                   -> outcomes: invalid, filtered, sampled
     (the caller consults quotas and cached upstream limits: IO, not here)
     drop_categories()                              -> outcome: rate_limited
     finish()    `{{auto}}` IP addresses resolved to the client's (or removed when the
@@ -27,6 +28,7 @@ from typing import Any, Protocol
 import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
+from relay.processing import sessions
 from relay.processing.context import AUTO_IP, INFER_IP_PLATFORMS, RequestContext
 from relay.protocol.categories import (
     EVENT_ITEM_TYPES,
@@ -206,7 +208,8 @@ def prepare(
     limits: Limits = Limits(),
     drop_attachments: bool = False,
 ) -> Prepared:
-    """Parse, validate, filter and sample. Pure; mutates nothing but the result.
+    """Parse, validate, filter and sample. Pure; mutates nothing but the result (and the
+    payload of a session aggregate that sheds buckets).
 
     `drop_attachments`: the scrubbing policy drops attachments (`attachments: drop`):
     they go here, before quotas, so that they are never counted against one (outcome
@@ -283,6 +286,8 @@ def prepare(
                     if itype == REPLAY_TYPE:
                         replay_drop = replay_drop or drop
                     continue
+        if itype in SESSION_TYPES and not _check_session(result, work, doc):
+            continue
         if itype == "attachment":
             if drop_attachments:
                 outcome = _outcome(work, OutcomeKind.FILTERED, Reason.ATTACHMENTS_POLICY, ctx)
@@ -333,6 +338,35 @@ def _filter_view(item_type: str, doc: dict[str, Any]) -> dict[str, Any]:
     if isinstance(attrs.get("user_agent"), str):
         view["request"] = {"headers": [["User-Agent", attrs["user_agent"]]]}
     return view
+
+
+def _check_session(result: Prepared, work: WorkItem, doc: dict[str, Any] | None) -> bool:
+    """Drop a session Sentry would discard (`relay.processing.sessions`) before it counts
+    against a quota; an aggregate sheds only its buckets out of the time window (its payload
+    rewritten without them, their drop counted apart). Returns whether the item is kept."""
+    ctx = result.ctx
+    if doc is None:
+        verdict = sessions.Verdict(Reason.INVALID_JSON)
+    else:
+        sent_at = result.envelope.headers.get("sent_at")
+        verdict = sessions.check(work.type, doc, ctx.received_at, sent_at)
+    if verdict.reason is not None:
+        outcome = _outcome(work, OutcomeKind.INVALID, verdict.reason, ctx)
+        result.dropped.append(Dropped(work, outcome))
+        return False
+    if verdict.stale and doc is not None:
+        # The same item, for `relay scrub`'s report; the outcome counts the buckets dropped.
+        stale = WorkItem(work.item, work.category, [(work.category, len(verdict.stale))])
+        outcome = _outcome(stale, OutcomeKind.INVALID, sessions.TIMESTAMP, ctx)
+        result.dropped.append(Dropped(stale, outcome))
+        kept = sessions.without_buckets(doc, verdict.stale)
+        item = work.item
+        item.set_payload(orjson.dumps(kept))
+        work.quantities = [
+            (str(c), q)
+            for c, q in item_quantities(work.type, item.headers, len(item.payload), kept)
+        ]
+    return True
 
 
 def _is_user_report(doc: dict[str, Any]) -> bool:

@@ -19,6 +19,7 @@ import resource
 import time
 import zlib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import brotli
@@ -505,9 +506,11 @@ async def test_invalid_utf8_attachments_are_forwarded_as_bytes(
         ),
         (
             "session payload",
+            # A session Sentry would count (a UUID, `started` recent), so not dropped as invalid.
             b'{}\n{"type":"event"}\n{"message":"x"}\n'
-            b'{"type":"session"}\n{"sid":"1","did":"alice@example.com","did":"fine",'
-            b'"attrs":{"release":"r"}}\n',
+            b'{"type":"session"}\n{"sid":"%s","started":"%s",'
+            b'"did":"alice@example.com","did":"fine","attrs":{"release":"r"}}\n'
+            % (EVENT_ID.encode(), datetime.now(UTC).isoformat().encode()),
         ),
         (
             "unknown item payload",

@@ -3,6 +3,7 @@ it strips them; never the relay's own, which Sentry would fill in from the reque
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -105,8 +106,9 @@ async def test_sessions_get_the_client_address_for_auto_too(
     policy = {"scrubbing": {"ip_addresses": False}} if keep_ips else {}
     relay: TestClient = await relay_factory(policy=policy)
     attrs = {"release": "shop@1.4.2", "environment": "production", "ip_address": AUTO_IP}
-    session = {"sid": "a" * 32, "did": "u1", "status": "ok", "started": "2026-12-07T00:00:00Z"}
-    aggregates = {"aggregates": [{"started": "2026-12-07T00:00:00Z", "exited": 3}]}
+    now = datetime.now(UTC).isoformat()  # sessions are counted only within days of it
+    session = {"sid": "a" * 32, "did": "u1", "status": "ok", "started": now}
+    aggregates = {"aggregates": [{"started": now, "exited": 3}]}
     for doc, item_type in (
         ({**session, "attrs": attrs}, "session"),
         ({**aggregates, "attrs": attrs}, "sessions"),

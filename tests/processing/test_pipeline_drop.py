@@ -3,6 +3,9 @@ which categories drop which items, as Sentry decides."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
+from datetime import UTC, datetime, timedelta
 from itertools import chain, combinations
 from typing import Any
 
@@ -304,13 +307,15 @@ def _filters(**config: Any) -> Filters:
 
 
 SESSION_ATTRS = {"release": "app@1.0.0", "environment": "production"}
+# Sessions are counted only within days of being sent (`relay.processing.sessions`).
+STARTED = datetime.now(UTC).isoformat()
 
 
 @pytest.mark.parametrize(
     ("item_type", "doc"),
     [
-        ("session", {"sid": "a" * 32, "status": "ok", "attrs": SESSION_ATTRS}),
-        ("sessions", {"aggregates": [{"started": "2026-12-07T00:00:00Z"}], "attrs": SESSION_ATTRS}),
+        ("session", {"sid": "a" * 32, "status": "ok", "started": STARTED, "attrs": SESSION_ATTRS}),
+        ("sessions", {"aggregates": [{"started": STARTED}], "attrs": SESSION_ATTRS}),
     ],
 )
 def test_sessions_of_a_filtered_release_are_filtered(item_type: str, doc: object) -> None:
@@ -346,9 +351,14 @@ def test_a_filtered_replay_takes_its_recording_and_video_with_it() -> None:
 
 def test_session_aggregates_count_one_per_bucket() -> None:
     # As Sentry counts them against a `session` quota: each bucket once.
-    doc = {"aggregates": [{"started": "a", "exited": 5}, {"started": "b", "errored": 2}, {}]}
+    minute = datetime.now(UTC).replace(second=0, microsecond=0)
+    started = [(minute - timedelta(hours=h)).isoformat() for h in (2, 1, 0)]
+    buckets = [{"started": started[0], "exited": 5}, {"started": started[1], "errored": 2}]
+    doc = {"aggregates": [*buckets, {"started": started[2]}], "attrs": SESSION_ATTRS}
     body = _envelope(({"type": "sessions"}, orjson.dumps(doc)))
-    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    # Received now: `CTX` was made when the module was collected, minutes ago in a full run.
+    ctx = dataclasses.replace(CTX, received_at=time.time())
+    prepared = pipeline.prepare(parse_envelope(body), ctx)
     assert prepared.quantities() == {"session": 3}
 
 

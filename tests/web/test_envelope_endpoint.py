@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import brotli
@@ -339,7 +340,14 @@ async def test_an_envelope_without_an_event_id_is_answered_an_empty_object(
     relay: TestClient, recorder: RecordingUpstream
 ) -> None:
     """As Sentry answers a sessions envelope: `{}`, not `{"id": null}`."""
-    body = b'{}\n{"type":"session"}\n{"sid":"' + b"1" * 32 + b'","status":"ok","init":true}\n'
+    session = {
+        "sid": "1" * 32,
+        "status": "ok",
+        "init": True,
+        "started": datetime.now(UTC).isoformat(),
+        "attrs": {"release": "shop@1.4.2"},
+    }
+    body = b'{}\n{"type":"session"}\n' + orjson.dumps(session) + b"\n"
     resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
     assert resp.status == 200
     assert await resp.json() == {}
