@@ -216,7 +216,7 @@ class _LineParser:
                 end += 1
             value = self.s[self.i : end]
             self.i = end
-        problem = validate_matcher(key, value)
+        problem = validate_matcher(key, value, fingerprint=True)
         if problem is not None:
             at = key_at if problem.startswith("unknown matcher") else value_at
             raise self.error(problem, at)

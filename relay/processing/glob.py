@@ -4,7 +4,8 @@ Syntax (Sentry's glob flavour, plus `**` for paths):
 
     *        any run of characters, `/` and newlines included
              (with ``path=True``: any run without `/`)
-    **       with ``path=True``: any run, `/` included
+    **       with ``path=True``, as a whole segment (`**/a`, `a/**`, `a/**/b`, `**`):
+             any run, `/` included; inside a segment (`a**`, `**.py`) like `*`
     ?        exactly one character
     [abc]    one of the listed characters; ranges `[a-z]`; negated `[!a-z]`
              (`[^...]` is refused: Sentry reads its `^` literally, not as a negation;
@@ -65,6 +66,7 @@ class _Translator:
     def sequence(self, *, stop_at_brace: bool) -> str:
         parts: list[str] = []
         p = self.p
+        start = self.i
         while self.i < len(p):
             ch = p[self.i]
             if stop_at_brace and ch in ",}":
@@ -76,8 +78,11 @@ class _Translator:
                 self.i += 2
             elif ch == "*":
                 if self.path and p.startswith("**", self.i):
+                    whole = self.whole_segment(start, stop_at_brace)
                     self.i += 2
-                    if p.startswith("/", self.i):
+                    if not whole:
+                        parts.append("[^/]*")  # `a**`, `**.py`: one segment, as in Sentry
+                    elif p.startswith("/", self.i):
                         # `**/` also matches no directory at all.
                         self.i += 1
                         parts.append("(?:.*/)?")
@@ -99,6 +104,17 @@ class _Translator:
                 parts.append(_literal(ch))
                 self.i += 1
         return "".join(parts)
+
+    def whole_segment(self, start: int, in_braces: bool) -> bool:
+        """Whether the `**` at `self.i` is a whole path segment (Sentry's `**` rule): at the
+        start of the pattern or of an alternative and before `/` or the end, or after `/`
+        and before `/`, the end, or the end of an alternative."""
+        after = self.p[self.i + 2 : self.i + 3]
+        if self.i == start:
+            return after in ("", "/")
+        if self.p[self.i - 1] != "/":
+            return False
+        return after in ("", "/") or (in_braces and after in (",", "}"))
 
     def alternatives(self) -> str:
         start = self.i

@@ -31,7 +31,9 @@ CancelledError" and never holds without exceptions. Frames are the exceptions'
 frames, else the event stacktrace, else the crashing thread's; `message` looks at the
 log message and each exception value in turn; values, the message, tags and release
 are stripped; a missing `level` is `error`; `sdk` is Sentry's normalized SDK name
-(`sentry.python.django` -> `sentry.python`); `path` and `package` ignore case.
+(`sentry.python.django` -> `sentry.python`) compared by name, as is `family`; `path`,
+`package` and `release` are path globs (case-insensitive, `\\` read as `/` in value and
+pattern, a relative value also tried with a leading `/`).
 
 `EventView` reads an event dict once, tolerating every shape SDKs send (tags as a
 mapping or as pairs, `exception` as `{values: [...]}` or a bare list, ...).
@@ -117,6 +119,8 @@ VARIABLES: Final[dict[str, str]] = {
 
 _CASE_INSENSITIVE = frozenset({"error.value", "message", "level", "release", "event.type"})
 _PATH_LIKE = frozenset({"stack.abs_path", "stack.package"})
+# Fingerprint rules match these as paths, as Sentry does (`\\` is `/` in value and pattern).
+_FINGERPRINT_PATH_LIKE = _PATH_LIKE | {"release"}
 _FLAG_LISTS = frozenset({"family", "sdk"})
 _TRUE = frozenset({"1", "yes", "true", "on"})
 _FALSE = frozenset({"0", "no", "false", "off"})
@@ -221,12 +225,14 @@ def canonical_key(key: str) -> tuple[str, str] | None:
     return _KEYS.get(key)
 
 
-def validate_matcher(key: str, pattern: str) -> str | None:
+def validate_matcher(key: str, pattern: str, *, fingerprint: bool = False) -> str | None:
     """What is wrong with matcher `key:pattern` (without `!`), or None."""
     found = canonical_key(key)
     if found is None:
         return f"unknown matcher '{key}' (known: {', '.join(MATCHER_KEYS)})"
     canonical, _ = found
+    if fingerprint and canonical in _FINGERPRINT_PATH_LIKE:
+        pattern = pattern.replace("\\", "/")
     if canonical == "app":
         if pattern.lower() not in _TRUE | _FALSE:
             return "app takes yes or no"
@@ -602,11 +608,22 @@ class Matcher:
     """One compiled `[!]key:pattern` (a pattern list means: any of them).
 
     With `fingerprint=True` the matcher follows Sentry's fingerprinting semantics (see
-    the module docstring): `message` becomes a group of its own, `path` and `package`
-    ignore case, and event-level values come from `EventView.fingerprint_field`.
+    the module docstring): `message` becomes a group of its own, `path`, `package` and
+    `release` are case-insensitive path globs, `sdk` and `family` compare names, and
+    event-level values come from `EventView.fingerprint_field`.
     """
 
-    __slots__ = ("_app", "_fingerprint", "_flags", "_globs", "group", "key", "negated", "source")
+    __slots__ = (
+        "_app",
+        "_fingerprint",
+        "_flags",
+        "_globs",
+        "_names",
+        "group",
+        "key",
+        "negated",
+        "source",
+    )
 
     def __init__(
         self, key: str, patterns: Sequence[str], negated: bool = False, *, fingerprint: bool = False
@@ -622,6 +639,7 @@ class Matcher:
         self.source = f"{'!' if negated else ''}{key}:{','.join(patterns)}"
         self._app: bool | None = None
         self._flags = False
+        self._names: frozenset[str] = frozenset()
         if self.key == "app":
             self._app = patterns[0].lower() in _TRUE if patterns else False
             self._globs = GlobSet(())
@@ -629,8 +647,11 @@ class Matcher:
         if self.key in _FLAG_LISTS:
             flat = [p.strip() for pattern in patterns for p in pattern.split(",")]
             self._flags = "all" in flat
+            self._names = frozenset(flat)
             patterns = flat
-        path = self.key in _PATH_LIKE
+        path = self.key in (_FINGERPRINT_PATH_LIKE if fingerprint else _PATH_LIKE)
+        if fingerprint and path:
+            patterns = [p.replace("\\", "/") for p in patterns]
         self._globs = GlobSet(
             patterns,
             case_sensitive=self.key not in _CASE_INSENSITIVE and not (fingerprint and path),
@@ -663,8 +684,10 @@ class Matcher:
         assert isinstance(element, EventView)
         if self._fingerprint:
             value = element.fingerprint_field(key)
-            if self._flags:
-                return value is not None
+            if key in _FLAG_LISTS:  # names, not globs, in Sentry's fingerprinting
+                return value is not None and (self._flags or value in self._names)
+            if key == "release":
+                return self._path_match(value)
             return self._globs.matches(value)
         values = element.event_field(key)
         if self._flags:
