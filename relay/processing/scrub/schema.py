@@ -26,6 +26,10 @@ COOKIES = 8  # every value is filtered
 IP_FIELD = 16  # removed when `ip_addresses` is on
 CLIENT_META = 32  # a client's `_meta`: kept live so that the walker meets it, and drops it
 DEFAULT_SAFE = 64  # a safe field: no denylist, no detectors; rules still apply (User-Agent)
+#: A user's distinct id (sessions' `did`): what a value detector flags in it makes the
+#: whole value the policy's keyed hash of it (`Policy.did_hash`), not a placeholder,
+#: so that distinct users stay distinct; a rule that changes the value wins.
+USER_HASH = 128
 
 #: The key of Sentry's metadata tree (remarks, errors, original values).
 META_KEY = "_meta"
@@ -334,8 +338,10 @@ LOG_CONTAINER = _obj(items=_n(items=LOG), version=F)
 SPAN_CONTAINER = _obj(items=_n(items=SPAN), version=F)
 
 _SESSION_ATTRS = _obj(release=F, environment=F, ip_address=IP, user_agent=MAYBE)
+DID = _n(flags=USER_HASH)
 SESSION = _obj(
     sid=F,
+    did=DID,
     seq=F,
     init=F,
     timestamp=F,
@@ -347,7 +353,9 @@ SESSION = _obj(
     attrs=_SESSION_ATTRS,
 )
 SESSIONS = _obj(
-    aggregates=_n(items=_obj(started=F, exited=F, errored=F, abnormal=F, crashed=F, unhandled=F)),
+    aggregates=_n(
+        items=_obj(started=F, did=DID, exited=F, errored=F, abnormal=F, crashed=F, unhandled=F)
+    ),
     attrs=_SESSION_ATTRS,
 )
 USER_REPORT = _obj(event_id=F)

@@ -8,13 +8,17 @@ config keeps its own rule names.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from relay.config.scrubbing import ScrubbingConfig
 from relay.processing.scrub import detectors as det
-from relay.processing.scrub.rules import Application, compile_pii_config
+from relay.processing.scrub.rules import Application, compile_pii_config, hash_value
 from relay.processing.scrub.schema import EVENT, item_schema
 from relay.processing.scrub.selectors import (
     PathSel,
@@ -80,6 +84,25 @@ def default_entries(
     return tuple(out)
 
 
+def _sha256_hex(key: bytes, value: str) -> str:
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _did_hash(key: bytes, *cfgs: ScrubbingConfig) -> Callable[[str], str] | None:
+    """What a session's flagged `did` becomes: the pseudonymization HMAC-SHA256 with
+    `pseudonymize.key`; without one, the `hash` method's HMAC-SHA1 with `vars.hashKey`
+    (the project's over the org's). Without either key, None: a digest keyed with nothing
+    could be checked against guessed addresses, so the detectors' placeholder stays."""
+    if key:
+        return functools.partial(_sha256_hex, key)
+    hash_key = b""
+    for cfg in cfgs:
+        found = ((cfg.pii_config or {}).get("vars") or {}).get("hashKey")
+        if isinstance(found, str) and found:
+            hash_key = found.encode()
+    return functools.partial(hash_value, key=hash_key) if hash_key else None
+
+
 def build_policy(org: ScrubbingConfig | None, project: ScrubbingConfig | None) -> Policy:
     """Merge and compile (raises ValueError on an invalid section)."""
     o = org or ScrubbingConfig()
@@ -114,6 +137,7 @@ def build_policy(org: ScrubbingConfig | None, project: ScrubbingConfig | None) -
                 key = cfg.pseudonymize.key.reveal().encode()
     if pseudo and not key:
         raise ValueError("pseudonymize.fields is set but no pseudonymize.key")
+    did_hash = _did_hash(key, o, p)
     sensitive_re = re.compile("|".join(re.escape(s) for s in sensitive)) if sensitive else None
     return Policy(
         defaults=defaults,
@@ -129,6 +153,7 @@ def build_policy(org: ScrubbingConfig | None, project: ScrubbingConfig | None) -
         applications=tuple(applications),
         pseudonymize=tuple(pseudo),
         pseudonymize_key=key,
+        did_hash=did_hash,
         entries=default_entries(
             defaults=defaults,
             ip_addresses=ip_addresses,

@@ -48,7 +48,13 @@ from typing import Any, NamedTuple
 from relay.processing.scrub import detectors as det
 from relay.processing.scrub import schema as sch
 from relay.processing.scrub.cache import Change, Mark, RulesMemo, ScanCache, ScanResult
-from relay.processing.scrub.rules import REMARK, Application, Rule, merge_spans, rewrite
+from relay.processing.scrub.rules import (
+    REMARK,
+    Application,
+    Rule,
+    merge_spans,
+    rewrite,
+)
 from relay.processing.scrub.selectors import (
     PII_FALSE,
     PII_MAYBE,
@@ -255,6 +261,9 @@ class Policy:
     pseudonymize: tuple[Selector, ...] = ()
     pseudonymize_key: bytes = b""
     entries: tuple[tuple[det.Detector, Finding], ...] = ()
+    #: The hex digest that replaces a flagged user id (`schema.USER_HASH`); None (no key
+    #: configured): the detectors' placeholder, as for any other value.
+    did_hash: Callable[[str], str] | None = None
     _key_cache: dict[str, int] = field(default_factory=dict, repr=False)
     #: The keys of `_key_cache` whose verdict is `_NONE` (the common case, one set test),
     #: and those whose verdict is `_IP`.
@@ -1210,6 +1219,7 @@ class Walk:
             if tv is dict or tv is list:
                 self._descend(container, ckey, value, node, ref, seg)
             return
+        given = value
         if value is None:
             return
         if flags & sch.SOURCE and p.source_context == "keep":
@@ -1247,6 +1257,15 @@ class Walk:
             else:
                 self._remove(container, ckey, ref, "@password:filter")
             return
+        if (
+            flags & sch.USER_HASH
+            and p.did_hash is not None
+            and tv is str
+            and value is given
+            and verdict == _NONE
+            and self._user_hash(container, ckey, value, ref)
+        ):
+            return
         if tv is str:
             if pii == PII_TRUE and verdict != _SAFE and len(value) > 2:
                 found = self._cget(value, _MISS)
@@ -1256,6 +1275,24 @@ class Walk:
             return
         if tv is dict or tv is list:
             self._descend(container, ckey, value, node, ref, seg)
+
+    def _user_hash(self, container: Any, ckey: str | int, value: str, ref: Ref) -> bool:
+        """A user id that the detectors flag becomes the policy's hash of it (see
+        `schema.USER_HASH`); True when it did."""
+        found = self._cget(value, _MISS)
+        if found is _MISS:
+            found = scan_texts(self.p, [value])[value]
+        if found is None:
+            return False
+        did_hash = self.p.did_hash
+        assert did_hash is not None
+        digest = did_hash(value)
+        container[ckey] = digest
+        self.changes += 1
+        if self.track:
+            kind = found[1][0][0].split(":", 1)[0]
+            self._record(ref, ckey, f"{kind}:hash", "hash", (0, len(digest)), len(value))
+        return True
 
     def _descend(
         self, container: Any, ckey: str | int, value: Any, node: sch.Node, ref: Ref, seg: str | int
