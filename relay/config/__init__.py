@@ -118,11 +118,15 @@ class RedisConfig(Section, frozen=True):
     mode: str = "standalone"
     sentinel_master: str | None = None
     prefix: str = "relay"
-    #: The quota cache: the share of a counter's remaining room a process accepts
-    #: without asking Redis (0: off, every check asks Redis).
-    quota_cache_ratio: float = 0.0
+    #: The quota cache: at most this share of a counter's remaining room is accepted in a
+    #: process without asking Redis (0: off, every check asks Redis).
+    quota_cache_ratio: float = 0.1
     #: No quota cache for a counter past this fraction of its limit.
     quota_cache_max: float = 1.0
+    #: `reserve`: what a process accepts by itself is counted in Redis first (no limit is
+    #: ever passed); `share`: it is added to Redis afterwards (N processes may pass a
+    #: limit by their shares).
+    quota_cache_mode: str = "reserve"
 
 
 class SpoolConfig(Section, frozen=True):
@@ -410,6 +414,8 @@ def _check_core(config: Config) -> list[Problem]:
             )
         if not 0 < config.redis.quota_cache_max <= 1:
             problems.append(Problem("redis.quota_cache_max", "must be more than 0 and at most 1"))
+        if config.redis.quota_cache_mode not in ("reserve", "share"):
+            problems.append(Problem("redis.quota_cache_mode", "must be 'reserve' or 'share'"))
         if config.redis.mode not in ("standalone", "cluster", "sentinel"):
             problems.append(Problem("redis.mode", "must be 'standalone', 'cluster' or 'sentinel'"))
         if not config.redis.url.reveal().startswith(

@@ -25,14 +25,19 @@ CHECKOUT = (CORPUS / "transaction-checkout.envelope").read_bytes()
 TOKEN = {"Authorization": "Bearer s3cret-token"}
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cached"])
+@pytest.fixture(params=["memory", "redis", "redis-cached", "redis-reserved"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """`redis` without the quota cache, `redis-cached` with it in `share` mode,
+    `redis-reserved` with the default one (`reserve` mode)."""
     if request.param == "memory":
         return {}
     server: RedisServer = request.getfixturevalue("redis_server")
     redis: dict[str, Any] = {"url": server.url, "prefix": f"t{uuid.uuid4().hex}"}
-    if request.param == "redis-cached":
+    if request.param == "redis":
+        redis["quota_cache_ratio"] = 0
+    elif request.param == "redis-cached":
         redis["quota_cache_ratio"] = 0.5
+        redis["quota_cache_mode"] = "share"
     return {"redis": redis}
 
 

@@ -27,29 +27,43 @@ def event(n: int) -> bytes:
     )
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cached"])
+@pytest.fixture(params=["memory", "redis", "redis-cached", "redis-reserved"])
 def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Where quotas are counted; `redis-cached` with the quota cache (one relay alone
-    must answer exactly as without it)."""
+    """Where quotas are counted: `redis` without the quota cache, `redis-cached` with it
+    in `share` mode, `redis-reserved` as configured by default (the quota cache in
+    `reserve` mode). One relay alone must answer exactly as without it."""
     if request.param == "memory":
         return {}
     server: RedisServer = request.getfixturevalue("redis_server")
-    redis = {"url": server.url, "prefix": f"t{uuid.uuid4().hex}"}
-    if request.param == "redis-cached":
+    redis: dict[str, Any] = {"url": server.url, "prefix": f"t{uuid.uuid4().hex}"}
+    if request.param == "redis":
+        redis["quota_cache_ratio"] = 0
+    elif request.param == "redis-cached":
         redis["quota_cache_ratio"] = 0.5
+        redis["quota_cache_mode"] = "share"
     return {"redis": redis}
 
 
-async def test_quota_cache_hits_are_counted(relay_factory: Any, redis_server: RedisServer) -> None:
+@pytest.mark.parametrize(("mode", "hits"), [("share", 4), ("reserve", 3)])
+async def test_quota_cache_hits_are_counted(
+    relay_factory: Any, redis_server: RedisServer, mode: str, hits: int
+) -> None:
+    """`share` accepts from the cache after the first check; `reserve` asks Redis for an
+    allowance with the second."""
     relay: TestClient = await relay_factory(
         policy=quota_policy(limit=100),
-        redis={"url": redis_server.url, "prefix": f"t{uuid.uuid4().hex}", "quota_cache_ratio": 0.5},
+        redis={
+            "url": redis_server.url,
+            "prefix": f"t{uuid.uuid4().hex}",
+            "quota_cache_ratio": 0.5,
+            "quota_cache_mode": mode,
+        },
     )
     for n in range(5):
         resp = await relay.post("/api/42/envelope/", data=event(n), headers=auth_header())
         assert resp.status == 200
     metrics = await (await relay.get("/metrics")).text()
-    assert "relay_quota_cache_hits_total 4.0" in metrics
+    assert f"relay_quota_cache_hits_total {hits}.0" in metrics
 
 
 def quota_policy(**quota: Any) -> dict[str, Any]:
@@ -340,9 +354,10 @@ async def test_item_dropped_for_another_category_is_not_charged(
         relay_factory, backend, byte_limit=LOG_BYTES * 3 // 2, sends=4
     )
     assert statuses == [200, 429, 429, 429]
-    if backend.get("redis", {}).get("quota_cache_ratio"):
-        # The second request's items were counted from the quota cache, not yet in
-        # Redis: they are taken back there, and Redis is never asked to.
+    if "redis" in backend and backend["redis"].get("quota_cache_ratio", 1):
+        # The second request's items were counted from the quota cache (`share`: not yet
+        # in Redis; `reserve`: they go back to the process's allowance): they are taken
+        # back there, and Redis is never asked to.
         assert refunds == []
     else:
         assert len(refunds) == 1  # the second request's items; none for the later ones

@@ -1,5 +1,5 @@
-"""Spend control at run time: quotas, budgets and spike protection, counted exactly
-(unless the opt-in quota cache trades some exactness across processes for fewer calls).
+"""Spend control at run time: quotas, budgets and spike protection, never past a limit
+(unless the quota cache's `share` mode trades that across processes for fewer calls).
 
     limiter = create_limiter(config.redis)            # None: in-process counters
     compiled = compile_policy_quotas(config.policy, project.policy)   # once per revision
@@ -12,8 +12,8 @@
 
 Modules: `core` (results and the shared check), `memory` (in-process backend),
 `redis` (Redis backend and `script.lua`), `cache` (full counters remembered until
-their window ends), `share` (the opt-in quota cache: part of a counter's room accepted
-without asking Redis).
+their window ends), `share` (the quota cache: part of a counter's room accepted without
+asking Redis, reserved there first by default).
 """
 
 from __future__ import annotations

@@ -212,6 +212,7 @@ class BaseLimiter:
             share = self.share
             amounts = [(key, share.give_back(key, amount)) for key, amount in amounts]
             amounts = [(key, amount) for key, amount in amounts if amount > 0]
+            self._share_taken()  # what it holds again goes back with the sync
         if not amounts:
             return
         try:
@@ -264,6 +265,10 @@ class BaseLimiter:
             return result
         try:
             if quotas.spike is not None:
+                if self.share is not None and (ended := self.share.ended(now)):
+                    # Spike thresholds read the past windows: without this process's
+                    # allowances in them.
+                    await self._consume(ended)
                 await self._fill_spike_limits(pending, scope, quotas.spike, now)
             if self.share is None:
                 answers = await self._consume(pending)
@@ -290,9 +295,11 @@ class BaseLimiter:
         now: float,
         result: LimitResult,
     ) -> tuple[list[CategoryDemand], list[tuple[bool, list[int]]]]:
-        """`_consume` with the quota cache: the demands its shares cover are accepted (and
-        judged) here; the others go to the store after what was accepted here on their
-        counters. Returns the demands the store answered, and its answers."""
+        """`_consume` with the quota cache: the demands its allowances cover are accepted
+        (and judged) here; the others go to the store, after what is to be synced on their
+        counters (`QuotaShare.drain`) and before new reservations on them
+        (`QuotaShare.reservations`). Returns the demands the store answered, and its
+        answers."""
         remote: list[CategoryDemand] = []
         for demand in pending:
             values = share.take(demand, now)
@@ -304,18 +311,24 @@ class BaseLimiter:
         if not remote:
             return [], []
         pushes = share.drain(remote, now)
+        reservations = share.reservations(remote, now)
         try:
-            answers = await self._consume([*pushes, *remote])
+            answers = await self._consume([*pushes, *remote, *reservations])
         except LimiterUnavailable:
             share.restore(pushes)
+            share.abandon(reservations)
             raise
-        answers = answers[len(pushes) :]
-        for demand, (consumed, values) in zip(remote, answers, strict=True):
+        first = len(pushes)
+        end = first + len(remote)
+        for demand, (consumed, values) in zip(remote, answers[first:end], strict=True):
             share.learn(demand, consumed, values)
-        return remote, answers
+        if reservations and share.granted(reservations, answers[end:]):
+            self._share_taken()  # what is left of it goes back with the sync
+        return remote, answers[first:end]
 
     def _share_taken(self) -> None:
-        """A demand was accepted from the quota cache: a backend arranges its sync."""
+        """A demand was accepted from the quota cache, or an allowance reserved: a backend
+        arranges its sync."""
 
     async def _before_read(self) -> None:
         """Before `usage` reads counters: a backend with a quota cache syncs it."""

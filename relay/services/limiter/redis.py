@@ -236,7 +236,9 @@ class RedisLimiter(BaseLimiter):
             client, clock=clock, on_error=cfg.on_error, prefix=cfg.prefix, helpers=helpers
         )
         if cfg.quota_cache_ratio > 0:
-            limiter.share = QuotaShare(cfg.quota_cache_ratio, cfg.quota_cache_max, cfg.prefix)
+            limiter.share = QuotaShare(
+                cfg.quota_cache_ratio, cfg.quota_cache_max, cfg.prefix, mode=cfg.quota_cache_mode
+            )
         return limiter
 
     # -- the quota cache --------------------------------------------------------------
@@ -253,8 +255,9 @@ class RedisLimiter(BaseLimiter):
         await self.sync()
 
     async def sync(self) -> None:
-        """Add what the quota cache accepted to Redis. On failure it stays unsynced, and
-        the next sync (or the next check that asks Redis) adds it."""
+        """Sync the quota cache with Redis: add what it accepted (`share` mode; on failure
+        it stays unsynced, and the next sync or check that asks Redis adds it), or give its
+        allowances back (`reserve`; on failure they stay counted until their windows end)."""
         share = self.share
         if share is None:
             return

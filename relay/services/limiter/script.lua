@@ -8,6 +8,8 @@
 -- group 1 (consumed), 0 (rejected) or 2 (a counter of the group holds something other
 -- than an integer: nothing of the group is touched), then each counter's value before
 -- the check (0 for a key that holds no integer). A bad key fails only its own group.
+-- A negative increment gives back (the quota cache's allowances): it never takes a
+-- counter below 0, and never creates one.
 --
 -- Refund: ARGV = "r", then one amount per key; decrements the keys that still exist
 -- and hold an integer, none below 0.
@@ -75,9 +77,13 @@ for _ = 1, tonumber(ARGV[2]) do
     if fits and not broken then
       local key = KEYS[base + i]
       local increment = ARGV[pos + 3 * (i - 1) + 1]
-      local after = redis.call("INCRBY", key, increment)
-      if after == tonumber(increment) then
-        redis.call("EXPIRE", key, ARGV[pos + 3 * (i - 1) + 2])
+      if tonumber(increment) >= 0 then
+        local after = redis.call("INCRBY", key, increment)
+        if after == tonumber(increment) then
+          redis.call("EXPIRE", key, ARGV[pos + 3 * (i - 1) + 2])
+        end
+      elseif values[i] > 0 then
+        redis.call("DECRBY", key, string.format("%d", math.min(-tonumber(increment), values[i])))
       end
     end
     out[#out + 1] = values[i]

@@ -44,7 +44,9 @@ def clock() -> Clock:
 
 
 def redis_config(url: str, **kw: Any) -> RedisConfig:
+    """A Redis limiter's config; without the quota cache unless `kw` asks for it."""
     kw.setdefault("prefix", f"t{next(_prefixes)}")
+    kw.setdefault("quota_cache_ratio", 0)
     return RedisConfig(url=Secret(url), **kw)
 
 
@@ -64,14 +66,16 @@ def quotas(
 MakeLimiter = Callable[..., Limiter]
 
 
-@pytest.fixture(params=["memory", "redis", "redis-py", "redis-cached"])
+@pytest.fixture(params=["memory", "redis", "redis-py", "redis-cached", "redis-reserved"])
 async def make_limiter(
     request: pytest.FixtureRequest, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[MakeLimiter]:
     """Build limiters of the parametrized backend; redis ones share one server and prefix.
     `redis` flushes on the bare connection, `redis-py` on redis-py's (as TLS and Sentinel
-    targets do); `redis-cached` has a quota cache (half of each counter's room), which
-    one limiter alone must never let past a limit."""
+    targets do); both without the quota cache, every check asking Redis. `redis-cached`
+    has a quota cache in `share` mode (half of each counter's room), which one limiter
+    alone must never let past a limit; `redis-reserved` one in `reserve` mode (the
+    default), which no number of limiters may let past a limit."""
     made: list[Limiter] = []
     backend = request.param
     server: RedisServer | None = (
@@ -87,6 +91,9 @@ async def make_limiter(
         else:
             kw.setdefault("prefix", prefix)
             if backend == "redis-cached":
+                kw.setdefault("quota_cache_ratio", 0.5)
+                kw.setdefault("quota_cache_mode", "share")
+            elif backend == "redis-reserved":
                 kw.setdefault("quota_cache_ratio", 0.5)
             limiter = create_limiter(
                 redis_config(server.url, **{k: v for k, v in kw.items() if k != "clock"}),

@@ -198,10 +198,19 @@ async def test_cluster_refund_across_slots(cluster: list[RedisServer], clock: Cl
         await limiter.close()
 
 
-async def test_quota_cache_across_slots(cluster: list[RedisServer], clock: Clock) -> None:
-    """With the quota cache, a check's counters in three slots are taken from shares and
-    added to Redis per slot: one process stays exact, and Redis ends with every count."""
-    cfg = redis_config(cluster[0].url.removesuffix("/0"), mode="cluster", quota_cache_ratio=0.5)
+@pytest.mark.parametrize("mode", ["reserve", "share"])
+async def test_quota_cache_across_slots(
+    cluster: list[RedisServer], clock: Clock, mode: str
+) -> None:
+    """With the quota cache, a check's counters in three slots are taken from allowances,
+    reserved (`reserve`) or added (`share`) in Redis per slot: one process stays exact, and
+    Redis ends with every count."""
+    cfg = redis_config(
+        cluster[0].url.removesuffix("/0"),
+        mode="cluster",
+        quota_cache_ratio=0.5,
+        quota_cache_mode=mode,
+    )
     limiter = create_limiter(cfg, clock=clock)
     compiled = quotas(
         {"id": "org", "categories": ["error"], "limit": 10**6, "window": 60},

@@ -1,5 +1,5 @@
-"""The quota cache (`redis.quota_cache_ratio`): shares of a counter's room accepted
-without asking Redis, and added to Redis later. The shared limiter tests also run with
+"""The quota cache in `share` mode (`redis.quota_cache_mode`): shares of a counter's room
+accepted without asking Redis, and added to Redis later. The shared limiter tests also run with
 it (`redis-cached` in conftest); these are what only it does."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def accepted(results: list[LimitResult]) -> int:
 
 def cached(url: str, clock: Clock, **kw: Any) -> RedisLimiter:
     kw.setdefault("quota_cache_ratio", 0.5)
+    kw.setdefault("quota_cache_mode", "share")
     limiter = create_limiter(redis_config(url, **kw), clock=clock)
     assert isinstance(limiter, RedisLimiter) and limiter.share is not None
     return limiter
@@ -71,7 +72,7 @@ def demand(*counters: Counter) -> CategoryDemand:
 
 
 def test_a_share_is_a_ratio_of_the_room_the_store_reported() -> None:
-    share = QuotaShare(0.5, 1.0, "p")
+    share = QuotaShare(0.5, 1.0, "p", mode="share")
     assert share.take(demand(counter()), 0) is None  # nothing known yet
     share.learn(demand(counter()), True, [0])  # the store counted it: 1 of 100
     values = [share.take(demand(counter()), 0) for _ in range(50)]
@@ -85,7 +86,7 @@ def test_a_share_is_a_ratio_of_the_room_the_store_reported() -> None:
 
 
 def test_no_share_while_the_store_is_asked_near_the_limit_or_after_a_rejection() -> None:
-    share = QuotaShare(0.5, 0.5, "p")
+    share = QuotaShare(0.5, 0.5, "p", mode="share")
     share.learn(demand(counter()), True, [10])
     assert share.take(demand(counter()), 0) == [11]
     share.drain([demand(counter())], 0)  # a check on its way to the store
@@ -99,7 +100,7 @@ def test_no_share_while_the_store_is_asked_near_the_limit_or_after_a_rejection()
 
 
 def test_a_share_holds_for_its_limit_and_window_only() -> None:
-    share = QuotaShare(0.5, 1.0, "p")
+    share = QuotaShare(0.5, 1.0, "p", mode="share")
     share.learn(demand(counter()), True, [0])
     assert share.take(demand(counter(limit=200)), 0) is None  # the quota changed
     assert share.take(demand(counter()), 1000) is None  # the window ended
@@ -109,7 +110,7 @@ def test_a_share_holds_for_its_limit_and_window_only() -> None:
 
 
 def test_a_refund_takes_from_what_is_unsynced_first() -> None:
-    share = QuotaShare(0.5, 1.0, "p")
+    share = QuotaShare(0.5, 1.0, "p", mode="share")
     share.learn(demand(counter()), True, [0])
     share.take(demand(counter()), 0)
     share.take(demand(counter()), 0)
@@ -154,7 +155,7 @@ async def test_concurrent_checks_of_one_process_stay_exact(
 async def test_processes_together_pass_the_limit_by_their_shares_at_most(
     redis_server: RedisServer, clock: Clock
 ) -> None:
-    cfg = redis_config(redis_server.url, quota_cache_ratio=0.1)
+    cfg = redis_config(redis_server.url, quota_cache_ratio=0.1, quota_cache_mode="share")
     limiters = [create_limiter(cfg, clock=clock) for _ in range(3)]
     try:
         results = [await limiters[i % 3].check(P42, [("error", 1)], LIMIT_100) for i in range(300)]
@@ -252,7 +253,7 @@ def test_sync_interval_is_about_a_second() -> None:
 
 
 def test_what_is_unsynced_stays_on_top_of_the_stores_answer() -> None:
-    share = QuotaShare(0.5, 1.0, "p")
+    share = QuotaShare(0.5, 1.0, "p", mode="share")
     share.learn(demand(counter()), True, [0])
     share.take(demand(counter()), 0)
     share.take(demand(counter()), 0)
