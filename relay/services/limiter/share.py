@@ -9,12 +9,13 @@ usual. They differ in when the store learns of it.
 accepted from it. When a demand goes to the store, a reservation for each of its
 counters rides in the same script call, after the demand: a further amount the store
 adds to the counter only if it fits under the limit, as it would for a demand. What the
-store grants is this process's allowance. A reservation is the smaller of what the
-process took from its last ones in about a second (doubled when one runs out before
-then; `RESERVE_MIN` to start) and `ratio` of the room the store last reported, and none
-once the counter has reached `max_fraction` of its limit. What is left of an allowance
-goes back to the store every second or so (`SYNC_S`), when a demand on the counter goes
-to the store (first in the same call, so the store judges the demand without it),
+store grants is this process's allowance. A reservation follows the traffic: twice what
+the process accepted here in the last sync interval (`RESERVE_MIN` at least), doubled each
+time one runs out before the next sync, and at least `RESERVE_DEMANDS` times the demand that
+asks for it; never more than `ratio` of the room the store last reported, and none once the
+counter has reached `max_fraction` of its limit. What is left of an allowance goes back to
+the store every second or so (`SYNC_S`), when a demand on the counter goes to the store
+(first in the same call, so the store judges the demand without it), when its window ends,
 before a usage report, and on `close`. So no counter ever passes its limit, across any
 number of processes. What it gives up: until an allowance goes back, other processes see
 it as used, so near a limit one process may refuse what another still holds room for
@@ -53,6 +54,8 @@ SYNC_CATEGORY = "quota_cache_sync"
 RESERVE_CATEGORY = "quota_cache_reserve"
 #: The first reservation on a counter, and the least one.
 RESERVE_MIN = 16
+#: A reservation holds at least this many of the demand that asks for it.
+RESERVE_DEMANDS = 4
 #: Bound on a reservation's size before the `ratio` cap (sizes double while in use).
 _RESERVE_MAX = 1 << 40
 #: Modes of `redis.quota_cache_mode`.
@@ -201,7 +204,10 @@ class QuotaShare:
                 known = share.known + counter.increment
                 if known >= limit * self.max_fraction:
                     continue
-                amount = min(share.size, math.floor((limit - known) * self.ratio))
+                # At least a few of this demand (bytes of an attachment, say), so that the
+                # next ones of its size fit.
+                size = max(share.size, RESERVE_DEMANDS * counter.increment)
+                amount = min(size, math.floor((limit - known) * self.ratio))
                 if amount < 1:
                     continue
                 share.pending = True

@@ -14,7 +14,7 @@ from relay.config import ConfigError, parse_config
 from relay.processing.quotas import CategoryDemand, Counter
 from relay.services.limiter import LimitResult, create_limiter
 from relay.services.limiter.redis import RedisLimiter
-from relay.services.limiter.share import RESERVE_MIN, QuotaShare
+from relay.services.limiter.share import RESERVE_DEMANDS, RESERVE_MIN, QuotaShare
 from tests.services.limiter.conftest import Clock, quotas, redis_config
 from tests.services.limiter.test_share import LIMIT_100, P42, accepted, redis_down, stored
 from tests.support.redis_server import RedisServer
@@ -124,6 +124,17 @@ def test_reservations_grow_while_they_run_out_and_follow_the_traffic_after_a_syn
     share.abandon([asked])
     [asked] = share.reservations([demand(counter(limit=10**9))], 0)
     assert asked.counters[0].increment == RESERVE_MIN
+
+
+def test_a_reservation_holds_a_few_of_the_demand_that_asks_for_it() -> None:
+    """Attachment bytes: a reservation of `RESERVE_MIN` bytes would never fit one."""
+    share = QuotaShare(0.5, 1.0, "p")
+    attachment = counter(limit=10**9, increment=50_000)
+    share.learn(demand(attachment), True, [0])
+    [asked] = share.reservations([demand(attachment)], 0)
+    assert asked.counters[0].increment == RESERVE_DEMANDS * 50_000
+    share.granted([asked], [(True, [100_000])])
+    assert share.take(demand(attachment), 0) == [100_000]
 
 
 def test_a_refund_goes_back_to_the_allowance() -> None:
