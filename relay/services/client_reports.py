@@ -17,6 +17,12 @@ rule's id), so Sentry's stats show them as the relay's own and not as the SDK's.
 has no field of its own (sampling by our rules, whose ids are not Sentry's numeric rule
 ids; invalid items; the relay's own losses) goes in `discarded_events` under the SDK's
 discard reasons.
+
+Within what Sentry reads of a report: `discarded_events` always present (a report
+without it is not read at all), each line's quantity within 32 bits (a larger one fails
+the whole report) and its reason within 200 UTF-8 bytes (a longer one is skipped), and
+no line in a category Sentry bills nothing in (`unknown` items, `default`: an SDK's
+client reports, metrics), which its stats would count as errors.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.policy.targets import Target
+from relay.protocol.categories import DataCategory
 from relay.protocol.envelope import make_envelope
 from relay.services.outbox import Outbox, OutboxEntry, OutboxFull
 
@@ -48,12 +55,15 @@ DISCARD_REASONS = {
     OutcomeKind.INVALID: "internal_sdk_error",
     OutcomeKind.INTERNAL: "queue_overflow",
 }
-#: Sentry ignores a report line whose reason is longer than this.
+#: Sentry ignores a report line whose reason is longer than this, in UTF-8 bytes.
 MAX_REASON = 200
 
 _NOT_REPORTED = frozenset({Reason.UPSTREAM_RATE_LIMITED, Reason.UPSTREAM_REJECTED})
-#: The most one report line counts (a signed 64-bit integer, as JSON readers take it).
-MAX_QUANTITY = 2**63 - 1
+#: Categories whose drops are not reported: Sentry counts nothing in them (its stats
+#: would show them as errors).
+_UNREPORTED_CATEGORIES = frozenset({DataCategory.UNKNOWN.value, DataCategory.DEFAULT.value})
+#: The most one report line counts (Sentry reads a quantity as an unsigned 32-bit number).
+MAX_QUANTITY = 2**32 - 1
 
 
 class ClientReports:
@@ -83,19 +93,22 @@ class ClientReports:
             return
         field = FIELDS.get(outcome.kind)
         if field is not None:
-            reason = outcome.reason[:MAX_REASON]
+            reason = _clip(outcome.reason)
         else:
             field = "discarded_events"
             reason = DISCARD_REASONS.get(outcome.kind, "")
             if not reason:
                 return
-        self._targets[target.key] = target
-        counts = self._counts[target.key]
         if quantities is None:
             quantities = [(str(outcome.category), outcome.quantity)]
+        quantities = [(c, q) for c, q in quantities if c not in _UNREPORTED_CATEGORIES]
+        if not quantities:
+            return
+        self._targets[target.key] = target
+        counts = self._counts[target.key]
         for category, quantity in quantities:
             key = (field, reason, category)
-            # Quantities come from client headers (`item_count`): a report stays in 64 bits.
+            # Quantities come from client headers (`item_count`): a line stays in 32 bits.
             counts[key] = min(counts[key] + quantity, MAX_QUANTITY)
 
     def start(self) -> None:
@@ -125,7 +138,7 @@ class ClientReports:
                 log.exception("client report dropped: it could not be sent")
 
     async def _send(self, target: Target, by_reason: dict[tuple[str, str, str], int]) -> None:
-        report: dict[str, Any] = {"timestamp": int(time.time())}
+        report: dict[str, Any] = {"timestamp": int(time.time()), "discarded_events": []}
         for (field, reason, category), quantity in sorted(by_reason.items()):
             line = {"reason": reason, "category": category, "quantity": quantity}
             report.setdefault(field, []).append(line)
@@ -142,3 +155,13 @@ class ClientReports:
             await self.outbox.put(entry)
         except OutboxFull:
             log.warning("client report dropped: the outbox is full")
+
+
+def _clip(reason: str) -> str:
+    """`reason` cut to `MAX_REASON` UTF-8 bytes, never inside a character. Bytes a header
+    did not decode (lone surrogates) become `?`: JSON cannot carry them, and one would
+    fail the whole report."""
+    if reason.isascii() and len(reason) <= MAX_REASON:
+        return reason
+    raw = reason.encode("utf-8", "replace")
+    return raw[:MAX_REASON].decode("utf-8", "ignore")

@@ -95,13 +95,13 @@ def test_an_item_count_is_capped() -> None:
     assert item_quantities("sessions", {}, 10, aggregates) == [("session", 2)]
 
 
-async def test_client_reports_stay_within_64_bits_and_a_failed_one_never_stops_them(
+async def test_client_report_lines_stay_within_32_bits_and_a_failed_one_never_stops_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     target = resolve_target("https://sentry.example.com", None, 42, KEY)
     outbox = MemoryOutbox(100, 10**6)
     reports = ClientReports(outbox, interval=3600)
-    # Many envelopes of the most an item counts for add up past 64 bits.
+    # Many envelopes of the most an item counts for add up past what a line holds.
     drop = Outcome(OutcomeKind.RATE_LIMITED, "quota", "log_item", 2**62, 42)
     for _ in range(3):
         reports.record(target, drop)
