@@ -2,7 +2,8 @@
 
 Runs inbound filters, sampling, the PII scrubber and fingerprint rules on an
 event JSON or an envelope, sends nothing, and prints what would happen: the
-decision per item, every redaction (path, rule, method — never the removed
+decision per item (a session aggregate forwarded without its buckets out of the time
+window says how many it loses, and why), every redaction (path, rule, method — never the removed
 value), the fingerprint, and the payload as it would leave the relay. Items the
 scrubber did not read through are flagged, with why: forwarded unread (binary
 content, `attachments: keep`, counts-only items) or dropped because they could not
@@ -22,7 +23,7 @@ from relay.config import Config
 from relay.outcomes import Reason
 from relay.policy.registry import Denied, PolicyRegistry, ProjectPolicy
 from relay.processing.context import RequestContext
-from relay.processing.pipeline import ScrubOutcome, ScrubStage
+from relay.processing.pipeline import Dropped, ScrubOutcome, ScrubStage, WorkItem
 from relay.processing.scrub.content import read_text
 from relay.processing.scrub.items import Unread, scrub_envelope
 from relay.processing.scrub.scrubber import Scrubber
@@ -96,20 +97,17 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
     prepared = policy.prepare(envelope, ctx)
     index_of = {id(item): i for i, item in enumerate(envelope.items)}
     reports: dict[int, ItemReport] = {}
+    drops: dict[int, list[Dropped]] = {}
     for drop in prepared.dropped:
-        o = drop.outcome
-        what = f"{o.kind.value}: {o.reason}" + (f" (rule {o.rule})" if o.rule else "")
         i = index_of[id(drop.work.item)]
-        reports[i] = ItemReport(
-            i,
-            drop.work.type,
-            ("would drop in enforce mode — " if drop.dry_run else "drop — ") + what,
-        )
+        drops.setdefault(i, []).append(drop)
+        reports[i] = ItemReport(i, drop.work.type, _drop_decision(drop))
     for work in prepared.kept:
         i = index_of[id(work.item)]
-        report = reports.get(i) or ItemReport(i, work.type, "forward")
-        if report.decision.startswith("would drop"):
-            report.decision = "forward (" + report.decision + ")"
+        # A kept item that drops name too: dry-run drops, or parts of it dropped (the
+        # buckets of a session aggregate out of the time window).
+        notes = [_drop_decision(d, part_of=None if d.dry_run else work) for d in drops.get(i, [])]
+        report = ItemReport(i, work.type, "forward" + (f" ({'; '.join(notes)})" if notes else ""))
         reports[i] = report
         if work.event is None:
             continue
@@ -131,6 +129,18 @@ def dry_run(config: Config, data: bytes, project_id: int | None = None) -> list[
             policy.scrubber, Envelope(dict(envelope.headers), [w.item for w in rest]), by_index
         )
     return [reports[i] for i in sorted(reports)]
+
+
+def _drop_decision(drop: Dropped, *, part_of: WorkItem | None = None) -> str:
+    """What `drop` says: of a whole item, or of a part of the kept item `part_of`."""
+    o = drop.outcome
+    what = f"{o.kind.value}: {o.reason}" + (f" (rule {o.rule})" if o.rule else "")
+    if drop.dry_run:
+        return "would drop in enforce mode — " + what
+    if part_of is None:
+        return "drop — " + what
+    unit = "bucket" if part_of.type == "sessions" else "part"
+    return f"{o.quantity} {unit}{'' if o.quantity == 1 else 's'} dropped — {what}"
 
 
 def _scrub_items(scrubber: ScrubStage, probe: Envelope, reports: dict[int, ItemReport]) -> None:
@@ -187,8 +197,10 @@ def _show(payload: bytes) -> Any:
 
 
 def print_reports(
-    reports: list[ItemReport], out: TextIO = sys.stdout, *, as_json: bool = False
+    reports: list[ItemReport], out: TextIO | None = None, *, as_json: bool = False
 ) -> None:
+    if out is None:
+        out = sys.stdout  # looked up now, not at import: it may have been replaced since
     if as_json:
         data = [
             {

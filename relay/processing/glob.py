@@ -8,10 +8,14 @@ Syntax (Sentry's glob flavour, plus `**` for paths):
              any run, `/` included; inside a segment (`a**`, `**.py`) like `*`
     ?        exactly one character
     [abc]    one of the listed characters; ranges `[a-z]`; negated `[!a-z]`
-             (`[^...]` is refused: Sentry reads its `^` literally, not as a negation;
-             `[\\^...]` is a class with a literal `^`)
+             (`[^...]` is refused: Sentry's filters read its `^` literally, not as a
+             negation; `[\\^...]` is a class with a literal `^`). With ``path=True`` a
+             negated class does not match `/`.
     {a,b}    one of the alternatives (may nest and contain other syntax)
     \\x       the character `x` literally
+
+``fingerprint=True`` is the flavour of Sentry's fingerprint rules instead: `[^a-z]`
+negates like `[!a-z]`, and a negated class matches `/` even with ``path=True``.
 
 A glob matches the whole value; the empty value never matches (nor does an empty
 pattern). Matching is case-insensitive unless ``case_sensitive=True``.
@@ -55,10 +59,11 @@ def _class_char(ch: str) -> str:
 
 
 class _Translator:
-    def __init__(self, pattern: str, path: bool) -> None:
+    def __init__(self, pattern: str, path: bool, fingerprint: bool) -> None:
         self.p = pattern
         self.i = 0
         self.path = path
+        self.fingerprint = fingerprint
 
     def run(self) -> str:
         return self.sequence(stop_at_brace=False)
@@ -134,13 +139,13 @@ class _Translator:
         p = self.p
         self.i += 1
         negate = False
-        if self.i < len(p) and p[self.i] == "^":
+        if self.i < len(p) and p[self.i] == "^" and not self.fingerprint:
             raise GlobError(
                 "'[^' does not negate in Sentry's globs: write '[!...]' to negate a class"
                 " (and '[\\^...]' for a class with a literal '^')",
                 self.i,
             )
-        if self.i < len(p) and p[self.i] == "!":
+        if self.i < len(p) and p[self.i] in "!^":
             negate = True
             self.i += 1
         items: list[str] = []
@@ -168,24 +173,24 @@ class _Translator:
                 self.i += 2
             else:
                 items.append(_class_char(ch))
-        if self.path and negate:
+        if self.path and negate and not self.fingerprint:
             items.append("/")
         return "[" + ("^" if negate else "") + "".join(items) + "]"
 
 
-def glob_to_regex(pattern: str, *, path: bool = False) -> str:
+def glob_to_regex(pattern: str, *, path: bool = False, fingerprint: bool = False) -> str:
     """Translate one glob into RE2 syntax (without anchors or flags). Raises GlobError."""
-    return _Translator(pattern, path).run()
+    return _Translator(pattern, path, fingerprint).run()
 
 
-def validate_glob(pattern: str, *, path: bool = False) -> str | None:
+def validate_glob(pattern: str, *, path: bool = False, fingerprint: bool = False) -> str | None:
     """Return what is wrong with `pattern`, or None if it is a valid glob."""
     if not isinstance(pattern, str):
         return "a glob must be a string"
     if pattern == "":
         return "an empty glob never matches anything"
     try:
-        glob_to_regex(pattern, path=path)
+        glob_to_regex(pattern, path=path, fingerprint=fingerprint)
     except GlobError as exc:
         return f"invalid glob at position {exc.position + 1}: {exc}"
     return None
@@ -223,12 +228,18 @@ class GlobSet:
             (validate them first with `validate_glob`).
         case_sensitive: match letters exactly (default: case-insensitive).
         path: path semantics (`*` stops at `/`, `**` crosses it).
+        fingerprint: the class syntax of Sentry's fingerprint rules (see the module doc).
     """
 
     __slots__ = ("_any", "_patterns", "_which")
 
     def __init__(
-        self, patterns: Iterable[str], *, case_sensitive: bool = False, path: bool = False
+        self,
+        patterns: Iterable[str],
+        *,
+        case_sensitive: bool = False,
+        path: bool = False,
+        fingerprint: bool = False,
     ) -> None:
         kept: list[str] = []
         sources: list[str] = []
@@ -236,7 +247,7 @@ class GlobSet:
             if not pattern:
                 continue
             try:
-                sources.append(glob_to_regex(pattern, path=path))
+                sources.append(glob_to_regex(pattern, path=path, fingerprint=fingerprint))
             except GlobError:
                 continue
             kept.append(pattern)

@@ -33,7 +33,8 @@ log message and each exception value in turn; values, the message, tags and rele
 are stripped; a missing `level` is `error`; `sdk` is Sentry's normalized SDK name
 (`sentry.python.django` -> `sentry.python`) compared by name, as is `family`; `path`,
 `package` and `release` are path globs (case-insensitive, `\\` read as `/` in value and
-pattern, a relative value also tried with a leading `/`).
+pattern, a relative value also tried with a leading `/`); `[^a]` negates like `[!a]`,
+and a negated class matches `/` in path globs too.
 
 `EventView` reads an event dict once, tolerating every shape SDKs send (tags as a
 mapping or as pairs, `exception` as `{values: [...]}` or a bare list, ...).
@@ -239,7 +240,7 @@ def validate_matcher(key: str, pattern: str, *, fingerprint: bool = False) -> st
         return None
     parts = pattern.split(",") if canonical in _FLAG_LISTS else [pattern]
     for part in parts:
-        problem = validate_glob(part.strip(), path=canonical in _PATH_LIKE)
+        problem = validate_glob(part.strip(), path=canonical in _PATH_LIKE, fingerprint=fingerprint)
         if problem is not None:
             return problem
     return None
@@ -656,6 +657,7 @@ class Matcher:
             patterns,
             case_sensitive=self.key not in _CASE_INSENSITIVE and not (fingerprint and path),
             path=path,
+            fingerprint=fingerprint,
         )
 
     def _positive(self, element: object) -> bool:
