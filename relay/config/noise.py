@@ -10,6 +10,7 @@ filters:
   client_ips: ["10.0.0.0/8", "203.0.113.7"]
   localhost: true
   legacy_browsers: [ie_pre_9, ie9]     # or true for Sentry's "default" set
+  csp: ["*.ads.example.net"]           # Sentry's default CSP sources plus these
 sampling:
   - {id: noisy-resets, match: {error.type: ConnectionResetError}, rate: 0.01}
 shadow: {dsn: "https://key@sentry.example.com/43", max_per_minute: 600}
@@ -31,10 +32,12 @@ from relay.config.base import Problem, Section, join_path
 from relay.protocol.dsn import Dsn, InvalidDsn
 
 __all__ = [
+    "DEFAULT_CSP_SOURCES",
     "DEFAULT_HEALTH_CHECK_GLOBS",
     "DROP_REASONS",
     "MODES",
     "ClientIpsFilter",
+    "CspFilter",
     "ErrorTypesFilter",
     "FiltersConfig",
     "GlobFilter",
@@ -63,6 +66,64 @@ DEFAULT_HEALTH_CHECK_GLOBS: tuple[str, ...] = (
     "*/liveness/",
     "*/readiness",
     "*/readiness/",
+)
+
+#: Sentry's default list of CSP report sources to ignore (its project option
+#: `sentry:csp_ignored_sources_defaults`, on for every new project), without its two
+#: repeated entries. Matched against a report's blocked URI and source file.
+DEFAULT_CSP_SOURCES: tuple[str, ...] = (
+    "about",
+    "ms-browser-extension",
+    "chrome://*",
+    "chrome-extension://*",
+    "chromeinvokeimmediate://*",
+    "chromenull://*",
+    "data:text/html,chromewebdata",
+    "safari-extension://*",
+    "mxaddon-pkg://*",
+    "jar://*",
+    "webviewprogressproxy://*",
+    "ms-browser-extension://*",
+    "tmtbff://*",
+    "mbinit://*",
+    "symres://*",
+    "resource://*",
+    "moz-extension://*",
+    "*.metrext.com",
+    "static.image2play.com",
+    "*.tlscdn.com",
+    "73a5b0806e464be8bd4e694c744624f0.com",
+    "020dfefc4ac745dab7594f2f771c1ded.com",
+    "*.superfish.com",
+    "addons.mozilla.org",
+    "v.zilionfast.in",
+    "widgets.amung.us",
+    "xls.searchfun.in",
+    "istatic.datafastguru.info",
+    "localhost",
+    "resultshub-a.akamaihd.net",
+    "pulseadnetwork.com",
+    "gateway.zscalertwo.net",
+    "www.passpack.com",
+    "middlerush-a.akamaihd.net",
+    "www.websmartcenter.com",
+    "a.linkluster.com",
+    "saveyoutime.ru",
+    "cdncache-a.akamaihd.net",
+    "x.rafomedia.com",
+    "savingsslider-a.akamaihd.net",
+    "injections.adguard.com",
+    "icontent.us",
+    "amiok.org",
+    "connectionstrenth.com",
+    "siteheart.net",
+    "netanalitics.space",
+    "printapplink.com",
+    "godlinkapp.com",
+    "devappstor.com",
+    "hoholikik.club",
+    "smartlink.cool",
+    "promfflinkdev.com",
 )
 
 #: Why an item can be dropped; `shadow.reasons` picks from these.
@@ -121,11 +182,25 @@ class LegacyBrowsersFilter(Section, frozen=True):
     mode: str = "enforce"
 
 
+class CspFilter(Section, frozen=True):
+    """Drop CSP reports whose blocked URI or source file comes from one of `sources`,
+    and with `defaults` from one of Sentry's DEFAULT_CSP_SOURCES."""
+
+    enabled: bool = True
+    defaults: bool = True
+    sources: list[str] = []
+    mode: str = "enforce"
+
+
 class FiltersConfig(Section, frozen=True):
     """Inbound filters, evaluated in order; each drops with its own reason.
 
     Unset filters are off, except `health_checks` (on unless set to `false` at org level).
+    `csp` is `true` (Sentry's default sources), a list (those and the listed ones) or a
+    CspFilter.
     """
+
+    csp: bool | list[str] | CspFilter | None = None
 
     client_ips: list[str] | ClientIpsFilter | None = None
     releases: list[str] | GlobFilter | None = None

@@ -9,6 +9,7 @@ None. An enforcing hit always wins over a dry-run hit, so trying a rule in
 Order (org filters first, then the project's, each in this order), with the
 reason each reports (Sentry's filter names where Sentry has the filter):
 
+    csp                 invalid-csp           CSP report's blocked URI / source file
     client_ips          ip-address            ctx.client_ip in an IP/CIDR list
     releases            release-version       `release` glob
     environments        environment           `environment` glob
@@ -21,8 +22,11 @@ reason each reports (Sentry's filter names where Sentry has the filter):
     health_checks       health-check          transaction name glob (transactions only)
     transactions        filtered-transaction  transaction name glob (transactions only)
 
-Globs are case-insensitive (see `relay.processing.glob`). The user agent is the
-event's `request.headers.User-Agent`, else the HTTP request's. Also here:
+`csp` reads only CSP reports: events of type `csp` (their `csp` interface) and
+`raw_security` items as the browser sent them (`csp-report`, or a Reporting API
+`csp-violation` body); no other filter reads a `raw_security` item. Globs are
+case-insensitive (see `relay.processing.glob`). The user agent is the event's
+`request.headers.User-Agent`, else the HTTP request's. Also here:
 `resolve_client_ip` (the first `X-Forwarded-For` hop not added by a trusted proxy)
 and `tag_for_shadow` (marks a copy of a dropped event for the shadow project).
 """
@@ -39,9 +43,11 @@ from urllib.parse import urlsplit
 
 from relay.config.base import Problem, join_path
 from relay.config.noise import (
+    DEFAULT_CSP_SOURCES,
     DEFAULT_HEALTH_CHECK_GLOBS,
     MODES,
     ClientIpsFilter,
+    CspFilter,
     ErrorTypesFilter,
     FiltersConfig,
     GlobFilter,
@@ -59,8 +65,11 @@ __all__ = [
     "FilterReason",
     "Filters",
     "IpNetwork",
+    "OriginPattern",
     "browser_version",
     "compile_filters",
+    "csp_sources",
+    "match_origin",
     "parse_ip",
     "parse_networks",
     "resolve_client_ip",
@@ -76,6 +85,7 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 class FilterReason:
     """The `reason` of each filter's hits (outcome reason and shadow tag)."""
 
+    CSP = "invalid-csp"
     CLIENT_IP = "ip-address"
     RELEASE = "release-version"
     ENVIRONMENT = "environment"
@@ -572,6 +582,134 @@ class _BrowserExtensionsCheck:
         return None
 
 
+# --- CSP reports -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OriginPattern:
+    """A URL cut into scheme, host and port as Sentry's CSP filter cuts it, lowercased.
+
+    `scheme://` is split off first; the path (from the first `/`) is dropped; the first `:`
+    separates host and port. A part that is absent or `*` is None, which as a pattern
+    matches anything. No URL parser is involved, so `about:blank` is host `about` with
+    port `blank`, and `data:text/html,x` is host `data` with port `text`, as in Sentry.
+    """
+
+    scheme: str | None
+    host: str | None
+    port: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> OriginPattern:
+        head, sep, rest = url.partition("://")
+        scheme, rest = (_part(head), rest) if sep else (None, url)
+        host, sep, port = rest.split("/", 1)[0].partition(":")
+        return cls(scheme, _part(host), _part(port) if sep else None)
+
+    @property
+    def matches_all(self) -> bool:
+        return self.scheme is None and self.host is None and self.port is None
+
+
+def _part(text: str) -> str | None:
+    return None if text == "*" else text.lower()
+
+
+def match_origin(url: str | None, patterns: Sequence[OriginPattern]) -> int | None:
+    """The index of the first pattern `url` matches, else None (Sentry's CSP rules).
+
+    A pattern's scheme and port match exactly; its host matches exactly, or, written
+    `*.example.com`, `example.com` and any name ending in `.example.com`. A pattern that
+    is all wildcards (`*`, `*://*`, `*:*`) matches anything, even a missing URL.
+    """
+    for i, pattern in enumerate(patterns):
+        if pattern.matches_all:
+            return i
+    if url is None:
+        return None
+    have = OriginPattern.parse(url)
+    for i, pattern in enumerate(patterns):
+        if pattern.scheme is not None and have.scheme != pattern.scheme:
+            continue
+        if pattern.port is not None and have.port != pattern.port:
+            continue
+        if pattern.host is not None and have.host != pattern.host:
+            wild = pattern.host
+            host = have.host
+            if (
+                host is not None
+                and wild.startswith("*")
+                and (host.endswith(wild[1:]) or host == wild[2:])
+            ):
+                return i
+            continue
+        return i
+    return None
+
+
+#: The item type of a security report as the browser sent it (see relay.protocol.security).
+RAW_SECURITY: Final = "raw_security"
+_RAW_CSP_BLOCKED: Final = ("blocked_uri", "blockedURL", "blocked-uri")
+_RAW_CSP_SOURCE: Final = ("source_file", "sourceFile", "source-file")
+
+
+def _first_str(report: Mapping[str, Any], names: Sequence[str]) -> str | None:
+    for name in names:
+        value = report.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
+def csp_sources(event: Mapping[str, Any], item_type: str) -> tuple[str | None, str | None] | None:
+    """(blocked URI, source file) of a CSP report, or None when the item is none.
+
+    An event of type `csp` gives its `csp` interface's `blocked_uri` and `source_file`.
+    A `raw_security` item is the report as the browser sent it: `{"csp-report": {...}}`
+    or a Reporting API `{"type": "csp-violation", "body": {...}}`, with the field names
+    browsers use (`blocked-uri`, `blockedURL`, ...); a report without a blocked URI
+    blocked the page itself, which Sentry records as `self`. Expect-CT, HPKP and
+    Expect-Staple reports are no CSP reports.
+    """
+    if item_type == RAW_SECURITY:
+        report = event.get("csp-report")
+        if not isinstance(report, Mapping):
+            body = event.get("body")
+            if event.get("type") != "csp-violation" or not isinstance(body, Mapping):
+                return None
+            report = body
+        blocked = _first_str(report, _RAW_CSP_BLOCKED)
+        return ("self" if blocked is None else blocked), _first_str(report, _RAW_CSP_SOURCE)
+    csp = event.get("csp")
+    if event.get("type") != "csp" or not isinstance(csp, Mapping):
+        return None
+    blocked = csp.get("blocked_uri")
+    source = csp.get("source_file")
+    return (
+        blocked if isinstance(blocked, str) else None,
+        source if isinstance(source, str) else None,
+    )
+
+
+class _CspCheck:
+    reason = FilterReason.CSP
+
+    def __init__(self, dry_run: bool, sources: Sequence[str]) -> None:
+        self.dry_run = dry_run
+        self.sources = list(dict.fromkeys(sources))
+        self.patterns = [OriginPattern.parse(source) for source in self.sources]
+
+    def __call__(self, view: EventView, ctx: RequestContext) -> str | None:
+        found = csp_sources(view.event, view.item_type)
+        if found is None:
+            return None
+        for url in found:
+            i = match_origin(url, self.patterns)
+            if i is not None:
+                return self.sources[i]
+        return None
+
+
 def _user_agent(view: EventView, ctx: RequestContext) -> str | None:
     return view.user_agent or ctx.user_agent
 
@@ -644,10 +782,28 @@ def _switch_of(value: bool | SwitchFilter | None) -> bool | None:
     return _mode(value) if value.enabled else None
 
 
+def _csp_of(value: bool | list[str] | CspFilter | None) -> tuple[list[str], bool] | None:
+    """(sources, dry_run) of the `csp` filter, or None when it is off."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return list(DEFAULT_CSP_SOURCES), False
+    if isinstance(value, list):
+        return [*DEFAULT_CSP_SOURCES, *value], False
+    if not value.enabled:
+        return None
+    defaults = list(DEFAULT_CSP_SOURCES) if value.defaults else []
+    return [*defaults, *value.sources], _mode(value)
+
+
 def _chain(cfg: FiltersConfig | None, *, org: bool) -> list[_Check]:
     checks: list[_Check] = []
     if cfg is None:
         cfg = FiltersConfig()
+
+    csp = _csp_of(cfg.csp)
+    if csp is not None and csp[0]:
+        checks.append(_CspCheck(csp[1], csp[0]))
 
     ips = cfg.client_ips
     if ips is not None:
@@ -719,10 +875,12 @@ class Filters:
         trusted_proxies: networks whose `X-Forwarded-For` is believed.
     """
 
-    __slots__ = ("_checks", "_trusted")
+    __slots__ = ("_checks", "_raw_checks", "_trusted")
 
     def __init__(self, checks: Sequence[_Check], trusted_proxies: Sequence[IpNetwork]) -> None:
         self._checks = tuple(checks)
+        # A raw security report is no event yet: only the CSP filter reads it.
+        self._raw_checks = tuple(c for c in self._checks if isinstance(c, _CspCheck))
         self._trusted = tuple(trusted_proxies)
 
     def __len__(self) -> int:
@@ -737,7 +895,8 @@ class Filters:
         """The first enforcing hit; else the first dry-run hit; else None."""
         view = EventView(event, item_type)
         dry_hit: FilterHit | None = None
-        for check in self._checks:
+        checks = self._raw_checks if item_type == RAW_SECURITY else self._checks
+        for check in checks:
             if check.dry_run and dry_hit is not None:
                 continue
             rule = check(view, ctx)
@@ -811,6 +970,19 @@ def validate_filters(cfg: FiltersConfig) -> list[Problem]:
     elif isinstance(ips, ClientIpsFilter):
         problems.extend(_validate_mode(ips, "client_ips"))
         problems.extend(_validate_networks(ips.ips, "client_ips.ips"))
+    csp = cfg.csp
+    sources: list[str] = []
+    sources_path = "csp"
+    if isinstance(csp, list):
+        sources = csp
+    elif isinstance(csp, CspFilter):
+        problems.extend(_validate_mode(csp, "csp"))
+        sources, sources_path = csp.sources, "csp.sources"
+    for i, source in enumerate(sources):
+        if not source.strip() or any(c.isspace() for c in source):
+            problems.append(
+                Problem(join_path(sources_path, i), "must be a URL, host or scheme without spaces")
+            )
     for name in ("localhost", "browser_extensions", "web_crawlers"):
         value = getattr(cfg, name)
         if isinstance(value, SwitchFilter):

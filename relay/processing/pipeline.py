@@ -307,8 +307,9 @@ def prepare(
     return result
 
 
-#: Item types filtered on their own (not events): their payloads are read for it.
-_FILTERED_TOO = frozenset({"session", "sessions", "replay_event"})
+#: Item types filtered on their own (not events): their payloads are read for it. A
+#: `raw_security` report is read by the `csp` filter alone.
+_FILTERED_TOO = frozenset({"session", "sessions", "replay_event", "raw_security"})
 #: The items of a replay that go with its `replay_event` when that is filtered.
 REPLAY_PARTS = frozenset({"replay_recording", "replay_video"})
 
@@ -323,8 +324,8 @@ def _load_object(payload: bytes) -> dict[str, Any] | None:
 
 def _filter_view(item_type: str, doc: dict[str, Any]) -> dict[str, Any]:
     """What the filters read of a session (its `attrs` as an event's release, environment,
-    user address and user agent) or a replay (an event already)."""
-    if item_type == REPLAY_TYPE:
+    user address and user agent), a replay (an event already) or a raw security report."""
+    if item_type in (REPLAY_TYPE, "raw_security"):
         return doc
     attrs = doc.get("attrs")
     if not isinstance(attrs, dict):
