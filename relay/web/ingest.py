@@ -1,4 +1,4 @@
-"""Ingest endpoints: envelope, store, security, minidump.
+"""Ingest endpoints: envelope, store, security, minidump, cron check-ins, attachments.
 
 Cheap checks first (auth from headers, project and key, origin), then the body
 (size- and time-capped, decompressed with a cap), then `Ingest.submit`.
@@ -6,11 +6,15 @@ Cheap checks first (auth from headers, project and key, origin), then the body
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import uuid
+from collections.abc import Mapping
 from functools import partial
 
 import orjson
 from aiohttp import web
+from multidict import MultiDict
 
 from relay.keys import BODY_BUDGET, INGEST, OUTBOX, REGISTRY, STATE
 from relay.outcomes import Outcome, OutcomeKind, Reason
@@ -18,12 +22,24 @@ from relay.policy.registry import Denied, ProjectPolicy
 from relay.processing.context import RequestContext
 from relay.processing.filters import resolve_client_ip
 from relay.processing.minidump import is_raw_upload, prepare_minidump_upload, wrap_raw_upload
-from relay.protocol.auth import Auth, AuthError, extract_auth
+from relay.protocol.attachment_upload import attachments_envelope
+from relay.protocol.auth import Auth, AuthError, extract_auth, is_valid_public_key
+from relay.protocol.checkin import (
+    CheckInError,
+    check_in_envelope,
+    check_in_from_json,
+    check_in_from_query,
+)
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
 from relay.protocol.security import SecurityReportError, security_report_envelopes
-from relay.protocol.store import StoreError, decode_store_body, store_to_envelope
+from relay.protocol.store import (
+    StoreError,
+    decode_store_body,
+    normalize_event_id,
+    store_to_envelope,
+)
 from relay.services.ingest import IngestResult, Received, sdk_headers, upload_quantities
 from relay.services.outbox import OutboxEntry, OutboxFull
 from relay.web.body import BodyBudget, read_body
@@ -41,6 +57,9 @@ from relay.web.request import IngestRequest
 
 #: Seconds an SDK is asked to wait when the relay is full or draining.
 OVERLOAD_RETRY_AFTER = "5"
+#: The client a check-in sent without an SDK (no `sentry_client`) is forwarded as, as
+#: Sentry names it.
+HTTP_CHECK_IN_CLIENT = "relay-http"
 
 
 def _project_id(request: IngestRequest) -> int:
@@ -55,11 +74,18 @@ def _project_id(request: IngestRequest) -> int:
 
 
 def _auth(
-    request: IngestRequest, envelope_dsn: str | None = None, *, allow_envelope: bool = False
+    request: IngestRequest,
+    envelope_dsn: str | None = None,
+    *,
+    allow_envelope: bool = False,
+    query: Mapping[str, str] | None = None,
 ) -> Auth:
     try:
         return extract_auth(
-            request.headers, request.query, envelope_dsn, allow_envelope=allow_envelope
+            request.headers,
+            request.query if query is None else query,
+            envelope_dsn,
+            allow_envelope=allow_envelope,
         )
     except AuthError as exc:
         if exc.status == 401:
@@ -326,6 +352,70 @@ async def minidump_endpoint(request: web.Request) -> web.Response:
     return answer
 
 
+def _cron_auth(request: IngestRequest) -> Auth:
+    """As for the other endpoints, with one more source: the key in the path
+    (`/cron/<slug>/<key>/`), which must agree with any other."""
+    path_key = request.match_info.get("sentry_key")
+    if path_key is None:
+        return _auth(request)
+    if not is_valid_public_key(path_key):
+        raise Unauthorized("invalid sentry_key")
+    query_key = request.query.get("sentry_key")
+    if query_key is not None and query_key != path_key:
+        raise Unauthorized("conflicting authentication")
+    query: MultiDict[str] = MultiDict(request.query)
+    if query_key is None:
+        query["sentry_key"] = path_key
+    return _auth(request, query=query)
+
+
+async def cron_endpoint(request: IngestRequest) -> web.Response:
+    """A cron check-in over plain HTTP (`relay.protocol.checkin`), sent on as a `check_in`
+    item. Answered 202 with no body, as Sentry answers, also when a quota drops it: a
+    job's `curl` does not back off, and the drop has its outcome."""
+    _check_ready(request)
+    project_id = _project_id(request)
+    auth = _cron_auth(request)
+    project = _resolve(request, project_id, auth)
+    slug = request.match_info["monitor_slug"]
+    try:
+        if request.content_type == "application/json":
+            check_in = check_in_from_json(slug, await _body(request))
+        else:
+            check_in = check_in_from_query(slug, request.query)
+    except CheckInError as exc:
+        raise BadRequest(f"invalid check-in: {exc}") from None
+    if auth.client is None:
+        auth = dataclasses.replace(auth, client=HTTP_CHECK_IN_CLIENT)
+    with contextlib.suppress(TooManyRequests):  # never 429, as Sentry: see above
+        await _submit(request, check_in_envelope(check_in), project_id, auth, project)
+    return web.Response(status=202)
+
+
+async def attachments_endpoint(request: IngestRequest) -> web.Response:
+    """Files for an event sent before (`relay.protocol.attachment_upload`), sent on as
+    `attachment` items of that event. Answered 201 with no body, as Sentry answers."""
+    project_id, auth, project = _authorized(request)
+    event_id = normalize_event_id(request.match_info["event_id"])
+    if event_id is None:
+        raise BadRequest("invalid event id")
+    body = await _body(request)
+    try:
+        envelope = attachments_envelope(
+            body,
+            request.headers.get("Content-Type"),
+            event_id,
+            max_items=request.app[REGISTRY].current.config.limits.max_envelope_items,
+        )
+    except MultipartError as exc:
+        raise BadRequest(f"invalid attachment upload: {exc}") from None
+    answer = await _submit(request, envelope, project_id, auth, project)
+    limits = {
+        k: v for k, v in answer.headers.items() if k in ("X-Sentry-Rate-Limits", "Retry-After")
+    }
+    return web.Response(status=201, headers=limits)
+
+
 def add_routes(app: web.Application) -> None:
     from relay.web.cors import preflight
 
@@ -343,6 +433,22 @@ def add_routes(app: web.Application) -> None:
                 path, handler, name=f"{name}{'_slash' if path.endswith('/') else ''}"
             )
             app.router.add_route("OPTIONS", path, preflight)
+    # Sentry's Crons HTTP API: GET or POST, the key in the path or as for the others.
+    cron = "/api/{project_id}/cron/{monitor_slug}"
+    for name, path in (
+        ("cron", cron),
+        ("cron_slash", f"{cron}/"),
+        ("cron_key", f"{cron}/{{sentry_key}}"),
+        ("cron_key_slash", f"{cron}/{{sentry_key}}/"),
+    ):
+        for method in ("GET", "POST"):
+            app.router.add_route(method, path, cron_endpoint, name=name)
+        app.router.add_route("OPTIONS", path, preflight)
+    attachments = "/api/{project_id}/events/{event_id}/attachments"
+    app.router.add_post(f"{attachments}/", attachments_endpoint, name="attachments_slash")
+    app.router.add_post(attachments, attachments_endpoint, name="attachments")
+    app.router.add_route("OPTIONS", f"{attachments}/", preflight)
+    app.router.add_route("OPTIONS", attachments, preflight)
 
 
 __all__ = ["ApiError", "add_routes"]
