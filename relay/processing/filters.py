@@ -24,7 +24,11 @@ reason each reports (Sentry's filter names where Sentry has the filter):
 
 `csp` reads only CSP reports: events of type `csp` (their `csp` interface) and
 `raw_security` items as the browser sent them (`csp-report`, or a Reporting API
-`csp-violation` body); no other filter reads a `raw_security` item. Globs are
+`csp-violation` body); no other filter reads a `raw_security` item. The records of log
+and span containers are checked one by one (`Filters.check_records`) by the filters
+Sentry applies to them: `client_ips`, `releases` (their `sentry.release` attribute),
+`legacy_browsers` and `web_crawlers` (their `user_agent.original`, or the browser they
+name), and for spans `health_checks` and `transactions` (`sentry.segment.name`). Globs are
 case-insensitive (see `relay.processing.glob`). The user agent is the event's
 `request.headers.User-Agent`, else the HTTP request's. Also here:
 `resolve_client_ip` (the first `X-Forwarded-For` hop not added by a trusted proxy)
@@ -61,6 +65,7 @@ from relay.processing.matchers import EventView
 
 __all__ = [
     "LEGACY_BROWSERS",
+    "RECORD_CONTAINERS",
     "FilterHit",
     "FilterReason",
     "Filters",
@@ -69,6 +74,7 @@ __all__ = [
     "browser_version",
     "compile_filters",
     "csp_sources",
+    "infers_user_agent",
     "match_origin",
     "parse_ip",
     "parse_networks",
@@ -710,7 +716,88 @@ class _CspCheck:
         return None
 
 
+# --- log and span records -----------------------------------------------------------------------
+
+#: Container items whose records are filtered one by one (`{"items": [...]}` of logs or spans).
+RECORD_CONTAINERS: Final = frozenset({"log", "span"})
+_RELEASE_ATTR: Final = "sentry.release"
+_SEGMENT_ATTR: Final = "sentry.segment.name"
+_USER_AGENT_ATTR: Final = "user_agent.original"
+#: (name, version) attribute pairs naming a record's browser: the current convention first,
+#: then the older `sentry.`-prefixed names Sentry still reads.
+_BROWSER_ATTRS: Final = (
+    ("browser.name", "browser.version"),
+    ("sentry.browser.name", "sentry.browser.version"),
+)
+
+
+def _attribute(attributes: Mapping[str, Any], key: str) -> str | None:
+    """A string attribute (`{"type": "string", "value": ...}`); any other type is none."""
+    attr = attributes.get(key)
+    if not isinstance(attr, Mapping) or attr.get("type") != "string":
+        return None
+    value = attr.get("value")
+    return value if isinstance(value, str) else None
+
+
+def infers_user_agent(container: Mapping[str, Any]) -> bool:
+    """Whether the request's User-Agent stands for the records' own when they name none:
+    a container of version 1 (or without one), or of version 2 whose `ingest_settings`
+    ask for it (`infer_user_agent: auto`), as Sentry reads a container's metadata."""
+    version = container.get("version", 1)
+    if version == 1 and not isinstance(version, bool):
+        return True
+    if version != 2 or isinstance(version, bool):
+        return False
+    settings = container.get("ingest_settings")
+    return isinstance(settings, Mapping) and settings.get("infer_user_agent") == "auto"
+
+
+class _RecordView(EventView):
+    """A log or span record as Sentry's filters read it.
+
+    The release is its `sentry.release` attribute and, for a span, the transaction name
+    its `sentry.segment.name`; its user agent is `user_agent.original`, else the family of
+    the browser it names (`browser.name` with `browser.version`), else the request's when
+    the container lets it stand in (`request_ua`) and the record names no browser at all.
+    `browser` is the named browser, which the legacy browsers filter reads first.
+    """
+
+    __slots__ = ("_ua", "browser")
+
+    def __init__(self, record: Mapping[str, Any], item_type: str, request_ua: str | None) -> None:
+        attrs = record.get("attributes")
+        if not isinstance(attrs, Mapping):
+            attrs = {}
+        fields: dict[str, Any] = {"release": _attribute(attrs, _RELEASE_ATTR)}
+        if item_type == "span":
+            fields["type"] = "transaction"
+            fields["transaction"] = _attribute(attrs, _SEGMENT_ATTR)
+        super().__init__(fields, item_type)
+        self.browser: tuple[str, int | None] | None = None
+        named = False
+        for name_key, version_key in _BROWSER_ATTRS:
+            named = named or name_key in attrs or version_key in attrs
+            name, version = _attribute(attrs, name_key), _attribute(attrs, version_key)
+            if self.browser is None and name and version is not None:
+                major = version.split(".", 1)[0]
+                self.browser = (name, int(major) if major.isdigit() else None)
+        raw = _attribute(attrs, _USER_AGENT_ATTR)
+        if raw:
+            self._ua: str | None = raw
+        elif self.browser is not None:
+            self._ua = self.browser[0]
+        else:
+            self._ua = None if named else request_ua
+
+    @property
+    def user_agent(self) -> str | None:
+        return self._ua
+
+
 def _user_agent(view: EventView, ctx: RequestContext) -> str | None:
+    if isinstance(view, _RecordView):
+        return view.user_agent  # the request's only where the record lets it stand in
     return view.user_agent or ctx.user_agent
 
 
@@ -736,10 +823,10 @@ class _LegacyBrowsersCheck:
         self.browsers = [b for b in browsers if b == "default" or b in LEGACY_BROWSERS]
 
     def __call__(self, view: EventView, ctx: RequestContext) -> str | None:
-        ua = _user_agent(view, ctx)
-        if not ua:
-            return None
-        found = browser_version(ua)
+        found = view.browser if isinstance(view, _RecordView) else None
+        if found is None:
+            ua = _user_agent(view, ctx)
+            found = browser_version(ua) if ua else None
         if found is None:
             return None
         family, major = found
@@ -867,6 +954,22 @@ def _chain(cfg: FiltersConfig | None, *, org: bool) -> list[_Check]:
     return checks
 
 
+#: What Sentry's filters read of a log or span record: the release, the client's address and
+#: the user agent (legacy browsers, web crawlers) of both, and a span's segment name as
+#: the transaction name (health checks, transactions). The others read what records lack
+#: (exceptions, messages, user IPs, URLs, CSP reports); Sentry has no environment filter.
+_RECORD_GLOBS: Final = {
+    "log": frozenset({FilterReason.RELEASE}),
+    "span": frozenset({FilterReason.RELEASE, FilterReason.HEALTH_CHECK, FilterReason.TRANSACTION}),
+}
+
+
+def _reads_records(check: _Check, item_type: str) -> bool:
+    if isinstance(check, _GlobCheck):
+        return check.reason in _RECORD_GLOBS[item_type]
+    return isinstance(check, _ClientIpCheck | _LegacyBrowsersCheck | _WebCrawlersCheck)
+
+
 class Filters:
     """A compiled filter chain. Build with `compile_filters`.
 
@@ -875,12 +978,17 @@ class Filters:
         trusted_proxies: networks whose `X-Forwarded-For` is believed.
     """
 
-    __slots__ = ("_checks", "_raw_checks", "_trusted")
+    __slots__ = ("_checks", "_raw_checks", "_record_checks", "_trusted")
 
     def __init__(self, checks: Sequence[_Check], trusted_proxies: Sequence[IpNetwork]) -> None:
         self._checks = tuple(checks)
         # A raw security report is no event yet: only the CSP filter reads it.
         self._raw_checks = tuple(c for c in self._checks if isinstance(c, _CspCheck))
+        # Log and span records: the filters Sentry applies to them (`_reads_records`).
+        self._record_checks = {
+            item_type: tuple(c for c in self._checks if _reads_records(c, item_type))
+            for item_type in RECORD_CONTAINERS
+        }
         self._trusted = tuple(trusted_proxies)
 
     def __len__(self) -> int:
@@ -907,6 +1015,40 @@ class Filters:
                 return hit
             dry_hit = hit
         return dry_hit
+
+    def reads_records(self, item_type: str) -> bool:
+        """Whether any filter reads the records of a container item of this type."""
+        return bool(self._record_checks.get(item_type))
+
+    def check_records(
+        self, container: Mapping[str, Any], item_type: str, ctx: RequestContext
+    ) -> list[FilterHit | None]:
+        """The hit of each record of a log or span container (`container["items"]`), as
+        `check` decides for an event; None for a record no filter drops (or that is no
+        object). Empty when the container has no list of records."""
+        records = container.get("items")
+        if not isinstance(records, list):
+            return []
+        checks = self._record_checks.get(item_type, ())
+        request_ua = ctx.user_agent if infers_user_agent(container) else None
+        hits: list[FilterHit | None] = []
+        for record in records:
+            dry_hit: FilterHit | None = None
+            hit: FilterHit | None = None
+            if isinstance(record, Mapping) and checks:
+                view = _RecordView(record, item_type, request_ua)
+                for check in checks:
+                    if check.dry_run and dry_hit is not None:
+                        continue
+                    rule = check(view, ctx)
+                    if rule is None:
+                        continue
+                    if not check.dry_run:
+                        hit = FilterHit(check.reason, rule, False)
+                        break
+                    dry_hit = FilterHit(check.reason, rule, True)
+            hits.append(hit or dry_hit)
+        return hits
 
     def client_ip(self, peer: str | None, x_forwarded_for: str | None) -> str | None:
         """The client address of a request (see `resolve_client_ip`)."""

@@ -1,7 +1,8 @@
 """The processing order, in one place, as pure functions over an envelope.
 
     prepare()   parse event-like items once, reject invalid ones, run inbound filters
-                and sampling; drop the sessions Sentry would discard (`sessions`)
+                (on log and span containers record by record) and sampling; drop the
+                sessions Sentry would discard (`sessions`)
                                                    -> outcomes: invalid, filtered, sampled
     (the caller consults quotas and cached upstream limits: IO, not here)
     drop_categories()                              -> outcome: rate_limited
@@ -62,6 +63,12 @@ class FilterStage(Protocol):
     def check(
         self, event: dict[str, Any], item_type: str, ctx: RequestContext
     ) -> Decision | None: ...
+
+    def reads_records(self, item_type: str) -> bool: ...
+
+    def check_records(
+        self, container: dict[str, Any], item_type: str, ctx: RequestContext
+    ) -> Sequence[Decision | None]: ...
 
 
 class SampleStage(Protocol):
@@ -167,8 +174,9 @@ class Dropped:
     dry_run: bool = False
     #: Removed by the PII policy (`attachments: drop`): never mirrored anywhere.
     private: bool = False
-    #: For a rate-limited drop: every (category, quantity) it is reported in upstream
-    #: (client reports), as Sentry reports it; None: the outcome's alone.
+    #: For a rate-limited drop, and filtered log records (`log_item` and `log_byte`): every
+    #: (category, quantity) it is reported in upstream (client reports), as Sentry reports
+    #: it; None: the outcome's alone.
     report: list[tuple[str, int]] | None = None
 
 
@@ -209,7 +217,9 @@ def prepare(
     drop_attachments: bool = False,
 ) -> Prepared:
     """Parse, validate, filter and sample. Pure; mutates nothing but the result (and the
-    payload of a session aggregate that sheds buckets).
+    payload of a session aggregate that sheds buckets, or of a log or span container that
+    sheds records: those records then become items of their own in `envelope.items`, each
+    dropped, so that every drop names an item of the envelope).
 
     `drop_attachments`: the scrubbing policy drops attachments (`attachments: drop`):
     they go here, before quotas, so that they are never counted against one (outcome
@@ -217,6 +227,8 @@ def prepare(
     result = Prepared(envelope, ctx)
     event_drop: Dropped | None = None
     replay_drop: Dropped | None = None
+    #: Containers that shed records: id(item) -> the items it is now (kept part first).
+    splits: dict[int, list[Item]] = {}
     for item in envelope.items:
         itype = item.type
         work = WorkItem(
@@ -288,6 +300,13 @@ def prepare(
                     continue
         if itype in SESSION_TYPES and not _check_session(result, work, doc):
             continue
+        if (
+            itype in RECORD_TYPES
+            and filters
+            and filters.reads_records(itype)
+            and not _filter_records(result, work, filters, splits)
+        ):
+            continue
         if itype == "attachment":
             if drop_attachments:
                 outcome = _outcome(work, OutcomeKind.FILTERED, Reason.ATTACHMENTS_POLICY, ctx)
@@ -299,6 +318,8 @@ def prepare(
                 )
                 continue
         result.kept.append(work)
+    if splits:
+        envelope.items = [part for item in envelope.items for part in splits.get(id(item), [item])]
     if event_drop is not None:
         _drop_dependents(result, event_drop)
     if replay_drop is not None:
@@ -368,6 +389,108 @@ def _check_session(result: Prepared, work: WorkItem, doc: dict[str, Any] | None)
             for c, q in item_quantities(work.type, item.headers, len(item.payload), kept)
         ]
     return True
+
+
+#: Containers of log or span records (`{"items": [...]}`), filtered one record at a time.
+RECORD_TYPES = frozenset({"log", "span"})
+
+
+def _filter_records(
+    result: Prepared, work: WorkItem, filters: FilterStage, splits: dict[int, list[Item]]
+) -> bool:
+    """Drop the records of a log or span container that an inbound filter drops, as Sentry
+    filters logs and spans one by one; returns whether the item is kept.
+
+    The records each filter drops leave as one item of their own (the container's headers,
+    their `item_count`) with one `filtered` outcome, which counts them in `log_item` and,
+    for logs, reports their `log_byte` as Sentry counts it (`log_byte_size`). The item
+    keeps the other records: its payload is rewritten, its `item_count` and quantities
+    follow. Records a dry-run filter would drop stay, and are reported the same way. A
+    payload that is no container (no list of `items`) is forwarded as it came."""
+    item = work.item
+    container = _load_object(item.payload)
+    if container is None:
+        return True
+    hits = filters.check_records(container, work.type, result.ctx)
+    if not any(hits):
+        return True
+    records: list[Any] = container["items"]
+    kept: list[Any] = []
+    groups: dict[tuple[str, str | None, bool], list[Any]] = {}
+    for record, hit in zip(records, hits, strict=True):
+        if hit is not None:
+            groups.setdefault((hit.reason, hit.rule, hit.dry_run), []).append(record)
+        if hit is None or hit.dry_run:
+            kept.append(record)
+    whole = not kept and len(groups) == 1
+    parts: list[Item] = [item] if kept else []
+    for (reason, rule, dry_run), dropped in groups.items():
+        if whole:
+            part = item  # every record, for one reason: the item itself is dropped
+        else:
+            part = _container_item(item, container, dropped)
+            parts.append(part)
+        quantities = [(work.category, len(dropped))]
+        if work.type == "log":
+            quantities.append((DataCategory.LOG_BYTE.value, sum(map(log_byte_size, dropped))))
+        gone = WorkItem(part, work.category, quantities)
+        outcome = _outcome(gone, OutcomeKind.FILTERED, reason, result.ctx, rule)
+        result.dropped.append(Dropped(gone, outcome, dry_run=dry_run, report=quantities))
+    if not whole:
+        splits[id(item)] = parts
+    if not kept:
+        return False
+    if len(kept) < len(records):
+        item.set_payload(orjson.dumps({**container, "items": kept}))
+        item.set_header("item_count", len(kept))
+        work.quantities = [
+            (str(c), q) for c, q in item_quantities(work.type, item.headers, len(item.payload))
+        ]
+    return True
+
+
+def _container_item(item: Item, container: dict[str, Any], records: list[Any]) -> Item:
+    """A container item like `item` (headers, container fields) holding `records` only."""
+    headers = {k: v for k, v in item.headers.items() if k != "length"}
+    headers["item_count"] = len(records)
+    part = Item(headers, b"")
+    part.set_payload(orjson.dumps({**container, "items": records}))
+    return part
+
+
+def log_byte_size(record: object) -> int:
+    """A log record's size as Sentry counts it in `log_byte`: the UTF-8 bytes of its body,
+    plus each attribute's key and value (a string its UTF-8 bytes, a number 8, a boolean
+    1, an array or object what it holds, object keys included); at least 1."""
+    if not isinstance(record, dict):
+        return 1
+    body = record.get("body")
+    total = _utf8_len(body) if isinstance(body, str) else 0
+    attributes = record.get("attributes")
+    if isinstance(attributes, dict):
+        for key, attribute in attributes.items():
+            total += _utf8_len(key)
+            if isinstance(attribute, dict):
+                total += _value_size(attribute.get("value"))
+    return max(total, 1)
+
+
+def _value_size(value: object) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float):
+        return 8
+    if isinstance(value, str):
+        return _utf8_len(value)
+    if isinstance(value, list):
+        return sum(_value_size(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_utf8_len(k) + _value_size(v) for k, v in value.items())
+    return 0
+
+
+def _utf8_len(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 def _is_user_report(doc: dict[str, Any]) -> bool:
