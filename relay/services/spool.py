@@ -13,16 +13,23 @@ where the payload is a msgpack `SpoolRecord` (routing, quantities, the body).
   bounded whatever the backlog). A segment is deleted once it is sealed, read
   to its end, and every record read from it has been finished (delivered,
   dropped with an outcome, or expired).
-- On a clean close, how far each segment is finished is kept: a segment finished to
+- Each record finished (delivered, dropped with an outcome, or expired) is marked as
+  it happens: its offset is appended to `seg-<n>.acks` (12 bytes: the offset, u64 LE,
+  and its crc32, u32 LE) in one write per turn of the event loop, and those files are
+  fsynced (`durable: true`) at most `MARK_SYNC_S` after, in a task of their own: one
+  fsync a second under load, never one per record, and none on the put path. A process
+  killed (SIGKILL, OOM) has written its marks already: a restart sends again only the
+  records in flight. After a power loss, also those finished in the last second.
+- On a clean close, how far each segment is finished is kept too: a segment finished to
   its end is deleted (the live one too), and for the others a `seg-<n>.done` file holds
-  the offset of the first record not finished (delivered, dropped with an outcome or
-  expired), from which the next start reads it. Without that, every restart would send
-  (and count) again everything since the last segment rotation.
+  the offset of the first record not finished, from which the next start reads it.
 - On start, existing segments are replayed first, in order, each from its `.done`
-  offset; a crash between delivery and deletion resends (at-least-once; upstreams
-  de-duplicate by event_id), as do records in flight at a clean close. Torn or
-  corrupt tails (power loss) are detected by length and CRC, skipped and counted,
-  never fatal.
+  offset, skipping the records its `.acks` marks; what was in flight when the process
+  stopped is sent again (at-least-once; upstreams de-duplicate by event_id). A mark is
+  written only for a record that was finished, and a torn or corrupt mark (power loss)
+  fails its crc and is ignored, so a record not delivered is never skipped. Torn or
+  corrupt record tails (power loss) are detected by length and CRC, skipped and
+  counted, never fatal.
 """
 
 from __future__ import annotations
@@ -53,6 +60,12 @@ _VERSION = 1
 SEGMENT_BYTES = 8 * 1024 * 1024
 #: A record larger than this is corrupt by definition.
 MAX_RECORD = 256 * 1024 * 1024
+#: One "finished" mark in `seg-<n>.acks`: the record's offset and the crc32 of those 8 bytes.
+_MARK = struct.Struct("<QI")
+_OFFSET = struct.Struct("<Q")
+#: Marks written are fsynced (`durable: true`) at most this many seconds later: what a
+#: power loss can make the next start send again.
+MARK_SYNC_S = 1.0
 
 
 class SpoolRecord(msgspec.Struct, array_like=True):
@@ -134,10 +147,19 @@ class _Segment:
     read_done: bool = False
     #: Where reading starts: the offset a clean close recorded in `seg-<n>.done`.
     start: int = 0
+    #: Offsets of the records finished before the last start (from `seg-<n>.acks`).
+    acked: frozenset[int] = frozenset()
+    #: `seg-<n>.acks` open for appending (-1: not yet), and its length as written.
+    marks_fd: int = -1
+    marks_size: int = 0
 
     @property
     def done_path(self) -> Path:
         return self.path.with_suffix(".done")
+
+    @property
+    def acks_path(self) -> Path:
+        return self.path.with_suffix(".acks")
 
 
 class DiskSpool:
@@ -190,6 +212,18 @@ class DiskSpool:
         self._queued = 0
         self._in_flight = 0
         self._oldest_created: float | None = None
+        #: Segment number -> marks of records finished, not yet written to its `.acks`.
+        self._marks: dict[int, list[bytes]] = {}
+        self._marks_scheduled = False
+        #: Segments whose `.acks` has writes not yet fsynced.
+        self._unsynced: set[int] = set()
+        self._unsynced_wake = asyncio.Event()
+        self._syncer: asyncio.Task[None] | None = None
+        self._last_sync = 0.0
+        self._new_marks_files = False
+        self._marks_failing = False
+        #: Set on close, once the last marks are written.
+        self._marks_closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,32 +238,54 @@ class DiskSpool:
             seg.start = _read_done_mark(seg)
             self._segments[number] = seg
             self._order.append(number)
-        for mark in self.path.glob("seg-*.done"):
+        for mark in [*self.path.glob("seg-*.done"), *self.path.glob("seg-*.acks")]:
             if not mark.with_suffix(".log").exists():
                 mark.unlink(missing_ok=True)  # its segment was deleted before the mark
-        self._queued = await asyncio.to_thread(self._count_existing)
+        for number in self._order:
+            seg = self._segments[number]
+            seg.acked, seg.marks_size = await asyncio.to_thread(_read_acks, seg)
+        unsent = await asyncio.to_thread(self._count_existing)
+        for number, count in unsent.items():
+            if count == 0:  # every record finished (a crash came before its deletion)
+                seg = self._segments[number]
+                seg.read_done = True
+                self._maybe_delete(seg)
+        self._queued = sum(count or 0 for count in unsent.values())
         if self._order:
-            log.info("spool: replaying %d segment(s) from %s", len(self._order), self.path)
+            log.info(
+                "spool: replaying %d segment(s) from %s: %d envelope(s) not yet delivered",
+                len(self._order),
+                self.path,
+                self._queued,
+            )
             self._rseg = self._order[0]
             self._roff = self._segments[self._rseg].start
         self._new_segment()
         if self._rseg is None:
             self._rseg = self._writer.number  # type: ignore[union-attr]
         self._flusher = asyncio.create_task(self._flush_loop(), name="relay-spool-flush")
+        if self.durable:
+            self._syncer = asyncio.create_task(self._sync_loop(), name="relay-spool-marks")
 
-    def _count_existing(self) -> int:
-        count = 0
+    def _count_existing(self) -> dict[int, int | None]:
+        """Records not finished, by segment; None for a segment with a torn or corrupt
+        record and none to send (it is read, to count the corrupt record)."""
+        counts: dict[int, int | None] = {}
         for number in self._order:
             seg = self._segments[number]
-            count += sum(1 for offset in self._scan(seg.path) if offset >= seg.start)
-        return count
+            offsets, clean = self._scan(seg.path)
+            count = sum(1 for o in offsets if o >= seg.start and o not in seg.acked)
+            counts[number] = count if count or clean else None
+        return counts
 
-    def _scan(self, path: Path) -> list[int]:
-        """Offsets of valid records (used to count the backlog on start)."""
+    def _scan(self, path: Path) -> tuple[list[int], bool]:
+        """Offsets of valid records (used to count the backlog on start), and whether the
+        file holds nothing else (no torn or corrupt record)."""
         offsets = []
         with open(path, "rb") as fh:
             data = fh.read()
         off = 0
+        clean = True
         while off + _HEADER.size <= len(data):
             magic, version, _flags, length, crc = _HEADER.unpack_from(data, off)
             end = off + _HEADER.size + length
@@ -237,8 +293,10 @@ class DiskSpool:
                 break
             if zlib.crc32(data[off + _HEADER.size : end]) == crc:
                 offsets.append(off)
+            else:
+                clean = False
             off = end
-        return offsets
+        return offsets, clean and off == len(data)
 
     async def close(self) -> None:
         """Flush pending writes and close the files (records stay on disk for the next start).
@@ -254,6 +312,16 @@ class DiskSpool:
             if fh is not None:
                 fh.close()  # type: ignore[attr-defined]
         self._wfile = self._rfile = None
+        syncer = self._syncer
+        if syncer is not None:
+            syncer.cancel()
+            await asyncio.gather(syncer, return_exceptions=True)
+        self._write_marks()
+        if self.durable:
+            await self._sync_marks()
+        self._marks_closed = True
+        for seg in self._segments.values():
+            _close_marks(seg)
         self._mark_finished()
 
     def _mark_finished(self) -> None:
@@ -275,6 +343,7 @@ class DiskSpool:
                 if finished >= seg.size:
                     seg.path.unlink(missing_ok=True)
                     seg.done_path.unlink(missing_ok=True)
+                    seg.acks_path.unlink(missing_ok=True)
                     self._segments.pop(number, None)
                     self._order.remove(number)
                 elif finished > seg.start:
@@ -328,6 +397,10 @@ class DiskSpool:
         segment stays the one written), so that the next batch tries again."""
         number = (max(self._segments) + 1) if self._segments else 1
         seg = _Segment(number, self.path / f"seg-{number:012d}.log")
+        # Marks left by an earlier segment of this number are not this one's: a mark
+        # would skip the new record at its offset.
+        seg.done_path.unlink(missing_ok=True)
+        seg.acks_path.unlink(missing_ok=True)
         # Unbuffered: a write that fails leaves nothing behind in a buffer to be written
         # later, and `_write_batch` can cut the file back to its last whole record.
         wfile = open(seg.path, "ab", buffering=0)  # noqa: SIM115
@@ -435,14 +508,16 @@ class DiskSpool:
                 self._advance_segment()
                 continue
             if self._roff + _HEADER.size <= seg.size:
-                offset = self._roff
                 got = self._read_record(seg)
                 if got is None:
                     continue  # corrupt: skipped to the next segment
-                entry, created = got
+                offset, entry, created = got
+                if offset in seg.acked:
+                    continue  # finished before the last start (not counted in `_queued`)
                 self._queued = max(0, self._queued - 1)
                 if self.max_age and time.time() - created > self.max_age:
                     self.expired_records += 1
+                    self._mark(seg.number, offset)
                     if self.on_expired is not None:
                         self.on_expired(entry)
                     continue
@@ -467,54 +542,63 @@ class DiskSpool:
         self._rseg = later[0] if later else None
         self._roff = self._segments[self._rseg].start if self._rseg is not None else 0
 
-    def _read_record(self, seg: _Segment) -> tuple[OutboxEntry, float] | None:
+    def _read_record(self, seg: _Segment) -> tuple[int, OutboxEntry, float] | None:
+        """The next record of `seg` at the cursor, with its offset (what its mark names);
+        None at a torn or corrupt one (the rest of the segment is skipped) or at the end."""
         if self._rfile is None:
             self._rfile = open(seg.path, "rb")  # noqa: SIM115
         fh = self._rfile
-        fh.seek(self._roff)  # type: ignore[attr-defined]
-        head = fh.read(_HEADER.size)  # type: ignore[attr-defined]
-        bad = len(head) < _HEADER.size
-        if not bad:
-            magic, version, _flags, length, crc = _HEADER.unpack(head)
-            bad = (
-                magic != _MAGIC
-                or version != _VERSION
-                or length > MAX_RECORD
-                or self._roff + _HEADER.size + length > seg.size
-            )
-        if not bad:
-            payload = fh.read(length)  # type: ignore[attr-defined]
-            bad = len(payload) != length or zlib.crc32(payload) != crc
-        if bad:
-            self.corrupt_records += 1
-            log.warning(
-                "spool: corrupt or torn record in %s at offset %d; skipping the rest of the segment",
-                seg.path.name,
-                self._roff,
-            )
-            if seg.sealed:
-                seg.read_done = True
-                self._maybe_delete(seg)
-                self._advance_segment()
-            else:
-                # Only whole records become visible in the live segment: this is disk corruption.
-                self._roff = seg.size
-            return None
-        self._roff += _HEADER.size + length
-        try:
-            return _decode(payload)
-        except (msgspec.DecodeError, ValueError):
-            self.corrupt_records += 1
-            return self._read_record(seg) if self._roff + _HEADER.size <= seg.size else None
+        while self._roff + _HEADER.size <= seg.size:
+            offset = self._roff
+            fh.seek(offset)  # type: ignore[attr-defined]
+            head = fh.read(_HEADER.size)  # type: ignore[attr-defined]
+            bad = len(head) < _HEADER.size
+            if not bad:
+                magic, version, _flags, length, crc = _HEADER.unpack(head)
+                bad = (
+                    magic != _MAGIC
+                    or version != _VERSION
+                    or length > MAX_RECORD
+                    or offset + _HEADER.size + length > seg.size
+                )
+            if not bad:
+                payload = fh.read(length)  # type: ignore[attr-defined]
+                bad = len(payload) != length or zlib.crc32(payload) != crc
+            if bad:
+                self.corrupt_records += 1
+                log.warning(
+                    "spool: corrupt or torn record in %s at offset %d; skipping the rest of "
+                    "the segment",
+                    seg.path.name,
+                    offset,
+                )
+                if seg.sealed:
+                    seg.read_done = True
+                    self._maybe_delete(seg)
+                    self._advance_segment()
+                else:
+                    # Only whole records become visible in the live segment: disk corruption.
+                    self._roff = seg.size
+                return None
+            self._roff = offset + _HEADER.size + length
+            try:
+                entry, created = _decode(payload)
+            except (msgspec.DecodeError, ValueError):
+                self.corrupt_records += 1
+                continue
+            return offset, entry, created
+        return None
 
     def done(self, entry: OutboxEntry) -> None:
         found = self._entry_seg.pop(id(entry), None)
         self._in_flight = max(0, self._in_flight - 1)
         if found is None:
             return
-        seg = self._segments.get(found[1])
+        _, number, offset = found
+        seg = self._segments.get(number)
         if seg is None:
             return
+        self._mark(number, offset)
         seg.open_records -= 1
         self._maybe_delete(seg)
 
@@ -529,9 +613,99 @@ class DiskSpool:
                     seg.path.name,
                     exc,
                 )
-            seg.done_path.unlink(missing_ok=True)
+            # Marks left behind are deleted at the next start, or before their number is
+            # used again.
+            _close_marks(seg)
+            self._marks.pop(seg.number, None)
+            self._unsynced.discard(seg.number)
+            with contextlib.suppress(OSError):
+                seg.done_path.unlink(missing_ok=True)
+                seg.acks_path.unlink(missing_ok=True)
             self._segments.pop(seg.number, None)
             self._order.remove(seg.number)
+
+    # -- marks of finished records -------------------------------------------------------------
+
+    def _mark(self, number: int, offset: int) -> None:
+        """Record that the record at `offset` of segment `number` is finished; the marks of
+        one turn of the event loop are written together (`_write_marks`)."""
+        if self._marks_closed:
+            return
+        self._marks.setdefault(number, []).append(_encode_mark(offset))
+        if not self._marks_scheduled:
+            self._marks_scheduled = True
+            asyncio.get_running_loop().call_soon(self._write_marks)
+
+    def _write_marks(self) -> None:
+        """Append the pending marks to their segments' `.acks` files: one write each, into
+        the page cache, so that they outlive the process at once; `_sync_loop` fsyncs
+        them. A mark that cannot be written only means its record is sent again after an
+        unclean stop."""
+        self._marks_scheduled = False
+        marks, self._marks = self._marks, {}
+        if self._marks_closed:
+            return
+        for number, items in marks.items():
+            seg = self._segments.get(number)
+            if seg is None:
+                continue  # deleted since: finished to its end
+            data = b"".join(items)
+            try:
+                if seg.marks_fd < 0:
+                    seg.marks_fd = os.open(
+                        seg.acks_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666
+                    )
+                    self._new_marks_files = True
+                written = 0
+                while written < len(data):
+                    written += os.write(seg.marks_fd, data[written:])
+            except OSError as exc:
+                if seg.marks_fd >= 0:
+                    with contextlib.suppress(OSError):  # no torn mark before the next ones
+                        os.ftruncate(seg.marks_fd, seg.marks_size)
+                if not self._marks_failing:
+                    log.warning(
+                        "spool: cannot write the delivered marks of %s (%s); after a crash "
+                        "its delivered envelopes would be sent again",
+                        seg.path.name,
+                        exc,
+                    )
+                self._marks_failing = True
+                continue
+            self._marks_failing = False
+            seg.marks_size += len(data)
+            if self.durable:
+                self._unsynced.add(number)
+        if self._unsynced:
+            self._unsynced_wake.set()
+
+    async def _sync_loop(self) -> None:
+        """fsync the marks written, at most `MARK_SYNC_S` after they were (one fsync per
+        file a second under load, off the event loop)."""
+        while True:
+            await self._unsynced_wake.wait()
+            await asyncio.sleep(max(0.0, self._last_sync + MARK_SYNC_S - time.monotonic()))
+            self._unsynced_wake.clear()
+            await self._sync_marks()
+
+    async def _sync_marks(self) -> None:
+        numbers, self._unsynced = self._unsynced, set()
+        new_files, self._new_marks_files = self._new_marks_files, False
+        self._last_sync = time.monotonic()
+        fds: list[int] = []
+        try:
+            # Duplicates: a segment deleted meanwhile closes its own descriptor, not these.
+            for number in numbers:
+                seg = self._segments.get(number)
+                if seg is not None and seg.marks_fd >= 0:
+                    fds.append(os.dup(seg.marks_fd))
+        except OSError as exc:
+            log.warning("spool: cannot sync the delivered marks (%s)", exc)
+        if fds or new_files:
+            try:
+                await asyncio.to_thread(_sync_files, fds, self.path if new_files else None)
+            except OSError as exc:
+                log.warning("spool: cannot sync the delivered marks (%s)", exc)
 
     def drain_nowait(self) -> list[OutboxEntry]:
         """Nothing to hand back: unsent records stay on disk for the next start."""
@@ -561,6 +735,60 @@ def _write_done_mark(seg: _Segment, offset: int, *, durable: bool) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, seg.done_path)
+
+
+def _encode_mark(offset: int) -> bytes:
+    packed = _OFFSET.pack(offset)
+    return _MARK.pack(offset, zlib.crc32(packed))
+
+
+def _read_acks(seg: _Segment) -> tuple[frozenset[int], int]:
+    """The offsets a segment's `.acks` marks finished, and the length of its valid part.
+
+    Reading stops at the first mark that is torn or fails its crc (a power loss can leave
+    a tail unwritten or zeroed); the file is cut back there, so that the marks appended
+    next are read again. What is after such a mark is only sent again."""
+    try:
+        data = seg.acks_path.read_bytes()
+    except OSError:
+        return frozenset(), 0
+    offsets = set()
+    valid = 0
+    for at in range(0, len(data) - _MARK.size + 1, _MARK.size):
+        offset, crc = _MARK.unpack_from(data, at)
+        if zlib.crc32(data[at : at + _OFFSET.size]) != crc:
+            break
+        offsets.add(offset)
+        valid = at + _MARK.size
+    if valid < len(data):
+        try:
+            os.truncate(seg.acks_path, valid)
+        except OSError:
+            # Marks appended after the bad one would not be read: none are kept.
+            with contextlib.suppress(OSError):
+                seg.acks_path.unlink()
+            return frozenset(), 0
+    return frozenset(offsets), valid
+
+
+def _close_marks(seg: _Segment) -> None:
+    if seg.marks_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(seg.marks_fd)
+        seg.marks_fd = -1
+
+
+def _sync_files(fds: list[int], directory: Path | None) -> None:
+    """fsync and close `fds` (and fsync `directory`, where new files appeared)."""
+    try:
+        for fd in fds:
+            os.fsync(fd)
+        if directory is not None:
+            _fsync_dir(directory)
+    finally:
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
