@@ -1,12 +1,13 @@
 """Data categories, and how much each envelope item counts in which category.
 
-Follows Sentry's counting: attachments count their bytes (and one
-`attachment_item`), a transaction also counts `1 + len(spans)` spans, a
-`sessions` item counts each aggregate bucket, a log item counts its
-`item_count`. User reports count as `feedback`, as user feedback does; NEL reports as
-`error`, as Sentry bills them; profile chunks of UI platforms as `profile_chunk_ui`. Item
-types Sentry does not know count in no category: no quota limits them (their outcomes
-are reported under `unknown`).
+Follows Sentry's counting: attachments count their bytes (at least one: an empty
+attachment still meets an exhausted byte quota) and one `attachment_item`, a transaction
+also counts `1 + len(spans)` spans, a `sessions` item counts each aggregate bucket, a log
+item counts its `item_count` (and its bytes, at least one, in `log_byte`). User reports
+count as `feedback`, as user feedback does; NEL reports as `error`, as Sentry bills them;
+profile chunks of UI platforms as `profile_chunk_ui`. Item types Sentry does not know
+count in no category: no quota limits them (their outcomes are reported under
+`unknown`).
 
 Which item is the envelope's event (`creates_event`) is decided per envelope, in
 `relay.processing.pipeline.prepare`: a native crash report without an event item counts
@@ -177,14 +178,17 @@ def item_quantities(
     if item_type in UNCOUNTED_TYPES or item_type not in _PRIMARY:
         return []
     if item_type == "attachment":
-        return [(DataCategory.ATTACHMENT, payload_len), (DataCategory.ATTACHMENT_ITEM, 1)]
+        return [(DataCategory.ATTACHMENT, max(payload_len, 1)), (DataCategory.ATTACHMENT_ITEM, 1)]
     if item_type == "transaction":
         spans = 0
         if event is not None and isinstance(event.get("spans"), list):
             spans = len(event["spans"])
         return [(DataCategory.TRANSACTION, 1), (DataCategory.SPAN, 1 + spans)]
     if item_type in ("log", "otel_log"):
-        return [(DataCategory.LOG_ITEM, _item_count(headers)), (DataCategory.LOG_BYTE, payload_len)]
+        return [
+            (DataCategory.LOG_ITEM, _item_count(headers)),
+            (DataCategory.LOG_BYTE, max(payload_len, 1)),
+        ]
     if item_type in ("span", "otel_span"):
         return [(DataCategory.SPAN, _item_count(headers))]
     if item_type == "trace_metric":

@@ -18,9 +18,14 @@ byte-for-byte either: Sentry refuses a header not followed by a bare newline, so
 relay accepts it and forwards the parsed header on a line of its own.
 
 Refused as Sentry's Relay refuses them (the whole envelope, 400): an envelope header
-whose `event_id` is not a UUID or whose `sent_at` is not an ISO 8601 timestamp,
-and items of the types Sentry keeps for its own use (`INTERNAL_TYPES`). Forwarded, such
-an envelope would be refused upstream after the SDK was told it was accepted.
+whose `event_id` is not a UUID or whose `sent_at` is not an RFC 3339 timestamp with an
+offset (`is_sent_at`), items of the types Sentry keeps for its own use
+(`INTERNAL_TYPES`), and item headers Sentry reads with a type holding another
+(`ITEM_HEADER_TYPES`: `item_count` a 32-bit count, `attachment_type`, `content_type`,
+`filename` and `platform` strings, `routing_hint` a UUID, flags booleans; null stands for
+absent but in flags). Forwarded, such an envelope would be refused upstream after the
+SDK was told it was accepted. Other item header keys, and unknown `attachment_type`
+names, are forwarded as sent.
 
 JSON nested deeper than `MAX_JSON_DEPTH` levels (Sentry's own parser stops at
 the same depth) is refused in headers; `exceeds_depth` is the check for parsed
@@ -32,7 +37,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from datetime import datetime
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -41,6 +46,8 @@ import orjson
 MAX_JSON_DEPTH = 128
 #: Item types Sentry's Relay creates itself and refuses from clients.
 INTERNAL_TYPES = frozenset({"integration"})
+#: The most a `length` or `item_count` header holds (Sentry reads both as 32-bit counts).
+MAX_U32 = 2**32 - 1
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 #: The last byte of a header line kept byte-for-byte: anything but whitespace.
 _TRAILING_SPACE = frozenset(b" \t\r")
@@ -258,20 +265,82 @@ def _check_envelope_header(headers: dict[str, Any]) -> None:
     if event_id is not None and not is_event_id(event_id):
         raise EnvelopeError(f"envelope header event_id is not a UUID: {event_id!r:.80}")
     sent_at = headers.get("sent_at")
-    if sent_at is not None and not _is_timestamp(sent_at):
+    if sent_at is not None and not is_sent_at(sent_at):
         raise EnvelopeError(
-            f"envelope header sent_at is not an ISO 8601 timestamp: {sent_at!r:.80}"
+            "envelope header sent_at is not an ISO 8601 timestamp with an offset "
+            f"(RFC 3339): {sent_at!r:.80}"
         )
 
 
-def _is_timestamp(value: object) -> bool:
+#: RFC 3339 as Sentry reads `sent_at`: the offset is required (`Z`, `UTC`, `+hh:mm`,
+#: `+hhmm`), the seconds too; `T`, `t` or a space between date and time; numbers need no
+#: padding, and whitespace may stand between the parts.
+_RFC3339 = re.compile(
+    r"\s*([+-]\d{1,6}|\d{1,4})\s*-\s*(\d{1,2})\s*-\s*(\d{1,2})[Tt ]"
+    r"\s*(\d{1,2})\s*:\s*(\d{1,2})\s*:\s*(\d{1,2})(?:\.\d+)?\s*"
+    r"(?:[Zz]|[Uu][Tt][Cc]|[+\-\u2212](\d{2})\s*:?\s*(\d{2}))\s*",
+    re.ASCII,
+)
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def is_sent_at(value: object) -> bool:
+    """A timestamp Sentry reads as an envelope's `sent_at` (RFC 3339, with an offset; a
+    timestamp without one is not read as UTC, but refused)."""
     if not isinstance(value, str):
         return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
+    m = _RFC3339.fullmatch(value)
+    if m is None:
         return False
-    return True
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not (1 <= month <= 12 and 1 <= day <= _MONTH_DAYS[month - 1]):
+        return False
+    if month == 2 and day == 29 and not leap:
+        return False
+    if hour > 23 or minute > 59 or second > 60:  # 60: a leap second
+        return False
+    off_hours, off_minutes = m.group(7), m.group(8)
+    return off_hours is None or (int(off_hours) <= 23 and int(off_minutes) <= 59)
+
+
+def _is_u32(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_U32
+
+
+def _is_str(value: object) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _is_uuid(value: object) -> bool:
+    return value is None or is_event_id(value)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+#: Item headers Sentry reads with a type, and what it accepts: an item header of another
+#: type has Sentry refuse the whole envelope. `null` is read as absent, but in flags.
+ITEM_HEADER_TYPES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "item_count": (lambda v: v is None or _is_u32(v), "an integer from 0 to 2**32-1"),
+    "attachment_type": (_is_str, "a string"),
+    "content_type": (_is_str, "a string"),
+    "filename": (_is_str, "a string"),
+    "platform": (_is_str, "a string"),
+    "routing_hint": (_is_uuid, "a UUID"),
+    "metrics_extracted": (_is_bool, "true or false"),
+    "spans_extracted": (_is_bool, "true or false"),
+    "fully_normalized": (_is_bool, "true or false"),
+    "sampled": (_is_bool, "true or false"),
+}
+
+
+def _check_item_header(headers: dict[str, Any], index: int) -> None:
+    for key, value in headers.items():
+        typed = ITEM_HEADER_TYPES.get(key)
+        if typed is not None and not typed[0](value):
+            raise EnvelopeError(f"item {index} header {key} is not {typed[1]}: {value!r:.80}")
 
 
 def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
@@ -306,10 +375,11 @@ def parse_envelope(data: bytes, *, max_items: int = 10000) -> Envelope:
             raise EnvelopeError(f"item {index} header has no type")
         if item_type in INTERNAL_TYPES:
             raise EnvelopeError(f"item {index} has the type {item_type!r}, which only Sentry sends")
+        _check_item_header(item_headers, index)
         pos = min(nl + 1, size)
         length = item_headers.get("length")
         if length is not None:
-            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+            if not _is_u32(length):
                 raise EnvelopeError(f"item {index} header has an invalid length")
             if pos + length > size:
                 raise EnvelopeError(

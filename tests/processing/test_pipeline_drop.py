@@ -267,7 +267,6 @@ def test_a_profile_without_its_transaction_also_counts_as_transaction_zero() -> 
         ("javascript", "profile_chunk_ui"),
         ("python", "profile_chunk"),
         (None, "profile_chunk"),
-        (["cocoa"], "profile_chunk"),
     ],
 )
 def test_profile_chunks_of_ui_platforms_count_apart(platform: object, category: str) -> None:

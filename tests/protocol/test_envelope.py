@@ -188,7 +188,7 @@ def test_errors(data: bytes, message: str) -> None:
     "header",
     [
         b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","sent_at":"2026-12-07T04:31:14.123Z"}',
-        b'{"event_id":"9EC79C33-EC99-42AB-8353-589FCB2E04DC","sent_at":"2026-12-07T04:31:14"}',
+        b'{"event_id":"9EC79C33-EC99-42AB-8353-589FCB2E04DC","sent_at":"2026-12-07T04:31:14+00:00"}',
         b'{"event_id":null,"sent_at":null}',
     ],
 )
