@@ -39,6 +39,8 @@ def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
     an unexpected exception's message may quote what it failed on (a `KeyError` on an
     email address, a parser error quoting its input), which must never reach a log. The
     line names the exception's type and where it was raised, innermost frame first.
+    String `args` (a request's path, decoded from `%0A` and the like) have their control
+    characters escaped, so that they cannot start a log line of their own.
     """
     kind, _, tb = sys.exc_info()
     frames = traceback.extract_tb(tb)[-_FRAMES:]
@@ -46,7 +48,15 @@ def log_unexpected(logger: logging.Logger, message: str, *args: object) -> None:
         f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames)
     )
     name = kind.__name__ if kind is not None else "no exception"
-    logger.error(f"{message} [%s at %s]", *args, name, where or "?")
+    shown = [_printable(arg) for arg in args]
+    logger.error(f"{message} [%s at %s]", *shown, name, where or "?")
+
+
+def _printable(value: object) -> object:
+    """`value`, a string with its unprintable characters (line breaks, escapes) escaped."""
+    if isinstance(value, str) and not value.isprintable():
+        return value.encode("unicode_escape").decode("ascii")
+    return value
 
 
 #: Frames of the traceback `log_unexpected` names.

@@ -2,7 +2,7 @@
 
     DecompressionError(ValueError)     corrupt or truncated compressed data
     ├── TooLarge                       output would exceed `max_bytes` (answer 413)
-    └── UnsupportedEncoding            a Content-Encoding we cannot decode (answer 415)
+    └── UnsupportedEncoding            a Content-Encoding we cannot decode, or too many (415)
 
 `make_decompressor(content_encoding, max_bytes)` returns a `Decompressor`; `feed()`
 it the body chunk by chunk as it arrives and call `finish()` for the whole output.
@@ -17,7 +17,8 @@ Accepted codings, case-insensitive: `gzip`, `x-gzip`, `deflate` (zlib-wrapped, a
 RFC 9110 defines it, or raw deflate, as some clients send), `br`, `zstd`. Sentry
 ignores an empty value, `identity` and the charset-like `UTF-8` that some SDKs
 send; so do we. A list such as `gzip, br` names codings in the order they were
-applied, so they are undone from the last to the first.
+applied, so they are undone from the last to the first; at most `MAX_CODINGS` of
+them (each layer may inflate up to the cap, and a long list would nest as deep).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import zstandard
 from isal import isal_zlib
 
 __all__ = [
+    "MAX_CODINGS",
     "DecompressionError",
     "Decompressor",
     "TooLarge",
@@ -45,6 +47,10 @@ __all__ = [
 CHUNK = 64 * 1024
 #: A zstd block (at most 128 KiB of output) needs at least 4 bytes of input.
 _ZSTD_MAX_RATIO = 32 * 1024
+
+#: Codings one body may name. Clients apply one (two at most); each layer is one more
+#: inflate of up to `max_bytes`.
+MAX_CODINGS = 3
 
 _IGNORED = frozenset({"", "identity", "utf-8", "utf8"})
 _KNOWN = frozenset({"gzip", "x-gzip", "deflate", "br", "zstd"})
@@ -65,15 +71,16 @@ class TooLarge(DecompressionError):
 class UnsupportedEncoding(DecompressionError):
     """The Content-Encoding names a coding this relay cannot decode."""
 
-    def __init__(self, encoding: str) -> None:
-        super().__init__(f"unsupported content encoding: {encoding!r}")
+    def __init__(self, encoding: str, why: str | None = None) -> None:
+        super().__init__(why or f"unsupported content encoding: {encoding!r}")
         self.encoding = encoding
 
 
 def parse_content_encoding(value: str | None) -> list[str]:
     """Codings in the order they were applied, without the ignored ones.
 
-    Raises UnsupportedEncoding for a coding that is neither known nor ignored.
+    Raises UnsupportedEncoding for a coding that is neither known nor ignored, and for
+    more than `MAX_CODINGS` codings.
     """
     if value is None:
         return []
@@ -85,6 +92,8 @@ def parse_content_encoding(value: str | None) -> list[str]:
         if name not in _KNOWN:
             raise UnsupportedEncoding(part.strip())
         codings.append("gzip" if name == "x-gzip" else name)
+    if len(codings) > MAX_CODINGS:
+        raise UnsupportedEncoding(value, f"more than {MAX_CODINGS} content codings")
     return codings
 
 

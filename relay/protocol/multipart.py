@@ -2,7 +2,9 @@
 
 Only what the relay must look at is parsed: each part's headers and its form
 field name. Part bodies are kept as bytes, and a body that cannot be parsed is
-refused rather than forwarded unread.
+refused rather than forwarded unread, as is one of more than `MAX_PARTS` parts or
+with a part's headers over `MAX_PART_HEADER_BYTES` (work and memory per part do not
+grow with what a tiny compressed body can unfold into).
 """
 
 from __future__ import annotations
@@ -18,6 +20,13 @@ _FILENAME_RE = re.compile(rb"(?:^|;)[ \t]*filename\*?=", re.IGNORECASE)
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]*[0-9A-Za-z'()+_,\-./:=?]")
 
 
+#: Parts one body may hold (each is an object, scrubbed on its own).
+MAX_PARTS = 10_000
+#: Bytes of one part's headers (a Content-Disposition, a Content-Type: a few hundred).
+MAX_PART_HEADER_BYTES = 16 * 1024
+_DISPOSITION = b"content-disposition:"
+
+
 class MultipartError(ValueError):
     """Not a multipart body the relay can read."""
 
@@ -28,12 +37,21 @@ class Part:
     body: bytes
 
     def _disposition(self) -> bytes | None:
-        """The Content-Disposition's parameters (after `form-data`), or None."""
-        for line in self.headers.split(b"\r\n"):
-            if line.lower().startswith(b"content-disposition:"):
-                _, _, params = line.partition(b";")
-                return b";" + params
-        return None
+        """The Content-Disposition's parameters (after `form-data`), or None: of the first
+        header line that starts with it (found without splitting the headers into lines)."""
+        headers = self.headers
+        lowered = headers.lower()
+        if lowered.startswith(_DISPOSITION):
+            start = 0
+        else:
+            found = lowered.find(b"\r\n" + _DISPOSITION)
+            if found < 0:
+                return None
+            start = found + 2
+        end = headers.find(b"\r\n", start)
+        line = headers[start:] if end < 0 else headers[start:end]
+        _, _, params = line.partition(b";")
+        return b";" + params
 
     @property
     def name(self) -> str | None:
@@ -62,6 +80,8 @@ def boundary_of(content_type: str | None) -> str:
 
 def split(body: bytes, boundary: str) -> list[Part]:
     delimiter = b"--" + boundary.encode("latin-1")
+    if body.count(delimiter) > MAX_PARTS + 1:  # counted before anything is built
+        raise MultipartError(f"more than {MAX_PARTS} parts")
     chunks = body.split(delimiter)
     if len(chunks) < 3 or not chunks[-1].startswith(b"--"):
         raise MultipartError("the multipart body is truncated or malformed")
@@ -69,10 +89,14 @@ def split(body: bytes, boundary: str) -> list[Part]:
     for chunk in chunks[1:-1]:
         if not chunk.startswith(b"\r\n") or not chunk.endswith(b"\r\n"):
             raise MultipartError("malformed multipart part")
-        head, sep, content = chunk[2:-2].partition(b"\r\n\r\n")
-        if not sep:
+        end = chunk.find(b"\r\n\r\n", 2, len(chunk) - 2)
+        if end < 0:
             raise MultipartError("a multipart part has no header end")
-        parts.append(Part(head, content))
+        if end - 2 > MAX_PART_HEADER_BYTES:
+            raise MultipartError(
+                f"a multipart part's headers are over {MAX_PART_HEADER_BYTES} bytes"
+            )
+        parts.append(Part(chunk[2:end], chunk[end + 4 : -2]))
     return parts
 
 

@@ -21,8 +21,9 @@ def check_admin(request: web.Request) -> None:
         raise Forbidden("admin endpoints are disabled: set admin.token")
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
+    # A header's bytes beyond UTF-8 come as surrogates: compared as the bytes they were.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), token.reveal().encode()
+        value.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()
     ):
         raise Unauthorized("admin token required (Authorization: Bearer <token>)")
 
