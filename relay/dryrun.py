@@ -12,6 +12,7 @@ be read. Quotas are not consulted (they depend on live counters).
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -27,7 +28,7 @@ from relay.processing.pipeline import Dropped, ScrubOutcome, ScrubStage, WorkIte
 from relay.processing.scrub.content import read_text
 from relay.processing.scrub.items import Unread, scrub_envelope
 from relay.processing.scrub.scrubber import Scrubber
-from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
+from relay.protocol.envelope import Envelope, EnvelopeError, json_exceeds_depth, parse_envelope
 from relay.protocol.store import StoreError, store_to_envelope
 
 
@@ -173,7 +174,7 @@ def _show_video(payload: bytes) -> Any:
     """A replay video's MessagePack map: its event as JSON, the recording and video as sizes."""
     try:
         parts = msgspec.msgpack.decode(payload)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested past the recursion limit
         return _show(payload)
     if not isinstance(parts, dict):
         return _show(payload)
@@ -188,17 +189,47 @@ def _show_video(payload: bytes) -> Any:
 
 def _show(payload: bytes) -> Any:
     try:
-        return orjson.loads(payload)
+        value = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        text = read_text(payload)
-        if text is not None:
-            return text.text.encode("utf-8", "replace").decode("utf-8")
-        return f"<{len(payload)} bytes of binary data>"
+        pass
+    else:
+        # Deeper JSON is shown as its text: orjson writes 255 levels at most.
+        if not json_exceeds_depth(payload):
+            return value
+    text = read_text(payload)
+    if text is not None:
+        return text.text.encode("utf-8", "replace").decode("utf-8")
+    return f"<{len(payload)} bytes of binary data>"
+
+
+#: Control characters (C0, DEL, C1): a terminal acts on them (escape sequences move the
+#: cursor, rewrite lines, set the window title), so none from the input is printed raw.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: The same in payload text, whose line breaks and tabs are kept.
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+#: What JSON output carries raw of them (it escapes the C0 ones itself).
+_CONTROL_IN_JSON = re.compile(r"[\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def _safe(value: object, pattern: re.Pattern[str] = _CONTROL) -> str:
+    """`value` as text to print, its control characters escaped (`\\x1b`, `\\r`)."""
+    return pattern.sub(_escape, str(value))
+
+
+def _json(text: str) -> str:
+    """JSON text with the control characters it carries raw (DEL, C1) as `\\u` escapes."""
+    return _CONTROL_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def print_reports(
     reports: list[ItemReport], out: TextIO | None = None, *, as_json: bool = False
 ) -> None:
+    """Print `reports`; whatever comes from the input has its control characters escaped
+    (in JSON output as `\\u` escapes), so that no envelope can drive the terminal."""
     if out is None:
         out = sys.stdout  # looked up now, not at import: it may have been replaced since
     if as_json:
@@ -217,26 +248,27 @@ def print_reports(
             }
             for r in reports
         ]
-        out.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        out.write(_json(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode()) + "\n")
         return
     for r in reports:
-        out.write(f"item {r.index} ({r.item_type}): {r.decision}\n")
+        out.write(f"item {r.index} ({_safe(r.item_type)}): {_safe(r.decision)}\n")
         if r.unread is not None:
-            out.write(f"  WARNING: forwarded unread, its content not scrubbed: {r.unread}\n")
+            out.write(f"  WARNING: forwarded unread, its content not scrubbed: {_safe(r.unread)}\n")
         if r.redactions:
             out.write(f"  {len(r.redactions)} redaction(s):\n")
-            width = max(len(p) for p, _, _ in r.redactions)
-            for path, rule, method in r.redactions:
+            shown = [(_safe(p), _safe(rule), _safe(m)) for p, rule, m in r.redactions]
+            width = max(len(p) for p, _, _ in shown)
+            for path, rule, method in shown:
                 out.write(f"    {path.ljust(width)}  {rule}  {method}\n")
         if r.fingerprint is not None:
-            out.write(f"  fingerprint: {r.fingerprint}\n")
+            out.write(f"  fingerprint: {_safe(r.fingerprint)}\n")
         if r.title:
-            out.write(f"  title: {r.title}\n")
+            out.write(f"  title: {_safe(r.title)}\n")
         if r.payload is not None and not r.decision.startswith("drop"):
             body = (
-                r.payload
+                _safe(r.payload, _CONTROL_IN_TEXT)
                 if isinstance(r.payload, str)
-                else orjson.dumps(r.payload, option=orjson.OPT_INDENT_2).decode()
+                else _json(orjson.dumps(r.payload, option=orjson.OPT_INDENT_2).decode())
             )
             out.write("  scrubbed payload:\n")
             out.write("".join(f"    {line}\n" for line in body.splitlines()))

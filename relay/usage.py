@@ -2,7 +2,8 @@
 
 With `redis` configured the counters are read from Redis directly (they are
 shared by every replica). Without it they live inside the running relay, which
-is asked over HTTP (`GET /api/relay/usage/`, needs `admin.token`).
+is asked over HTTP (`GET /api/relay/usage/`, needs `admin.token`), directly: never
+through a proxy the environment names (`http_proxy`), which would see the token.
 """
 
 from __future__ import annotations
@@ -40,8 +41,11 @@ def _from_http(config: Config) -> list[dict[str, Any]]:
     host = "127.0.0.1" if config.listen.host in ("0.0.0.0", "::") else config.listen.host
     url = f"http://{host}:{config.listen.port}/api/relay/usage/"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.reveal()}"})
+    # Straight to the relay: urllib would send the token through an `http_proxy` of the
+    # environment otherwise.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with opener.open(req, timeout=5) as resp:
             data = orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"the relay at {url} answered {exc.code}") from None

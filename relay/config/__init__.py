@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 import yaml
@@ -349,6 +350,42 @@ def validate(config: Config) -> list[Problem]:
     return problems
 
 
+def _redis_url_problem(url: str, mode: str) -> str | None:
+    """Why `redis.url` cannot be used in `mode`, read as redis-py reads it (Sentinel: as
+    the limiter reads its list of sentinels), or None. Never quotes the URL: a '/', '?'
+    or '#' in the password that is not percent-encoded ends the host part there, so what
+    follows it is read as the port or the database."""
+    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
+        return "must start with redis://, rediss:// or unix://"
+    if url.startswith("unix://"):
+        return None
+    if url.startswith("redis+sentinel://") and mode != "sentinel":
+        return "redis+sentinel:// needs mode: sentinel"
+    encode = " (a '/', '?' or '#' in the password must be percent-encoded)"
+    try:
+        parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
+    except ValueError:
+        return "is not a URL" + encode
+    if mode == "sentinel":
+        for host in parts.netloc.rpartition("@")[2].split(","):
+            name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
+            if not name or (port and not (port.isascii() and port.isdigit())):
+                return "a sentinel's host is missing or its port is not a number" + encode
+    else:
+        try:
+            parts.port  # noqa: B018 (urllib reads it only when asked)
+        except ValueError:
+            return "the port is not a number up to 65535" + encode
+        if not parts.hostname:
+            return "has no host" + encode
+    db = unquote(parts.path).strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        return "the database (the path after the host) is not a number" + encode
+    if db and int(db) != 0 and mode == "cluster":
+        return "a Redis Cluster has database 0 only"
+    return None
+
+
 @validator
 def _check_core(config: Config) -> list[Problem]:
     problems: list[Problem] = []
@@ -418,10 +455,9 @@ def _check_core(config: Config) -> list[Problem]:
             problems.append(Problem("redis.quota_cache_mode", "must be 'reserve' or 'share'"))
         if config.redis.mode not in ("standalone", "cluster", "sentinel"):
             problems.append(Problem("redis.mode", "must be 'standalone', 'cluster' or 'sentinel'"))
-        if not config.redis.url.reveal().startswith(
-            ("redis://", "rediss://", "unix://", "redis+sentinel://")
-        ):
-            problems.append(Problem("redis.url", "must start with redis://, rediss:// or unix://"))
+        url_problem = _redis_url_problem(config.redis.url.reveal(), config.redis.mode)
+        if url_problem is not None:
+            problems.append(Problem("redis.url", url_problem))
     if config.log.level.lower() not in ("debug", "info", "warning", "error", "critical"):
         problems.append(
             Problem("log.level", "must be one of debug, info, warning, error, critical")

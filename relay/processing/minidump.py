@@ -5,7 +5,8 @@ A minidump upload is `multipart/form-data`. Its parts, by field name:
     upload_file_minidump    the dump: forwarded as received (binary; see SECURITY.md)
     sentry                  the event as JSON: walked as an event
     sentry[user][email]...  event fields as form fields: gathered into one event and
-                            walked, so that key-based rules apply to them too
+                            walked, so that key-based rules apply to them too (a name
+                            nested deeper than `MAX_JSON_DEPTH` refuses the upload)
     __sentry-event          sentry-native's event, MessagePack: walked as an event
     __sentry-breadcrumb1/2  sentry-native's breadcrumbs, MessagePack: walked as
                             breadcrumbs (whatever the `attachments` policy: both are
@@ -45,7 +46,7 @@ from relay.processing.scrub.content import Text, Unreadable, read_text
 from relay.processing.scrub.items import scrub_native
 from relay.processing.scrub.native import EVENT_PAYLOAD, FIELD_TYPES, decode_map
 from relay.processing.scrub.scrubber import Scrubber
-from relay.protocol.envelope import Envelope, Item, json_exceeds_depth
+from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, Item, json_exceeds_depth
 from relay.protocol.multipart import MultipartError, Part, boundary_of, join, split
 
 _FIELD_PATH = re.compile(r"\[([^\]]*)\]")
@@ -193,7 +194,19 @@ def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage |
 
 
 def _scrub_parts(parts: list[Part], scrubber: ScrubStage | None) -> list[Part]:
-    """The parts to forward, scrubbed (as they are without a scrubber)."""
+    """The parts to forward, scrubbed (as they are without a scrubber). Raises
+    MultipartError for a `sentry[...]` field whose name nests deeper than JSON may (400,
+    as for a request body that deep)."""
+    for part in parts:
+        name = part.name or ""
+        if (
+            not part.filename
+            and name.startswith("sentry[")
+            and len(_FIELD_PATH.findall(name)) > MAX_JSON_DEPTH
+        ):
+            raise MultipartError(
+                f"a sentry[...] field name is nested more than {MAX_JSON_DEPTH} levels deep"
+            )
     if scrubber is None:
         return parts
     fields: dict[str, Any] = {}

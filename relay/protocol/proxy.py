@@ -54,11 +54,19 @@ class Proxy:
         that bypass it: names (`example.com` covers `a.example.com` too; a leading dot
         is the same), IP addresses, CIDR ranges, or `*`; a string is split at commas,
         as in the `NO_PROXY` environment variable. Raises `InvalidProxy`."""
+        # urllib's errors quote the URL's netloc or what it read as the port, which is
+        # part of the password when that holds a '/', '?' or '#': never shown.
         try:
             parts = urlsplit(url.strip())
+        except ValueError:
+            raise InvalidProxy("not a proxy URL") from None
+        try:
             port = parts.port
-        except ValueError as exc:
-            raise InvalidProxy(f"not a proxy URL: {exc}") from None
+        except ValueError:
+            raise InvalidProxy(
+                "not a proxy URL: the port is not a number up to 65535 (a '/', '?' or '#' "
+                "in the user or password must be percent-encoded)"
+            ) from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise InvalidProxy("must start with http:// or https:// (an HTTP proxy)")

@@ -7,17 +7,17 @@ Fixed here:
 - a multipart body unfolding into a million empty parts, or one part's headers into
   millions of lines, cost seconds and a gigabyte from a tiny gzip body: capped (400);
 - an admin `Authorization` header with bytes beyond UTF-8 was a 500, not a 401;
-- a request path decoded from `%0A` could start a line of its own in the log of a 500.
-
-Found, to be fixed outside the files this review owned (strict `xfail` until then):
-
-- `relay check-config` quotes part of a proxy password that holds a `/`, `?` or `#`;
-- a `redis.url` whose password holds a `/` passes `relay check-config`, and `relay run`
-  then logs part of the password (urllib's port error);
-- `relay scrub` prints an item type's terminal escapes raw, and dies on a replay video
-  of deeply nested MessagePack;
-- `relay usage` sends the admin token through an `http_proxy` of its environment;
-- a minidump form field `sentry[a][a]...` nested deeper than the recursion limit is a 500.
+- a request path decoded from `%0A` could start a line of its own in the log of a 500;
+- `relay check-config` quoted part of a proxy password that holds a `/`, `?` or `#`
+  (urllib's port error): it names the part that is wrong now;
+- a `redis.url` whose password holds a `/` passed `relay check-config`, and `relay run`
+  then logged part of the password: the URL is read as redis-py reads it and refused;
+- `relay scrub` printed an envelope's terminal escapes raw, and died on a replay video
+  of deeply nested MessagePack (and on JSON deeper than orjson writes): escaped, shown;
+- `relay usage` sent the admin token through an `http_proxy` of its environment: it
+  asks the relay directly;
+- a minidump form field `sentry[a][a]...` nested deeper than the recursion limit was a
+  500: deeper than `MAX_JSON_DEPTH` is refused (400), as a request body that deep is.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from aiohttp.test_utils import TestClient
 from relay import usage
 from relay.app import create_app
 from relay.cli import main as cli_main
+from relay.config import RedisConfig, Secret
 from relay.logs import log_unexpected
 from relay.protocol.decompress import (
     MAX_CODINGS,
@@ -46,6 +47,7 @@ from relay.protocol.decompress import (
     decompress,
     parse_content_encoding,
 )
+from relay.protocol.envelope import MAX_JSON_DEPTH
 from relay.protocol.multipart import (
     MAX_PART_HEADER_BYTES,
     MAX_PARTS,
@@ -53,6 +55,7 @@ from relay.protocol.multipart import (
     Part,
     split,
 )
+from relay.services.limiter.redis import connect
 from tests.hardening.conftest import GOOD_ENVELOPE
 from tests.hardening.test_hostile_requests import LIMITS, raw_exchange
 from tests.support.http_proxy import HttpProxy
@@ -264,31 +267,76 @@ def _check_config(
     return code, out.out + out.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.protocol.proxy.Proxy.parse quotes urllib's port error, which holds what "
-    "comes before a '/' in the password",
-)
+@pytest.mark.parametrize("separator", ["/", "?", "#"])
 def test_check_config_never_quotes_a_proxy_password(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], separator: str
 ) -> None:
-    data = {"upstream": {"proxy": "http://egress:pAsS7q/w0rd@proxy.internal:3128"}}
-    _, output = _check_config(tmp_path, data, capsys)
-    assert "pAsS7q" not in output, output
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="redis.url is checked for its scheme only; redis-py's parse error at start-up "
-    "quotes what comes before a '/' in the password",
-)
-def test_a_redis_url_that_cannot_be_used_is_refused_without_quoting_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    data = {"redis": {"url": "redis://:rEdIs4k/pw@127.0.0.1:6379/0"}}
+    data = {"upstream": {"proxy": f"http://egress:pAsS7q{separator}w0rd@proxy.internal:3128"}}
     code, output = _check_config(tmp_path, data, capsys)
     assert code == 1, output
+    assert "pAsS7q" not in output, output
+    assert "upstream.proxy: not a proxy URL: the port is not a number" in output, output
+
+
+@pytest.mark.parametrize(
+    ("url", "mode", "why"),
+    [
+        ("redis://:rEdIs4k/pw@127.0.0.1:6379/0", "standalone", "the port is not a number"),
+        ("rediss://:rEdIs4k?pw@127.0.0.1:6379/0", "standalone", "the port is not a number"),
+        ("redis://:rEdIs4k#pw@127.0.0.1/0", "cluster", "the port is not a number"),
+        ("redis://:6379/rEdIs4k@127.0.0.1:6379/0", "standalone", "has no host"),
+        ("redis://rEdIs4k/pw@127.0.0.1:6379", "standalone", "the database (the path"),
+        (
+            "redis+sentinel://:rEdIs4k/pw@s1:26379,s2:26379/0",
+            "sentinel",
+            "a sentinel's host is missing or its port is not a number",
+        ),
+        (
+            "redis+sentinel://:rEdIs4k@s1:26379/0",
+            "standalone",
+            "redis+sentinel:// needs mode: sentinel",
+        ),
+        ("redis://:rEdIs4k@node1:6379/2", "cluster", "a Redis Cluster has database 0 only"),
+    ],
+)
+def test_a_redis_url_that_cannot_be_used_is_refused_without_quoting_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, mode: str, why: str
+) -> None:
+    code, output = _check_config(tmp_path, {"redis": {"url": url, "mode": mode}}, capsys)
+    assert code == 1, output
     assert "rEdIs4k" not in output, output
+    assert f"redis.url: {why}" in output, output
+
+
+@pytest.mark.parametrize(
+    ("url", "mode"),
+    [
+        ("redis://127.0.0.1:6379/0", "standalone"),
+        ("redis://:s%2Fcr%3Ft%23pw@redis.internal:6379/2", "standalone"),
+        ("redis://relay:s3cret@h/", "standalone"),
+        ("rediss://h:6379/0?client_name=relay", "standalone"),
+        ("redis://[fd00::5]:6380/4", "standalone"),
+        ("unix:///run/redis.sock", "standalone"),
+        ("redis://:pw@node1:6379", "cluster"),
+        ("redis+sentinel://:pw@s1:26379,s2:26379,s3/0", "sentinel"),
+        ("redis://127.0.0.1:26379/0", "sentinel"),
+    ],
+)
+def test_usable_redis_urls_pass_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, mode: str
+) -> None:
+    code, output = _check_config(tmp_path, {"redis": {"url": url, "mode": mode}}, capsys)
+    assert code == 0, output
+
+
+@pytest.mark.parametrize(
+    "url", ["redis+sentinel://:rEdIs4k/pw@s1:26379/0", "redis://:pw@s1:26379/rEdIs4k"]
+)
+def test_a_sentinel_url_error_never_quotes_it(url: str) -> None:
+    """What `relay run` would meet if the URL came past `check-config`."""
+    with pytest.raises(ValueError, match="sentinel's port or the database") as caught:
+        connect(RedisConfig(url=Secret(url), mode="sentinel"))
+    assert "rEdIs4k" not in str(caught.value)
 
 
 def _scrub(tmp_path: Path, data: bytes, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -299,9 +347,6 @@ def _scrub(tmp_path: Path, data: bytes, capsys: pytest.CaptureFixture[str]) -> t
     return code, out.out + out.err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="relay.dryrun.print_reports writes item types and text payloads raw"
-)
 def test_relay_scrub_output_carries_no_terminal_escapes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -309,12 +354,52 @@ def test_relay_scrub_output_carries_no_terminal_escapes(
     code, output = _scrub(tmp_path, b"{}\n" + item + b"\nhi\n", capsys)
     assert code == 0
     assert "\x1b" not in output, output
+    assert "item 0 (x\\x1b[1A\\x1b[2Kitem 9 (event): drop)" in output, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.dryrun._show_video catches msgspec's DecodeError, not its RecursionError",
+#: Control characters in every place `relay scrub` prints from an envelope: the title,
+#: a redacted key (its path), JSON values (C1 and DEL, which JSON writes raw), text.
+_HOSTILE_EVENT = orjson.dumps(
+    {
+        "title": "t\x1b]0;pwned\x07",
+        "extra": {"password\x1b[2K": "hunter2", "note": "a\x9b2Jb\x7f"},
+    }
 )
+_HOSTILE_TEXT = b"line one\n\tline two\x1b[2K\r\xc2\x9b2J\n"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_relay_scrub_escapes_control_characters_everywhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    envelope = (
+        b'{}\n{"type":"event"}\n'
+        + _HOSTILE_EVENT
+        + b"\n"
+        + orjson.dumps({"type": "attachment", "length": len(_HOSTILE_TEXT), "filename": "a.log"})
+        + b"\n"
+        + _HOSTILE_TEXT
+        + b"\n"
+    )
+    path = tmp_path / "input.envelope"
+    path.write_bytes(envelope)
+    assert cli_main(["scrub", *(["--json"] if as_json else []), str(path)]) == 0
+    output = capsys.readouterr().out
+    controls = [c for c in output if (ord(c) < 32 and c not in "\n\t") or 0x7F <= ord(c) <= 0x9F]
+    assert controls == [], output
+    if as_json:
+        reports = orjson.loads(output)  # still JSON, with the same values
+        assert reports[0]["title"] == "t\x1b]0;pwned\x07"
+        assert reports[0]["payload"]["extra"]["note"] == "a\x9b2Jb\x7f"
+        assert reports[1]["payload"] == _HOSTILE_TEXT.decode()
+    else:
+        assert "  title: t\\x1b]0;pwned\\x07\n" in output
+        assert "extra.password\\x1b[2K  @password:filter" in output
+        assert '"note": "a\\u009b2Jb\\u007f"' in output  # as JSON escapes it
+        # Text keeps its line breaks and tabs.
+        assert "    line one\n    \tline two\\x1b[2K\\r\\x9b2J\n" in output
+
+
 def test_relay_scrub_shows_a_deeply_nested_replay_video(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -322,12 +407,21 @@ def test_relay_scrub_shows_a_deeply_nested_replay_video(
     item = orjson.dumps({"type": "replay_video", "length": len(video)})
     code, output = _scrub(tmp_path, b"{}\n" + item + b"\n" + video + b"\n", capsys)
     assert code == 0, output
+    assert "item 0 (replay_video): drop — invalid: invalid_payload" in output, output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.usage._from_http uses urllib, which follows http_proxy from the environment",
-)
+def test_relay_scrub_shows_json_deeper_than_it_can_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """orjson reads 1,024 levels and writes 255: a JSON attachment between is shown as
+    its text."""
+    deep = b"[" * 500 + b"]" * 500
+    item = orjson.dumps({"type": "attachment", "length": len(deep), "filename": "a.json"})
+    code, output = _scrub(tmp_path, b"{}\n" + item + b"\n" + deep + b"\n", capsys)
+    assert code == 0, output
+    assert "    " + deep.decode() + "\n" in output
+
+
 async def test_relay_usage_never_sends_the_admin_token_to_a_proxy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -345,23 +439,41 @@ async def test_relay_usage_never_sends_the_admin_token_to_a_proxy(
     assert all(TOKEN not in str(asked.headers) for asked in proxy.asked), proxy.asked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay.processing.minidump._scrub_parts nests a dict per `[key]` of a form "
-    "field's name, with no depth limit, then walks it recursively",
-)
+async def test_relay_usage_asks_the_relay_directly_whatever_http_proxy_says(
+    relay_factory: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = await relay_factory(admin={"token": TOKEN})
+    proxy = await HttpProxy().start()
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", proxy.url)
+    config = make_config(
+        "http://127.0.0.1:1", admin={"token": TOKEN}, listen={"port": relay.server.port}
+    )
+    try:
+        rows = await asyncio.to_thread(usage._from_http, config)
+    finally:
+        await proxy.close()
+    assert rows == []
+    assert proxy.asked == []
+
+
 async def test_a_deeply_nested_minidump_field_is_not_a_500(
     relay: TestClient, no_unhandled_errors: Callable[[], None]
 ) -> None:
-    name = b"sentry" + b"[a]" * 2000
-    body = form(
-        (b'Content-Disposition: form-data; name="' + name + b'"', b"bob@example.com"),
-        (MINIDUMP, b"MDMP"),
-    )
-    resp = await relay.post(
-        "/api/42/minidump/",
-        data=io.BytesIO(body),
-        headers={**auth_header(), "Content-Type": "multipart/form-data; boundary=a"},
-    )
-    assert resp.status < 500, await resp.text()
+    for levels, status in ((MAX_JSON_DEPTH, 200), (MAX_JSON_DEPTH + 1, 400), (2000, 400)):
+        name = b"sentry" + b"[a]" * levels
+        body = form(
+            (b'Content-Disposition: form-data; name="' + name + b'"', b"bob@example.com"),
+            (MINIDUMP, b"MDMP"),
+        )
+        resp = await relay.post(
+            "/api/42/minidump/",
+            data=io.BytesIO(body),
+            headers={**auth_header(), "Content-Type": "multipart/form-data; boundary=a"},
+        )
+        text = await resp.text()
+        assert resp.status == status, (levels, text)
+        if status == 400:
+            assert f"nested more than {MAX_JSON_DEPTH} levels deep" in text, text
     no_unhandled_errors()

@@ -761,14 +761,21 @@ def connect(cfg: RedisConfig) -> tuple[Client, list[Redis]]:
     if cfg.mode == "cluster":
         return RedisCluster.from_url(url, **options), []
     if cfg.mode == "sentinel":
-        parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = userinfo.partition(":")
-        nodes = []
-        for host in hosts.split(","):
-            name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
-            nodes.append((name, int(port or 26379)))
-        db = int(parts.path.strip("/") or 0)
+        # urllib's and int()'s errors would quote what they read, a piece of the password
+        # where it holds a '/', '?' or '#' (`relay check-config` refuses such a URL).
+        try:
+            parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
+            userinfo, _, hosts = parts.netloc.rpartition("@")
+            username, _, password = userinfo.partition(":")
+            nodes = []
+            for host in hosts.split(","):
+                name, _, port = host.rpartition(":") if ":" in host else (host, "", "26379")
+                nodes.append((name, int(port or 26379)))
+            db = int(parts.path.strip("/") or 0)
+        except ValueError:
+            raise ValueError(
+                "redis.url: a sentinel's port or the database is not a number"
+            ) from None
         sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             nodes,
             sentinel_kwargs={
