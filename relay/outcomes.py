@@ -36,6 +36,9 @@ class Reason:
 
     UNKNOWN_ITEM = "unknown"
     TOO_LARGE = "too_large"
+    #: A second event-like item (or Unreal crash report) in one envelope, which Sentry
+    #: refuses: the first one is kept.
+    DUPLICATE_ITEM = "duplicate_item"
     INVALID_JSON = "invalid_json"
     INVALID_PAYLOAD = "invalid_payload"
     #: The upstream answered 429 to this envelope (the upstream counted it itself).

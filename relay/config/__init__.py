@@ -146,6 +146,23 @@ class LimitsConfig(Section, frozen=True):
     max_event_bytes: ByteSize = ByteSize(1024 * 1024)
     max_attachment_bytes: ByteSize = ByteSize(100 * 1024 * 1024)
     max_envelope_items: int = 10000
+    #: Sentry's per-envelope limits of other item types (its defaults); an item past one is
+    #: dropped on its own (`invalid` / `too_large`), where Sentry refuses the envelope.
+    max_attachment_items: int = 30
+    max_check_in_bytes: ByteSize = ByteSize(100 * 1024)
+    max_profile_bytes: ByteSize = ByteSize(50 * 1024 * 1024)
+    max_replay_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
+    max_session_items: int = 100
+    max_sessions_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
+    max_client_report_items: int = 100
+    max_client_reports_bytes: ByteSize = ByteSize(100 * 1024)
+    #: Per record: a container's length over its `item_count`.
+    max_log_bytes: ByteSize = ByteSize(2 * 1024 * 1024)
+    max_span_bytes: ByteSize = ByteSize(10 * 1024 * 1024)
+    max_trace_metric_bytes: ByteSize = ByteSize(1024 * 1024)
+    #: One log, span or trace metric container whole; also standalone spans together.
+    max_container_bytes: ByteSize = ByteSize(12 * 1024 * 1024)
+    max_standalone_spans: int = 25
     #: Seconds a client may take to send its request body.
     read_timeout_s: Duration = Duration(30)
 
@@ -386,6 +403,16 @@ def _redis_url_problem(url: str, mode: str) -> str | None:
     return None
 
 
+#: The `limits` keys that count items (sizes cannot be negative anyway).
+_LIMIT_COUNTS = (
+    "max_envelope_items",
+    "max_attachment_items",
+    "max_session_items",
+    "max_client_report_items",
+    "max_standalone_spans",
+)
+
+
 @validator
 def _check_core(config: Config) -> list[Problem]:
     problems: list[Problem] = []
@@ -398,6 +425,9 @@ def _check_core(config: Config) -> list[Problem]:
                 "must be at least limits.max_decompressed_bytes (or no body of that size fits)",
             )
         )
+    for key in _LIMIT_COUNTS:
+        if getattr(config.limits, key) < 0:
+            problems.append(Problem(f"limits.{key}", "must be at least 0"))
     if not 0 < config.listen.backlog <= 65535:
         problems.append(Problem("listen.backlog", "must be between 1 and 65535"))
     if config.listen.max_connections < 1:

@@ -9,7 +9,7 @@ configs that try).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 from relay.config import Config, PolicyConfig, Problem, ProjectConfig
@@ -72,10 +72,8 @@ class CompiledPolicy:
 def compile_policy(config: Config, project: ProjectConfig | None) -> CompiledPolicy:
     org = config.policy
     proj: PolicyConfig | None = project.policy if project is not None else None
-    limits = Limits(
-        max_event_bytes=config.limits.max_event_bytes,
-        max_attachment_bytes=config.limits.max_attachment_bytes,
-    )
+    # Every pipeline limit is a `limits` key of the same name.
+    limits = Limits(**{f.name: getattr(config.limits, f.name) for f in fields(Limits)})
     sampling_rules = [*org.sampling, *(proj.sampling if proj else [])]
     fingerprint_text = proj.fingerprinting if proj else ""
     normalize = bool(org.normalize_messages) or bool(proj and proj.normalize_messages)

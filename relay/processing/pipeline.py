@@ -1,6 +1,8 @@
 """The processing order, in one place, as pure functions over an envelope.
 
-    prepare()   parse event-like items once, reject invalid ones, run inbound filters
+    prepare()   Sentry's envelope limits item by item (`Limits`: one event-like item,
+                sizes and counts per item type, from lengths and headers alone), then
+                parse event-like items once, reject invalid ones, run inbound filters
                 (on log and span containers record by record) and sampling; drop the
                 sessions Sentry would discard (`sessions`)
                                                    -> outcomes: invalid, filtered, sampled
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import orjson
@@ -132,10 +135,169 @@ class ScrubStage(Protocol):
     ) -> ScrubOutcome: ...
 
 
+_KIB = 1024
+_MIB = 1024 * _KIB
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_event_bytes: int = 1024 * 1024
-    max_attachment_bytes: int = 100 * 1024 * 1024
+    """What one envelope may carry, with Sentry's defaults (`limits` in the config). An
+    item past a limit is dropped on its own (`invalid` / `too_large`) where Sentry refuses
+    the whole envelope; counts and totals keep the first items that fit. A log, span or
+    trace metric container is held to its per-record limit on average (its length over
+    its `item_count`) and to `max_container_bytes` whole; standalone spans (a `span` item
+    that is no container) count against `max_standalone_spans` and, together,
+    `max_container_bytes`."""
+
+    max_event_bytes: int = _MIB
+    max_attachment_bytes: int = 100 * _MIB
+    #: Attachments per envelope; user reports and Unreal crash reports count with them.
+    max_attachment_items: int = 30
+    max_check_in_bytes: int = 100 * _KIB
+    #: A profile or profile chunk.
+    max_profile_bytes: int = 50 * _MIB
+    #: A replay recording or video, as sent (compressed).
+    max_replay_bytes: int = 10 * _MIB
+    #: `session` and `sessions` items per envelope, and their bytes together.
+    max_session_items: int = 100
+    max_sessions_bytes: int = 10 * _MIB
+    max_client_report_items: int = 100
+    max_client_reports_bytes: int = 100 * _KIB
+    max_log_bytes: int = 2 * _MIB
+    max_span_bytes: int = 10 * _MIB
+    max_trace_metric_bytes: int = _MIB
+    max_container_bytes: int = 12 * _MIB
+    max_standalone_spans: int = 25
+
+    @cached_property
+    def item_bytes(self) -> dict[str, int]:
+        """The most one item of a type may hold (a container: per record), for the types
+        `prepare` does not parse as events (those are held to `max_event_bytes` there)."""
+        return {
+            **dict.fromkeys(("raw_security", "replay_event", "form_data"), self.max_event_bytes),
+            "unreal_report": self.max_attachment_bytes,
+            "check_in": self.max_check_in_bytes,
+            **dict.fromkeys(
+                ("profile", "profile_chunk", "profile_chunk_ui"), self.max_profile_bytes
+            ),
+            **dict.fromkeys(("replay_recording", "replay_video"), self.max_replay_bytes),
+            **dict.fromkeys(("session", "sessions"), self.max_sessions_bytes),
+            "client_report": self.max_client_reports_bytes,
+            "log": self.max_log_bytes,
+            "span": self.max_span_bytes,
+            "trace_metric": self.max_trace_metric_bytes,
+        }
+
+    def room(self) -> _Room:
+        """A fresh count of what one envelope may still carry."""
+        return _Room(
+            {
+                "attachment": self.max_attachment_items,
+                "session": self.max_session_items,
+                "client_report": self.max_client_report_items,
+                "span": self.max_standalone_spans,
+            },
+            {
+                "attachment": -1,
+                "session": self.max_sessions_bytes,
+                "client_report": self.max_client_reports_bytes,
+                "span": self.max_container_bytes,
+            },
+        )
+
+
+#: Item types Sentry accepts once per envelope, by the slot they share: one event-like
+#: item (a second one, or an event beside a transaction, makes Sentry refuse the envelope:
+#: the size limits count them as one, and events are extracted once), and one Unreal crash
+#: report. NEL reports, user reports and native crash attachments may repeat.
+SINGLE_SLOTS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "event",
+            "transaction",
+            "security",
+            "raw_security",
+            "feedback",
+            "form_data",
+            "replay_event",
+        ),
+        "event",
+    ),
+    "unreal_report": "unreal_report",
+}
+#: Item types counted per envelope (`Limits.room`), by the allowance they count against.
+_COUNTED: dict[str, str] = {
+    "attachment": "attachment",
+    "user_report": "attachment",
+    "unreal_report": "attachment",
+    "session": "session",
+    "sessions": "session",
+    "client_report": "client_report",
+    "span": "span",
+}
+#: Content types of item containers (`{"items": [...]}` with an `item_count`).
+CONTAINER_CONTENT_TYPES = frozenset(
+    {
+        "application/vnd.sentry.items.log+json",
+        "application/vnd.sentry.items.span.v2+json",
+        "application/vnd.sentry.items.trace-metric+json",
+    }
+)
+_CONTAINER_TYPES = frozenset({"log", "span", "trace_metric"})
+
+
+def is_container(headers: dict[str, Any]) -> bool:
+    content_type = headers.get("content_type")
+    return isinstance(content_type, str) and content_type.lower() in CONTAINER_CONTENT_TYPES
+
+
+@dataclass(slots=True)
+class _Room:
+    """Items and bytes an envelope may still carry, per allowance (bytes -1: no total)."""
+
+    items: dict[str, int]
+    bytes: dict[str, int]
+    #: The single slots (`SINGLE_SLOTS`) taken.
+    taken: set[str] = field(default_factory=set)
+
+    def take_slot(self, item_type: str) -> bool:
+        """Whether the envelope still had room for this item type's single slot (taken now)."""
+        slot = SINGLE_SLOTS.get(item_type)
+        if slot is None:
+            return True
+        if slot in self.taken:
+            return False
+        self.taken.add(slot)
+        return True
+
+    def admit(self, item: Item) -> bool:
+        """Count a kept item; False (nothing counted) when it no longer fits."""
+        allowance = _COUNTED.get(item.type)
+        if allowance is None or (allowance == "span" and is_container(item.headers)):
+            return True
+        size = len(item.payload)
+        left = self.bytes[allowance]
+        if self.items[allowance] < 1 or 0 <= left < size:
+            return False
+        self.items[allowance] -= 1
+        if left >= 0:
+            self.bytes[allowance] = left - size
+        return True
+
+
+def too_large(item: Item, limits: Limits) -> bool:
+    """Whether `item` alone is over its type's limit (`Limits.item_bytes`)."""
+    cap = limits.item_bytes.get(item.type)
+    if cap is None:
+        return False
+    size = len(item.payload)
+    if item.type in _CONTAINER_TYPES and is_container(item.headers):
+        if size > limits.max_container_bytes:
+            return True
+        count = item.headers.get("item_count")
+        if isinstance(count, int) and count > 1:
+            size //= count
+    return size > cap
 
 
 @dataclass(slots=True)
@@ -229,6 +391,7 @@ def prepare(
     replay_drop: Dropped | None = None
     #: Containers that shed records: id(item) -> the items it is now (kept part first).
     splits: dict[int, list[Item]] = {}
+    room = limits.room()
     for item in envelope.items:
         itype = item.type
         work = WorkItem(
@@ -237,14 +400,14 @@ def prepare(
             [],
             exempt=exempt_categories(itype, item.headers),
         )
+        # Sentry's limits by item type, before any payload is read: the first event-like
+        # item has the envelope's slot whatever becomes of it, a later one is a duplicate.
+        if not room.take_slot(itype):
+            _drop_unread(result, work, Reason.DUPLICATE_ITEM)
+            continue
         if itype in EVENT_TYPES:
             if len(item.payload) > limits.max_event_bytes:
-                work.quantities = [
-                    (str(c), q) for c, q in item_quantities(itype, item.headers, len(item.payload))
-                ]
-                result.dropped.append(
-                    Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
-                )
+                _drop_unread(result, work, Reason.TOO_LARGE)
                 continue
             try:
                 event = orjson.loads(item.payload)
@@ -279,7 +442,15 @@ def prepare(
                 if not hit.dry_run:
                     event_drop = event_drop or drop
                     continue
+            if not room.admit(item):
+                result.dropped.append(
+                    Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
+                )
+                continue
             result.kept.append(work)
+            continue
+        if too_large(item, limits):
+            _drop_unread(result, work, Reason.TOO_LARGE)
             continue
         doc = _load_object(item.payload) if itype in _FILTERED_TOO else None
         work.quantities = [
@@ -317,6 +488,12 @@ def prepare(
                     Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
                 )
                 continue
+        if not room.admit(item):
+            # Past a count or total: the items before it fit, so they are the ones kept.
+            result.dropped.append(
+                Dropped(work, _outcome(work, OutcomeKind.INVALID, Reason.TOO_LARGE, ctx))
+            )
+            continue
         result.kept.append(work)
     if splits:
         envelope.items = [part for item in envelope.items for part in splits.get(id(item), [item])]
@@ -326,6 +503,16 @@ def prepare(
         _drop_dependents(result, replay_drop, REPLAY_PARTS)
     _find_event(result)
     return result
+
+
+def _drop_unread(result: Prepared, work: WorkItem, reason: str) -> None:
+    """Drop an item as `invalid` before its payload is read (its quantities from its
+    headers and length)."""
+    item = work.item
+    work.quantities = [
+        (str(c), q) for c, q in item_quantities(item.type, item.headers, len(item.payload))
+    ]
+    result.dropped.append(Dropped(work, _outcome(work, OutcomeKind.INVALID, reason, result.ctx)))
 
 
 #: Item types filtered on their own (not events): their payloads are read for it. A

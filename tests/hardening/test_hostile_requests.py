@@ -252,8 +252,9 @@ async def test_a_header_line_over_the_http_limit(small_relay: TestClient) -> Non
 
 
 async def test_ten_thousand_items_in_one_envelope(
-    relay: TestClient, recorder: RecordingUpstream
+    relay_factory: RelayFactory, recorder: RecordingUpstream
 ) -> None:
+    relay = await relay_factory(limits={"max_attachment_items": 10000})
     items = b'{"type":"attachment","length":2,"filename":"a.txt"}\nok\n' * 9999
     body = b'{"event_id":"' + EVENT_ID.encode() + b'"}\n{"type":"event"}\n{"message":"m"}\n' + items
     too_many = body + b'{"type":"attachment","length":2}\nok\n'

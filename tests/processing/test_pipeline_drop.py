@@ -27,17 +27,10 @@ def _line(obj: object) -> bytes:
 
 
 def _mixed() -> bytes:
-    """An error with an attachment and a user report, a transaction with spans, logs."""
+    """An error with an attachment and a user report, a standalone span, logs (a
+    transaction goes in an envelope of its own: Sentry takes one event-like item)."""
     event = _line({"event_id": "a" * 32, "message": "boom"})
-    tx = _line(
-        {
-            "type": "transaction",
-            "transaction": "/checkout",
-            "start_timestamp": 1.0,
-            "timestamp": 2.0,
-            "spans": [{"span_id": "b" * 16, "start_timestamp": 1.0, "timestamp": 2.0}],
-        }
-    )
+    span = _line({"span_id": "b" * 16, "trace_id": "d" * 32, "start_timestamp": 1.0})
     report = _line({"event_id": "a" * 32, "name": "n", "email": "e@example.com", "comments": "c"})
     logs = _line({"items": [{"timestamp": 1.0, "level": "info", "body": "x"}]})
     return b"".join(
@@ -49,8 +42,8 @@ def _mixed() -> bytes:
             b"abc\n",
             _line({"type": "user_report", "length": len(report) - 1}),
             report,
-            _line({"type": "transaction", "length": len(tx) - 1}),
-            tx,
+            _line({"type": "span", "length": len(span) - 1}),
+            span,
             _line(
                 {
                     "type": "log",
@@ -119,11 +112,9 @@ def test_categories_left_matches_what_drop_categories_leaves(name: str) -> None:
 
 def test_a_rejected_event_leaves_none_of_its_dependents() -> None:
     prepared = pipeline.prepare(parse_envelope(BODIES["mixed"]), CTX)
-    assert {"error", "attachment", "feedback", "transaction", "span", "log_item"} <= (
-        prepared.categories()
-    )
+    assert {"error", "attachment", "feedback", "span", "log_item"} <= prepared.categories()
     left = pipeline.categories_left(prepared, {"error"})
-    assert left == {"transaction", "span", "log_item", "log_byte"}
+    assert left == {"span", "log_item", "log_byte"}
     # Logs count alone: rejecting them leaves everything else.
     left = pipeline.categories_left(prepared, {"log_byte"})
     assert left == prepared.categories() - {"log_item", "log_byte"}
@@ -290,15 +281,20 @@ def test_the_profile_chunk_ui_item_type_counts_as_a_ui_chunk() -> None:
 def test_a_rate_limited_drop_reports_every_category_it_counted_in() -> None:
     prepared = pipeline.prepare(parse_envelope(BODIES["mixed"]), CTX)
     dropped = pipeline.drop_categories(
-        prepared, {"error": ("err", None), "transaction": ("tx", None), "log_byte": ("lb", None)}
+        prepared, {"error": ("err", None), "span": ("sp", None), "log_byte": ("lb", None)}
     )
     reports = {d.work.type: d.report for d in dropped}
     assert reports["event"] == [("error", 1)]
     assert reports["attachment"] == [("attachment", 3), ("attachment_item", 1)]
-    assert reports["transaction"] == [("transaction", 1), ("span", 2)]
+    assert reports["span"] == [("span", 1)]
     # Log items and log bytes are limited apart: only the rejected one is reported.
     (log,) = (d.work for d in dropped if d.work.type == "log")
     assert reports["log"] == [("log_byte", len(log.item.payload))]
+    # A transaction in all its categories: its own and its spans'.
+    body = _envelope(({"type": "transaction"}, TRANSACTION))
+    prepared = pipeline.prepare(parse_envelope(body), CTX)
+    (transaction,) = pipeline.drop_categories(prepared, {"transaction": ("tx", None)})
+    assert transaction.report == [("transaction", 1), ("span", 2)]
 
 
 def _filters(**config: Any) -> Filters:
