@@ -5,6 +5,8 @@ them; the relay drops that item alone (`invalid`), with an outcome, and forwards
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 import uuid
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -53,7 +55,9 @@ def _envelope(*items: tuple[dict[str, Any], bytes]) -> Envelope:
 
 
 def _prepare(*items: tuple[dict[str, Any], bytes], **kwargs: Any) -> Prepared:
-    return pipeline.prepare(_envelope(*items), CTX, **kwargs)
+    # Received now (sessions are checked against it): `CTX` was made at collection.
+    ctx = dataclasses.replace(CTX, received_at=time.time())
+    return pipeline.prepare(_envelope(*items), ctx, **kwargs)
 
 
 def _kept(prepared: Prepared) -> list[str]:
