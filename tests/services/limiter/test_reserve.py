@@ -11,12 +11,20 @@ import pytest
 from redis.asyncio import Redis
 
 from relay.config import ConfigError, parse_config
-from relay.processing.quotas import CategoryDemand, Counter
+from relay.processing.quotas import Counter
 from relay.services.limiter import LimitResult, create_limiter
 from relay.services.limiter.redis import RedisLimiter
 from relay.services.limiter.share import RESERVE_DEMANDS, RESERVE_MIN, QuotaShare
 from tests.services.limiter.conftest import Clock, quotas, redis_config
-from tests.services.limiter.test_share import LIMIT_100, P42, accepted, redis_down, stored
+from tests.services.limiter.test_share import (
+    LIMIT_100,
+    P42,
+    accepted,
+    demand,
+    redis_down,
+    stored,
+)
+from tests.services.limiter.test_share import counter as share_counter
 from tests.support.redis_server import RedisServer
 
 LIMIT_1000 = quotas(
@@ -36,11 +44,8 @@ def reserving(url: str, clock: Clock, **kw: Any) -> RedisLimiter:
 
 
 def counter(limit: int = 1000, increment: int = 1, window_end: int = 1000) -> Counter:
-    return Counter("q:n:42", "60", limit, increment, window_end, 60, True, None)
-
-
-def demand(*counters: Counter) -> CategoryDemand:
-    return CategoryDemand("error", 1, list(counters))
+    """`test_share`'s counter, of a larger limit (reservations start at `RESERVE_MIN`)."""
+    return share_counter(limit, increment, window_end)
 
 
 def test_the_default_mode_is_reserve() -> None:
