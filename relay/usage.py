@@ -32,14 +32,26 @@ async def _from_redis(config: Config) -> list[dict[str, Any]]:
     return [row_to_json(r) for r in rows]
 
 
+#: Where to reach a relay listening on every address: loopback of the same family (a
+#: socket on `::` takes no IPv4 connections, asyncio binds it IPv6-only).
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def usage_url(host: str, port: int) -> str:
+    """The running relay's usage endpoint, for `listen.host` and `listen.port`."""
+    host = host.strip("[]")
+    host = _LOOPBACK.get(host, host)
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    return f"http://{shown}:{port}/api/relay/usage/"
+
+
 def _from_http(config: Config) -> list[dict[str, Any]]:
     token = config.admin.token
     if token is None or not token.reveal():
         raise RuntimeError(
             "counters live in the running relay: set admin.token to read them over HTTP"
         )
-    host = "127.0.0.1" if config.listen.host in ("0.0.0.0", "::") else config.listen.host
-    url = f"http://{host}:{config.listen.port}/api/relay/usage/"
+    url = usage_url(config.listen.host, config.listen.port)
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token.reveal()}"})
     # Straight to the relay: urllib would send the token through an `http_proxy` of the
     # environment otherwise.

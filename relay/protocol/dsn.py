@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from relay.protocol.url import InvalidUrl, ascii_host
@@ -19,7 +19,7 @@ class InvalidDsn(ValueError):
 class Dsn:
     scheme: str
     public_key: str
-    secret_key: str | None
+    secret_key: str | None = field(repr=False)  # kept out of logs and tracebacks
     host: str
     port: int | None
     path_prefix: str

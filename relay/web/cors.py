@@ -48,11 +48,15 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 def add_cors_headers(request: IngestRequest, response: web.StreamResponse) -> None:
-    """CORS headers on every /api/ answer to a browser (a request with an `Origin`),
-    errors included. Server-side SDKs send no `Origin` and get none."""
+    """CORS headers on every ingest (/api/) answer to a browser (a request with an
+    `Origin`), errors included. Server-side SDKs send no `Origin` and get none, and the
+    relay's own endpoints (/api/relay/: usage, health) get none either: no web page
+    needs to read them."""
+    path = request.path
     if (
         "Origin" in request.headers
-        and request.path.startswith("/api/")
+        and path.startswith("/api/")
+        and not path.startswith("/api/relay/")
         and request.method != "OPTIONS"
     ):
         response.headers.update(cors_headers(request))

@@ -60,6 +60,24 @@ OVERLOAD_RETRY_AFTER = "5"
 #: The client a check-in sent without an SDK (no `sentry_client`) is forwarded as, as
 #: Sentry names it.
 HTTP_CHECK_IN_CLIENT = "relay-http"
+#: Item types that belong to an event (the event itself, or what is attached to or turned
+#: into one): an envelope holding one of them and no `event_id` header is given a new id,
+#: as Sentry gives it, sent on in the header and answered as `{"id": ...}`.
+EVENT_ID_ITEM_TYPES = frozenset(
+    {
+        "event",
+        "transaction",
+        "security",
+        "raw_security",
+        "attachment",
+        "form_data",
+        "unreal_report",
+        "user_report",
+        "feedback",
+        "replay_event",
+        "profile",
+    }
+)
 
 
 def _project_id(request: IngestRequest) -> int:
@@ -229,8 +247,16 @@ async def envelope_endpoint(request: IngestRequest) -> web.Response:
         _check_dsn_project(dsn_text, project_id)
     if project is None:
         project = _resolve(request, project_id, auth)
+    _ensure_event_id(envelope)
     received = Received(body, gzipped) if gzipped is not None else None
     return await _submit(request, envelope, project_id, auth, project, received)
+
+
+def _ensure_event_id(envelope: Envelope) -> None:
+    if envelope.event_id is None and any(  # absent or `null`
+        item.type in EVENT_ID_ITEM_TYPES for item in envelope.items
+    ):
+        envelope.set_header("event_id", uuid.uuid4().hex)
 
 
 def _check_dsn_project(dsn: str, project_id: int) -> None:
@@ -255,6 +281,7 @@ async def store_endpoint(request: IngestRequest) -> web.Response:
             )
         except EnvelopeError as exc:
             raise BadRequest(f"invalid envelope: {exc}") from None
+        _ensure_event_id(envelope)
         return await _submit(request, envelope, project_id, auth, project)
     try:
         event = decode_store_body(
