@@ -29,6 +29,7 @@ from relay.config import Config
 from relay.keys import PEERS
 from relay.logs import setup_logging
 from relay.protocol.proxy import Proxy
+from relay.protocol.url import local_authority
 from relay.rlimit import raise_open_files_limit
 from relay.services.peers import WorkerPeers
 from relay.services.reload import reload_config
@@ -65,19 +66,16 @@ def describe_upstream(config: Config) -> str:
 
 
 def banner(config: Config) -> str:
-    host = config.listen.host
-    shown = f"[{host}]" if ":" in host else host
-    if host in ("0.0.0.0", "::"):
-        shown = "127.0.0.1"
+    address = local_authority(config.listen.host, config.listen.port)
     project = config.projects[0] if config.projects else None
     project_id = project.id if project else 42
     key = project.keys[0] if project and project.keys else EXAMPLE_KEY
     workers = f" ({config.workers} workers)" if config.workers > 1 else ""
     return "\n".join(
         [
-            f"relay listening on http://{shown}:{config.listen.port}{workers}",
+            f"relay listening on http://{address}{workers}",
             f"upstream: {describe_upstream(config)}",
-            f"example DSN: http://{key}@{shown}:{config.listen.port}/{project_id}",
+            f"example DSN: http://{key}@{address}/{project_id}",
         ]
     )
 

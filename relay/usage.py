@@ -19,6 +19,7 @@ import orjson
 
 from relay.config import Config
 from relay.policy.registry import PolicyRegistry
+from relay.protocol.url import local_authority
 from relay.services.limiter import LimiterUnavailable, create_limiter
 from relay.web.admin import row_to_json, usage_scopes
 
@@ -32,17 +33,9 @@ async def _from_redis(config: Config) -> list[dict[str, Any]]:
     return [row_to_json(r) for r in rows]
 
 
-#: Where to reach a relay listening on every address: loopback of the same family (a
-#: socket on `::` takes no IPv4 connections, asyncio binds it IPv6-only).
-_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
-
-
 def usage_url(host: str, port: int) -> str:
     """The running relay's usage endpoint, for `listen.host` and `listen.port`."""
-    host = host.strip("[]")
-    host = _LOOPBACK.get(host, host)
-    shown = f"[{host}]" if ":" in host else host  # an IPv6 literal
-    return f"http://{shown}:{port}/api/relay/usage/"
+    return f"http://{local_authority(host, port)}/api/relay/usage/"
 
 
 def _from_http(config: Config) -> list[dict[str, Any]]:

@@ -11,8 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.protocol.dsn import Dsn
+from relay.server import banner
 from relay.usage import usage_url
-from tests.support.relay import KEY, auth_header
+from tests.support.relay import KEY, auth_header, make_config
 from tests.support.upstream import RecordingUpstream
 
 TOKEN = "s3cret-token"
@@ -128,3 +129,20 @@ def test_usage_url() -> None:
     assert usage_url("::", 3000) == "http://[::1]:3000/api/relay/usage/"
     assert usage_url("fd00::5", 3000) == "http://[fd00::5]:3000/api/relay/usage/"
     assert usage_url("relay.internal", 3000) == "http://relay.internal:3000/api/relay/usage/"
+
+
+@pytest.mark.parametrize(
+    ("host", "shown"),
+    [
+        ("::", "[::1]"),
+        ("0.0.0.0", "127.0.0.1"),
+        ("::1", "[::1]"),
+        ("relay.internal", "relay.internal"),
+    ],
+)
+def test_the_banner_shows_an_address_that_reaches_the_relay(host: str, shown: str) -> None:
+    """A relay on `::` takes IPv6 connections only: its banner's example DSN says `[::1]`."""
+    config = make_config("http://127.0.0.1:1", listen={"host": host, "port": 3000})
+    text = banner(config)
+    assert f"relay listening on http://{shown}:3000" in text
+    assert f"@{shown}:3000/" in text

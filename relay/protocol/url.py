@@ -2,6 +2,7 @@
 
     parse_http_url(url) -> HttpUrl    scheme, ASCII host, port, request target
     ascii_host(hostname) -> str       a host name as DNS and the `Host` header take it
+    local_authority(host, port)       `host:port` that reaches a listener on this machine
     InvalidUrl(ValueError)            what is wrong, never quoting the URL
 
 The same checks run when a config is validated (`upstream.url`, DSNs) and when the
@@ -17,7 +18,7 @@ import string
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-__all__ = ["HttpUrl", "InvalidUrl", "ascii_host", "parse_http_url"]
+__all__ = ["HttpUrl", "InvalidUrl", "ascii_host", "local_authority", "parse_http_url"]
 
 #: What a request target may hold as it is (printable ASCII but the space).
 _PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
@@ -95,3 +96,17 @@ def parse_http_url(url: str) -> HttpUrl:
     if not _PRINTABLE_SET.issuperset(target):  # spaces, control characters
         raise InvalidUrl("has a path that cannot be sent in a request line")
     return HttpUrl(scheme, host, port or (443 if scheme == "https" else 80), target)
+
+
+#: Where to reach a listener on every address: the loopback of the same family (a socket
+#: on `::` takes no IPv4 connections, asyncio binds it IPv6-only).
+_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
+
+def local_authority(host: str, port: int) -> str:
+    """`host:port` for a request from this machine to a listener on `host` (`listen.host`):
+    an every-address host becomes its family's loopback, an IPv6 literal gets brackets."""
+    host = host.strip("[]")
+    host = _LOOPBACK.get(host, host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}"
