@@ -10,6 +10,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from relay.config import ConfigError, parse_config
 from relay.protocol.dsn import Dsn
 from relay.server import banner
 from relay.usage import usage_url
@@ -146,3 +147,10 @@ def test_the_banner_shows_an_address_that_reaches_the_relay(host: str, shown: st
     text = banner(config)
     assert f"relay listening on http://{shown}:3000" in text
     assert f"@{shown}:3000/" in text
+
+
+@pytest.mark.parametrize("url", ["rediss://s1:26379,s2:26379/0", "unix:///run/redis.sock"])
+def test_sentinel_mode_refuses_a_url_whose_tls_or_socket_it_would_ignore(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"redis\.url: mode: sentinel takes redis://"):
+        parse_config({"redis": {"url": url, "mode": "sentinel"}}, env={})
+    parse_config({"redis": {"url": "redis://s1:26379,s2:26379/0", "mode": "sentinel"}}, env={})

@@ -374,6 +374,10 @@ def _redis_url_problem(url: str, mode: str) -> str | None:
     follows it is read as the port or the database."""
     if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://")):
         return "must start with redis://, rediss:// or unix://"
+    if mode == "sentinel" and not url.startswith(("redis://", "redis+sentinel://")):
+        # The sentinels' list is read from the URL's host part: TLS and a socket path
+        # would be ignored, not used.
+        return "mode: sentinel takes redis:// or redis+sentinel:// (no TLS or Unix socket)"
     if url.startswith("unix://"):
         return None
     if url.startswith("redis+sentinel://") and mode != "sentinel":
