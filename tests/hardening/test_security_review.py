@@ -32,7 +32,6 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -58,6 +57,7 @@ from relay.protocol.multipart import (
 from relay.services.limiter.redis import connect
 from tests.hardening.conftest import GOOD_ENVELOPE
 from tests.hardening.test_hostile_requests import LIMITS, raw_exchange
+from tests.hardening.test_secrets_hygiene import _check_config
 from tests.support.http_proxy import HttpProxy
 from tests.support.redis_server import free_port
 from tests.support.relay import RelayFactory, auth_header, make_config
@@ -255,16 +255,6 @@ async def test_a_request_path_cannot_forge_a_log_line(
 
 
 # -- found, fixed elsewhere ----------------------------------------------------------------------------
-
-
-def _check_config(
-    tmp_path: Path, data: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    path = tmp_path / "relay.yml"
-    path.write_text(yaml.safe_dump(data))
-    code = cli_main(["check-config", str(path)])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 @pytest.mark.parametrize("separator", ["/", "?", "#"])
