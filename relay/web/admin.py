@@ -1,8 +1,13 @@
-"""Admin routes: quota usage. They need `admin.token` (compared in constant time)."""
+"""Admin routes: quota usage. They need `admin.token` (compared in constant time).
+
+An address whose requests keep failing authentication is locked out for a while
+(`relay.web.lockout`): its admin requests get 429 with `Retry-After`, a right token too.
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Any
 
 import orjson
@@ -10,21 +15,48 @@ from aiohttp import web
 
 from relay.keys import LIMITER, REGISTRY
 from relay.policy.registry import Denied, PolicyRegistry
+from relay.processing.filters import resolve_client_ip
 from relay.processing.quotas import CompiledQuotas, Scoping
 from relay.services.limiter import LimiterUnavailable, UsageRow
-from relay.web.errors import Forbidden, ServiceUnavailable, Unauthorized
+from relay.web.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from relay.web.lockout import ADMIN_LOCKOUT, AdminLockout, client_key
+
+log = logging.getLogger("relay.web")
 
 
 def check_admin(request: web.Request) -> None:
-    token = request.app[REGISTRY].current.config.admin.token
+    registry = request.app[REGISTRY].current
+    token = registry.config.admin.token
     if token is None or not token.reveal():
         raise Forbidden("admin endpoints are disabled: set admin.token")
+    lockout = request.app[ADMIN_LOCKOUT]
+    key = client_key(
+        resolve_client_ip(
+            request.remote, request.headers.get("X-Forwarded-For"), registry.trusted_proxies
+        )
+    )
+    wait = lockout.retry_after(key)
+    if wait is not None:
+        # Before the token is looked at: a right one is refused too.
+        raise TooManyRequests(
+            "too many failed admin authentications from this address",
+            headers={"Retry-After": str(wait)},
+        )
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     # A header's bytes beyond UTF-8 come as surrogates: compared as the bytes they were.
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         value.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()
     ):
+        if lockout.failed(key):
+            log.warning(
+                "admin: %d failed authentications from %s within %ds: its admin requests"
+                " are refused for %ds",
+                lockout.max_failures,
+                key,
+                lockout.window,
+                lockout.lockout,
+            )
         raise Unauthorized("admin token required (Authorization: Bearer <token>)")
 
 
@@ -74,5 +106,6 @@ async def usage(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[ADMIN_LOCKOUT] = AdminLockout()
     app.router.add_get("/api/relay/usage/", usage)
     app.router.add_get("/api/relay/usage", usage)
