@@ -74,6 +74,10 @@ async def test_a_check_in_with_the_key_in_the_auth(
     assert (check_in["monitor_slug"], check_in["status"]) == ("nightly-backup", "error")
     if headers:  # the SDK's client, when it names one
         assert "sentry_client=test/1.0" in recorder.received[0].headers["X-Sentry-Auth"]
+    # Every form of the path is the one `cron` endpoint in the request metrics.
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_requests_total{endpoint="cron",status="202"} 1.0' in metrics
+    assert "cron_key" not in metrics
 
 
 async def test_a_check_in_as_json_creates_the_monitor(
