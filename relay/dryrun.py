@@ -17,7 +17,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-import msgspec
 import orjson
 
 from relay.config import Config
@@ -25,8 +24,9 @@ from relay.outcomes import Reason
 from relay.policy.registry import Denied, PolicyRegistry, ProjectPolicy
 from relay.processing.context import RequestContext
 from relay.processing.pipeline import Dropped, ScrubOutcome, ScrubStage, WorkItem
-from relay.processing.scrub.content import read_text
+from relay.processing.scrub.content import Unreadable, read_text
 from relay.processing.scrub.items import Unread, scrub_envelope
+from relay.processing.scrub.native import decode_raw_map, raw_string
 from relay.processing.scrub.scrubber import Scrubber
 from relay.protocol.envelope import Envelope, EnvelopeError, json_exceeds_depth, parse_envelope
 from relay.protocol.store import StoreError, store_to_envelope
@@ -173,18 +173,15 @@ def _scrub_items(scrubber: ScrubStage, probe: Envelope, reports: dict[int, ItemR
 def _show_video(payload: bytes) -> Any:
     """A replay video's MessagePack map: its event as JSON, the recording and video as sizes."""
     try:
-        parts = msgspec.msgpack.decode(payload)
-    except (msgspec.DecodeError, RecursionError):  # nested past the recursion limit
+        parts = decode_raw_map(payload, "the replay video")
+    except Unreadable:
         return _show(payload)
-    if not isinstance(parts, dict):
-        return _show(payload)
-    return {
-        key: _show(value)
-        if key == "replay_event" and isinstance(value, bytes)
-        else f"<{len(value)} bytes>"
-        for key, value in parts.items()
-        if isinstance(value, bytes | str)
-    }
+    shown: dict[str, Any] = {}
+    for key, raw in parts.items():
+        value = raw_string(raw)
+        if value is not None:
+            shown[key] = _show(value) if key == "replay_event" else f"<{len(value)} bytes>"
+    return shown
 
 
 def _show(payload: bytes) -> Any:

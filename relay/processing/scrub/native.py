@@ -69,6 +69,30 @@ def decode_map(payload: bytes, what: str) -> dict[Any, Any]:
     return value
 
 
+def decode_raw_map(payload: bytes, what: str) -> dict[str, msgspec.Raw]:
+    """`payload` as one MessagePack map with string keys, its values left undecoded
+    (slices of `payload`); `Unreadable` naming `what` if not."""
+    try:
+        return msgspec.msgpack.decode(payload, type=dict[str, msgspec.Raw])
+    except msgspec.ValidationError:
+        raise Unreadable(f"{what} is not a MessagePack map with string keys") from None
+    except msgspec.DecodeError:
+        raise Unreadable(f"{what} is not MessagePack") from None
+
+
+def raw_string(raw: msgspec.Raw) -> bytes | None:
+    """An undecoded MessagePack `bin` or `str` value's bytes (UTF-8 for a `str`); None if
+    it is another kind of value (which is not decoded)."""
+    try:
+        return msgspec.msgpack.decode(raw, type=bytes)
+    except msgspec.ValidationError:
+        pass
+    try:
+        return msgspec.msgpack.decode(raw, type=str).encode("utf-8")
+    except msgspec.ValidationError:
+        return None
+
+
 def _depth_over(root: Any, limit: int) -> bool:
     """Whether containers in `root` nest deeper than `limit` (without recursion)."""
     stack = [(root, 1)]

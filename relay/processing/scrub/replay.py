@@ -26,7 +26,7 @@ import orjson
 
 from relay.processing.scrub.content import Unreadable
 from relay.processing.scrub.deep import walk_deep
-from relay.processing.scrub.native import decode_map
+from relay.processing.scrub.native import decode_raw_map, raw_string
 from relay.processing.scrub.walker import Redaction
 from relay.protocol.envelope import MAX_JSON_DEPTH, has_duplicate_keys, json_exceeds_depth
 
@@ -79,14 +79,17 @@ def scrub_video(scrubber: Scrubber, payload: bytes, index: int, want: bool) -> S
 
 
 def _video_parts(payload: bytes) -> dict[str, bytes]:
-    """The three byte strings of a replay video's MessagePack map."""
-    value = decode_map(payload, "the replay video")
+    """The three byte strings of a replay video's MessagePack map.
+
+    The map's values are first taken as undecoded slices, and each of the three is then
+    decoded only as a string: anything else in the map is never built (a MessagePack
+    array of nils would take 8 bytes of memory per byte of payload)."""
+    value = decode_raw_map(payload, "the replay video")
     parts: dict[str, bytes] = {}
     for key in _VIDEO_KEYS:
-        part = value.get(key)
-        if isinstance(part, str):
-            part = part.encode("utf-8")
-        if not isinstance(part, bytes):
+        raw = value.get(key)
+        part = None if raw is None else raw_string(raw)
+        if part is None:
             raise Unreadable(f"the replay video has no `{key}` bytes")
         parts[key] = part
     return parts

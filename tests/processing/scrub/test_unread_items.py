@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import random
+import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
@@ -170,6 +171,45 @@ def test_a_replay_video_that_cannot_be_read_is_dropped_with_an_outcome(payload: 
     assert dropped.outcome.reason == Reason.INVALID_PAYLOAD
     assert dropped.outcome.kind == OutcomeKind.INVALID
     assert dropped.outcome.category == "replay"
+
+
+def test_a_replay_video_is_read_without_building_what_it_does_not_keep() -> None:
+    # Four million nils under a key the relay drops: decoded, they would take 8 bytes
+    # each (32 MB); taken as an undecoded slice, the scrub costs the envelope's copies of
+    # the payload (building and parsing it: two).
+    nils = b"\xdd" + (4_000_000).to_bytes(4, "big") + b"\xc0" * 4_000_000
+    fields = msgspec.msgpack.decode(replay_video())
+    payload = b"\x84" + msgspec.msgpack.encode(fields)[1:] + msgspec.msgpack.encode("x") + nils
+    tracemalloc.start()
+    try:
+        env, report = scrub(({"type": "replay_video"}, payload))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(payload), peak
+    (item,) = env.items
+    assert list(msgspec.msgpack.decode(item.payload)) == [
+        "replay_event",
+        "replay_recording",
+        "replay_video",
+    ]
+    assert report.changed_items == [0]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        replay_video(replay_video=[None] * 1000),  # not bytes: never decoded
+        replay_video(replay_event=7),
+        msgspec.msgpack.encode({1: b"", "replay_event": b"{}"}),  # a key not a string
+    ],
+)
+def test_a_replay_video_part_that_is_not_bytes_is_dropped(payload: bytes) -> None:
+    env = env_of(({"type": "replay_video"}, payload))
+    prepared = pipeline.prepare(env, CTX)
+    assert pipeline.finish(prepared, scrubber=compile_scrubber(None)).items == []
+    (dropped,) = prepared.scrub_dropped
+    assert dropped.outcome.reason == Reason.INVALID_PAYLOAD
 
 
 @pytest.mark.parametrize("compress", [True, False])
