@@ -9,13 +9,15 @@ default used by `relay run` without `--config`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 import yaml
@@ -367,6 +369,10 @@ def validate(config: Config) -> list[Problem]:
     return problems
 
 
+#: What a Redis URL problem adds when a password may be what broke the URL.
+_ENCODE_HINT = " (a '/', '?' or '#' in the password must be percent-encoded)"
+
+
 def _redis_url_problem(url: str, mode: str) -> str | None:
     """Why `redis.url` cannot be used in `mode`, read as redis-py reads it (Sentinel: as
     the limiter reads its list of sentinels), or None. Never quotes the URL: a '/', '?'
@@ -379,32 +385,97 @@ def _redis_url_problem(url: str, mode: str) -> str | None:
         # would be ignored, not used.
         return "mode: sentinel takes redis:// or redis+sentinel:// (no TLS or Unix socket)"
     if url.startswith("unix://"):
-        return None
+        return _unix_url_problem(url, mode)
     if url.startswith("redis+sentinel://") and mode != "sentinel":
         return "redis+sentinel:// needs mode: sentinel"
-    encode = " (a '/', '?' or '#' in the password must be percent-encoded)"
     try:
         parts = urlsplit(url.replace("redis+sentinel://", "redis://", 1))
     except ValueError:
-        return "is not a URL" + encode
+        return "is not a URL" + _ENCODE_HINT
     if mode == "sentinel":
         for host in parts.netloc.rpartition("@")[2].split(","):
             name, _, port = host.rpartition(":") if ":" in host else (host, "", "")
             if not name or (port and not (port.isascii() and port.isdigit())):
-                return "a sentinel's host is missing or its port is not a number" + encode
+                return "a sentinel's host is missing or its port is not a number" + _ENCODE_HINT
     else:
         try:
             parts.port  # noqa: B018 (urllib reads it only when asked)
         except ValueError:
-            return "the port is not a number up to 65535" + encode
+            return "the port is not a number up to 65535" + _ENCODE_HINT
         if not parts.hostname:
-            return "has no host" + encode
+            return "has no host" + _ENCODE_HINT
     db = unquote(parts.path).strip("/")
     if db and not (db.isascii() and db.isdigit()):
-        return "the database (the path after the host) is not a number" + encode
+        return "the database (the path after the host) is not a number" + _ENCODE_HINT
     if db and int(db) != 0 and mode == "cluster":
         return "a Redis Cluster has database 0 only"
     return None
+
+
+def _unix_url_problem(url: str, mode: str) -> str | None:
+    """`_redis_url_problem` of a `unix://` URL: read by redis-py's own `from_url`, and its
+    options taken as the first connection would take them (redis-py leaves an unknown one
+    to fail there). Quotes no more than an option's name: once the host part is empty
+    (or `localhost`), the password (if any) lies wholly before the '@'."""
+    if mode == "cluster":
+        return (
+            "mode: cluster takes redis:// or rediss:// (redis-py has no Unix socket to a cluster)"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "is not a URL" + _ENCODE_HINT
+    if parts.netloc.rpartition("@")[2].lower() not in ("", "localhost"):
+        # redis-py drops a host and port unread: `unix://run/redis.sock` is /redis.sock.
+        return (
+            "a unix:// URL names no host or port (redis-py ignores them): the socket's path"
+            " follows unix:// (unix:///run/redis/redis.sock)" + _ENCODE_HINT
+        )
+    if not unquote(parts.path).rstrip("/"):
+        return "has no socket path (unix:///run/redis/redis.sock)"
+    unknown = sorted(set(parse_qs(parts.query)) - _unix_socket_options())
+    if unknown:
+        return f"redis-py takes no option {', '.join(unknown)} for a Unix socket"
+    from redis.asyncio.connection import ConnectionPool
+    from redis.exceptions import RedisError
+
+    try:
+        pool = ConnectionPool.from_url(url)
+        pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]  # no I/O yet
+    except (ValueError, RedisError) as exc:  # redis-py's own words, naming an option
+        return f"redis-py refuses its options: {exc}"
+    except Exception:  # e.g. text given to an option that takes an object (`retry`)
+        return "redis-py cannot make a connection with its options"
+    db = pool.connection_kwargs.get("db", 0)
+    if isinstance(db, int) and db < 0:
+        return "the database (?db=) is less than 0"
+    return None
+
+
+@functools.cache
+def _unix_socket_options() -> frozenset[str]:
+    """The keyword arguments redis-py's pool and Unix socket connection take (the query
+    options of a `unix://` URL become those)."""
+    from redis.asyncio.connection import ConnectionPool, UnixDomainSocketConnection
+
+    names: set[str] = set()
+    for cls in (ConnectionPool, *UnixDomainSocketConnection.__mro__):
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
+                names.add(param.name)
+    names.discard("self")
+    return frozenset(names)
+
+
+#: Why `upstream.url` cannot carry a user or password (never quoted: the URL holds them).
+_UPSTREAM_CREDENTIALS = (
+    "has a user or password, which the relay never sends upstream: remove it. Sentry"
+    " authenticates by a DSN's key: the app's own, or a project's upstream_dsn"
+    " (https://<key>@host/<project id>)"
+)
 
 
 #: The `limits` keys that count items (sizes cannot be negative anyway).
@@ -454,6 +525,9 @@ def _check_core(config: Config) -> list[Problem]:
             parse_http_url(url)
         except InvalidUrl as exc:
             problems.append(Problem("upstream.url", str(exc)))
+        else:
+            if "@" in urlsplit(url).netloc:
+                problems.append(Problem("upstream.url", _UPSTREAM_CREDENTIALS))
     if config.upstream.concurrency < 1:
         problems.append(Problem("upstream.concurrency", "must be at least 1"))
     if not 0 <= config.upstream.gzip_level <= 9:

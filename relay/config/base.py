@@ -1,6 +1,7 @@
 """Building blocks shared by every config section.
 
-- `Section`: the base of every config Struct (unknown keys are errors, keyword-only).
+- `Section`: the base of every config Struct (unknown keys are errors, keyword-only); its
+  `repr` shows a DSN (a field named `dsn` or `..._dsn`) without the DSN's keys.
 - `ByteSize`: an int that also accepts `"20MiB"`, `"1.5GB"`, `"512k"`.
 - `Duration`: seconds as a float that also accepts `"30s"`, `"5m"`, `"24h"`, `"7d"`.
 - `Secret`: a string that never shows itself in `repr`, logs or error output.
@@ -18,9 +19,33 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 
+from relay.protocol.dsn import Dsn, InvalidDsn
+
 
 class Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
-    """Base class of every config section."""
+    """Base class of every config section.
+
+    `repr` and `str` are msgspec's but for a DSN (a string field named `dsn` or ending in
+    `_dsn`), shown as `https://***@host/42`: its public and secret keys stay out of logs
+    and tracebacks. The value itself, and equality, are as configured.
+    """
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in self.__rich_repr__())
+        return f"{type(self).__name__}({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(name, _shown(name, getattr(self, name))) for name in self.__struct_fields__]
+
+
+def _shown(name: str, value: Any) -> Any:
+    """A field's value as `repr` shows it: a DSN without its keys."""
+    if not (isinstance(value, str) and (name == "dsn" or name.endswith("_dsn"))):
+        return value
+    try:
+        return Dsn.parse(value).masked()
+    except InvalidDsn:
+        return "***"  # not a DSN: nothing of it can be told apart from its keys
 
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)

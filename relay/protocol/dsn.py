@@ -73,10 +73,16 @@ class Dsn:
 
     def __str__(self) -> str:
         secret = f":{self.secret_key}" if self.secret_key else ""
-        port = f":{self.port}" if self.port is not None else ""
-        return f"{self.scheme}://{self.public_key}{secret}@{self.host}{port}{self.path_prefix}/{self.project_id}"
+        return self._with_userinfo(f"{self.public_key}{secret}")
 
     def redacted(self) -> str:
         """For logs: the key is shortened, a secret is never shown."""
+        return self._with_userinfo(f"{self.public_key[:6]}…")
+
+    def masked(self) -> str:
+        """For a config's `repr`: `https://***@host/42`, neither key shown."""
+        return self._with_userinfo("***")
+
+    def _with_userinfo(self, userinfo: str) -> str:
         port = f":{self.port}" if self.port is not None else ""
-        return f"{self.scheme}://{self.public_key[:6]}…@{self.host}{port}{self.path_prefix}/{self.project_id}"
+        return f"{self.scheme}://{userinfo}@{self.host}{port}{self.path_prefix}/{self.project_id}"

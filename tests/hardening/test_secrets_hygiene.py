@@ -188,7 +188,7 @@ def test_check_config_output_never_shows_secrets(
 ) -> None:
     good = secret_config("sentry.example.com", free_port())
     good["upstream"] = {
-        "url": f"https://user:{DSN_SECRET}@sentry.example.com",
+        "url": "https://sentry.example.com",
         "proxy": f"http://egress:{DSN_SECRET}@proxy.internal:3128",
     }
     code, output = _check_config(tmp_path, good, capsys)
@@ -217,6 +217,7 @@ def test_check_config_output_never_shows_secrets(
         {"admin": {"token": [ADMIN_TOKEN]}},
         {"admin": {"token": ADMIN_TOKEN, "tokne": ADMIN_TOKEN}},
         {"upstream": {"url": f"ftp://u:{DSN_SECRET}@h"}},
+        {"upstream": {"url": f"https://user:{DSN_SECRET}@h"}},
         {"upstream": {"proxy": f"socks5://u:{DSN_SECRET}@proxy.internal:1080"}},
         {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:port"}},
         {"upstream": {"proxy": f"http://u:{DSN_SECRET}@proxy.internal:3128/path"}},
