@@ -27,9 +27,25 @@ where the payload is a msgpack `SpoolRecord` (routing, quantities, the body).
   offset, skipping the records its `.acks` marks; what was in flight when the process
   stopped is sent again (at-least-once; upstreams de-duplicate by event_id). A mark is
   written only for a record that was finished, and a torn or corrupt mark (power loss)
-  fails its crc and is ignored, so a record not delivered is never skipped. Torn or
-  corrupt record tails (power loss) are detected by length and CRC, skipped and
-  counted, never fatal.
+  fails its crc and is ignored, so a record not delivered is never skipped. A `.done`
+  offset where no record starts is ignored (the segment is read from its start).
+- Corrupt records are skipped, logged and counted (`corrupt_records`), never fatal; the
+  backlog counted on start holds only the records the reader will find intact (one that
+  passes its crc but does not decode is taken off the count as the reader passes it):
+  - a record whose header is whole (magic, version, and a length that fits in the
+    file) but whose payload fails its crc, or does not decode, is skipped alone: the
+    records after it are read;
+  - at a header that is not whole (a torn tail after a power loss, or a corrupt magic,
+    version or length), where the next record starts is unknown: the rest of the segment
+    is skipped, counted as one corrupt record. A length corrupted to a value that still
+    fits makes its record fail its crc, and the next header read is almost never one:
+    the rest of the segment is skipped likewise. The records after it are not searched
+    for (a body may hold bytes that look like a record).
+- Segment numbers only grow: a new segment is numbered past every `seg-<n>.*` file found
+  on start and every segment of this run, and past any file of that number it finds (a
+  segment or marks that could not be deleted), so that it never appends to another
+  segment's records nor takes its marks. A finished segment that cannot be deleted keeps
+  its marks, and the next start, finding it finished, deletes it.
 """
 
 from __future__ import annotations
@@ -152,6 +168,11 @@ class _Segment:
     #: `seg-<n>.acks` open for appending (-1: not yet), and its length as written.
     marks_fd: int = -1
     marks_size: int = 0
+    #: Found on start: only its records that pass their crc, from `start`, not marked
+    #: finished, were counted in the backlog (`unread`); else every record written was.
+    replayed: bool = False
+    #: Records counted in the backlog that the reader has not passed yet.
+    unread: int = 0
 
     @property
     def done_path(self) -> Path:
@@ -200,6 +221,8 @@ class DiskSpool:
         self._readable = asyncio.Condition()
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        #: The number of the next segment: past every `seg-<n>.*` file seen (`open`).
+        self._next_number = 1
         #: The live segment could not be cut back after a failed write: start a new one.
         self._rotate = False
         # Reader cursor.
@@ -229,23 +252,31 @@ class DiskSpool:
 
     async def open(self) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
+        # New segments are numbered past every file a segment left, deleted or not.
+        self._next_number = 1 + max(
+            (n for n in map(_file_number, self.path.glob("seg-*")) if n is not None), default=0
+        )
         for file in sorted(self.path.glob("seg-*.log")):
             try:
                 number = int(file.stem.split("-", 1)[1])
             except ValueError:
                 continue
-            seg = _Segment(number, file, file.stat().st_size, sealed=True)
+            seg = _Segment(number, file, file.stat().st_size, sealed=True, replayed=True)
             seg.start = _read_done_mark(seg)
             self._segments[number] = seg
             self._order.append(number)
         for mark in [*self.path.glob("seg-*.done"), *self.path.glob("seg-*.acks")]:
             if not mark.with_suffix(".log").exists():
-                mark.unlink(missing_ok=True)  # its segment was deleted before the mark
+                try:
+                    mark.unlink(missing_ok=True)  # its segment was deleted before the mark
+                except OSError as exc:  # kept: its number is not used again
+                    log.warning("spool: cannot delete %s (%s)", mark.name, exc)
         for number in self._order:
             seg = self._segments[number]
             seg.acked, seg.marks_size = await asyncio.to_thread(_read_acks, seg)
         unsent = await asyncio.to_thread(self._count_existing)
         for number, count in unsent.items():
+            self._segments[number].unread = count or 0
             if count == 0:  # every record finished (a crash came before its deletion)
                 seg = self._segments[number]
                 seg.read_done = True
@@ -268,35 +299,26 @@ class DiskSpool:
             self._syncer = asyncio.create_task(self._sync_loop(), name="relay-spool-marks")
 
     def _count_existing(self) -> dict[int, int | None]:
-        """Records not finished, by segment; None for a segment with a torn or corrupt
-        record and none to send (it is read, to count the corrupt record)."""
+        """Records to send, by segment: those the reader will find, from the segment's
+        `start`, that pass their crc and are not marked finished (one that passes its crc
+        and does not decode is taken off the count when the reader passes it). None for a
+        segment with a torn or corrupt record and none to send (it is read, to count the
+        corrupt record)."""
         counts: dict[int, int | None] = {}
         for number in self._order:
             seg = self._segments[number]
-            offsets, clean = self._scan(seg.path)
-            count = sum(1 for o in offsets if o >= seg.start and o not in seg.acked)
+            offsets, clean, aligned = _scan(seg.path, seg.start)
+            if not aligned and seg.start > 0:
+                log.warning(
+                    "spool: %s does not point at a record of %s; reading all of it again",
+                    seg.done_path.name,
+                    seg.path.name,
+                )
+                seg.start = 0
+                offsets, clean, _ = _scan(seg.path, 0)
+            count = sum(1 for o in offsets if o not in seg.acked)
             counts[number] = count if count or clean else None
         return counts
-
-    def _scan(self, path: Path) -> tuple[list[int], bool]:
-        """Offsets of valid records (used to count the backlog on start), and whether the
-        file holds nothing else (no torn or corrupt record)."""
-        offsets = []
-        with open(path, "rb") as fh:
-            data = fh.read()
-        off = 0
-        clean = True
-        while off + _HEADER.size <= len(data):
-            magic, version, _flags, length, crc = _HEADER.unpack_from(data, off)
-            end = off + _HEADER.size + length
-            if magic != _MAGIC or version != _VERSION or end > len(data):
-                break
-            if zlib.crc32(data[off + _HEADER.size : end]) == crc:
-                offsets.append(off)
-            else:
-                clean = False
-            off = end
-        return offsets, clean and off == len(data)
 
     async def close(self) -> None:
         """Flush pending writes and close the files (records stay on disk for the next start).
@@ -351,7 +373,7 @@ class DiskSpool:
             except OSError as exc:
                 log.warning(
                     "spool: cannot record how far %s was sent (%s); the next start sends "
-                    "its records again",
+                    "again those of its records that its delivery marks do not cover",
                     seg.path.name,
                     exc,
                 )
@@ -394,22 +416,38 @@ class DiskSpool:
 
     def _new_segment(self) -> None:
         """Start the next segment. Raises OSError with nothing changed (the current
-        segment stays the one written), so that the next batch tries again."""
-        number = (max(self._segments) + 1) if self._segments else 1
+        segment stays the one written), so that the next batch tries again.
+
+        Its number is one no file has: a segment, or marks, left under the next number
+        (a deletion that failed, or did not reach the disk) are another segment's. Records
+        appended to them would mix with theirs, and their marks would skip the new
+        records at the same offsets: such a number is passed over, and its files kept."""
+        number = self._next_number
+        while _number_taken(self.path, number):
+            log.warning(
+                "spool: files of segment %d are left in %s; numbering the next segment past it",
+                number,
+                self.path,
+            )
+            number += 1
         seg = _Segment(number, self.path / f"seg-{number:012d}.log")
-        # Marks left by an earlier segment of this number are not this one's: a mark
-        # would skip the new record at its offset.
-        seg.done_path.unlink(missing_ok=True)
-        seg.acks_path.unlink(missing_ok=True)
-        # Unbuffered: a write that fails leaves nothing behind in a buffer to be written
-        # later, and `_write_batch` can cut the file back to its last whole record.
-        wfile = open(seg.path, "ab", buffering=0)  # noqa: SIM115
+        # Created here or not at all (O_EXCL): never another segment's file. Unbuffered: a
+        # write that fails leaves nothing behind in a buffer to be written later, and
+        # `_write_batch` can cut the file back to its last whole record.
+        fd = os.open(
+            seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666
+        )
+        wfile = open(fd, "ab", buffering=0)  # noqa: SIM115
         if self.durable:
             try:
                 _fsync_dir(self.path)
             except OSError:
-                wfile.close()  # an empty file: the next attempt appends to it
+                wfile.close()
+                # Empty: the next attempt uses its number again, or the next one if it stays.
+                with contextlib.suppress(OSError):
+                    seg.path.unlink()
                 raise
+        self._next_number = number + 1
         if self._writer is not None:
             self._writer.sealed = True
             if self._wfile is not None:
@@ -453,6 +491,8 @@ class DiskSpool:
             if writer is not None and (writer.size >= SEGMENT_BYTES or self._rotate):
                 self._new_segment()
                 self._rotate = False
+            writer = self._writer
+            assert writer is not None
             await asyncio.to_thread(self._write_batch, batch)
         except OSError as exc:
             log.error("spool write failed: %s", exc)
@@ -460,6 +500,11 @@ class DiskSpool:
                 if not fut.done():
                     fut.set_exception(OutboxFull())
             return
+        # The records become readable here, on the event loop, together with their count:
+        # a reader that saw them while the thread was still writing would pass them before
+        # they were counted, and the count would stay one too high for each.
+        writer.size += sum(len(rec) for rec, _ in batch)
+        writer.unread += len(batch)
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
@@ -471,7 +516,8 @@ class DiskSpool:
         """Append the batch's records, or none of them: a write or fsync that fails (a
         full disk, an I/O error) cuts the segment back to its last whole record, so that
         the records after it are still read; if even that fails, the segment is sealed
-        where its whole records end, and the next batch starts a new one."""
+        where its whole records end, and the next batch starts a new one. The segment's
+        size is left to the caller (on the event loop)."""
         writer = self._writer
         assert writer is not None
         data = memoryview(b"".join(rec for rec, _ in batch))
@@ -489,7 +535,6 @@ class DiskSpool:
                 log.error("spool: cannot cut %s back after a failed write; sealing it", writer.path)
                 self._rotate = True
             raise
-        writer.size += len(data)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -510,11 +555,11 @@ class DiskSpool:
             if self._roff + _HEADER.size <= seg.size:
                 got = self._read_record(seg)
                 if got is None:
-                    continue  # corrupt: skipped to the next segment
+                    continue  # the rest is corrupt: skipped to the next segment
                 offset, entry, created = got
                 if offset in seg.acked:
                     continue  # finished before the last start (not counted in `_queued`)
-                self._queued = max(0, self._queued - 1)
+                self._uncount(seg)
                 if self.max_age and time.time() - created > self.max_age:
                     self.expired_records += 1
                     self._mark(seg.number, offset)
@@ -542,9 +587,16 @@ class DiskSpool:
         self._rseg = later[0] if later else None
         self._roff = self._segments[self._rseg].start if self._rseg is not None else 0
 
+    def _uncount(self, seg: _Segment, records: int = 1) -> None:
+        """The reader passed `records` of `seg` counted in the backlog."""
+        seg.unread = max(0, seg.unread - records)
+        self._queued = max(0, self._queued - records)
+
     def _read_record(self, seg: _Segment) -> tuple[int, OutboxEntry, float] | None:
         """The next record of `seg` at the cursor, with its offset (what its mark names);
-        None at a torn or corrupt one (the rest of the segment is skipped) or at the end."""
+        None at the end, or at a header that is not whole (see the module's docstring: the
+        rest of the segment is skipped). A record whose payload fails its crc or does not
+        decode is skipped alone, and the next one read."""
         if self._rfile is None:
             self._rfile = open(seg.path, "rb")  # noqa: SIM115
         fh = self._rfile
@@ -552,26 +604,21 @@ class DiskSpool:
             offset = self._roff
             fh.seek(offset)  # type: ignore[attr-defined]
             head = fh.read(_HEADER.size)  # type: ignore[attr-defined]
-            bad = len(head) < _HEADER.size
-            if not bad:
-                magic, version, _flags, length, crc = _HEADER.unpack(head)
-                bad = (
-                    magic != _MAGIC
-                    or version != _VERSION
-                    or length > MAX_RECORD
-                    or offset + _HEADER.size + length > seg.size
-                )
-            if not bad:
-                payload = fh.read(length)  # type: ignore[attr-defined]
-                bad = len(payload) != length or zlib.crc32(payload) != crc
-            if bad:
+            length = _record_length(head, offset, seg.size)
+            payload = fh.read(length) if length is not None else b""  # type: ignore[attr-defined]
+            if length is None or len(payload) != length:
+                # Where the next record starts is unknown: the rest of the segment is
+                # skipped, counted as one corrupt record (its records counted in the
+                # backlog, none if it was replayed: the count on start stopped here too).
                 self.corrupt_records += 1
                 log.warning(
-                    "spool: corrupt or torn record in %s at offset %d; skipping the rest of "
-                    "the segment",
+                    "spool: torn or corrupt record header in %s at offset %d; skipping the "
+                    "rest of the segment (%d bytes)",
                     seg.path.name,
                     offset,
+                    seg.size - offset,
                 )
+                self._uncount(seg, seg.unread)
                 if seg.sealed:
                     seg.read_done = True
                     self._maybe_delete(seg)
@@ -581,13 +628,26 @@ class DiskSpool:
                     self._roff = seg.size
                 return None
             self._roff = offset + _HEADER.size + length
+            crc = _HEADER.unpack(head)[4]
+            if zlib.crc32(payload) != crc:
+                # Counted in the backlog only if written since the start (the count on
+                # start leaves out the records that fail their crc).
+                self._skip_corrupt(seg, offset, "fails its checksum", counted=not seg.replayed)
+                continue
             try:
                 entry, created = _decode(payload)
-            except (msgspec.DecodeError, ValueError):
-                self.corrupt_records += 1
+            except (msgspec.DecodeError, ValueError, TypeError):
+                self._skip_corrupt(seg, offset, "does not decode", counted=offset not in seg.acked)
                 continue
             return offset, entry, created
         return None
+
+    def _skip_corrupt(self, seg: _Segment, offset: int, why: str, *, counted: bool) -> None:
+        """Skip the record at `offset` of `seg` (its header is whole: the next one is read)."""
+        self.corrupt_records += 1
+        log.warning("spool: the record in %s at offset %d %s; skipped", seg.path.name, offset, why)
+        if counted:
+            self._uncount(seg)
 
     def done(self, entry: OutboxEntry) -> None:
         found = self._entry_seg.pop(id(entry), None)
@@ -606,21 +666,27 @@ class DiskSpool:
         if seg.sealed and seg.read_done and seg.open_records <= 0:
             try:
                 seg.path.unlink(missing_ok=True)
+                deleted = True
             except OSError as exc:  # a read-only remount, a permission changed
+                deleted = False
+                # Its marks are written and kept with it: the next start finds it
+                # finished (and tries again to delete it). Its number is not used again.
+                self._write_marks()
                 log.warning(
-                    "spool: cannot delete the finished segment %s (%s); a restart would "
-                    "send its records again",
+                    "spool: cannot delete the finished segment %s (%s); it is kept and "
+                    "deleted at the next start",
                     seg.path.name,
                     exc,
                 )
-            # Marks left behind are deleted at the next start, or before their number is
-            # used again.
+            # Marks left behind are deleted at the next start; their number is not used
+            # again.
             _close_marks(seg)
             self._marks.pop(seg.number, None)
             self._unsynced.discard(seg.number)
-            with contextlib.suppress(OSError):
-                seg.done_path.unlink(missing_ok=True)
-                seg.acks_path.unlink(missing_ok=True)
+            if deleted:
+                with contextlib.suppress(OSError):
+                    seg.done_path.unlink(missing_ok=True)
+                    seg.acks_path.unlink(missing_ok=True)
             self._segments.pop(seg.number, None)
             self._order.remove(seg.number)
 
@@ -710,6 +776,71 @@ class DiskSpool:
     def drain_nowait(self) -> list[OutboxEntry]:
         """Nothing to hand back: unsent records stay on disk for the next start."""
         return []
+
+
+def _record_length(head: bytes, offset: int, size: int) -> int | None:
+    """The payload length a record header at `offset` gives, in a segment of `size` bytes;
+    None when it is not a whole header (torn, or its magic, version or length is wrong):
+    then where the next record starts is unknown."""
+    if len(head) < _HEADER.size:
+        return None
+    length: int
+    magic, version, _flags, length, _crc = _HEADER.unpack_from(head)
+    if (
+        magic != _MAGIC
+        or version != _VERSION
+        or length > MAX_RECORD
+        or offset + _HEADER.size + length > size
+    ):
+        return None
+    return length
+
+
+def _scan(path: Path, start: int) -> tuple[list[int], bool, bool]:
+    """Walk a segment's records from `start` as the reader does (used to count the backlog
+    on start): the offsets of those that pass their crc; whether the file holds nothing
+    else from there (no torn or corrupt record); and whether `start` can be where a
+    record starts."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        data = fh.read()
+    size = start + len(data)
+    offsets = []
+    off = start
+    clean = True
+    while off + _HEADER.size <= size:
+        at = off - start
+        length = _record_length(data[at : at + _HEADER.size], off, size)
+        if length is None:
+            break
+        payload = data[at + _HEADER.size : at + _HEADER.size + length]
+        if zlib.crc32(payload) == _HEADER.unpack_from(data, at)[4]:
+            offsets.append(off)
+        else:
+            clean = False  # skipped alone: the walk goes on after it
+        off += _HEADER.size + length
+    # A header that is not whole where a whole one fits: `start` is no record's.
+    aligned = off > start or start + _HEADER.size > size
+    return offsets, clean and off == size, aligned
+
+
+def _file_number(path: Path) -> int | None:
+    """The segment number in a `seg-<n>.<suffix>` name (read as `open` reads a segment's);
+    None for another name."""
+    try:
+        return int(path.name.removeprefix("seg-").split(".", 1)[0])
+    except ValueError:
+        return None
+
+
+def _number_taken(directory: Path, number: int) -> bool:
+    """Whether a file of segment `number` is in `directory` (a segment, or its marks).
+    Something else under the segment's name (a directory) is not one: creating the
+    segment fails, and the batch is refused as for any other such failure."""
+    base = directory / f"seg-{number:012d}"
+    if base.with_suffix(".log").is_file():
+        return True
+    return any(os.path.lexists(f"{base}{suffix}") for suffix in (".acks", ".done", ".done.tmp"))
 
 
 def _read_done_mark(seg: _Segment) -> int:

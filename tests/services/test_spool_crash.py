@@ -133,7 +133,7 @@ async def test_marks_left_by_a_deleted_segment_never_skip_a_new_one(
 ) -> None:
     """Segment numbers start again at 1 in an empty spool, and the next segment of a live
     one may find a file of its name (a deletion that did not reach the disk): marks that
-    are not the segment's own are deleted before it is written."""
+    are not the segment's own never apply to it (their number is passed over)."""
     spool = await reopen(tmp_path)
     await spool.put(entry(0))
     await take(spool, 1)
