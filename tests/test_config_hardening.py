@@ -15,7 +15,6 @@ import msgspec
 import pytest
 import yaml
 
-from relay.cli import main as cli_main
 from relay.config import (
     ConfigError,
     ListenConfig,
@@ -31,6 +30,7 @@ from relay.config.noise import ShadowConfig
 from relay.policy.targets import resolve_target
 from relay.protocol.dsn import Dsn
 from relay.services.limiter.redis import connect
+from tests.hardening.test_secrets_hygiene import _check_config
 from tests.support.redis_server import RedisServer, free_port
 
 PASSWORD = "pAsS4upstr3am"
@@ -42,16 +42,6 @@ def _problems(data: dict[str, Any], env: dict[str, str] | None = None) -> list[s
     except ConfigError as err:
         return [str(p) for p in err.problems]
     return []
-
-
-def _check_config(
-    tmp_path: Path, data: dict[str, Any], capsys: pytest.CaptureFixture[str]
-) -> tuple[int, str]:
-    path = tmp_path / "relay.yml"
-    path.write_text(yaml.safe_dump(data))
-    code = cli_main(["check-config", str(path)])
-    out = capsys.readouterr()
-    return code, out.out + out.err
 
 
 # -- upstream.url with a user or password ----------------------------------------------
