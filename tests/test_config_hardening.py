@@ -324,3 +324,42 @@ def test_a_unix_url_with_an_unencoded_password_is_refused_without_quoting_it(
     assert "redis.url: a unix:// URL names no host or port" in output
     assert "percent-encoded" in output
     assert "s0ck" not in output and "Qz9" not in output, output
+
+
+# -- redis:// and rediss:// query options -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?socket_timeout=1&health_check_interval=5",
+        "rediss://cache.internal:6380/0?ssl_cert_reqs=none",
+        "redis://cache.internal:6379",
+    ],
+)
+def test_tcp_urls_with_options_redis_py_takes_pass(url: str) -> None:
+    assert _problems({"redis": {"url": url}}) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("redis://h:6379/0?sokcet_timeout=1", "redis-py takes no option sokcet_timeout for a TCP"),
+        (
+            "rediss://h:6380/0?ssl_cert_reqz=none",
+            "redis-py takes no option ssl_cert_reqz for a TLS",
+        ),
+        ("redis://h/0?db=x", "redis-py refuses its options: Invalid value for 'db'"),
+        ("redis://h/0?health_check_interval=x", "redis-py refuses its options: Invalid value"),
+    ],
+)
+def test_tcp_urls_with_options_redis_py_refuses_are_refused(url: str, why: str) -> None:
+    (problem,) = _problems({"redis": {"url": url}})
+    assert problem.startswith(f"redis.url: {why}"), problem
+
+
+def test_an_option_that_may_be_a_piece_of_the_password_is_not_named() -> None:
+    # `1?secret=part` is the password: unencoded, its `?` starts the query.
+    (problem,) = _problems({"redis": {"url": "redis://u:1?secret=part@cache.internal"}})
+    assert "secret" not in problem and "part" not in problem
+    assert "must be percent-encoded" in problem

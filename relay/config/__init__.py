@@ -9,7 +9,6 @@ default used by `relay run` without `--config`.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import os
 import re
@@ -409,6 +408,8 @@ def _redis_url_problem(url: str, mode: str) -> str | None:
         return "the database (the path after the host) is not a number" + _ENCODE_HINT
     if db and int(db) != 0 and mode == "cluster":
         return "a Redis Cluster has database 0 only"
+    if mode == "standalone" and parts.query:
+        return _redis_py_options_problem(url, "a TLS" if parts.scheme == "rediss" else "a TCP")
     return None
 
 
@@ -433,12 +434,24 @@ def _unix_url_problem(url: str, mode: str) -> str | None:
         )
     if not unquote(parts.path).rstrip("/"):
         return "has no socket path (unix:///run/redis/redis.sock)"
-    unknown = sorted(set(parse_qs(parts.query)) - _unix_socket_options())
-    if unknown:
-        return f"redis-py takes no option {', '.join(unknown)} for a Unix socket"
+    return _redis_py_options_problem(url, "a Unix socket")
+
+
+def _redis_py_options_problem(url: str, kind: str) -> str | None:
+    """Why redis-py cannot take the query options of `url` (a connection of `kind`), or
+    None: names it does not take (redis-py leaves them to fail at the first connection),
+    or values it refuses when it makes a connection (no I/O yet). Quotes no more than an
+    option's name and redis-py's words about it."""
     from redis.asyncio.connection import ConnectionPool
     from redis.exceptions import RedisError
 
+    pool_class = ConnectionPool.from_url(url.split("?", 1)[0]).connection_class
+    query = urlsplit(url).query
+    unknown = sorted(set(parse_qs(query)) - _connection_options(pool_class))
+    if unknown:
+        if "@" in query:  # a '?' in the password, not percent-encoded: never quoted
+            return f"redis-py takes no option of the query for {kind} connection" + _ENCODE_HINT
+        return f"redis-py takes no option {', '.join(unknown)} for {kind} connection"
     try:
         pool = ConnectionPool.from_url(url)
         pool.make_connection()  # type: ignore[no-untyped-call, unused-ignore]  # no I/O yet
@@ -452,14 +465,20 @@ def _unix_url_problem(url: str, mode: str) -> str | None:
     return None
 
 
-@functools.cache
-def _unix_socket_options() -> frozenset[str]:
-    """The keyword arguments redis-py's pool and Unix socket connection take (the query
-    options of a `unix://` URL become those)."""
-    from redis.asyncio.connection import ConnectionPool, UnixDomainSocketConnection
+#: `_connection_options` by connection class.
+_OPTIONS: dict[type, frozenset[str]] = {}
 
+
+def _connection_options(connection_class: type) -> frozenset[str]:
+    """The keyword arguments redis-py's pool and `connection_class` take (a URL's query
+    options become those)."""
+    from redis.asyncio.connection import ConnectionPool
+
+    known = _OPTIONS.get(connection_class)
+    if known is not None:
+        return known
     names: set[str] = set()
-    for cls in (ConnectionPool, *UnixDomainSocketConnection.__mro__):
+    for cls in (ConnectionPool, *connection_class.__mro__):
         init = cls.__dict__.get("__init__")
         if init is None:
             continue
@@ -467,7 +486,8 @@ def _unix_socket_options() -> frozenset[str]:
             if param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY):
                 names.add(param.name)
     names.discard("self")
-    return frozenset(names)
+    known = _OPTIONS[connection_class] = frozenset(names)
+    return known
 
 
 #: Why `upstream.url` cannot carry a user or password (never quoted: the URL holds them).
