@@ -10,7 +10,8 @@
                         as breadcrumbs, dropped when unreadable; anything else by its
                         content (see `content`): JSON walked, text through the rules
                         that select the file (`$attachments.'app.log'`) and the value
-                        detectors, binary (minidumps, images, archives) kept
+                        detectors, binary (images, archives) rewritten in place by the
+                        rules that select it (see `binary`), else kept; minidumps kept
     replay_recording    header line and JSON (plain or zlib) walked, deep ones in
     replay_video        pieces; a replay video's event and recording likewise (see
                         `replay`); dropped when unreadable
@@ -29,19 +30,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
 from relay.outcomes import Reason
 from relay.processing.scrub import native
-from relay.processing.scrub.content import Unreadable, binary_kind, read_text
+from relay.processing.scrub.binary import scrub_binary
+from relay.processing.scrub.content import Unreadable, binary_kind, is_minidump, read_text
 from relay.processing.scrub.deep import walk_deep
 from relay.processing.scrub.replay import scrub_recording, scrub_video
-from relay.processing.scrub.rules import merge_spans, rewrite
+from relay.processing.scrub.rules import Application, Rule, merge_spans, rewrite
 from relay.processing.scrub.schema import ENVELOPE_HEADER
-from relay.processing.scrub.selectors import PII_TRUE, State, matches
+from relay.processing.scrub.selectors import PII_TRUE, PathSel, State, matches
+from relay.processing.scrub.selectors import Item as SelectorItem
 from relay.processing.scrub.walker import Redaction, Walk
 from relay.protocol.envelope import has_duplicate_keys, json_exceeds_depth
 
@@ -52,6 +55,8 @@ if TYPE_CHECKING:
 #: The value types of an attachment's state and of its root (`_attachment_rules`).
 _ATTACHMENTS = frozenset({"attachments"})
 _BINARY = frozenset({"binary"})
+#: A selector's first item when it starts at `$attachments`.
+_ATTACHMENTS_TYPE = SelectorItem("type", "attachments")
 
 #: Item types forwarded as they are, and why.
 _KEEP_TYPES = {
@@ -164,11 +169,12 @@ def _scrub_text(
     filename: str | None = None,
 ) -> Unread | None:
     """Text (see `content`) through the rules that select the attachment `filename`
-    (if any), then the value detectors; binary kept (an `Unread`)."""
+    (if any), then the value detectors; binary through the rules that select the
+    attachment, else kept (an `Unread`)."""
     payload = item.payload
     text = read_text(payload)
     if text is None:
-        return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")
+        return _scrub_binary(scrubber, item, index, report, filename)
     red: list[Redaction] = []
     current = text.text
     if filename is not None and scrubber.policy.applications:
@@ -180,30 +186,81 @@ def _scrub_text(
     return None
 
 
+def _selected_rules(scrubber: Scrubber, filename: str) -> list[Rule]:
+    """The rules, in order, of the applications whose selector matches the attachment
+    `filename` as Sentry's Relay sees one (relay-pii `attachments.rs`): a binary value
+    under the file name, below an `$attachments` root (`$attachments.'app.log'`,
+    `$attachments.**`, `$binary`, `**`; not `$string`)."""
+    states: list[State] = [("", _ATTACHMENTS), (filename, _BINARY)]
+    rules: list[Rule] = []
+    for app in scrubber.policy.applications:
+        if matches(app.selector, states, PII_TRUE):
+            rules.extend(app.rules)
+    return rules
+
+
 def _attachment_rules(
     scrubber: Scrubber, filename: str, text: str, index: int
 ) -> tuple[str, list[Redaction]]:
-    """Sentry's attachment scrubbing (relay-pii `attachments.rs`): the applications whose
-    selector matches the attachment (a binary value under the file name, below an
-    `$attachments` root: `$attachments.'app.log'`, `$binary`, `**`) apply to its text.
+    """The rules that select the attachment (`_selected_rules`) applied to its text.
     The text is encoded anew, so a replacement need not keep the length."""
-    states: list[State] = [("", _ATTACHMENTS), (filename, _BINARY)]
     current = text
     red: list[Redaction] = []
-    for app in scrubber.policy.applications:
-        if not matches(app.selector, states, PII_TRUE):
+    for rule in _selected_rules(scrubber, filename):
+        whole = rule.keyed and (rule.type == "anything" or rule.applies_to_key(filename))
+        spans = [(0, len(current))] if whole and current else rule.spans(current)
+        if not spans:
             continue
-        for rule in app.rules:
-            whole = rule.keyed and (rule.type == "anything" or rule.applies_to_key(filename))
-            spans = [(0, len(current))] if whole and current else rule.spans(current)
-            if not spans:
-                continue
-            current, ranges = rewrite(current, merge_spans(spans), rule.redaction.substitute)
-            red += (
-                Redaction(f"<text>[{a}:{b}]", rule.origin, rule.method, index, "attachment")
-                for a, b in ranges
-            )
+        current, ranges = rewrite(current, merge_spans(spans), rule.redaction.substitute)
+        red += (
+            Redaction(f"<text>[{a}:{b}]", rule.origin, rule.method, index, "attachment")
+            for a, b in ranges
+        )
     return current, red
+
+
+def _names_an_attachment(applications: Sequence[Application]) -> bool:
+    """Whether an application names an attachment (`$attachments.'app.log'`): as in Sentry,
+    binary attachments are rewritten only then (by every rule that selects them, `**`
+    and `$binary` too); a policy without one leaves them whole."""
+    for app in applications:
+        sel = app.selector
+        if (
+            isinstance(sel, PathSel)
+            and len(sel.items) >= 2
+            and sel.items[0] == _ATTACHMENTS_TYPE
+            and sel.items[1].kind == "key"
+        ):
+            return True
+    return False
+
+
+def _scrub_binary(
+    scrubber: Scrubber,
+    item: Item,
+    index: int,
+    report: ScrubReport,
+    filename: str | None,
+) -> Unread | None:
+    """Binary content: rewritten in place, at the same length, by the rules that select
+    the attachment `filename` (see `binary`); kept (an `Unread`) when none does, when it
+    is no attachment, or when it is a minidump (Sentry scrubs only a dump's memory
+    regions and strings, which takes reading its streams)."""
+    payload = item.payload
+    rules: list[Rule] = []
+    if filename is not None and _names_an_attachment(scrubber.policy.applications):
+        rules = _selected_rules(scrubber, filename)
+    if filename is None or not rules:
+        return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")
+    if is_minidump(payload):
+        return Unread("binary content (minidump): pii_config rules do not rewrite minidumps")
+    new, found = scrub_binary(rules, payload, filename)
+    red = [
+        Redaction(f"<bytes>[{s}:{e}]", rule.origin, rule.method, index, "attachment")
+        for rule, s, e in (found if report.want else ())
+    ]
+    _apply(item, new, red, index, report)
+    return None
 
 
 def _scrub_generic(
