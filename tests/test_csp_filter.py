@@ -21,6 +21,7 @@ from relay.processing.filters import (
     OriginPattern,
     compile_filters,
     match_origin,
+    security_event,
     validate_filters,
 )
 from relay.processing.pipeline import prepare
@@ -132,6 +133,11 @@ def check(
     item_type: str = "security",
     project: FiltersConfig | None = None,
 ) -> FilterHit | None:
+    if item_type == "raw_security":  # a report as sent: checked as the event made of it
+        made = security_event(event, {}, CTX)
+        if made is None:
+            return None
+        event, item_type = made, "security"
     return compile_filters(cfg, project).check(event, item_type, CTX)
 
 
@@ -274,13 +280,15 @@ def test_other_raw_security_reports_are_not_csp() -> None:
     assert check(everything, {"csp-report": {}}, "raw_security") is not None
 
 
-def test_other_filters_do_not_read_raw_reports() -> None:
+def test_other_filters_read_raw_reports_as_the_event_made_of_them() -> None:
     ctx = RequestContext(project_id=42, public_key=KEY, client_ip="10.1.2.3")
     cfg = FiltersConfig(client_ips=["10.0.0.0/8"], csp=True)
     report = {"csp-report": {"blocked-uri": "https://evil.example.net/x.js"}}
     filters = compile_filters(cfg, None)
-    assert filters.check(report, "raw_security", ctx) is None
-    assert filters.check({"message": "x"}, "event", ctx) is not None
+    event = security_event(report, {}, ctx)
+    assert event is not None
+    hit = filters.check(event, "security", ctx)
+    assert hit is not None and hit.reason == "ip-address"
 
 
 def test_pipeline_drops_a_raw_report_with_outcome() -> None:

@@ -22,17 +22,24 @@ reason each reports (Sentry's filter names where Sentry has the filter):
     health_checks       health-check          transaction name glob (transactions only)
     transactions        filtered-transaction  transaction name glob (transactions only)
 
-`csp` reads only CSP reports: events of type `csp` (their `csp` interface) and
-`raw_security` items as the browser sent them (`csp-report`, or a Reporting API
-`csp-violation` body); no other filter reads a `raw_security` item. The records of log
+`csp` reads only CSP reports: events of type `csp` (their `csp` interface). A
+security report as the browser sent it (a `raw_security` item: `csp-report`, or a
+Reporting API `csp-violation` body) is filtered as Sentry filters it, as the event Sentry makes of it
+(`security_event`: its message, the page as `request.url`, the client's address as the
+user's, the request's User-Agent, `sentry_release` / `sentry_environment` from the item
+headers), checked as a `security` item by every filter. Security events count the
+client's address as the user's (Sentry's normalization puts it there). The records of log
 and span containers are checked one by one (`Filters.check_records`) by the filters
 Sentry applies to them: `client_ips`, `releases` (their `sentry.release` attribute),
 `legacy_browsers` and `web_crawlers` (their `user_agent.original`, or the browser they
-name), and for spans `health_checks` and `transactions` (`sentry.segment.name`). Globs are
-case-insensitive (see `relay.processing.glob`). The user agent is the event's
-`request.headers.User-Agent`, else the HTTP request's. Also here:
-`resolve_client_ip` (the first `X-Forwarded-For` hop not added by a trusted proxy)
-and `tag_for_shadow` (marks a copy of a dropped event for the shadow project).
+name), and for spans `health_checks` and `transactions` (`sentry.segment.name`); an OTel
+log (`otel_log`) and a standalone span (a `span` item holding one v1 span) are checked
+the same way as one record (`Filters.check_item`), once converted as Sentry converts them
+(`otel_log_record`, `span_v1_record`). Globs are case-insensitive (see
+`relay.processing.glob`). The user agent is the event's `request.headers.User-Agent`, else
+the HTTP request's. Also here: `resolve_client_ip` (the first `X-Forwarded-For` hop not
+added by a trusted proxy) and `tag_for_shadow` (marks a copy of a dropped event for the
+shadow project).
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import urlsplit
+
+import orjson
 
 from relay.config.base import Problem, join_path
 from relay.config.noise import (
@@ -76,9 +85,12 @@ __all__ = [
     "csp_sources",
     "infers_user_agent",
     "match_origin",
+    "otel_log_record",
     "parse_ip",
     "parse_networks",
     "resolve_client_ip",
+    "security_event",
+    "span_v1_record",
     "tag_for_shadow",
     "validate_filters",
     "validate_trusted_proxies",
@@ -512,6 +524,9 @@ def _user_ip(view: EventView, ctx: RequestContext) -> IpAddress | None:
     """`user.ip_address` as Sentry's normalization leaves it before its filters run: `{{auto}}`
     is the client's address; without one, `request.env.REMOTE_ADDR`, else (browser and Apple
     platforms) the client's address."""
+    if ctx.client_ip and _is_security_report(view.event):
+        # Sentry's normalization makes the sender of a security report its user.
+        return parse_ip(ctx.client_ip)
     user_ip = view.user_ip()
     if user_ip == AUTO_IP:
         return parse_ip(ctx.client_ip)
@@ -653,8 +668,6 @@ def match_origin(url: str | None, patterns: Sequence[OriginPattern]) -> int | No
     return None
 
 
-#: The item type of a security report as the browser sent it (see relay.protocol.security).
-RAW_SECURITY: Final = "raw_security"
 _RAW_CSP_BLOCKED: Final = ("blocked_uri", "blockedURL", "blocked-uri")
 _RAW_CSP_SOURCE: Final = ("source_file", "sourceFile", "source-file")
 
@@ -668,24 +681,9 @@ def _first_str(report: Mapping[str, Any], names: Sequence[str]) -> str | None:
 
 
 def csp_sources(event: Mapping[str, Any], item_type: str) -> tuple[str | None, str | None] | None:
-    """(blocked URI, source file) of a CSP report, or None when the item is none.
-
-    An event of type `csp` gives its `csp` interface's `blocked_uri` and `source_file`.
-    A `raw_security` item is the report as the browser sent it: `{"csp-report": {...}}`
-    or a Reporting API `{"type": "csp-violation", "body": {...}}`, with the field names
-    browsers use (`blocked-uri`, `blockedURL`, ...); a report without a blocked URI
-    blocked the page itself, which Sentry records as `self`. Expect-CT, HPKP and
-    Expect-Staple reports are no CSP reports.
-    """
-    if item_type == RAW_SECURITY:
-        report = event.get("csp-report")
-        if not isinstance(report, Mapping):
-            body = event.get("body")
-            if event.get("type") != "csp-violation" or not isinstance(body, Mapping):
-                return None
-            report = body
-        blocked = _first_str(report, _RAW_CSP_BLOCKED)
-        return ("self" if blocked is None else blocked), _first_str(report, _RAW_CSP_SOURCE)
+    """(blocked URI, source file) of a CSP report, or None when the event is none: an
+    event of type `csp` gives its `csp` interface's `blocked_uri` and `source_file` (a
+    report as the browser sent it is read as the event `security_event` makes of it)."""
     csp = event.get("csp")
     if event.get("type") != "csp" or not isinstance(csp, Mapping):
         return None
@@ -716,6 +714,243 @@ class _CspCheck:
         return None
 
 
+# --- security reports as Sentry's events ------------------------------------------------------
+
+
+def _is_security_report(event: Mapping[str, Any]) -> bool:
+    """Whether an event holds a security report interface (Sentry normalizes those alike)."""
+    get = event.get
+    return (
+        get("csp") is not None
+        or get("expectct") is not None
+        or get("expectstaple") is not None
+        or get("hpkp") is not None
+    )
+
+
+#: The CSP directives Sentry knows; a report naming another one is no report it accepts.
+_CSP_DIRECTIVES: Final = frozenset(
+    {
+        "base-uri", "child-src", "connect-src", "default-src", "fenced-frame-src", "font-src",
+        "form-action", "frame-ancestors", "frame-src", "img-src", "manifest-src", "media-src",
+        "object-src", "plugin-types", "prefetch-src", "referrer", "script-src",
+        "script-src-attr", "script-src-elem", "style-src", "style-src-elem", "style-src-attr",
+        "upgrade-insecure-requests", "worker-src", "sandbox", "navigate-to", "report-uri",
+        "report-to", "block-all-mixed-content", "require-sri-for",
+        "require-trusted-types-for", "trusted-types",
+    }
+)  # fmt: skip
+#: Sentry's message of a CSP report blocking the page itself, by directive.
+_CSP_INLINE: Final = {
+    "child-src": "Blocked inline 'child'",
+    "connect-src": "Blocked inline 'connect'",
+    "font-src": "Blocked inline 'font'",
+    "img-src": "Blocked inline 'image'",
+    "manifest-src": "Blocked inline 'manifest'",
+    "media-src": "Blocked inline 'media'",
+    "object-src": "Blocked inline 'object'",
+    "script-src-attr": "Blocked unsafe 'script' element",
+    "script-src-elem": "Blocked inline script attribute",
+    "style-src": "Blocked inline 'style'",
+    "style-src-elem": "Blocked 'style' or 'link' element",
+    "style-src-attr": "Blocked style attribute",
+    "script-src": "Blocked unsafe (eval() or inline) 'script'",
+}
+#: ... and blocking a resource (`{}` is the resource's origin).
+_CSP_BLOCKED: Final = {
+    "child-src": "Blocked 'child' from '{}'",
+    "connect-src": "Blocked 'connect' from '{}'",
+    "font-src": "Blocked 'font' from '{}'",
+    "form-action": "Blocked 'form' action to '{}'",
+    "img-src": "Blocked 'image' from '{}'",
+    "manifest-src": "Blocked 'manifest' from '{}'",
+    "media-src": "Blocked 'media' from '{}'",
+    "object-src": "Blocked 'object' from '{}'",
+    "script-src": "Blocked 'script' from '{}'",
+    "script-src-attr": "Blocked inline script attribute from '{}'",
+    "script-src-elem": "Blocked 'script' from '{}'",
+    "style-src": "Blocked 'style' from '{}'",
+    "style-src-elem": "Blocked 'style' from '{}'",
+    "style-src-attr": "Blocked style attribute from '{}'",
+}
+_LOCAL_URIS: Final = frozenset({"", "self", "'self'"})
+#: Schemes whose URLs have a host (Python's `urlunsplit` list, which Sentry follows).
+_NETLOC_SCHEMES: Final = frozenset(
+    {
+        "ftp", "http", "gopher", "nntp", "telnet", "imap", "wais", "file", "mms", "https",
+        "shttp", "snews", "prospero", "rtsp", "rtspu", "rsync", "svn", "svn+ssh", "sftp",
+        "nfs", "git", "git+ssh", "ws", "wss",
+    }
+)  # fmt: skip
+#: The WHATWG URL standard's special schemes and their default ports.
+_SPECIAL_SCHEMES: Final[dict[str, int | None]] = {
+    "http": 80,
+    "https": 443,
+    "ws": 80,
+    "wss": 443,
+    "ftp": 21,
+    "file": None,
+}
+_URL_SCHEME: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):(.*)", re.DOTALL)
+_AUTHORITY_END: Final = re.compile(r"[/?#\\]")
+_OPAQUE_AUTHORITY_END: Final = re.compile(r"[/?#]")
+_CSP_DOCUMENT_URI: Final = ("document_uri", "documentURL", "document-uri")
+_CSP_EFFECTIVE: Final = ("effective_directive", "effective-directive", "effectiveDirective")
+_CSP_VIOLATED: Final = ("violated_directive", "violatedDirective", "violated-directive")
+
+
+def _unsplit(scheme: str, host: str) -> str:
+    if host or scheme in _NETLOC_SCHEMES:
+        return f"{scheme}://{host}"
+    return f"{scheme}:{host}" if scheme else ""
+
+
+def _csp_origin(uri: str) -> str:
+    """A blocked URI as Sentry's CSP messages name it: `'self'` for the page, the host
+    (and a port other than the default) of an http(s) URL, else `scheme://host` or
+    `scheme:`; a bare word is a scheme; what is no URL stays as it is."""
+    if uri in _LOCAL_URIS:
+        return "'self'"
+    if ":" not in uri:
+        return _unsplit(uri, "")
+    m = _URL_SCHEME.fullmatch(uri)
+    if m is None:
+        return uri
+    scheme, rest = m.group(1).lower(), m.group(2)
+    special = scheme in _SPECIAL_SCHEMES
+    if special:
+        rest = rest.lstrip("/\\")
+    elif rest.startswith("//"):
+        rest = rest[2:]
+    else:
+        return _unsplit(scheme, "")
+    end = (_AUTHORITY_END if special else _OPAQUE_AUTHORITY_END).search(rest)
+    authority = rest if end is None else rest[: end.start()]
+    authority = authority.rpartition("@")[2]
+    if authority.startswith("["):
+        close = authority.find("]")
+        if close < 0:
+            return uri
+        host, port_text = authority[: close + 1], authority[close + 1 :]
+        if port_text and not port_text.startswith(":"):
+            return uri
+        port_text = port_text[1:]
+    else:
+        host, _, port_text = authority.partition(":")
+    port: int | None = None
+    if port_text:
+        if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+            return uri
+        port = int(port_text)
+    if special:
+        host = host.lower()
+        if not host and scheme != "file":
+            return uri
+        if port == _SPECIAL_SCHEMES[scheme]:
+            port = None
+    origin = host if scheme in ("http", "https") else _unsplit(scheme, host)
+    return origin if port is None else f"{origin}:{port}"
+
+
+def _csp_directive(report: Mapping[str, Any]) -> str | None:
+    """The directive a CSP report names, as Sentry reads it: the effective directive's
+    first word, else the violated directive's; None when neither is one Sentry knows."""
+    for names in (_CSP_EFFECTIVE, _CSP_VIOLATED):
+        text = _first_str(report, names)
+        if text is not None:
+            word = text.split(" ", 1)[0]
+            if word in _CSP_DIRECTIVES:
+                return word
+    return None
+
+
+def _csp_message(directive: str, blocked: str) -> str:
+    if directive == "script-src":
+        if blocked == "inline":
+            return "Blocked unsafe inline 'script'"
+        if blocked == "eval":
+            return "Blocked unsafe eval() 'script'"
+    if blocked in _LOCAL_URIS:
+        return _CSP_INLINE.get(directive) or f"Blocked inline '{directive}'"
+    template = _CSP_BLOCKED.get(directive) or f"Blocked '{directive}' from '{{}}'"
+    return template.format(_csp_origin(blocked))
+
+
+def _host_report(report: object, message: str) -> tuple[dict[str, Any], str | None]:
+    """(logentry, request URL) of an Expect-CT, Expect-Staple or HPKP report: Sentry's
+    message names its `hostname`, which is also the event's URL."""
+    hostname = report.get("hostname") if isinstance(report, Mapping) else None
+    if not isinstance(hostname, str):
+        return {}, None
+    return {"formatted": message.format(hostname)}, hostname
+
+
+def security_event(
+    report: Mapping[str, Any], headers: Mapping[str, Any], ctx: RequestContext
+) -> dict[str, Any] | None:
+    """The event Sentry makes of a security report as the browser sent it (a `raw_security`
+    item), as far as its inbound filters read it; None when the item is no report Sentry
+    converts (a report type it does not take, a CSP report that is not an object).
+
+    The type is `csp` (`csp-report`, or a Reporting API `csp-violation` report),
+    `hpkp` (`known-pins`), `expectstaple` or `expectct`. A CSP report gives its `csp`
+    interface (a report without a blocked URI blocked the page: `self`), the message
+    Sentry writes for its directive and blocked URI, and the page (`document-uri`) as
+    `request.url` with the referrer; the others give the `hostname` as message and URL.
+    The item headers `sentry_release` and `sentry_environment` (the security endpoint's
+    query) are its release and environment; the client's address is its user's and the
+    request's User-Agent its own, as Sentry's normalization sets them. A report Sentry
+    would refuse as invalid (an unknown directive, no hostname) is converted as far as it
+    reads: no message then."""
+    request: dict[str, Any] = {}
+    logentry: dict[str, Any] = {}
+    event: dict[str, Any]
+    csp = report.get("csp-report")
+    if csp is None and report.get("type") == "csp-violation":
+        csp = report.get("body")
+    if csp is not None:
+        if not isinstance(csp, Mapping):
+            return None
+        blocked = _first_str(csp, _RAW_CSP_BLOCKED)
+        blocked = "self" if blocked is None else blocked
+        interface = {"blocked_uri": blocked, "source_file": _first_str(csp, _RAW_CSP_SOURCE)}
+        directive = _csp_directive(csp)
+        if directive is not None:
+            logentry["formatted"] = _csp_message(directive, blocked)
+        request["url"] = _first_str(csp, _CSP_DOCUMENT_URI)
+        referrer = csp.get("referrer")
+        if isinstance(referrer, str) and referrer:
+            request["headers"] = [["Referer", referrer]]
+        event = {"type": "csp", "csp": interface}
+    elif "known-pins" in report:
+        logentry, request["url"] = _host_report(
+            report, "Public key pinning validation failed for '{}'"
+        )
+        event = {"type": "hpkp", "hpkp": {"hostname": request["url"]}}
+    elif "expect-staple-report" in report:
+        inner = report["expect-staple-report"]
+        logentry, request["url"] = _host_report(inner, "Expect-Staple failed for '{}'")
+        event = {"type": "expectstaple", "expectstaple": {"hostname": request["url"]}}
+    elif "expect-ct-report" in report:
+        inner = report["expect-ct-report"]
+        logentry, request["url"] = _host_report(inner, "Expect-CT failed for '{}'")
+        event = {"type": "expectct", "expectct": {"hostname": request["url"]}}
+    else:
+        return None
+    if logentry:
+        event["logentry"] = logentry
+    if ctx.user_agent:
+        request.setdefault("headers", []).append(["User-Agent", ctx.user_agent])
+    event["request"] = request
+    if ctx.client_ip:
+        event["user"] = {"ip_address": ctx.client_ip}
+    for header, key in (("sentry_release", "release"), ("sentry_environment", "environment")):
+        value = headers.get(header)
+        if isinstance(value, str):
+            event[key] = value
+    return event
+
+
 # --- log and span records -----------------------------------------------------------------------
 
 #: Container items whose records are filtered one by one (`{"items": [...]}` of logs or spans).
@@ -738,6 +973,121 @@ def _attribute(attributes: Mapping[str, Any], key: str) -> str | None:
         return None
     value = attr.get("value")
     return value if isinstance(value, str) else None
+
+
+def _typed(value: object) -> dict[str, Any] | None:
+    """A JSON value as a record attribute (`{"type", "value"}`); nested values as JSON text."""
+    if isinstance(value, str):
+        return {"type": "string", "value": value}
+    if isinstance(value, bool):
+        return {"type": "boolean", "value": value}
+    if isinstance(value, int):
+        return {"type": "integer", "value": value}
+    if isinstance(value, float):
+        return {"type": "double", "value": value}
+    if isinstance(value, list | dict):
+        return {"type": "string", "value": orjson.dumps(value).decode()}
+    return None
+
+
+#: OTel attribute values Sentry keeps, by their OTLP/JSON key: (attribute type, converter).
+_OTEL_VALUES: Final[dict[str, tuple[str, type]]] = {
+    "stringValue": ("string", str),
+    "boolValue": ("boolean", bool),
+    "intValue": ("integer", int),
+    "doubleValue": ("double", float),
+}
+
+
+def _otel_value(value: object) -> dict[str, Any] | None:
+    if not isinstance(value, Mapping):
+        return None
+    for key, (kind, convert) in _OTEL_VALUES.items():
+        raw = value.get(key)
+        if raw is None:
+            continue
+        if kind == "string" and not isinstance(raw, str):
+            return None
+        if kind == "integer" and isinstance(raw, str):
+            raw = raw.strip()
+            if not raw.lstrip("-").isdigit():
+                return None
+        if isinstance(raw, list | dict) or (kind != "boolean" and isinstance(raw, bool)):
+            return None
+        try:
+            return {"type": kind, "value": convert(raw)}
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def otel_log_record(log: Mapping[str, Any]) -> dict[str, Any]:
+    """An OTel log record (an `otel_log` item: OTLP/JSON `body` and `attributes`) as the
+    Sentry log Sentry converts it to, as far as filters and `log_byte` read it: the body's
+    string, and each attribute of a string, boolean, integer or double value under its key
+    (later keys win; arrays, maps and bytes are left out, as Sentry leaves them)."""
+    body = log.get("body")
+    text = body.get("stringValue") if isinstance(body, Mapping) else None
+    attributes: dict[str, Any] = {}
+    entries = log.get("attributes")
+    if isinstance(entries, list):
+        for entry in entries:
+            if not isinstance(entry, Mapping) or not isinstance(entry.get("key"), str):
+                continue
+            attribute = _otel_value(entry.get("value"))
+            if attribute is not None:
+                attributes[entry["key"]] = attribute
+    return {"body": text if isinstance(text, str) else "", "attributes": attributes}
+
+
+#: Old names of `data` fields of a v1 span that Sentry reads under their new name.
+_SPAN_DATA_ALIASES: Final = {
+    "release": "sentry.release",
+    "transaction": "sentry.segment.name",
+    "environment": "sentry.environment",
+}
+#: `data` fields Sentry reads as text only (another type is no value).
+_SPAN_TEXT_FIELDS: Final = frozenset(
+    {"sentry.segment.name", "sentry.environment", "browser.name", "user_agent.original"}
+)
+
+
+def span_v1_record(span: Mapping[str, Any]) -> dict[str, Any]:
+    """A standalone v1 span (`{"data": {...}, "tags": ..., "sentry_tags": ...}`) as the v2
+    span Sentry converts it to, as far as filters read it: its attributes. `data` gives
+    them first (`release`, `transaction` and `environment` under their names
+    `sentry.release`, `sentry.segment.name`, `sentry.environment` when those are absent; a
+    release that is a number as text), then `tags`, then `sentry_tags` as `sentry.<key>`,
+    each only where no attribute of that name is yet."""
+    attributes: dict[str, Any] = {}
+    data = span.get("data")
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            name: str = _SPAN_DATA_ALIASES.get(key) or key
+            if name != key and name in data:
+                continue  # the field's own name wins over its old one
+            if name == "sentry.release" and isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)
+            elif name in _SPAN_TEXT_FIELDS and not isinstance(value, str):
+                continue
+            attribute = _typed(value)
+            if attribute is not None:
+                attributes[name] = attribute
+    tags = span.get("tags")
+    if isinstance(tags, Mapping):
+        for key, value in tags.items():
+            if key not in attributes and value is not None:
+                text = value if isinstance(value, str) else orjson.dumps(value).decode()
+                attributes[key] = {"type": "string", "value": text}
+    sentry_tags = span.get("sentry_tags")
+    if isinstance(sentry_tags, Mapping):
+        for key, value in sentry_tags.items():
+            name = "sentry.normalized_description" if key == "description" else f"sentry.{key}"
+            if name not in attributes and value not in (None, "", [], {}):
+                attribute = _typed(value)
+                if attribute is not None:
+                    attributes[name] = attribute
+    return {"attributes": attributes}
 
 
 def infers_user_agent(container: Mapping[str, Any]) -> bool:
@@ -978,17 +1328,18 @@ class Filters:
         trusted_proxies: networks whose `X-Forwarded-For` is believed.
     """
 
-    __slots__ = ("_checks", "_raw_checks", "_record_checks", "_trusted")
+    __slots__ = ("_checks", "_record_checks", "_trusted")
 
     def __init__(self, checks: Sequence[_Check], trusted_proxies: Sequence[IpNetwork]) -> None:
         self._checks = tuple(checks)
         # A raw security report is no event yet: only the CSP filter reads it.
-        self._raw_checks = tuple(c for c in self._checks if isinstance(c, _CspCheck))
-        # Log and span records: the filters Sentry applies to them (`_reads_records`).
+        # Log and span records: the filters Sentry applies to them (`_reads_records`); an
+        # OTel log is a log to them.
         self._record_checks = {
             item_type: tuple(c for c in self._checks if _reads_records(c, item_type))
             for item_type in RECORD_CONTAINERS
         }
+        self._record_checks["otel_log"] = self._record_checks["log"]
         self._trusted = tuple(trusted_proxies)
 
     def __len__(self) -> int:
@@ -1003,8 +1354,7 @@ class Filters:
         """The first enforcing hit; else the first dry-run hit; else None."""
         view = EventView(event, item_type)
         dry_hit: FilterHit | None = None
-        checks = self._raw_checks if item_type == RAW_SECURITY else self._checks
-        for check in checks:
+        for check in self._checks:
             if check.dry_run and dry_hit is not None:
                 continue
             rule = check(view, ctx)
@@ -1017,8 +1367,25 @@ class Filters:
         return dry_hit
 
     def reads_records(self, item_type: str) -> bool:
-        """Whether any filter reads the records of a container item of this type."""
+        """Whether any filter reads the records of a log or span item (a container, an OTel
+        log, a standalone span)."""
         return bool(self._record_checks.get(item_type))
+
+    def check_item(
+        self, payload: Mapping[str, Any], item_type: str, ctx: RequestContext
+    ) -> FilterHit | None:
+        """The hit of an `otel_log` item or a standalone `span` item (one v1 span), as
+        `check_records` decides for one record: the payload converted as Sentry converts
+        it (`otel_log_record`, `span_v1_record`), the request's User-Agent standing in for
+        a record that names no browser."""
+        checks = self._record_checks.get(item_type)
+        if not checks:
+            return None
+        if item_type == "otel_log":
+            view = _RecordView(otel_log_record(payload), "log", ctx.user_agent)
+        else:
+            view = _RecordView(span_v1_record(payload), "span", ctx.user_agent)
+        return _check_view(view, checks, ctx)
 
     def check_records(
         self, container: Mapping[str, Any], item_type: str, ctx: RequestContext
@@ -1033,26 +1400,30 @@ class Filters:
         request_ua = ctx.user_agent if infers_user_agent(container) else None
         hits: list[FilterHit | None] = []
         for record in records:
-            dry_hit: FilterHit | None = None
             hit: FilterHit | None = None
             if isinstance(record, Mapping) and checks:
-                view = _RecordView(record, item_type, request_ua)
-                for check in checks:
-                    if check.dry_run and dry_hit is not None:
-                        continue
-                    rule = check(view, ctx)
-                    if rule is None:
-                        continue
-                    if not check.dry_run:
-                        hit = FilterHit(check.reason, rule, False)
-                        break
-                    dry_hit = FilterHit(check.reason, rule, True)
-            hits.append(hit or dry_hit)
+                hit = _check_view(_RecordView(record, item_type, request_ua), checks, ctx)
+            hits.append(hit)
         return hits
 
     def client_ip(self, peer: str | None, x_forwarded_for: str | None) -> str | None:
         """The client address of a request (see `resolve_client_ip`)."""
         return resolve_client_ip(peer, x_forwarded_for, self._trusted)
+
+
+def _check_view(view: EventView, checks: Sequence[_Check], ctx: RequestContext) -> FilterHit | None:
+    """The first enforcing hit of `checks` on `view`; else the first dry-run hit."""
+    dry_hit: FilterHit | None = None
+    for check in checks:
+        if check.dry_run and dry_hit is not None:
+            continue
+        rule = check(view, ctx)
+        if rule is None:
+            continue
+        if not check.dry_run:
+            return FilterHit(check.reason, rule, False)
+        dry_hit = FilterHit(check.reason, rule, True)
+    return dry_hit
 
 
 def compile_filters(

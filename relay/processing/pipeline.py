@@ -3,8 +3,9 @@
     prepare()   Sentry's envelope limits item by item (`Limits`: one event-like item,
                 sizes and counts per item type, from lengths and headers alone), then
                 parse event-like items once, reject invalid ones, run inbound filters
-                (on log and span containers record by record) and sampling; drop the
-                sessions Sentry would discard (`sessions`)
+                (on log and span containers record by record, on OTel logs, standalone
+                spans and security reports as Sentry converts them) and sampling; drop
+                the sessions Sentry would discard (`sessions`)
                                                    -> outcomes: invalid, filtered, sampled
     (the caller consults quotas and cached upstream limits: IO, not here)
     drop_categories()                              -> outcome: rate_limited
@@ -34,6 +35,7 @@ import orjson
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing import sessions
 from relay.processing.context import AUTO_IP, INFER_IP_PLATFORMS, RequestContext
+from relay.processing.filters import otel_log_record, security_event
 from relay.protocol.categories import (
     EVENT_ITEM_TYPES,
     EVENT_TYPES,
@@ -72,6 +74,10 @@ class FilterStage(Protocol):
     def check_records(
         self, container: dict[str, Any], item_type: str, ctx: RequestContext
     ) -> Sequence[Decision | None]: ...
+
+    def check_item(
+        self, payload: dict[str, Any], item_type: str, ctx: RequestContext
+    ) -> Decision | None: ...
 
 
 class SampleStage(Protocol):
@@ -459,8 +465,12 @@ def prepare(
         if doc is not None and filters:
             # Sessions and replays: Sentry's inbound filters drop them too (release, client
             # addresses, user agent), or release health keeps the sessions of a release
-            # whose errors are filtered, and filtered users' replays are billed.
-            found = filters.check(_filter_view(itype, doc), itype, ctx)
+            # whose errors are filtered, and filtered users' replays are billed. A security
+            # report is filtered as the event Sentry makes of it.
+            if itype == SECURITY_TYPE:
+                found = _check_security(filters, doc, item, ctx)
+            else:
+                found = filters.check(_filter_view(itype, doc), itype, ctx)
             if found is not None:
                 outcome = _outcome(work, OutcomeKind.FILTERED, found.reason, ctx, found.rule)
                 drop = Dropped(work, outcome, dry_run=found.dry_run)
@@ -468,16 +478,17 @@ def prepare(
                 if not found.dry_run:
                     if itype == REPLAY_TYPE:
                         replay_drop = replay_drop or drop
+                    elif itype == SECURITY_TYPE:
+                        event_drop = event_drop or drop
                     continue
         if itype in SESSION_TYPES and not _check_session(result, work, doc):
             continue
-        if (
-            itype in RECORD_TYPES
-            and filters
-            and filters.reads_records(itype)
-            and not _filter_records(result, work, filters, splits)
-        ):
-            continue
+        if itype in RECORD_TYPES and filters and filters.reads_records(itype):
+            if itype == "log" or (itype == "span" and is_container(item.headers)):
+                if not _filter_records(result, work, filters, splits):
+                    continue
+            elif not _filter_item(result, work, filters):
+                continue
         if itype == "attachment":
             if drop_attachments:
                 outcome = _outcome(work, OutcomeKind.FILTERED, Reason.ATTACHMENTS_POLICY, ctx)
@@ -515,9 +526,10 @@ def _drop_unread(result: Prepared, work: WorkItem, reason: str) -> None:
     result.dropped.append(Dropped(work, _outcome(work, OutcomeKind.INVALID, reason, result.ctx)))
 
 
-#: Item types filtered on their own (not events): their payloads are read for it. A
-#: `raw_security` report is read by the `csp` filter alone.
-_FILTERED_TOO = frozenset({"session", "sessions", "replay_event", "raw_security"})
+#: A security report as the browser sent it (the security endpoint's item).
+SECURITY_TYPE = "raw_security"
+#: Item types filtered on their own (not events): their payloads are read for it.
+_FILTERED_TOO = frozenset({"session", "sessions", "replay_event", SECURITY_TYPE})
 #: The items of a replay that go with its `replay_event` when that is filtered.
 REPLAY_PARTS = frozenset({"replay_recording", "replay_video"})
 
@@ -530,10 +542,20 @@ def _load_object(payload: bytes) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) and not json_exceeds_depth(payload) else None
 
 
+def _check_security(
+    filters: FilterStage, doc: dict[str, Any], item: Item, ctx: RequestContext
+) -> Decision | None:
+    """The filters' decision on a security report: checked as the `security` event Sentry
+    makes of it (its item headers give the release and environment); a report Sentry would
+    not convert is not checked."""
+    event = security_event(doc, item.headers, ctx)
+    return None if event is None else filters.check(event, "security", ctx)
+
+
 def _filter_view(item_type: str, doc: dict[str, Any]) -> dict[str, Any]:
     """What the filters read of a session (its `attrs` as an event's release, environment,
-    user address and user agent), a replay (an event already) or a raw security report."""
-    if item_type in (REPLAY_TYPE, "raw_security"):
+    user address and user agent) or a replay (an event already)."""
+    if item_type == REPLAY_TYPE:
         return doc
     attrs = doc.get("attrs")
     if not isinstance(attrs, dict):
@@ -578,8 +600,30 @@ def _check_session(result: Prepared, work: WorkItem, doc: dict[str, Any] | None)
     return True
 
 
-#: Containers of log or span records (`{"items": [...]}`), filtered one record at a time.
-RECORD_TYPES = frozenset({"log", "span"})
+#: Log and span items, filtered one record at a time: containers of records (`log`, and
+#: `span` with a container content type) and single records (`otel_log`, a standalone `span`).
+RECORD_TYPES = frozenset({"log", "span", "otel_log"})
+
+
+def _filter_item(result: Prepared, work: WorkItem, filters: FilterStage) -> bool:
+    """Drop an OTel log or a standalone span that an inbound filter drops, as Sentry filters
+    each once converted to a log or span; returns whether the item is kept. Its outcome
+    `filtered` counts it in `log_item` (client reports also list its `log_byte`, as Sentry
+    counts the converted log's size) or `span`; a dry-run hit keeps it, reported the same
+    way. A payload that is no JSON object is forwarded as it came (to the scrubber)."""
+    doc = _load_object(work.item.payload)
+    if doc is None:
+        return True
+    hit = filters.check_item(doc, work.type, result.ctx)
+    if hit is None:
+        return True
+    report = None
+    if work.type == "otel_log":
+        size = log_byte_size(otel_log_record(doc))
+        report = [(work.category, work.quantity()), (DataCategory.LOG_BYTE.value, size)]
+    outcome = _outcome(work, OutcomeKind.FILTERED, hit.reason, result.ctx, hit.rule)
+    result.dropped.append(Dropped(work, outcome, dry_run=hit.dry_run, report=report))
+    return hit.dry_run
 
 
 def _filter_records(
