@@ -61,15 +61,21 @@ class Node:
     live: tuple[str, ...] | None = field(init=False, default=None)
     #: A file path (Sentry's `NativeImagePath`): rules never touch its file name.
     basename: bool = field(init=False, default=False)
-    #: One of Sentry's pair-list fields (headers, query string, tags): a `[name, value]`
-    #: pair's value is selected by its name right below the list, without its index.
+    #: One of Sentry's pair-list fields (headers, cookies, query string, tags): a
+    #: `[name, value]` pair's value is selected by its name right below the list, without
+    #: its index, and the name is a key (never scanned nor rewritten).
     pairlist: bool = field(init=False, default=False)
+    #: Children are named case-insensitively (header names): `children` keys are lowercase.
+    fold: bool = field(init=False, default=False)
+    #: A header's value: key patterns (`redact_pair`, `password`) see the header's name as
+    #: Sentry normalizes it (`x-api-key` -> `X-Api-Key`).
+    header: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.typesets = {t: self.types | {name} for t, name in _BASIC_TYPES.items()}
 
     def child(self, key: str) -> Node:
-        found = self.children.get(key)
+        found = self.children.get(key.lower() if self.fold else key)
         if found is not None:
             return found
         return self.other if self.other is not None else self
@@ -191,6 +197,29 @@ BREADCRUMB = _obj(("breadcrumb",), timestamp=F, type=F, category=F, level=F, eve
 #: `formatted` and `message` are Sentry's `Message` values: `$message` selects them.
 LOGENTRY = _obj(("logentry",), formatted=_obj(("message",)), message=_obj(("message",)))
 USER = _obj(("user",), ip_address=IP, sentry_user=ANY)
+
+
+def _pairlist(node: Node) -> Node:
+    """Mark `node` as one of Sentry's pair-list fields (see `Node.pairlist`)."""
+    node.pairlist = True
+    return node
+
+
+def _header(node: Node) -> Node:
+    """Mark `node` as a header's value (see `Node.header`)."""
+    node.header = True
+    return node
+
+
+def _headers(**children: Node) -> Node:
+    """Sentry's `Headers`: a pair list whose names are case-insensitive."""
+    node = _pairlist(_n(PII_TRUE, (), children, _header(_n(other=ANY, items=ANY))))
+    node.fold = True
+    return node
+
+
+#: Sentry's `Cookies`: every value is filtered by the default scrubbing.
+COOKIE_JAR = _pairlist(_n(other=ANY, items=ANY, flags=COOKIES))
 REQUEST = _obj(
     ("request",),
     method=F,
@@ -198,17 +227,14 @@ REQUEST = _obj(
     api_target=F,
     body_size=F,
     protocol=F,
-    cookies=_n(flags=COOKIES),
+    cookies=COOKIE_JAR,
     env=_obj(REMOTE_ADDR=IP),
     # As in Sentry: headers are PII, the User-Agent exempt from the default scrubbing only
-    # (its version numbers look like IP addresses), not from rules.
-    headers=_obj(**{"user-agent": _n(flags=DEFAULT_SAFE), "User-Agent": _n(flags=DEFAULT_SAFE)}),
+    # (its version numbers look like IP addresses), not from rules; in any case.
+    headers=_headers(**{"user-agent": _header(_n(flags=DEFAULT_SAFE))}),
+    query_string=_pairlist(_obj()),
 )
-REQUEST.children["query_string"] = _obj()
-for _name in ("headers", "query_string"):
-    REQUEST.children[_name].pairlist = True
-TAGS = _obj()
-TAGS.pairlist = True
+TAGS = _pairlist(_obj())
 SDK = _n(PII_FALSE, ("sdk",), {"client_ip": IP}, NONE)
 ATTRIBUTES = _n(flags=ATTRS)
 TRACE_CONTEXT = _obj(
@@ -224,7 +250,9 @@ TRACE_CONTEXT = _obj(
     client_sample_rate=F,
     dynamic_sampling_context=F,
 )
-CONTEXTS = _obj(trace=TRACE_CONTEXT)
+#: Sentry's `ResponseContext` (`contexts.response`): headers and cookies as the request's.
+RESPONSE_CONTEXT = _obj(headers=_headers(), cookies=COOKIE_JAR)
+CONTEXTS = _obj(trace=TRACE_CONTEXT, response=RESPONSE_CONTEXT)
 #: A span link: the linked span's ids, and attributes as free-form as the span's own.
 SPAN_LINK = _obj(trace_id=F, span_id=F, sampled=F, attributes=ATTRIBUTES)
 SPAN = _obj(

@@ -18,6 +18,12 @@ and built only for values that change, and only when the report or `_meta` remar
 Sentry writes them) need it. Selector state (keys and value types) is tracked only
 when the policy has selectors at all.
 
+Pairs are read as Sentry's Relay reads them: in its pair-list fields (`schema.Node.pairlist`)
+a `[name, value]` pair's value sits under its name right below the field
+(`$http.headers.authorization`), elsewhere any array of two whose first item is a string is
+a pair whose value sits under the name below the array, tried by index when that changed
+nothing (`_pair`); `{"key": ..., "value": ...}` objects are objects (`_kv`).
+
 What to do with a key is decided once per schema node and key (`NodePlan`): most keys
 need one table lookup, and at typed nodes (the event, frames, breadcrumbs, spans) the
 keys worth visiting are planned per tuple of keys, so never-PII fields cost nothing.
@@ -410,6 +416,14 @@ class Policy:
         elif text in clean.clean:
             return []
         spans = rule.spans(text)
+        if (
+            not spans
+            and rule.type == "redact_pair"
+            and any(p.search(text) for p in rule.key_patterns)
+        ):
+            # Sentry applies a key pattern to the value too: a match anywhere in it
+            # redacts the whole value (`keyPattern: "secret"` on "my secret is x").
+            spans = [(0, len(text))]
         if not spans:
             clean.put(text, None)
         return spans
@@ -526,7 +540,7 @@ class Policy:
         """
         node = np.node
         children = node.children
-        child = children.get(key)
+        child = children.get(key.lower() if node.fold and type(key) is str else key)
         if child is None:
             child = node.other if node.other is not None else node
         flags = child.flags
@@ -620,6 +634,7 @@ class Walk:
         "anchors",
         "attrs_fast",
         "changes",
+        "hit",
         "local",
         "local_any",
         "meta",
@@ -640,6 +655,9 @@ class Walk:
         self.track = meta or report
         #: How many values were changed or removed.
         self.changes = 0
+        #: Set by `_value` for a pair's value that rules changed when selected by the
+        #: pair's name (see `_pair`).
+        self.hit = False
         #: (container ref, key, rule, method) per change, when `report`.
         self.redactions: list[tuple[Ref, str | int, str, str]] = [] if report else _NO_ROWS
         #: `_meta` remarks made by this walk, as a tree shaped like `_meta`, when `meta`.
@@ -923,7 +941,8 @@ class Walk:
                 memo = p._rule_memos.get(id(rules))
                 # The common case inline: a string the rules changed nothing in before.
                 if tv is not str or memo is None or v not in memo.clean:
-                    if self._apply_rules(d, k, v, ref, k, rules):
+                    rkey = _header_name(k) if child.header else k
+                    if self._apply_rules(d, k, v, ref, rkey, rules):
                         return False
                     v = d[k]
                     tv = type(v)
@@ -999,32 +1018,20 @@ class Walk:
             return
         item_node = item_np.node
         first = type(lst[0])
-        if first is list and _is_pairs(lst):
-            if self.slow and not np.node.pairlist:
-                # In free data Sentry enters a pair's name below the pair's own index
-                # (`vars.headers.0.authorization`); in its pair-list fields (headers,
-                # query string, tags) below the list (`$http.headers.authorization`).
-                # When no rule selects the value by its name, Sentry tries its index
-                # (`vars.headers.0.1`).
-                states = self.states
-                pair_types = item_node.typesets[list]
-                apps = self.p.applications
-                for i, v in enumerate(lst):
-                    key = v[0]
-                    states.append((i, pair_types))
-                    seg: str | int = key
-                    if (
-                        apps
-                        and not self._any_rule(item_node, v[1], key)
-                        and self._any_rule(item_node, v[1], 1)
-                    ):
-                        seg = 1
-                    self._value(v, 1, v[1], item_node, [ref, i, None], seg, key)
-                    states.pop()
-                return
-            for i, v in enumerate(lst):
-                key = v[0]
-                self._value(v, 1, v[1], item_node, [ref, i, None], key, key)
+        node = np.node
+        if (
+            first is str
+            and len(lst) == 2
+            and lst[1] is not None
+            and item_node.pii != PII_FALSE
+            and not item_node.flags & sch.SOURCE
+        ):
+            # A `[name, value]` pair, wherever it is (Sentry: any array of two whose first
+            # item is a string).
+            self._pair(lst, node.child(lst[0]) if node.pairlist else item_node, ref)
+            return
+        if node.pairlist:
+            self._pairlist(lst, node, item_node, ref)
             return
         if mode != _LIST_FAST:
             self._list_other(lst, mode, item_np, ref)
@@ -1049,8 +1056,7 @@ class Walk:
             tv = type(v)
             if tv is dict:
                 if len(v) == 2 and _is_pair(v):
-                    key = v["key"]
-                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                    self._kv(lst, i, v, item_np, ref)
                 else:
                     self._dict(v, item_np, [ref, i, None])
             elif tv is str:
@@ -1062,14 +1068,81 @@ class Walk:
                 self._descend(lst, i, v, item_node, ref, i)
             # Numbers, booleans and nulls in a fast array need nothing (see `_value`).
 
-    def _any_rule(self, node: sch.Node, value: Any, seg: str | int) -> bool:
-        """Does an application select `value` (at `node`) as `seg` below the path?"""
-        states = self.states
-        states.append((seg, node.typesets.get(type(value), node.types)))
-        try:
-            return any(matches(app.selector, states, node.pii) for app in self.p.applications)
-        finally:
-            states.pop()
+    def _pair(self, lst: list[Any], node: sch.Node, ref: Ref) -> None:
+        """A `[name, value]` array (`lst`, at `ref`; `node`: the value's schema), as Sentry's
+        PII processor reads any array of two whose first item is a string.
+
+        The value is selected by the name right below the array (`extra.h.authorization`,
+        `vars.headers.0.authorization` for pairs in a list), and the denylist and key
+        patterns see the name. When nothing there changed the value, Sentry tries both
+        items by their index: rules selecting `extra.h.1` then apply to the value, and
+        those selecting `extra.h.0` (or `$string`) to the name. The detectors always scan
+        the name (Sentry's default rules skip it when the value changed: stricter here).
+        A container value is walked once, below the name.
+        """
+        name = lst[0]
+        outer = self.hit
+        self.hit = False
+        self._value(lst, 1, lst[1], node, ref, name, name, 1)
+        hit = self.hit
+        self.hit = outer
+        if not hit:
+            self._value(lst, 0, name, node, ref, 0, None)
+        elif node.pii == PII_TRUE and not node.flags and name not in self._clean and len(name) > 2:
+            found = self._cget(name, _MISS)
+            if found is not None:
+                self.slots.append((lst, 0, "0", ref, name, found))
+
+    def _pairlist(self, lst: list[Any], node: sch.Node, item_node: sch.Node, ref: Ref) -> None:
+        """The items of one of Sentry's pair-list fields (headers, cookies, query string,
+        tags): a `[name, value]` pair's value is selected by its name right below the list
+        (`$http.headers.authorization`, no index), one whose name is not a string by the
+        pair's index (`request.headers.0`); the name is a key, never scanned or rewritten.
+        `{"key": name, "value": ...}` objects (not a form Sentry reads here) are read the
+        same way; anything else by its index."""
+        for i, v in enumerate(lst):
+            tv = type(v)
+            if tv is list and len(v) == 2:
+                name = v[0]
+                if type(name) is str:
+                    self._value(v, 1, v[1], node.child(name), [ref, i, None], name, name)
+                else:
+                    self._value(v, 1, v[1], item_node, [ref, i, None], i, None)
+            elif tv is dict and _is_pair(v):
+                name = v["key"]
+                self._value(v, "value", v["value"], node.child(name), [ref, i, None], name, name)
+            else:
+                self._value(lst, i, v, item_node, ref, i, None)
+
+    def _kv(self, lst: list[Any], i: int, obj: dict[str, Any], item_np: NodePlan, ref: Ref) -> None:
+        """A `{"key": name, "value": ...}` object at `lst[i]` outside pair-list fields: an
+        object as Sentry sees it (`extra.attrs.0.key`, `extra.attrs.0.value`), except that
+        the denylist and key patterns see the value under the name (`{"key": "password",
+        "value": ...}` is filtered)."""
+        node = item_np.node
+        slow = self.slow
+        if slow or self.local:
+            # Rules on the object itself (`extra.attrs.0`, `$object`): only removal applies
+            # to a container; a safe one is walked by `_selected`.
+            if slow:
+                self.states.append((i, node.typesets[dict]))
+                try:
+                    done = self._selected(lst, i, obj, node, ref, None, _NONE)
+                finally:
+                    self.states.pop()
+            else:
+                rules = self.p.local_rules(node, dict, True)
+                done = bool(rules) and self._apply_rules(lst, i, obj, ref, None, rules)
+            if done:
+                return
+        inner: Ref = [ref, i, None]
+        if slow:
+            self.states.append((i, node.typesets[dict]))
+        name = obj["key"]
+        self._value(obj, "key", name, node.child("key"), inner, "key", "key")
+        self._value(obj, "value", obj["value"], node.child("value"), inner, "value", name)
+        if slow:
+            self.states.pop()
 
     def _list_other(self, lst: list[Any], mode: int, item_np: NodePlan, ref: Ref) -> None:
         """The items of a non-empty array that is not `_LIST_FAST` (nor pairs)."""
@@ -1092,8 +1165,7 @@ class Walk:
                         if result is not None:
                             self.slots.append((lst, i, str(i), ref, v, result))
                 elif tv is dict and _is_pair(v):
-                    key = v["key"]
-                    self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                    self._kv(lst, i, v, item_np, ref)
                 elif tv is dict or tv is list:
                     self._descend(lst, i, v, item_node, ref, i)
             return
@@ -1101,8 +1173,7 @@ class Walk:
         pairs = item_node.pii != PII_FALSE
         for i, v in enumerate(lst):
             if pairs and type(v) is dict and _is_pair(v):
-                key = v["key"]
-                self._value(v, "value", v["value"], item_node, [ref, i, None], key, key)
+                self._kv(lst, i, v, item_np, ref)
             else:
                 self._value(lst, i, v, item_node, ref, i, None)
 
@@ -1111,8 +1182,7 @@ class Walk:
     ) -> None:
         """An object in a list of a fast list (see `_list`)."""
         if _is_pair(v):
-            key = v["key"]
-            self._value(v, "value", v["value"], item_np.node, [ref, i, None], key, key)
+            self._kv(lst, i, v, item_np, ref)
         else:
             self._dict(v, item_np, [ref, i, None])
 
@@ -1208,9 +1278,12 @@ class Walk:
         ref: Ref,
         seg: str | int,
         key: str | None,
+        alt: int | None = None,
     ) -> None:
         """Process one value; `ckey` is where it lives, `seg` its selector segment, `key` the
-        name the denylist sees (a pair's or attribute's name)."""
+        name the denylist sees (a pair's or attribute's name). `alt`: a pair's value (see
+        `_pair`), selected by its index `alt` when nothing selected by `seg` changed it;
+        `hit` is set when something did."""
         tv = type(value)
         flags = node.flags
         pii = node.pii
@@ -1234,20 +1307,38 @@ class Walk:
         if flags & sch.DEFAULT_SAFE:
             verdict = _SAFE
         if self.slow:
-            self.states.append((seg, node.typesets.get(tv, node.types)))
+            states = self.states
+            types = node.typesets.get(tv, node.types)
+            states.append((seg, types))
             try:
-                if self._selected(container, ckey, value, node, ref, key, verdict):
-                    return
+                done = self._selected(container, ckey, value, node, ref, key, verdict)
             finally:
-                self.states.pop()
+                states.pop()
+            if alt is not None:
+                if container[ckey] is not value:
+                    self.hit = True
+                elif not done:
+                    # Sentry's second try: the pair's items by their index (no key).
+                    states.append((alt, types))
+                    try:
+                        done = self._selected(container, ckey, value, node, ref, None, verdict)
+                    finally:
+                        states.pop()
+            if done:
+                return
             # Rules may have rewritten the string: the detectors see the rewritten text.
             value = container[ckey]
             tv = type(value)
         elif self.local:
-            # What `_selected` does for a local policy, without the path.
+            # What `_selected` does for a local policy, without the path (and so the same
+            # rules by a pair's index as by its name: one try is enough).
             rules = p.local_rules(node, tv, True)
             if rules:
-                if self._apply_rules(container, ckey, value, ref, key, rules):
+                rkey = _header_name(key) if node.header and key is not None else key
+                done = self._apply_rules(container, ckey, value, ref, rkey, rules)
+                if alt is not None and container[ckey] is not value:
+                    self.hit = True
+                if done:
                     return
                 value = container[ckey]
                 tv = type(value)
@@ -1394,6 +1485,8 @@ class Walk:
                     rules = []
                 else:
                     value, tail = value[:cut], value[cut:]
+            if rules and node.header and key is not None:
+                key = _header_name(key)
             if rules and self._apply_rules(container, ckey, value, ref, key, rules, tail):
                 return True
         if verdict == _SAFE:
@@ -1666,8 +1759,10 @@ def _is_pair(obj: dict[str, Any]) -> bool:
     return len(obj) == 2 and type(obj.get("key")) is str and "value" in obj
 
 
-def _is_pairs(lst: list[Any]) -> bool:
-    return bool(lst) and all(type(v) is list and len(v) == 2 and type(v[0]) is str for v in lst)
+def _header_name(name: str) -> str:
+    """A header name as Sentry normalizes it: each word's first letter upper case, the
+    rest as sent (`x-api-key` -> `X-Api-Key`, `WWW-Authenticate` unchanged)."""
+    return "-".join(word[:1].upper() + word[1:] for word in name.split("-"))
 
 
 def _valid_ip(value: Any) -> bool:
