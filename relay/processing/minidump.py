@@ -2,7 +2,9 @@
 
 A minidump upload is `multipart/form-data`. Its parts, by field name:
 
-    upload_file_minidump    the dump: forwarded as received (binary; see SECURITY.md)
+    upload_file_minidump    the dump: through the `pii_config` rules that select its parts
+                            (stack and heap memory, module paths; see
+                            `relay.processing.scrub.minidump_pii`), else as received
     sentry                  the event as JSON: walked as an event
     sentry[user][email]...  event fields as form fields: gathered into one event and
                             walked, so that key-based rules apply to them too (a name
@@ -43,7 +45,7 @@ import orjson
 
 from relay.processing.pipeline import ScrubStage
 from relay.processing.scrub.content import Text, Unreadable, read_text
-from relay.processing.scrub.items import scrub_native
+from relay.processing.scrub.items import scrub_minidump_bytes, scrub_native
 from relay.processing.scrub.native import EVENT_PAYLOAD, FIELD_TYPES, decode_map
 from relay.processing.scrub.scrubber import Scrubber
 from relay.protocol.envelope import MAX_JSON_DEPTH, Envelope, Item, json_exceeds_depth
@@ -302,6 +304,12 @@ def _scrub_file(part: Part, name: str, scrubber: ScrubStage) -> bool:
     """Scrub a file part in place; False when it is to be removed."""
     filename = _scrub_filename(part, scrubber)
     if name == MINIDUMP_FIELD:
+        # The dump itself: by its parts, as an envelope's `event.minidump` attachment (the
+        # `attachments` policy does not apply: the dump is the event).
+        if isinstance(scrubber, Scrubber):
+            new = scrub_minidump_bytes(scrubber, part.body, filename)
+            if new is not None:
+                part.body = new
         return True
     kind = FIELD_TYPES.get(name)
     if kind is not None:

@@ -67,13 +67,22 @@ _JOIN = "\ud800"
 
 # How a search covers the UTF-16 runs (`_wide_searches`).
 _JOINED, _LINES, _EACH = range(3)
+#: What `anything` overwrites in UTF-16 text alone: every line (Relay's `.*`).
+_ANY_LINE = re2.compile(".+", _TEXT_OPTIONS)
+
+#: `scrub_binary`'s encodings: both steps, step 1 alone, step 2 alone.
+ALL, UTF8, UTF16LE = "all", "utf8", "utf16le"
 
 
 def scrub_binary(
-    rules: Sequence[Rule], data: bytes, filename: str
+    rules: Sequence[Rule], data: bytes, filename: str, *, encodings: str = ALL
 ) -> tuple[bytes | None, list[tuple[Rule, int, int]]]:
     """`data` through `rules` in order (see the module docstring): the new bytes, of the
-    same length (None when unchanged), and the redactions as (rule, start, end)."""
+    same length (None when unchanged), and the redactions as (rule, start, end).
+
+    `encodings`: `ALL` (both steps), `UTF8` (step 1 only) or `UTF16LE` (step 2 only,
+    over all of `data`; there `anything` overwrites each run's lines, as Relay's `.*`
+    does in UTF-16 text)."""
     done: list[tuple[Rule, int, int]] = []
     current = data
     narrow_text: tuple[bytes, str] | None = None
@@ -81,17 +90,21 @@ def scrub_binary(
     for rule in rules:
         if not current:
             break
-        if narrow_text is None or narrow_text[0] is not current:
-            narrow_text = (current, "")  # the detectors' text, made when one needs it
-        narrow, narrow_text = _narrow_spans(rule, current, filename, narrow_text)
-        narrow = _merge(narrow)
+        narrow: list[Span] = []
+        if encodings != UTF16LE:
+            if narrow_text is None or narrow_text[0] is not current:
+                narrow_text = (current, "")  # the detectors' text, made when one needs it
+            narrow, narrow_text = _narrow_spans(rule, current, filename, narrow_text)
+            narrow = _merge(narrow)
         if narrow:
             buf = bytearray(current)
             for s, e in narrow:
                 buf[s:e] = _narrow(rule.redaction, current[s:e])
                 done.append((rule, s, e))
             current = bytes(buf)
-        searches = _wide_searches(rule)
+        if encodings == UTF8:
+            continue
+        searches = _wide_searches(rule, wide_only=encodings == UTF16LE)
         gaps = _gaps(narrow, len(current))
         if not searches or not gaps:
             continue
@@ -222,12 +235,15 @@ def _narrow_spans(
     return spans, text
 
 
-def _wide_searches(rule: Rule) -> list[tuple[_Search, int, Any]]:
+def _wide_searches(rule: Rule, *, wide_only: bool = False) -> list[tuple[_Search, int, Any]]:
     """The searches of `rule` over decoded UTF-16 text (step 2), each with how it covers
-    the runs (`_JOINED`, `_LINES` with its line-mode regex, `_EACH`)."""
+    the runs (`_JOINED`, `_LINES` with its line-mode regex, `_EACH`); `wide_only`: step 2
+    runs without step 1."""
     out: list[tuple[_Search, int, Any]] = []
     if rule.type == "anything":
-        return out  # step 1 took the whole file
+        if wide_only:  # each line of each run
+            out.append((partial(_match_spans, _ANY_LINE), _EACH, None))
+        return out  # else step 1 took the whole file
     patterns: list[tuple[_Search, str]] = []
     if rule.pattern is not None:
         patterns.append((partial(_group_spans, rule.pattern, rule.groups), rule.pattern.pattern))

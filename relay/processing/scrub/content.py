@@ -15,9 +15,8 @@ logs as anything), so the bytes decide:
    from the detectors nor changes a byte the scrubber does not replace.
 
 `read_text` gives a `Text` (the decoded string and how to encode it back) or None;
-`binary_kind` names the binary format, for the dry run; `is_minidump` tells the dumps
-that pii_config rules leave alone. `Unreadable` is raised by the readers of structured
-payloads (replays, MessagePack) for what they cannot read.
+`binary_kind` names the binary format, for the dry run. `Unreadable` is raised by the
+readers of structured payloads (replays, MessagePack) for what they cannot read.
 """
 
 from __future__ import annotations
@@ -29,11 +28,10 @@ _SAMPLE = 64 * 1024
 #: Control bytes that text does not hold (tab, LF, VT, FF, CR and ESC are text).
 _CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
 _TEXT_CONTROLS = "\t\n\v\f\r\x1b"
-#: Minidumps (little- and big-endian).
-_MINIDUMP = (b"MDMP", b"PMDM")
 #: Magic numbers of binary formats, by what they are.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
-    *((magic, "minidump") for magic in _MINIDUMP),
+    (b"MDMP", "minidump"),
+    (b"PMDM", "minidump"),
     (b"\x89PNG\r\n\x1a\n", "PNG image"),
     (b"\xff\xd8\xff", "JPEG image"),
     (b"GIF87a", "GIF image"),
@@ -105,11 +103,6 @@ def binary_kind(payload: bytes) -> str | None:
     if read_text(payload) is None:
         return "binary data"
     return None
-
-
-def is_minidump(payload: bytes) -> bool:
-    """Does `payload` start like a minidump?"""
-    return payload.startswith(_MINIDUMP)
 
 
 def read_text(payload: bytes) -> Text | None:

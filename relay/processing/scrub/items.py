@@ -11,7 +11,8 @@
                         content (see `content`): JSON walked, text through the rules
                         that select the file (`$attachments.'app.log'`) and the value
                         detectors, binary (images, archives) rewritten in place by the
-                        rules that select it (see `binary`), else kept; minidumps kept
+                        rules that select it (see `binary`), else kept; minidumps
+                        (`event.minidump`) by their parts (see `minidump_pii`)
     replay_recording    header line and JSON (plain or zlib) walked, deep ones in
     replay_video        pieces; a replay video's event and recording likewise (see
                         `replay`); dropped when unreadable
@@ -38,14 +39,16 @@ import orjson
 from relay.outcomes import Reason
 from relay.processing.scrub import native
 from relay.processing.scrub.binary import scrub_binary
-from relay.processing.scrub.content import Unreadable, binary_kind, is_minidump, read_text
+from relay.processing.scrub.content import Unreadable, binary_kind, read_text
 from relay.processing.scrub.deep import walk_deep
+from relay.processing.scrub.minidump_pii import MINIDUMP_TYPE, scrub_minidump
 from relay.processing.scrub.replay import scrub_recording, scrub_video
 from relay.processing.scrub.rules import Application, Rule, merge_spans, rewrite
 from relay.processing.scrub.schema import ENVELOPE_HEADER
 from relay.processing.scrub.selectors import PII_TRUE, PathSel, State, matches
 from relay.processing.scrub.selectors import Item as SelectorItem
 from relay.processing.scrub.walker import Redaction, Walk
+from relay.protocol.envelope import Item as EnvelopeItem
 from relay.protocol.envelope import has_duplicate_keys, json_exceeds_depth
 
 if TYPE_CHECKING:
@@ -243,17 +246,17 @@ def _scrub_binary(
     filename: str | None,
 ) -> Unread | None:
     """Binary content: rewritten in place, at the same length, by the rules that select
-    the attachment `filename` (see `binary`); kept (an `Unread`) when none does, when it
-    is no attachment, or when it is a minidump (Sentry scrubs only a dump's memory
-    regions and strings, which takes reading its streams)."""
+    the attachment `filename` (see `binary`); kept (an `Unread`) when none does or when
+    it is no attachment. A minidump (`event.minidump`) is scrubbed by its parts instead
+    (see `minidump_pii`)."""
     payload = item.payload
+    if filename is not None and item.headers.get("attachment_type") == MINIDUMP_TYPE:
+        return _scrub_minidump(scrubber, item, index, report, filename)
     rules: list[Rule] = []
     if filename is not None and _names_an_attachment(scrubber.policy.applications):
         rules = _selected_rules(scrubber, filename)
     if filename is None or not rules:
         return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")
-    if is_minidump(payload):
-        return Unread("binary content (minidump): pii_config rules do not rewrite minidumps")
     new, found = scrub_binary(rules, payload, filename)
     red = [
         Redaction(f"<bytes>[{s}:{e}]", rule.origin, rule.method, index, "attachment")
@@ -261,6 +264,47 @@ def _scrub_binary(
     ]
     _apply(item, new, red, index, report)
     return None
+
+
+def _scrub_minidump(
+    scrubber: Scrubber, item: Item, index: int, report: ScrubReport, filename: str
+) -> Unread | None:
+    """A minidump through the rules that select its parts, whatever else the policy
+    names (as in Sentry); one that does not parse goes through the rules that select the
+    file, as a plain binary attachment (`scrub_binary`), with what was rewritten so far.
+    Kept (an `Unread`) when no rule selects anything of it."""
+    payload = item.payload
+    done = scrub_minidump(scrubber.policy.applications, payload, filename)
+    found = [(rule, s, e) for rule, _, s, e in done.redactions]
+    current, selected = done.data, done.selected
+    if done.error is not None:
+        rules = _selected_rules(scrubber, filename)
+        selected = selected or bool(rules)
+        new, more = scrub_binary(rules, current, filename)
+        current = current if new is None else new
+        found += more
+    if not selected:
+        why = "no pii_config rule selects its parts"
+        if done.error is not None:
+            why = f"it does not parse ({done.error}) and no pii_config rule selects it"
+        return Unread(f"binary content (minidump): {why}")
+    red = [
+        Redaction(f"<bytes>[{s}:{e}]", rule.origin, rule.method, index, "attachment")
+        for rule, s, e in (found if report.want else ())
+    ]
+    _apply(item, None if current == payload else current, red, index, report)
+    return None
+
+
+def scrub_minidump_bytes(scrubber: Scrubber, payload: bytes, filename: str) -> bytes | None:
+    """A minidump's bytes (the minidump upload endpoint's dump) as an `event.minidump`
+    attachment is scrubbed: the new bytes, or None when unchanged."""
+    from relay.processing.scrub.scrubber import ScrubReport  # it imports this module
+
+    item = EnvelopeItem({"type": "attachment", "attachment_type": MINIDUMP_TYPE}, payload)
+    report = ScrubReport(want=False)
+    _scrub_minidump(scrubber, item, 0, report, filename)
+    return item.payload if report.changed_items else None
 
 
 def _scrub_generic(
