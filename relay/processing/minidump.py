@@ -1,4 +1,4 @@
-"""Minidump uploads: scrub everything that travels beside the binary dump.
+"""Minidump uploads: scrub the dump by its parts, and everything that travels beside it.
 
 A minidump upload is `multipart/form-data`. Its parts, by field name:
 
@@ -183,7 +183,7 @@ def _uuid_hex(value: object) -> str | None:
 
 
 def scrub_minidump_upload(body: bytes, content_type: str, scrubber: ScrubStage | None) -> bytes:
-    """Scrub every part of a minidump upload but the dump (see the module docstring).
+    """Scrub every part of a minidump upload (see the module docstring).
 
     The `sentry` part is an event JSON; `sentry[user][email]`-style fields are gathered
     into one event so that key-based rules (the denylist, selectors) apply to them too.
