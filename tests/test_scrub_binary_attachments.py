@@ -74,12 +74,14 @@ def scrub(
     filename: str = "screen.png",
     *,
     gate: bool = True,
+    attachment_type: str | None = None,
     **pii: Any,
 ) -> tuple[bytes, Any, dict[int, Unread]]:
-    """`payload` as a binary attachment through a policy with only `applications` (and,
-    with `gate`, `GATE`)."""
+    """`payload` as a binary attachment (of `attachment_type`, if given) through a policy
+    with only `applications` (and, with `gate`, `GATE`)."""
     assert read_text(payload) is None, "the payload must read as binary"
-    env = envelope(payload, filename)
+    typed = {} if attachment_type is None else {"attachment_type": attachment_type}
+    env = envelope(payload, filename, **typed)
     if gate:
         applications = {**GATE, **applications}
     scrubber = compile_scrubber(cfg(**OFF, pii_config={"applications": applications, **pii}))

@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.processing.scrub import compile_scrubber, items
 from relay.processing.scrub.items import Unread
 from relay.processing.scrub.minidump_pii import (
     CV_PDB20,
@@ -33,10 +32,10 @@ from relay.processing.scrub.minidump_pii import (
     scrub_minidump,
 )
 from relay.processing.scrub.rules import compile_pii_config
-from relay.protocol.envelope import make_envelope, parse_envelope
-from tests.processing.scrub.conftest import OFF, cfg
+from relay.protocol.envelope import make_envelope
 from tests.support.relay import RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream
+from tests.test_scrub_binary_attachments import scrub
 
 EVENT_ID = "fe4272fa94e54186acc6e75b1bb21a2c"
 EMAIL = "alice.smith@example.com"
@@ -196,14 +195,9 @@ def scrub_item(
     **pii: Any,
 ) -> tuple[bytes, Any, dict[int, Unread]]:
     """`payload` as an attachment of `attachment_type` through an envelope's scrubbing."""
-    header = {"type": "attachment", "filename": filename, "attachment_type": attachment_type}
-    env = parse_envelope(make_envelope({"event_id": EVENT_ID}, [(header, payload)]).serialize())
-    scrubber = compile_scrubber(cfg(**OFF, pii_config={"applications": applications, **pii}))
-    notes: dict[int, Unread] = {}
-    report = items.scrub_envelope(scrubber, env, notes=notes)
-    out = env.items[0].payload
-    assert len(out) == len(payload)
-    return out, report, notes
+    return scrub(
+        payload, applications, filename, gate=False, attachment_type=attachment_type, **pii
+    )
 
 
 MASK = ["@anything:mask"]

@@ -31,29 +31,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import msgspec
 import orjson
 import pytest
 
-from relay.config.base import dec_hook
-from relay.config.scrubbing import ScrubbingConfig
 from relay.processing.scrub import compile_scrubber
+from tests.processing.scrub.conftest import OFF, cfg
 from tests.support.relay import auth_header
 from tests.support.upstream import RecordingUpstream
 
-#: Every default off: only the `pii_config` acts.
-OFF: dict[str, Any] = {
-    "defaults": False,
-    "ip_addresses": False,
-    "emails": False,
-    "secrets": False,
-    "meta": False,
-}
 UA = "Mozilla/5.0 (X11; Linux x86_64) Chrome/120.0.0.0 Safari/537.36"
-
-
-def section(**data: Any) -> ScrubbingConfig:
-    return msgspec.convert(data, ScrubbingConfig, dec_hook=dec_hook)
 
 
 def apply(selector: str, rule: str = "@anything:replace", **rules: Any) -> dict[str, Any]:
@@ -71,7 +57,7 @@ def redact_pair(selector: str, pattern: str, method: str = "replace") -> dict[st
 
 def scrub(config: dict[str, Any] | None, event: dict[str, Any]) -> tuple[Any, list[Any]]:
     out = copy.deepcopy(event)
-    scrubber = compile_scrubber(None if config is None else section(**config))
+    scrubber = compile_scrubber(None if config is None else cfg(**config))
     rows = scrubber.scrub_event(out)
     return out, [[r.path, r.rule, r.method] for r in rows]
 
@@ -556,7 +542,7 @@ def test_pairs_give_the_same_result_on_the_fast_and_the_general_path() -> None:
         "tags": [["user", "a@b.io"]],
     }
     fast = compile_scrubber(None)
-    general = compile_scrubber(section(safe_fields=["$binary"]))
+    general = compile_scrubber(cfg(safe_fields=["$binary"]))
     for report in (True, False):
         a, b = copy.deepcopy(event), copy.deepcopy(event)
         rows_a = fast.scrub_event(a, report=report)
