@@ -222,7 +222,7 @@ def _attachment_rules(
     return current, red
 
 
-def _names_an_attachment(applications: Sequence[Application]) -> bool:
+def names_an_attachment(applications: Sequence[Application]) -> bool:
     """Whether an application names an attachment (`$attachments.'app.log'`): as in Sentry,
     binary attachments are rewritten only then (by every rule that selects them, `**`
     and `$binary` too); a policy without one leaves them whole."""
@@ -253,7 +253,7 @@ def _scrub_binary(
     if filename is not None and item.headers.get("attachment_type") == MINIDUMP_TYPE:
         return _scrub_minidump(scrubber, item, index, report, filename)
     rules: list[Rule] = []
-    if filename is not None and _names_an_attachment(scrubber.policy.applications):
+    if filename is not None and scrubber.rewrites_binaries:
         rules = _selected_rules(scrubber, filename)
     if filename is None or not rules:
         return Unread(f"binary content ({binary_kind(payload) or 'binary data'})")

@@ -190,7 +190,11 @@ class Scrubber:
     """A compiled scrubbing policy. Build with `compile_scrubber`; reuse for every event."""
 
     def __init__(self, policy: Policy) -> None:
+        from relay.processing.scrub.items import names_an_attachment
+
         self.policy = policy
+        #: Rules rewrite binary attachments (see `items.names_an_attachment`).
+        self.rewrites_binaries = names_an_attachment(policy.applications)
 
     @property
     def strips_client_ip(self) -> bool:
