@@ -432,6 +432,16 @@ def test_text_attachments_keep_their_rewrite() -> None:
     assert env.items[0].payload == b"shipped to [email]\n"
 
 
+def test_a_key_pattern_found_in_a_text_attachment_redacts_all_of_it() -> None:
+    """As in Sentry, which reads every attachment as bytes: a `redact_pair` key pattern
+    matching the content fills the whole file (here: replaces the whole text)."""
+    env = envelope(b"config: the secret is out\n", "app.log")
+    pair = {"type": "redact_pair", "keyPattern": "secret", "redaction": {"method": "remove"}}
+    pii = {"rules": {"keys": pair}, "applications": {"$attachments.'app.log'": ["keys"]}}
+    compile_scrubber(cfg(**OFF, pii_config=pii)).scrub_envelope(env)
+    assert b"secret" not in env.items[0].payload
+
+
 # --- the UTF-16 search over joined runs equals Relay's search run by run ----------------------
 
 

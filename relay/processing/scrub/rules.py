@@ -197,7 +197,8 @@ class Rule:
     groups: frozenset[int] | None = None
     #: Regexes on the key (`redact_pair`, `password`): a match redacts the whole value.
     key_patterns: tuple[Any, ...] = ()
-    #: Regexes whose match anywhere in the value redacts the whole value (`password`).
+    #: Regexes whose match anywhere in the value redacts the whole value (`password`,
+    #: `redact_pair`).
     value_whole: tuple[Any, ...] = ()
 
     @property
@@ -438,7 +439,10 @@ def _leaf(name: str, origin: str, spec: dict[str, Any], red: Method) -> Rule:
             groups=frozenset(groups) if groups else None,
         )
     if ty == "redact_pair":
-        return Rule(origin, ty, red, key_patterns=(compile_regex(spec["keyPattern"]),))
+        # As in Sentry, the key pattern also reads the value: a match anywhere in it (or in
+        # an attachment's content) redacts the whole.
+        key_pattern = compile_regex(spec["keyPattern"])
+        return Rule(origin, ty, red, key_patterns=(key_pattern,), value_whole=(key_pattern,))
     if ty == "password":
         return Rule(
             origin,
