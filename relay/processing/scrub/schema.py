@@ -65,6 +65,9 @@ class Node:
     #: `[name, value]` pair's value is selected by its name right below the list, without
     #: its index, and the name is a key (never scanned nor rewritten).
     pairlist: bool = field(init=False, default=False)
+    #: A pair-list field that Sentry also reads from one string (`"a=1&b=2"`,
+    #: `"sid=abc; theme=dark"`): "query" or "cookies" (see `walker.parse_pairs`).
+    pairstr: str | None = field(init=False, default=None)
     #: Children are named case-insensitively (header names): `children` keys are lowercase.
     fold: bool = field(init=False, default=False)
     #: A header's value: key patterns (`redact_pair`, `password`) see the header's name as
@@ -205,6 +208,12 @@ def _pairlist(node: Node) -> Node:
     return node
 
 
+def _pairstr(node: Node, form: str) -> Node:
+    """Mark `node` as a pair list that may be sent as one string (see `Node.pairstr`)."""
+    node.pairstr = form
+    return _pairlist(node)
+
+
 def _header(node: Node) -> Node:
     """Mark `node` as a header's value (see `Node.header`)."""
     node.header = True
@@ -219,7 +228,7 @@ def _headers(**children: Node) -> Node:
 
 
 #: Sentry's `Cookies`: every value is filtered by the default scrubbing.
-COOKIE_JAR = _pairlist(_n(other=ANY, items=ANY, flags=COOKIES))
+COOKIE_JAR = _pairstr(_n(other=ANY, items=ANY, flags=COOKIES), "cookies")
 REQUEST = _obj(
     ("request",),
     method=F,
@@ -232,7 +241,7 @@ REQUEST = _obj(
     # As in Sentry: headers are PII, the User-Agent exempt from the default scrubbing only
     # (its version numbers look like IP addresses), not from rules; in any case.
     headers=_headers(**{"user-agent": _header(_n(flags=DEFAULT_SAFE))}),
-    query_string=_pairlist(_obj()),
+    query_string=_pairstr(_obj(), "query"),
 )
 TAGS = _pairlist(_obj())
 SDK = _n(PII_FALSE, ("sdk",), {"client_ip": IP}, NONE)

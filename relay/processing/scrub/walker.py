@@ -22,7 +22,9 @@ Pairs are read as Sentry's Relay reads them: in its pair-list fields (`schema.No
 a `[name, value]` pair's value sits under its name right below the field
 (`$http.headers.authorization`), elsewhere any array of two whose first item is a string is
 a pair whose value sits under the name below the array, tried by index when that changed
-nothing (`_pair`); `{"key": ..., "value": ...}` objects are objects (`_kv`).
+nothing (`_pair`); `{"key": ..., "value": ...}` objects are objects (`_kv`). A query
+string or cookies sent as one string are parsed into pairs when the policy has selectors
+(`parse_pairs`, `Walk._pair_string`); the field stays a string unless a pair changed.
 
 What to do with a key is decided once per schema node and key (`NodePlan`): most keys
 need one table lookup, and at typed nodes (the event, frames, breadcrumbs, spans) the
@@ -50,6 +52,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote
 
 from relay.processing.scrub import detectors as det
 from relay.processing.scrub import schema as sch
@@ -416,14 +419,6 @@ class Policy:
         elif text in clean.clean:
             return []
         spans = rule.spans(text)
-        if (
-            not spans
-            and rule.type == "redact_pair"
-            and any(p.search(text) for p in rule.key_patterns)
-        ):
-            # Sentry applies a key pattern to the value too: a match anywhere in it
-            # redacts the whole value (`keyPattern: "secret"` on "my secret is x").
-            spans = [(0, len(text))]
         if not spans:
             clean.put(text, None)
         return spans
@@ -570,6 +565,10 @@ class Policy:
         elif child.pii == PII_MAYBE and not (self.ip_addresses and self.key_verdict(key) == _IP):
             code = _MAYBE
         else:
+            code = _SLOW
+        if child.pairstr is not None and self.uses_selectors and code != _DEAD and code != _DROP:
+            # A query string or cookies sent as one string: `_value` parses it so that
+            # selectors reach its pairs (`Walk._pair_string`).
             code = _SLOW
         if self.keyed and code in (_FAST, _DENY, _MAYBE):
             if key.lower() in self._candidates:
@@ -1301,6 +1300,15 @@ class Walk:
         if p.ip_addresses and (verdict == _IP or flags & sch.IP_FIELD):
             self._remove(container, ckey, ref, "@anything:remove")
             return
+        if (
+            tv is str
+            and node.pairstr is not None
+            and (self.slow or self.local)
+            and verdict != _FILTER
+            and not (flags & sch.COOKIES and p.defaults)
+            and self._pair_string(container, ckey, value, node, ref, seg)
+        ):
+            return
         if flags & sch.COOKIES and p.defaults:
             self._cookies(container, ckey, value, ref)
             return
@@ -1366,6 +1374,71 @@ class Walk:
             return
         if tv is dict or tv is list:
             self._descend(container, ckey, value, node, ref, seg)
+
+    def _pair_string(
+        self, container: Any, ckey: str | int, text: str, node: sch.Node, ref: Ref, seg: str | int
+    ) -> bool:
+        """A query string or cookies sent as one string (`node.pairstr`), as Sentry's Relay
+        reads it: parsed into `[name, value]` pairs (`parse_pairs`), each value selected
+        by its name right below the field (`request.query_string.token`; its remarks are
+        where the list of pairs holds it, `request.query_string.0.1`). When a rule, the denylist or a detector changed anything, the
+        field becomes the list of pairs (as Relay's normalized event holds it) and True is
+        returned; otherwise the string is left as it was, for `_value` to go on with."""
+        pairs = parse_pairs(node.pairstr or "", text)
+        if not pairs:
+            return False
+        p = self.p
+        changes = self.changes
+        mark = len(self.slots)
+        slow = self.slow
+        # Rules on the field itself see it as Relay does: an array (only removal applies).
+        key = seg if type(seg) is str else None
+        if slow:
+            self.states.append((seg, node.typesets[list]))
+            try:
+                done = self._selected(container, ckey, pairs, node, ref, key, _NONE)
+            finally:
+                self.states.pop()
+        else:
+            rules = p.local_rules(node, list, True)
+            done = bool(rules) and self._apply_rules(container, ckey, pairs, ref, key, rules)
+        if self.changes != changes:
+            return True  # removed
+        if done:
+            return False  # a safe field: the string as before
+        inner: Ref = [ref, ckey, None]
+        anchor = False
+        if slow:
+            self.states.append((seg, node.typesets[list]))
+            if self.anchors and type(seg) is str and seg.lower() in self.anchors:
+                anchor = True
+                self.anchored += 1
+        try:
+            for i, pair in enumerate(pairs):
+                # Selected by its name, recorded where the list of pairs holds it
+                # (`request.query_string.0.1`), as for a field sent as pairs.
+                name = pair[0]
+                self._value(pair, 1, pair[1], node.child(name), [inner, i, None], name, name)
+        finally:
+            if slow:
+                self.states.pop()
+                if anchor:
+                    self.anchored -= 1
+        slots = self.slots
+        if len(slots) > mark:
+            # Whether the detectors change a value decides the field's form: scan now.
+            missed = [s[4] for s in slots[mark:] if s[5] is _MISS]
+            fresh = scan_texts(p, missed) if missed else {}
+            kept = []
+            for slot in slots[mark:]:
+                found = fresh[slot[4]] if slot[5] is _MISS else slot[5]
+                if found is not None:
+                    kept.append((*slot[:5], found))
+            slots[mark:] = kept
+        if self.changes == changes and len(slots) == mark:
+            return False
+        container[ckey] = pairs
+        return True
 
     def _user_hash(self, container: Any, ckey: str | int, value: str, ref: Ref) -> bool:
         """A user id that the detectors flag becomes the policy's hash of it (see
@@ -1751,6 +1824,34 @@ def _rewrite(text: str, hits: Sequence[det.Hit[Finding]], base: int) -> ScanResu
     parts.append(text[pos:])
     leaf = {"": {"rem": [[r, "s", a, b] for r, a, b in changes], "len": len(text)}}
     return "".join(parts), tuple(changes), leaf
+
+
+def parse_pairs(form: str, text: str) -> list[list[Any]]:
+    """A query string (`form` "query") or cookies ("cookies") sent as one string, as
+    Sentry's Relay parses it (`Query::parse`, `Cookies::parse`), as `[name, value]` pairs.
+
+    Query: one leading `?` dropped; `&`-separated, empty parts skipped; split at the
+    first `=` (no `=`: the value is empty; an empty name is kept); `+` is a space and
+    percent escapes are decoded (invalid UTF-8 becomes U+FFFD), in names and values.
+    Cookies: `;`-separated, blank parts skipped; split at the first `=`, name and value
+    trimmed, then percent-decoded; a part without `=`, with an empty name or that does not
+    decode to UTF-8 is left out (Relay notes an error for it).
+    """
+    if form == "query":
+        if text.startswith("?"):
+            text = text[1:]
+        return [[k, v] for k, v in parse_qsl(text, keep_blank_values=True)]
+    out: list[list[Any]] = []
+    for part in text.split(";"):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or not name:
+            continue
+        try:
+            out.append([unquote(name, errors="strict"), unquote(value.strip(), errors="strict")])
+        except UnicodeDecodeError:
+            continue
+    return out
 
 
 def _is_pair(obj: dict[str, Any]) -> bool:
