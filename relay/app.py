@@ -295,7 +295,7 @@ def create_app(
     metrics.add_gauge_callback(
         "relay_processing_backlog",
         "Accepted envelopes waiting to be scrubbed and queued (answered already, but for large"
-        " ones with the spool).",
+        " ones with the spool), and large shadow copies being built.",
         lambda: float(len(backlog) if backlog is not None else 0) + len(offload),
     )
     app.cleanup_ctx.append(_log_counter)
