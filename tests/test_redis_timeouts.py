@@ -1,0 +1,78 @@
+"""A Redis that stalls past the limiter's timeout, with `redis.on_error: reject`.
+
+Each envelope is answered once (503: quotas cannot be checked), each dropped item has
+one outcome, and each check decided without Redis counts one Redis error, even when
+several checks shared the call that timed out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from relay.services.limiter import redis as redis_limiter
+from tests.support.redis_server import RedisServer
+from tests.support.relay import auth_header
+from tests.support.upstream import RecordingUpstream
+from tests.web.test_quotas import event, quota_policy
+
+
+def _metric(metrics: str, prefix: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith(prefix)
+    )
+
+
+@pytest.mark.parametrize("cache", ["reserve", "off"])
+@pytest.mark.parametrize("bare", [True, False])
+async def test_stalled_redis_rejects_each_item_once(
+    relay_factory: Any,
+    fresh_redis: RedisServer,
+    recorder: RecordingUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    cache: str,
+    bare: bool,
+) -> None:
+    monkeypatch.setattr(redis_limiter, "SOCKET_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(redis_limiter, "BARE_CONNECTION", bare)
+    redis: dict[str, Any] = {"url": fresh_redis.url, "on_error": "reject", "prefix": "stall"}
+    if cache == "off":
+        redis["quota_cache_ratio"] = 0
+    relay: TestClient = await relay_factory(policy=quota_policy(limit=1000), redis=redis)
+    # Connected, the script loaded: the checks below reach Redis and wait there.
+    first = await relay.post("/api/42/envelope/", data=event(0), headers=auth_header())
+    assert first.status == 200
+    assert fresh_redis.proc is not None
+    pid = fresh_redis.proc.pid
+    os.kill(pid, signal.SIGSTOP)  # Redis hangs: connections open, nothing answered
+    try:
+        statuses = await asyncio.gather(
+            *(
+                relay.post("/api/42/envelope/", data=event(n), headers=auth_header())
+                for n in range(1, 4)
+            )
+        )
+        assert [r.status for r in statuses] == [503, 503, 503]
+        metrics = await (await relay.get("/metrics")).text()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    rejected = (
+        'relay_items_total{category="error",outcome="rate_limited",reason="redis_unavailable"}'
+    )
+    assert _metric(metrics, rejected) == 3
+    # One error per check decided without Redis (the three shared one call).
+    assert _metric(metrics, "relay_redis_errors_total") == 3
+    # Redis is back: checks are counted again, the failed ones were answered only once.
+    await asyncio.sleep(redis_limiter._BACKOFF_MAX_S + 0.2)  # past the pause after failing
+    ok = await relay.post("/api/42/envelope/", data=event(99), headers=auth_header())
+    assert ok.status == 200
+    await recorder.wait_for(2)
+    metrics = await (await relay.get("/metrics")).text()
+    assert _metric(metrics, rejected) == 3
+    assert _metric(metrics, 'relay_items_total{category="error",outcome="accepted"') == 2
+    assert _metric(metrics, "relay_redis_errors_total") == 3
