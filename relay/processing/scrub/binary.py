@@ -96,12 +96,7 @@ def scrub_binary(
                 narrow_text = (current, "")  # the detectors' text, made when one needs it
             narrow, narrow_text = _narrow_spans(rule, current, filename, narrow_text)
             narrow = _merge(narrow)
-        if narrow:
-            buf = bytearray(current)
-            for s, e in narrow:
-                buf[s:e] = _narrow(rule.redaction, current[s:e])
-                done.append((rule, s, e))
-            current = bytes(buf)
+        current = _overwrite(current, narrow, rule, _narrow, done)
         if encodings == UTF8:
             continue
         searches = _wide_searches(rule, wide_only=encodings == UTF16LE)
@@ -110,13 +105,7 @@ def scrub_binary(
             continue
         if wide is None or wide[0] is not current or wide[1] != gaps:
             wide = (current, gaps, _Wide(current, gaps))
-        spans = _wide_spans(searches, wide[2])
-        if spans:
-            buf = bytearray(current)
-            for s, e in spans:
-                buf[s:e] = _wide(rule.redaction, current[s:e])
-                done.append((rule, s, e))
-            current = bytes(buf)
+        current = _overwrite(current, _wide_spans(searches, wide[2]), rule, _wide, done)
     return (None if current == data else current), done
 
 
@@ -233,6 +222,23 @@ def _narrow_spans(
             text = (data, data.translate(_ASCII_ONLY).decode("ascii"))
         spans += _detector_spans(rule.detectors, text[1])
     return spans, text
+
+
+def _overwrite(
+    data: bytes,
+    spans: list[Span],
+    rule: Rule,
+    fill: Callable[[Method, bytes], bytes],
+    done: list[tuple[Rule, int, int]],
+) -> bytes:
+    """`data` with each span overwritten by `fill` (same length), recorded in `done`."""
+    if not spans:
+        return data
+    buf = bytearray(data)
+    for s, e in spans:
+        buf[s:e] = fill(rule.redaction, data[s:e])
+        done.append((rule, s, e))
+    return bytes(buf)
 
 
 def _wide_searches(rule: Rule, *, wide_only: bool = False) -> list[tuple[_Search, int, Any]]:
