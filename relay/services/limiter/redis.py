@@ -40,7 +40,13 @@ in-process cache for `FULL_CACHE_S` only, not until its window ends; a rejection
 the cache still names the window's end as Retry-After.
 
 Failures: connection errors, timeouts and cluster errors raise `LimiterUnavailable`
-(see `BaseLimiter` for `on_error`). After a failure the store is skipped for a short,
+(see `BaseLimiter` for `on_error`). A check that times out must count nothing: a Redis
+that stalled runs the calls queued on its sockets when it wakes, even those of
+connections closed meanwhile, and nothing would undo what they counted (the checks were
+already decided without Redis; `share` mode would push its amounts again). So each
+check call carries a deadline in Redis's own time, `LATE_FRACTION` of the timeout after
+it was sent; the script counts nothing past it. Redis's time is learned from the
+answers (`_Clocks`), per hash slot as each node has its own clock. After a failure the store is skipped for a short,
 growing pause (`_BACKOFF_MIN_S` .. `_BACKOFF_MAX_S`) so a dead Redis costs no
 connect attempt per request; then the next call reconnects.
 
@@ -85,6 +91,9 @@ from redis.exceptions import (
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
 )
+from redis.exceptions import (
+    TimeoutError as RedisTimeoutError,
+)
 
 from relay.config import RedisConfig
 from relay.processing.quotas import CategoryDemand
@@ -97,6 +106,7 @@ log = logging.getLogger("relay.limiter")
 SCRIPT = (resources.files("relay.services.limiter") / "script.lua").read_text(encoding="utf-8")
 SCRIPT_SHA = hashlib.sha1(SCRIPT.encode("utf-8")).hexdigest()
 _EVALSHA = b"*%d\r\n$7\r\nEVALSHA\r\n$40\r\n" + SCRIPT_SHA.encode("ascii") + b"\r\n"
+_CHECK = b"$1\r\nc\r\n"
 
 #: Standalone on a plain `redis://` URL: flushes go through `resp.RespConnection` (tests
 #: switch it off to run them through redis-py's connection, as TLS and Sentinel do).
@@ -109,6 +119,13 @@ FULL_CACHE_S = 1.0
 #: Standalone and Sentinel: most category groups merged into one script call (a bound
 #: on how long one script run keeps Redis busy).
 MAX_MERGED_GROUPS = 512
+#: A check's script call counts nothing when it runs later than this fraction of
+#: `SOCKET_TIMEOUT_S` after it was sent. The rest of the timeout is for the answer's way
+#: back and the error of the estimate of Redis's clock (at most the fastest round trip
+#: seen), so that no call the relay has given up on counts.
+LATE_FRACTION = 0.75
+#: How long an estimate of a Redis node's clock stands before a worse one replaces it.
+CLOCK_SAMPLE_S = 60.0
 _BACKOFF_MIN_S = 0.05
 _BACKOFF_MAX_S = 1.0
 
@@ -125,6 +142,13 @@ class _Call:
     args: list[str | int] = field(default_factory=list)
     #: (demand index, counter indices) per group, in script order.
     groups: list[tuple[int, list[int]]] = field(default_factory=list)
+    #: The keys' hash slot in Cluster mode (0 otherwise): whose clock the deadline is in.
+    slot: int = 0
+
+    @property
+    def check(self) -> bool:
+        """A check (rather than a refund): its script call takes a deadline."""
+        return self.args[0] == "c"
 
 
 @dataclass(slots=True)
@@ -141,11 +165,82 @@ def _bulk(value: str | int) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(data), data)
 
 
-def _pack(call: _Call) -> bytes:
-    """`EVALSHA <sha> <numkeys> keys... args...` in the Redis protocol (RESP2)."""
+def _pack(call: _Call, deadline_ms: int) -> bytes:
+    """`EVALSHA <sha> <numkeys> keys... args...` in the Redis protocol (RESP2); a check
+    gets its deadline as its second argument."""
     count = len(call.keys)
-    head = _EVALSHA % (3 + count + len(call.args))
-    return b"".join([head, _bulk(count), *map(_bulk, call.keys), *map(_bulk, call.args)])
+    args = call.args
+    if not call.check:
+        head = _EVALSHA % (3 + count + len(args))
+        return b"".join([head, _bulk(count), *map(_bulk, call.keys), *map(_bulk, args)])
+    deadline = b"%d" % deadline_ms  # never cached: each one is new
+    return b"".join(
+        [
+            _EVALSHA % (4 + count + len(args)),
+            _bulk(count),
+            *map(_bulk, call.keys),
+            _CHECK,
+            b"$%d\r\n%s\r\n" % (len(deadline), deadline),
+            *map(_bulk, args[1:]),
+        ]
+    )
+
+
+class _Late(RedisTimeoutError):
+    """The script ran past the call's deadline and counted nothing."""
+
+
+class _Clocks:
+    """Redis's time as seen from here, per hash slot: the deadlines of check calls.
+
+    An answer carries Redis's time when the script ran, which was before the answer
+    arrived, so `redis_time - monotonic_at_arrival` is at most the true offset between the
+    two clocks. The highest such sample is kept: deadlines computed from it are early by
+    at most the round trip it came with, never late. It stands for `CLOCK_SAMPLE_S`, then
+    the next sample replaces it, so a Redis clock set back is followed within a minute; a
+    clock set forward is followed at the next answer (the calls that ran past a deadline
+    set too early meanwhile failed, counting nothing).
+    """
+
+    __slots__ = ("_offsets",)
+
+    def __init__(self) -> None:
+        #: slot: (Redis's time in seconds minus `time.monotonic()`, when it was learned).
+        self._offsets: dict[int, tuple[float, float]] = {}
+
+    def deadline_ms(self, slot: int, sent: float) -> int:
+        """The deadline in Redis's time (ms) of a call sent at `sent` (monotonic); 0, no
+        deadline, before anything is known of the slot's clock."""
+        known = self._offsets.get(slot)
+        if known is None:
+            return 0
+        return int((sent + SOCKET_TIMEOUT_S * LATE_FRACTION + known[0]) * 1000)
+
+    def learn(self, slot: int, redis_ms: int, received: float) -> None:
+        sample = redis_ms / 1000 - received
+        known = self._offsets.get(slot)
+        if known is None or sample >= known[0] or received - known[1] > CLOCK_SAMPLE_S:
+            self._offsets[slot] = (sample, received)
+
+    def pack(self, calls: list[_Call]) -> bytes:
+        """The calls as one write, sent now."""
+        sent = time.monotonic()
+        return b"".join(_pack(call, self.deadline_ms(call.slot, sent)) for call in calls)
+
+    def unwrap(self, calls: list[_Call], results: list[Any]) -> list[Any]:
+        """The answers without Redis's time (learned here); a check that ran past its
+        deadline as the `_Late` error it ends with."""
+        received = time.monotonic()
+        out = list(results)
+        for i, (call, result) in enumerate(zip(calls, results, strict=True)):
+            if not call.check or not isinstance(result, list) or not result:
+                continue
+            self.learn(call.slot, int(result[0]), received)
+            if len(result) == 2 and int(result[1]) == _LATE:
+                out[i] = _Late("redis ran the check too late to count it")
+            else:
+                out[i] = result[1:]
+        return out
 
 
 def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> list[_Call]:
@@ -159,7 +254,7 @@ def _build_calls(demands: list[CategoryDemand], prefix: str, cluster: bool) -> l
             slot = key_slot(key.encode("utf-8")) if cluster else 0
             per_slot.setdefault(slot, []).append(i)
         for slot, indices in per_slot.items():
-            call = by_slot.setdefault(slot, _Call())
+            call = by_slot.setdefault(slot, _Call(slot=slot))
             call.groups.append((d, indices))
             call.args.append(len(indices))
             for i in indices:
@@ -227,6 +322,7 @@ class RedisLimiter(BaseLimiter):
         self._bare_target = bare_target(client) if BARE_CONNECTION else None
         self._bare: RespConnection | None = None
         self._sync_handle: asyncio.TimerHandle | None = None
+        self._clocks = _Clocks()
         self._closed = False
 
     @classmethod
@@ -321,17 +417,23 @@ class RedisLimiter(BaseLimiter):
             return
         jobs, self._pending = self._pending, []
         merged, lengths = _merge(jobs)
-        done = functools.partial(self._bare_answered, jobs, lengths)
+        done = functools.partial(self._bare_answered, jobs, merged, lengths)
         try:
-            conn.send(b"".join(map(_pack, merged)), len(merged), SOCKET_TIMEOUT_S, done)
+            conn.send(self._clocks.pack(merged), len(merged), SOCKET_TIMEOUT_S, done)
         except RedisConnectionError:  # closed before the loop told us
             self._bare = None
             self._spawn(self._flush(jobs))
 
     def _bare_answered(
-        self, jobs: list[_Job], lengths: list[list[int]], replies: list[Any] | Exception
+        self,
+        jobs: list[_Job],
+        merged: list[_Call],
+        lengths: list[list[int]],
+        replies: list[Any] | Exception,
     ) -> None:
         try:
+            if not isinstance(replies, Exception):
+                replies = self._clocks.unwrap(merged, replies)
             if isinstance(replies, RedisConnectionError) or (
                 not isinstance(replies, Exception)
                 and any(isinstance(r, NoScriptError) for r in replies)
@@ -473,7 +575,7 @@ class RedisLimiter(BaseLimiter):
     async def _pipeline_eval(self, calls: list[_Call]) -> list[Any]:
         if not self._cluster:
             try:
-                results = await self._direct_eval(calls)
+                results = self._clocks.unwrap(calls, await self._direct_eval(calls))
             except _ERRORS as exc:
                 raise self._failed(exc) from exc
             if not any(isinstance(r, BaseException) and _is_outage(r) for r in results):
@@ -481,11 +583,15 @@ class RedisLimiter(BaseLimiter):
             return results
         try:
             pipe = self._client.pipeline()
+            sent = time.monotonic()
             for call in calls:
+                args = call.args
+                if call.check:
+                    args = ["c", self._clocks.deadline_ms(call.slot, sent), *args[1:]]
                 # Not `pipe.evalsha`: redis-py refuses that name in cluster pipelines, yet
                 # routes EVALSHA by its keys (all of one slot here) like any command.
-                pipe.execute_command("EVALSHA", SCRIPT_SHA, len(call.keys), *call.keys, *call.args)
-            results = await pipe.execute(raise_on_error=False)
+                pipe.execute_command("EVALSHA", SCRIPT_SHA, len(call.keys), *call.keys, *args)
+            results = self._clocks.unwrap(calls, await pipe.execute(raise_on_error=False))
         except _ERRORS as exc:
             raise self._failed(exc) from exc
         if not any(isinstance(r, BaseException) and _is_outage(r) for r in results):
@@ -499,9 +605,8 @@ class RedisLimiter(BaseLimiter):
         of one limiter never overlap, so one connection serves them all. A connection
         that broke while idle (Redis restarted) is replaced once, as redis-py retries.
         """
-        data = b"".join(map(_pack, calls))
         if self._bare_target is not None:
-            return await self._bare_eval(self._bare_target, data, len(calls))
+            return await self._bare_eval(self._bare_target, calls)
         for attempt in (1, 2):
             conn = self._conn
             if conn is None:
@@ -513,6 +618,7 @@ class RedisLimiter(BaseLimiter):
                 self._conn = conn
             try:
                 async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                    data = self._clocks.pack(calls)
                     await conn.send_packed_command(data, check_health=False)
                     results: list[Any] = []
                     for _ in calls:
@@ -530,7 +636,7 @@ class RedisLimiter(BaseLimiter):
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _bare_eval(self, target: BareTarget, data: bytes, count: int) -> list[Any]:
+    async def _bare_eval(self, target: BareTarget, calls: list[_Call]) -> list[Any]:
         """`_direct_eval` on the bare connection, with the same retry: a connection that
         broke while idle is replaced once (a new one that breaks is not, nor a timeout)."""
         while True:
@@ -539,7 +645,7 @@ class RedisLimiter(BaseLimiter):
             if fresh or conn is None:
                 conn = self._bare = await RespConnection.open(target, CONNECT_TIMEOUT_S)
             try:
-                return await conn.call(data, count, SOCKET_TIMEOUT_S)
+                return await conn.call(self._clocks.pack(calls), len(calls), SOCKET_TIMEOUT_S)
             except RedisConnectionError:
                 self._bare = None
                 if fresh:
@@ -685,7 +791,8 @@ def _refund_calls(refunds: list[tuple[str, int]]) -> list[_Call]:
     """Script calls that decrement each key by its amount, one per hash slot."""
     by_slot: dict[int, _Call] = {}
     for key, amount in refunds:
-        call = by_slot.setdefault(key_slot(key.encode("utf-8")), _Call(args=["r"]))
+        slot = key_slot(key.encode("utf-8"))
+        call = by_slot.setdefault(slot, _Call(args=["r"], slot=slot))
         call.keys.append(key)
         call.args.append(amount)
     return list(by_slot.values())
@@ -698,6 +805,8 @@ def _is_outage(exc: BaseException) -> bool:
 
 #: A group's flag in the script's answer when one of its keys holds no integer.
 _BROKEN = 2
+#: The flag after Redis's time in the answer of a check that ran past its deadline.
+_LATE = -1
 
 
 def _assemble(

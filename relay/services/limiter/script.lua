@@ -1,13 +1,19 @@
 -- Spend-control counters, atomically: check-and-consume, or refund.
 --
--- Check: ARGV = "c", <groups>, then per group <n> followed by n triples
+-- Check: ARGV = "c", <deadline_ms>, <groups>, then per group <n> followed by n triples
 --   <limit> <increment> <ttl_seconds>   (limit -1: counted but never rejects)
 -- KEYS holds the counters of all groups in order. A group is one data category:
 -- when every counter of the group fits (value + increment <= limit), each of them is
--- incremented (a new key gets its ttl); otherwise none is. Returns a flat array: per
--- group 1 (consumed), 0 (rejected) or 2 (a counter of the group holds something other
--- than an integer: nothing of the group is touched), then each counter's value before
--- the check (0 for a key that holds no integer). A bad key fails only its own group.
+-- incremented (a new key gets its ttl); otherwise none is. Returns a flat array: Redis's
+-- own time (TIME, in ms), then per group 1 (consumed), 0 (rejected) or 2 (a counter of
+-- the group holds something other than an integer: nothing of the group is touched),
+-- then each counter's value before the check (0 for a key that holds no integer). A bad
+-- key fails only its own group.
+--
+-- The deadline is in Redis's time (ms; 0: none): a call that runs after it counts
+-- nothing and returns Redis's time and -1. The caller has given up on it by then, so
+-- whatever it counted would never be undone: a Redis that stalled runs the calls queued
+-- on its sockets when it wakes, even those of connections closed meanwhile.
 -- A negative increment gives back (the quota cache's allowances): it never takes a
 -- counter below 0, and never creates one.
 --
@@ -46,10 +52,21 @@ if ARGV[1] == "r" then
   return 0
 end
 
-local out = {}
-local pos = 3
+-- Before Redis 5, a script that reads TIME may write only when it replicates its effects.
+if redis.replicate_commands then
+  redis.replicate_commands()
+end
+local clock = redis.call("TIME")
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local deadline = tonumber(ARGV[2])
+if deadline > 0 and now_ms > deadline then
+  return {now_ms, -1}
+end
+
+local out = {now_ms}
+local pos = 4
 local base = 0
-for _ = 1, tonumber(ARGV[2]) do
+for _ = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[pos])
   pos = pos + 1
   local values = {}

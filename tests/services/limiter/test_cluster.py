@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -226,3 +227,49 @@ async def test_quota_cache_across_slots(
         assert rows[("org", "default")] == rows[("proj", "11")] == rows[("key", "key11")] == 40
     finally:
         await limiter.close()
+
+
+async def test_a_check_on_a_stalled_node_counts_nothing(
+    cluster: list[RedisServer], clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that stalls past the timeout runs the queued script when it wakes, past the
+    deadline given in its own clock: the check that failed counted nothing there, and the
+    other slots gave back what it took."""
+    monkeypatch.setattr("relay.services.limiter.redis.SOCKET_TIMEOUT_S", 0.3)
+    cfg = redis_config(cluster[0].url.removesuffix("/0"), mode="cluster")
+    limiter = create_limiter(cfg, clock=clock)
+    compiled = quotas(
+        {"id": "org", "categories": ["error"], "limit": 10**6, "window": 60},
+        {"id": "proj", "categories": ["error"], "scope": "project", "limit": 10**6, "window": 60},
+    )
+    scope = Scoping(3, "key3")
+    try:
+        assert not (await limiter.check(scope, [("error", 1)], compiled)).limited
+        owner = next(n for n in cluster if _owns(n.port, f"{{{cfg.prefix}:q:proj:3}}"))
+        assert sum(_owns(n.port, f"{{{cfg.prefix}:q:proj:3}}") for n in cluster) == 1
+        assert owner.proc is not None
+        owner.proc.send_signal(signal.SIGSTOP)
+        try:
+            failed = await limiter.check(scope, [("error", 1)], compiled)
+        finally:
+            await asyncio.sleep(0.5)  # well within the cluster's node timeout
+            owner.proc.send_signal(signal.SIGCONT)
+        assert failed.store_error
+        await asyncio.sleep(1.2)  # past the pause after a failure
+        assert not (await limiter.check(scope, [("error", 1)], compiled)).limited
+        rows = {(r.id, r.scope_id): r.used for r in await limiter.usage([(scope, compiled)])}
+        assert rows == {("org", "default"): 2, ("proj", "3"): 2}
+    finally:
+        await limiter.close()
+
+
+def _owns(port: int, key: str) -> bool:
+    """Whether the node on `port` holds `key`'s slot (others answer MOVED)."""
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), "exists", key],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    )
+    return "MOVED" not in done.stdout + done.stderr

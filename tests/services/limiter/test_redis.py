@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from relay.processing.quotas import CategoryDemand, CompiledQuotas, Scoping
 from relay.services.limiter import LimitResult, create_limiter
-from relay.services.limiter.redis import RedisLimiter
+from relay.services.limiter.redis import CLOCK_SAMPLE_S, SCRIPT, RedisLimiter, _Clocks
 from tests.services.limiter.conftest import Clock, quotas, redis_config
 from tests.support.redis_server import RedisServer, free_port
 from tests.support.tcp_proxy import TcpProxy
@@ -361,9 +361,9 @@ async def test_redis_that_stops_answering_times_out_and_is_used_again_after(
             assert limiter._bare is not None and limiter._bare is not stalled
         else:
             assert limiter._conn is not None and limiter._conn.socket_timeout is None
-        # Two counted before the stall. The stalled check's script may still have run when
-        # Redis went on (its write had left): 5 - 2 - (0 or 1) are left, and no more.
-        assert accepted(await checks(limiter, 5)) in (2, 3)
+        # Two counted before the stall. The stalled check's script ran when Redis went on
+        # (its write had left), past its deadline: it counted nothing, 3 are left.
+        assert accepted(await checks(limiter, 5)) == 3
     finally:
         await limiter.close()
 
@@ -567,5 +567,70 @@ async def test_a_rejection_from_the_cache_names_the_end_of_the_window(
         from_cache = await limiter.check(P42, [("error", 1)], hourly)
         assert from_store.retry_after > 60
         assert from_cache.retry_after == from_store.retry_after
+    finally:
+        await limiter.close()
+
+
+async def test_a_check_that_runs_past_its_deadline_counts_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """The script's deadline, in Redis's own time: past it, nothing is counted and the
+    answer is Redis's time and -1; 0 is no deadline."""
+    client = Redis.from_url(redis_server.url)
+    key = f"deadline-{time.monotonic_ns()}"
+    try:
+        seconds, micros = await client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        check = ("c", 1, 1, 10, 1, 60)  # one group, one counter: limit 10, +1, ttl 60
+        late = await client.eval(SCRIPT, 1, key, check[0], now_ms - 1, *check[1:])
+        assert late[1] == -1 and now_ms <= late[0] < now_ms + 5000
+        assert await client.get(key) is None
+        for deadline in (0, now_ms + 60_000):
+            answer = await client.eval(SCRIPT, 1, key, check[0], deadline, *check[1:])
+            assert answer[0] >= now_ms and answer[1:] == [1, 0 if deadline == 0 else 1]
+        assert await client.get(key) == b"2"
+    finally:
+        await client.aclose()
+
+
+def test_clocks_keep_the_highest_sample_for_a_while_per_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("relay.services.limiter.redis.SOCKET_TIMEOUT_S", 2.0)
+    clocks = _Clocks()
+    assert clocks.deadline_ms(0, 100.0) == 0  # nothing known: no deadline
+    clocks.learn(0, 1_000_000, 200.0)  # Redis's 1000 s at monotonic 200 s: offset 800
+    assert clocks.deadline_ms(0, 300.0) == (300 + 1.5 + 800) * 1000
+    assert clocks.deadline_ms(7, 300.0) == 0  # another slot, another node's clock
+    clocks.learn(0, 1_050_000, 250.2)  # a slower answer says less: kept as it was
+    assert clocks.deadline_ms(0, 300.0) == (300 + 1.5 + 800) * 1000
+    clocks.learn(0, 1_060_000, 259.0)  # a faster one (or Redis's clock set forward): taken
+    assert clocks.deadline_ms(0, 300.0) == (300 + 1.5 + 801) * 1000
+    clocks.learn(0, 1_000_000, 300.0)  # Redis's clock set back: kept until the sample ages
+    assert clocks.deadline_ms(0, 300.0) == (300 + 1.5 + 801) * 1000
+    clocks.learn(0, 1_000_000, 259.0 + CLOCK_SAMPLE_S + 1)
+    assert clocks.deadline_ms(0, 400.0) == pytest.approx((400 + 1.5 + 1000 - 320) * 1000, abs=1)
+
+
+async def test_a_deadline_set_too_early_fails_one_check_and_is_corrected(
+    redis_server: RedisServer, clock: Clock, flush_path: str
+) -> None:
+    """When Redis's clock jumps forward, the deadlines computed from the old estimate are
+    in the past: the first check fails as Redis was late (counting nothing), and its answer
+    corrects the estimate for the next."""
+    limiter = create_limiter(redis_config(redis_server.url), clock=clock)
+    assert isinstance(limiter, RedisLimiter)
+    try:
+        assert accepted(await checks(limiter, 1)) == 1
+        offsets = limiter._clocks._offsets
+        offset, _ = offsets[0]
+        offsets[0] = (offset - 10, time.monotonic())  # as if Redis's clock jumped 10 s ahead
+        (late,) = await checks(limiter, 1)
+        assert late.store_error and limiter.redis_errors == 1
+        assert offsets[0][0] == pytest.approx(offset, abs=0.5)
+        await asyncio.sleep(0.1)  # past the pause after a failure
+        assert accepted(await checks(limiter, 5)) == 4  # the late check counted nothing
+        (row,) = await limiter.usage([(P42, ERRORS_5)])
+        assert row.used == 5
     finally:
         await limiter.close()
