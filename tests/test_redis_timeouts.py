@@ -1,6 +1,6 @@
 """A Redis that stalls past the limiter's timeout, with `redis.on_error: reject`.
 
-Each envelope is answered once (503: quotas cannot be checked), each dropped item has
+Each envelope is answered once (429: quotas cannot be checked), each dropped item has
 one outcome, and each check decided without Redis counts one Redis error, even when
 several checks shared the call that timed out.
 """
@@ -60,7 +60,7 @@ async def test_stalled_redis_rejects_each_item_once(
                 for n in range(1, 4)
             )
         )
-        assert [r.status for r in statuses] == [503, 503, 503]
+        assert [r.status for r in statuses] == [429, 429, 429]
         metrics = await (await relay.get("/metrics")).text()
     finally:
         os.kill(pid, signal.SIGCONT)

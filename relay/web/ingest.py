@@ -185,7 +185,11 @@ def _respond(result: IngestResult) -> web.Response:
             "the relay's outbox is full", headers={"Retry-After": OVERLOAD_RETRY_AFTER}
         )
     if result.all_rate_limited and result.store_unavailable:
-        raise ServiceUnavailable("quotas cannot be checked right now", headers={"Retry-After": "1"})
+        # 429, not 503: the items were dropped with an outcome (`rate_limited`), and an
+        # SDK counts its own loss on a 5xx (sentry-python: `network_error`), not on a 429.
+        raise TooManyRequests(
+            "quotas cannot be checked right now", headers=headers or {"Retry-After": "1"}
+        )
     if result.all_rate_limited:
         raise TooManyRequests(
             "event submission rejected with_reason: rate limited", headers=headers

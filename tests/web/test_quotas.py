@@ -236,7 +236,7 @@ async def test_redis_down_then_back(
     ).status == 200
     fresh_redis.stop()
     down = (await relay.post("/api/42/envelope/", data=event(2), headers=auth_header())).status
-    assert down == (200 if on_error == "allow" else 503)
+    assert down == (200 if on_error == "allow" else 429)
     metrics = await (await relay.get("/metrics")).text()
     assert "relay_redis_errors_total" in metrics
     fresh_redis.start()
@@ -248,6 +248,49 @@ async def test_redis_down_then_back(
             break
         await asyncio.sleep(0.1)
     assert status == 200
+
+
+async def test_redis_down_with_reject_is_a_rate_limit_the_sdk_does_not_count_again(
+    relay_factory: Any, fresh_redis: RedisServer, recorder: RecordingUpstream
+) -> None:
+    """With `on_error: reject` the dropped event has the relay's outcome; the answer is a
+    429 naming the category for a second, so the SDK neither counts it lost a second
+    time (its client reports count a 5xx as `network_error`) nor sends errors meanwhile."""
+    relay: TestClient = await relay_factory(
+        policy=quota_policy(limit=100), redis={"url": fresh_redis.url, "on_error": "reject"}
+    )
+    fresh_redis.stop()
+    down = await relay.post("/api/42/envelope/", data=event(1), headers=auth_header())
+    assert down.status == 429
+    assert down.headers["X-Sentry-Rate-Limits"] == "1:error:organization:redis_unavailable"
+    assert down.headers["Retry-After"] == "1"
+    assert (await down.json())["detail"] == "quotas cannot be checked right now"
+    sentry_sdk.init(
+        dsn=f"http://{KEY}@127.0.0.1:{relay.port}/42",
+        default_integrations=False,
+        auto_enabling_integrations=False,
+    )
+    try:
+        sentry_sdk.capture_message("while redis is down")
+        await asyncio.to_thread(sentry_sdk.flush, 5)
+        sentry_sdk.capture_message("within the second")  # not sent: the SDK waits
+        await asyncio.to_thread(sentry_sdk.flush, 5)  # and sends its client report
+        await recorder.wait_for(1)
+    finally:
+        await asyncio.to_thread(sentry_sdk.get_client().close, 2)
+    reports = [
+        orjson.loads(i.payload)
+        for e in recorder.envelopes
+        for i in e.items
+        if i.type == "client_report"
+    ]
+    discarded = [d for r in reports for d in r.get("discarded_events", [])]
+    assert {d["reason"] for d in discarded} == {"ratelimit_backoff"}
+    metrics = await (await relay.get("/metrics")).text()
+    rejected = (
+        'relay_items_total{category="error",outcome="rate_limited",reason="redis_unavailable"}'
+    )
+    assert f"{rejected} 2.0" in metrics  # the first post and the SDK's first event
 
 
 @pytest.mark.parametrize("outbox_kind", ["memory", "spool"])
