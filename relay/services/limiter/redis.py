@@ -40,15 +40,18 @@ in-process cache for `FULL_CACHE_S` only, not until its window ends; a rejection
 the cache still names the window's end as Retry-After.
 
 Failures: connection errors, timeouts and cluster errors raise `LimiterUnavailable`
-(see `BaseLimiter` for `on_error`). A check that times out must count nothing: a Redis
-that stalled runs the calls queued on its sockets when it wakes, even those of
-connections closed meanwhile, and nothing would undo what they counted (the checks were
-already decided without Redis; `share` mode would push its amounts again). So each
-check call carries a deadline in Redis's own time, `LATE_FRACTION` of the timeout after
-it was sent; the script counts nothing past it. Redis's time is learned from the
-answers (`_Clocks`), per hash slot as each node has its own clock. After a failure the store is skipped for a short,
+(see `BaseLimiter` for `on_error`). After a failure the store is skipped for a short,
 growing pause (`_BACKOFF_MIN_S` .. `_BACKOFF_MAX_S`) so a dead Redis costs no
 connect attempt per request; then the next call reconnects.
+
+A check that times out must count nothing: a Redis that stalled runs the calls queued
+on its sockets when it wakes, even those of connections closed meanwhile, and nothing
+would undo what they counted (the checks were already decided without Redis; `share`
+mode would push its amounts again). So each check call carries a deadline in Redis's
+own time, `LATE_FRACTION` of the timeout after it was sent, and the script counts
+nothing past it. Redis's time is learned from the answers (`_Clocks`), per hash slot,
+as each node has its own clock. A refund that times out may still run later: that only
+gives back what was taken.
 
 Connections: the flushes use one connection of their own. For a plain `redis://` URL in
 standalone mode it is a bare one (`resp.py`: RESP2, answers parsed by hiredis, one timer
