@@ -1,8 +1,9 @@
 """The forwarder: drains the outbox to the upstream (HTTP or a file directory).
 
 - 2xx: every item gets outcome `accepted`.
-- 429: the upstream's limits (`X-Sentry-Rate-Limits`, else `Retry-After`) are cached
-  per upstream key so the relay enforces them locally; the items get `rate_limited`.
+- 429: the upstream's limits (`X-Sentry-Rate-Limits`, else, or when none is still running,
+  `Retry-After`) are cached per upstream key so the relay enforces them locally; the items
+  get `rate_limited`.
 - other 4xx: `invalid` / `upstream_rejected`, never retried.
 - network errors, timeouts, 5xx, 408 and 3xx: retried with exponential backoff and full
   jitter, up to `upstream.max_attempts`, then `internal` / `send_failed`.
@@ -102,6 +103,9 @@ class Forwarder:
         self._up.set()
         self._failures = 0
         self._probing = False
+        #: Set when the probing worker stops probing, so that a waiting one takes over
+        #: (a new one for each prober: never set while one probes).
+        self._turn = asyncio.Event()
         #: The outbox keeps unsent entries across restarts (a disk spool): no outcome on stop.
         self.keeps_unsent = keeps_unsent
         #: Where drops are recorded for the upstream's client reports (set once started).
@@ -211,12 +215,16 @@ class Forwarder:
             self._up.clear()
 
     async def _probe(self, entry: OutboxEntry) -> int | None:
-        """While the upstream is down one worker probes it with `entry`; the others wait."""
-        if self._probing:
-            await self._up.wait()
+        """While the upstream is down one worker probes it with `entry`; the others wait,
+        until the upstream is back or the prober stops probing (its envelope given up on):
+        then one of them probes with its own."""
+        while self._probing and not self._up.is_set():
+            await _either(self._up, self._turn)
+        if self._up.is_set():
             entry.attempts += 1
             return await self._post(entry)
         self._probing = True
+        self._turn = asyncio.Event()
         try:
             delay = float(self.config.retry_base_s)
             while not self._up.is_set():
@@ -245,6 +253,7 @@ class Forwarder:
             return await self._post(entry)
         finally:
             self._probing = False
+            self._turn.set()
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -376,7 +385,9 @@ class Forwarder:
     def _learn_limits(
         self, key: str, header: str | None, retry_after: str | None, status: int
     ) -> None:
-        limits = parse_rate_limits(header) if header else []
+        # Limits already over (`0` seconds) limit nothing: a 429 with no other falls back
+        # to `Retry-After`, as Sentry's Relay reads it.
+        limits = [lim for lim in parse_rate_limits(header) if lim.retry_after > 0] if header else []
         if not limits and status == 429:
             limits = [RateLimit(parse_retry_after(retry_after), ())]
         if limits:
@@ -452,6 +463,16 @@ _UNREACHABLE = frozenset({502, 503, 504})
 def _unreachable(status: int | None) -> bool:
     """A network error or timeout (None), or a gateway's 502-504."""
     return status is None or status in _UNREACHABLE
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Wait until `first` or `second` is set."""
+    waits = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def _describe(exc: BaseException) -> str:
