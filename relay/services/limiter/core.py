@@ -281,7 +281,10 @@ class BaseLimiter:
             result.store_error = True
             if self._on_error == "reject":
                 for demand in pending:
-                    result.rejected[demand.category] = _unavailable_rejection(demand)
+                    # A category the quota cache accepted did not need the store: it was
+                    # counted there already (`reserve`) or will be (`share`).
+                    if demand.category not in result.consumed:
+                        result.rejected[demand.category] = _unavailable_rejection(demand)
             return result
         for demand, (consumed, values) in zip(pending, answers, strict=True):
             self._judge(demand, consumed, values, scope, now, result)
