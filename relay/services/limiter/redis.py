@@ -715,19 +715,16 @@ class RedisLimiter(BaseLimiter):
             self._sync_handle.cancel()
             self._sync_handle = None
         self._closed = True
+        # The checks in flight first: a reservation they are granted is given back below.
+        await self._in_flight_done()
+        await asyncio.sleep(0)  # the checks just answered take what was granted
         await self.sync()
+        await self._in_flight_done()
         if self.share is not None and self.share.unsynced:
             log.warning(
                 "quota cache: %d accepted items could not be added to Redis before closing",
                 self.share.unsynced,
             )
-        if self._flush_scheduled:  # a batch on the bare path is in flight
-            self._drained = asyncio.get_running_loop().create_future()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2 * SOCKET_TIMEOUT_S):
-                    await self._drained
-        for task in list(self._flushing):
-            await asyncio.gather(task, return_exceptions=True)
         for job in self._pending:
             if not job.future.done():
                 job.future.set_exception(LimiterUnavailable("limiter closed"))
@@ -740,6 +737,16 @@ class RedisLimiter(BaseLimiter):
         await self._client.aclose()
         for helper in self._helpers:
             await helper.aclose()
+
+    async def _in_flight_done(self) -> None:
+        """Wait for the batch in flight and the flush tasks (bounded: twice the timeout)."""
+        if self._flush_scheduled:  # a batch on the bare path is in flight
+            self._drained = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2 * SOCKET_TIMEOUT_S):
+                    await self._drained
+        for task in list(self._flushing):
+            await asyncio.gather(task, return_exceptions=True)
 
 
 def _merge(jobs: list[_Job]) -> tuple[list[_Call], list[list[int]]]:

@@ -26,6 +26,7 @@ from tests.services.limiter.test_share import (
 )
 from tests.services.limiter.test_share import counter as share_counter
 from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
 
 LIMIT_1000 = quotas(
     {"id": "n", "categories": ["error"], "scope": "project", "limit": 1000, "window": 60}
@@ -386,3 +387,29 @@ async def test_an_app_counts_in_reserve_mode_by_default(
     metrics = await (await relay.get("/metrics")).text()
     assert "relay_quota_cache_hits_total 3.0" in metrics
     assert await stored(redis_server.url, prefix) == 5  # the scrape reads usage: synced
+
+
+async def test_a_reservation_granted_while_closing_goes_back(
+    redis_server: RedisServer, clock: Clock, flush_path: str
+) -> None:
+    """`close` while a reservation is on its way: what Redis grants after close began is
+    given back before the limiter closes, not left counted until the window ends."""
+    proxy = await TcpProxy(redis_server.port).start()
+    limiter = reserving(proxy.url, clock)
+    try:
+        await limiter.check(P42, [("error", 1)], LIMIT_1000)  # known: the next reserves
+        proxy.hold = asyncio.Event()
+        in_flight = asyncio.gather(
+            *(limiter.check(P42, [("error", 1)], LIMIT_1000) for _ in range(3))
+        )
+        await asyncio.sleep(0.05)
+        closing = asyncio.create_task(limiter.close())
+        await asyncio.sleep(0.05)
+        proxy.hold.set()
+        results = await in_flight
+        await closing
+        assert not any(r.limited or r.store_error for r in results)
+        assert await stored(redis_server.url, limiter.prefix) == 4
+    finally:
+        await limiter.close()
+        await proxy.close()
