@@ -348,27 +348,35 @@ class RedisLimiter(BaseLimiter):
 
     def _start_sync(self) -> None:
         self._sync_handle = None
-        self._spawn(self.sync())
+        self._spawn(self.sync(roll=True))
 
     async def _before_read(self) -> None:
         await self.sync()
 
-    async def sync(self) -> None:
+    async def sync(self, roll: bool = False) -> None:
         """Sync the quota cache with Redis: add what it accepted (`share` mode; on failure
         it stays unsynced, and the next sync or check that asks Redis adds it), or give its
-        allowances back (`reserve`; on failure they stay counted until their windows end)."""
+        allowances back (`reserve`; on failure they stay counted until their windows end).
+        `roll` (the periodic sync): in `reserve` mode, counters in use keep an allowance
+        sized to their traffic instead (`QuotaShare.roll`)."""
         share = self.share
         if share is None:
             return
-        pushes = share.drain_all(self._clock())
-        if not pushes:
+        now = self._clock()
+        pushes, reservations = share.roll(now) if roll else (share.drain_all(now), [])
+        if not pushes and not reservations:
             return
         try:
-            await self._consume(pushes)
+            answers = await self._consume([*pushes, *reservations])
         except LimiterUnavailable:
             share.restore(pushes)
+            share.abandon(reservations)
             self.redis_errors += 1
             self._share_taken()
+            return
+        share.granted(reservations, answers[len(pushes) :], grow=False)
+        if roll and share.holding:
+            self._share_taken()  # what is held goes back at a sync once unused
 
     # -- health -----------------------------------------------------------------------
 

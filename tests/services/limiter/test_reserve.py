@@ -413,3 +413,56 @@ async def test_a_reservation_granted_while_closing_goes_back(
     finally:
         await limiter.close()
         await proxy.close()
+
+
+def test_the_periodic_sync_keeps_an_allowance_sized_to_the_traffic() -> None:
+    """`roll`: a counter in use is brought to twice what was taken since the last sync,
+    reserving the shortfall while the rest goes on serving, or giving back the excess;
+    a counter not used since gives everything back."""
+    share = QuotaShare(0.5, 1.0, "p")
+    big = counter(limit=10**9)
+    share.learn(demand(big), True, [0])
+    [asked] = share.reservations([demand(big)], 0)
+    share.granted([asked], [(True, [1])])  # RESERVE_MIN held
+    for _ in range(RESERVE_MIN - 2):
+        assert share.take(demand(big), 0) is not None
+    gives, [more] = share.roll(0)  # 14 taken: to 28, 2 left, 26 reserved
+    assert gives == [] and more.counters[0].increment == 2 * (RESERVE_MIN - 2) - 2
+    assert more.counters[0].gating
+    assert share.take(demand(big), 0) is not None  # what is left still serves meanwhile
+    assert share.granted([more], [(True, [RESERVE_MIN + 1])], grow=False)
+    assert share.reserved == 2 * (RESERVE_MIN - 2) - 1
+    gives, reservations = share.roll(0)  # one taken since: RESERVE_MIN, the excess back
+    assert reservations == [] and [c.increment for g in gives for c in g.counters] == [
+        RESERVE_MIN - (2 * (RESERVE_MIN - 2) - 1)
+    ]
+    assert share.reserved == RESERVE_MIN and share.holding
+    gives, reservations = share.roll(0)  # nothing taken since: everything goes back
+    assert reservations == [] and [c.increment for g in gives for c in g.counters] == [-RESERVE_MIN]
+    assert share.reserved == 0 and not share.holding
+
+
+async def test_allowances_roll_over_syncs_while_checks_keep_coming(
+    redis_server: RedisServer, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checks at a steady pace across several syncs ask Redis only at the start: each
+    sync tops the allowance up before it runs out. Redis counts what was accepted plus the
+    allowance held, and what was accepted alone once the checks stop."""
+    monkeypatch.setattr("relay.services.limiter.redis.SYNC_S", 0.05)
+    limiter = reserving(redis_server.url, clock)
+    try:
+        for _ in range(3):  # learn, reserve, take
+            await limiter.check(P42, [("error", 1)], LIMIT_1000)
+        assert limiter.share is not None
+        hits = limiter.share.hits
+        for _ in range(60):  # 0.3 s: six syncs
+            await limiter.check(P42, [("error", 1)], LIMIT_1000)
+            await asyncio.sleep(0.005)
+        assert limiter.share.hits - hits >= 58, limiter.share.hits - hits
+        held = limiter.share.reserved
+        assert held > 0 and await stored(redis_server.url, limiter.prefix) == 63 + held
+        await asyncio.sleep(0.3)  # idle: the next syncs give everything back
+        assert limiter.share.reserved == 0
+        assert await stored(redis_server.url, limiter.prefix) == 63
+    finally:
+        await limiter.close()
