@@ -7,9 +7,11 @@ to the upstream before the session closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -171,11 +173,29 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
                     config.shutdown_timeout,
                 )
             stages.offload.close()
-        await reports.stop()
+        await reports.stop()  # the drops so far, queued like any envelope
+        # Everything queued goes upstream while there is time, with the disk spool too
+        # (what is left stays there for the next start; so it does at once while the
+        # upstream is down). Then the drops made meanwhile (envelopes the upstream kept
+        # failing) are reported, and those reports sent.
+        settle = partial(_settle, outbox, forwarder, deadline, spooled=durable)
+        await settle()
+        await reports.flush()
+        await settle()
         await shadow_forwarder.stop()
     finally:
         # Whatever failed above, what was accepted is still sent (or spooled).
         await forwarder.drain(max(0.0, deadline - time.monotonic()))
+
+
+async def _settle(outbox: Outbox, forwarder: Forwarder, deadline: float, *, spooled: bool) -> None:
+    """Until `deadline`, wait for the outbox to have nothing reserved, queued or being
+    sent (the forwarder keeps delivering meanwhile); with the disk spool, only while the
+    upstream is up."""
+    while outbox.pending and time.monotonic() < deadline:
+        if spooled and not forwarder.upstream_up:
+            return
+        await asyncio.sleep(0.02)
 
 
 async def _metrics_listener(app: web.Application) -> AsyncIterator[None]:

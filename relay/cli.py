@@ -44,8 +44,9 @@ def _print_config_error(err: ConfigError) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from relay.server import EXIT_NOT_STARTED, serve
+    from relay.server import EXIT_NOT_STARTED, defer_early_reloads, serve
 
+    defer_early_reloads()
     config = _load_or_report(args.config)
     if config is None:
         # A worker whose config stopped loading since the supervisor read it cannot start.

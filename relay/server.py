@@ -80,6 +80,28 @@ def banner(config: Config) -> str:
     )
 
 
+#: A SIGHUP came while the relay was starting (`defer_early_reloads`).
+_early_reload = False
+
+
+def defer_early_reloads() -> None:
+    """Until the relay can reload, a SIGHUP is remembered, and acted on once it can,
+    instead of ending the process (SIGHUP's default action): a `relay reload` sent just
+    after a start, or forwarded by the supervisor to a worker still starting."""
+
+    def remember(signum: int, frame: object) -> None:
+        global _early_reload
+        _early_reload = True
+
+    signal.signal(signal.SIGHUP, remember)
+
+
+def _take_early_reload() -> bool:
+    global _early_reload
+    taken, _early_reload = _early_reload, False
+    return taken
+
+
 def serve(
     config: Config,
     *,
@@ -113,13 +135,21 @@ def serve_worker(
         app[PEERS] = peers
         app.cleanup_ctx.append(peers.serving(partial(render_metrics, app)))
 
-    async def sighup(app: web.Application) -> AsyncIterator[None]:
+    async def signals(app: web.Application) -> AsyncIterator[None]:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
+        if _take_early_reload():
+            loop.call_soon(reload_config, app, config_path)
+        _stop_once(loop, config.shutdown_timeout)
         yield
+        # While draining, a reload changes nothing, and SIGHUP's default action would
+        # end the process and the drain.
         loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # SIGINT and SIGTERM stay with `_stop_once` until the listener's runner removes
+        # them, after the drain.
 
-    app.cleanup_ctx.append(sighup)
+    app.cleanup_ctx.append(signals)
     app.on_startup.append(_tune_gc)
     try:
         run_app(
@@ -137,6 +167,30 @@ def serve_worker(
         log.error("%s could not start: %s", who, exc)
         return EXIT_NOT_STARTED
     return 0
+
+
+def _stop_once(loop: asyncio.AbstractEventLoop, shutdown_timeout: float) -> None:
+    """SIGINT and SIGTERM stop the relay gracefully, once: a signal that comes while it
+    drains is logged and changes nothing. Another one is usual (systemd signals every
+    process of its unit, and a terminal's Ctrl-C the whole process group, so a worker
+    gets the supervisor's SIGTERM as well), and aiohttp's handler would end the drain
+    at once, losing the envelopes answered and not yet forwarded."""
+    stopping = False
+
+    def stop(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            log.warning(
+                "%s while stopping: the drain goes on (at most %ss); SIGKILL stops at once",
+                signal.Signals(signum).name,
+                shutdown_timeout,
+            )
+            return
+        stopping = True
+        raise web.GracefulExit
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
 
 
 #: Allocations between young-generation collections (CPython's default is 700). A request
@@ -262,6 +316,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        _take_early_reload()  # the workers, not started yet, read the file as it is now
         try:
             for index in range(self.config.workers):
                 self._spawn(index)
