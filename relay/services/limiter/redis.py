@@ -364,19 +364,20 @@ class RedisLimiter(BaseLimiter):
             return
         now = self._clock()
         pushes, reservations = share.roll(now) if roll else (share.drain_all(now), [])
-        if not pushes and not reservations:
-            return
-        try:
-            answers = await self._consume([*pushes, *reservations])
-        except LimiterUnavailable:
-            share.restore(pushes)
-            share.abandon(reservations)
-            self.redis_errors += 1
-            self._share_taken()
-            return
-        share.granted(reservations, answers[len(pushes) :], grow=False)
+        if pushes or reservations:
+            try:
+                answers = await self._consume([*pushes, *reservations])
+            except LimiterUnavailable:
+                share.restore(pushes)
+                share.abandon(reservations)
+                self.redis_errors += 1
+                self._share_taken()
+                return
+            share.granted(reservations, answers[len(pushes) :], grow=False)
         if roll and share.holding:
-            self._share_taken()  # what is held goes back at a sync once unused
+            # What is held goes back at a sync once unused (also when this one had
+            # nothing to change: an allowance already at its size).
+            self._share_taken()
 
     # -- health -----------------------------------------------------------------------
 

@@ -466,3 +466,27 @@ async def test_allowances_roll_over_syncs_while_checks_keep_coming(
         assert await stored(redis_server.url, limiter.prefix) == 63
     finally:
         await limiter.close()
+
+
+async def test_a_sync_that_changes_nothing_still_arranges_the_next(
+    redis_server: RedisServer, clock: Clock
+) -> None:
+    """An allowance already at its size after a sync is neither topped up nor given back;
+    the next sync must still come, or it would stay held once the checks stop."""
+    limiter = reserving(redis_server.url, clock)
+    try:
+        for _ in range(3):
+            await limiter.check(P42, [("error", 1)], LIMIT_1000)
+        assert limiter.share is not None
+        [share] = limiter.share._shares.values()
+        # As if the allowance were twice the traffic since the last sync.
+        held = share.allowance = 2 * RESERVE_MIN
+        share.taken = RESERVE_MIN
+        assert limiter._sync_handle is not None
+        limiter._sync_handle.cancel()
+        limiter._sync_handle = None
+        await limiter.sync(roll=True)
+        assert share.allowance == held and limiter.share.holding
+        assert limiter._sync_handle is not None  # the next sync gives it back
+    finally:
+        await limiter.close()
