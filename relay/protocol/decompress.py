@@ -203,10 +203,21 @@ class _Brotli:
             if obj.is_finished():
                 raise DecompressionError("br: data after the end of the stream")
             out: bytes = obj.process(data, output_buffer_limit=CHUNK)
+            # Drain until a call yields nothing. `can_accept_more_data()` does not say that
+            # the output is all out: Brotli 1.2 buffers the rest of the input and says True
+            # while output is still pending, which would be lost after the last chunk.
+            idle = 0
             while True:
                 if out:
                     yield out
-                if obj.can_accept_more_data() or obj.is_finished():
+                    idle = 0
+                elif obj.can_accept_more_data():
+                    return
+                else:  # neither output nor room for input: never twice in a row
+                    idle += 1
+                    if idle > 1:
+                        raise DecompressionError("br: the decoder made no progress")
+                if obj.is_finished():
                     return
                 out = obj.process(b"", output_buffer_limit=CHUNK)
         except brotli.error as exc:

@@ -30,6 +30,7 @@ from relay.protocol.checkin import (
     check_in_from_json,
     check_in_from_query,
 )
+from relay.protocol.dsn import Dsn, InvalidDsn
 from relay.protocol.envelope import Envelope, EnvelopeError, parse_envelope
 from relay.protocol.multipart import MultipartError
 from relay.protocol.ratelimit_header import format_rate_limits
@@ -239,12 +240,16 @@ async def envelope_endpoint(request: IngestRequest) -> web.Response:
         raise BadRequest(f"invalid envelope: {exc}") from None
     dsn = envelope.headers.get("dsn")
     dsn_text = dsn if isinstance(dsn, str) else None
-    if header_auth is not None and dsn_text is None:
-        auth = header_auth  # the same sources again would give the same answer
-    else:
+    if header_auth is None:
         auth = _auth(request, dsn_text, allow_envelope=True)
-    if header_auth is not None and auth.public_key != header_auth.public_key:
-        raise BadRequest("conflicting authentication: the envelope dsn and the request disagree")
+    else:
+        # The request's own auth decides; an envelope dsn naming another key is a bad
+        # envelope (400, as Sentry answers), not missing or bad auth (401).
+        auth = header_auth
+        if dsn_text is not None and _dsn_key(dsn_text) != auth.public_key:
+            raise BadRequest(
+                "conflicting authentication: the envelope dsn and the request disagree"
+            )
     if dsn_text is not None:
         # Whatever the auth came from, an envelope naming another project is refused (as
         # Sentry does): its data would land in, and be scrubbed by the policy of, the URL's.
@@ -263,14 +268,19 @@ def _ensure_event_id(envelope: Envelope) -> None:
         envelope.set_header("event_id", uuid.uuid4().hex)
 
 
-def _check_dsn_project(dsn: str, project_id: int) -> None:
-    from relay.protocol.dsn import Dsn, InvalidDsn
-
+def _parse_dsn(dsn: str) -> Dsn:
     try:
-        parsed = Dsn.parse(dsn)
+        return Dsn.parse(dsn)
     except InvalidDsn:
         raise BadRequest("invalid dsn in the envelope header") from None
-    if parsed.project_id != str(project_id):
+
+
+def _dsn_key(dsn: str) -> str:
+    return _parse_dsn(dsn).public_key
+
+
+def _check_dsn_project(dsn: str, project_id: int) -> None:
+    if _parse_dsn(dsn).project_id != str(project_id):
         raise BadRequest("the envelope dsn names another project than the URL")
 
 
