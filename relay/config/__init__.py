@@ -200,7 +200,8 @@ class ProjectConfig(Section, frozen=True):
     #: Where to forward; absent: `upstream.url` with the app's own id and key.
     upstream_dsn: str | None = None
     policy: PolicyConfig | None = None
-    #: Browser origins allowed to send (globs such as `https://*.example.com`); empty: any.
+    #: Browser origins allowed to send: globs such as `https://*.example.com`, or Sentry's
+    #: allowed-domain forms (`example.com`, `*.example.com`, `*:8080`); empty: any.
     allowed_origins: list[str] = []
 
 
@@ -606,9 +607,29 @@ def _check_core(config: Config) -> list[Problem]:
                 Dsn.parse(project.upstream_dsn)
             except InvalidDsn as exc:
                 problems.append(Problem(f"projects[{i}].upstream_dsn", str(exc)))
+        for k, pattern in enumerate(project.allowed_origins):
+            why = _origin_pattern_problem(pattern.lower())
+            if why is not None:
+                problems.append(Problem(f"projects[{i}].allowed_origins[{k}]", why))
         for k, key in enumerate(project.keys):
             if not re.fullmatch(r"[0-9a-zA-Z]{1,64}", key):
                 problems.append(
                     Problem(f"projects[{i}].keys[{k}]", "a public key is letters and digits")
                 )
     return problems
+
+
+def _origin_pattern_problem(pattern: str) -> str | None:
+    """Why an `allowed_origins` entry without a scheme cannot be read, if it cannot:
+    Sentry's allowed-domain forms (`example.com`, `*.example.com`, `*:8080`)."""
+    if "://" in pattern or pattern == "*":
+        return None
+    problem = "not a domain, `*.domain`, `domain:port` or `*:port` (or a glob with a scheme)"
+    try:
+        parts = urlsplit("//" + pattern)
+        parts.port  # noqa: B018 (reading it checks it)
+    except ValueError:
+        return problem
+    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in pattern:
+        return problem
+    return None

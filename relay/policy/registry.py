@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
 from functools import lru_cache
+from urllib.parse import urlsplit
 
 from relay.config import Config, ProjectConfig
 from relay.policy.compile import CompiledPolicy, compile_policy
@@ -46,9 +47,43 @@ class ProjectPolicy:
         if not origin or not self.allowed_origins:
             return True
         lowered = origin.lower()
-        return any(
-            fnmatch.fnmatchcase(lowered, pattern.lower()) for pattern in self.allowed_origins
-        )
+        return any(origin_matches(lowered, pattern.lower()) for pattern in self.allowed_origins)
+
+
+def origin_matches(origin: str, pattern: str) -> bool:
+    """Whether a browser `Origin` (lowered) matches an `allowed_origins` entry (lowered).
+
+    An entry with a scheme (`https://*.example.com`) is a glob over the whole origin. One
+    without is read as Sentry reads its projects' allowed domains: `*` any origin,
+    `example.com` that host with any scheme and port, `*.example.com` the domain and its
+    subdomains, and a `:port` (`example.com:8080`, `*:8080`) that port only."""
+    if "://" in pattern:
+        return fnmatch.fnmatchcase(origin, pattern)
+    if pattern == "*":
+        return True
+    try:
+        want = urlsplit("//" + pattern)
+        got = urlsplit(origin)
+        want_port, got_port = want.port, got.port
+    except ValueError:  # refused in the config; a client's Origin matches nothing
+        return False
+    if want_port is not None and got_port != want_port:
+        return False
+    domain, host = want.hostname or "", got.hostname or ""
+    if domain == "*":
+        return bool(host)
+    if domain.startswith("*."):
+        return host == domain[2:] or host.endswith(domain[1:])
+    return host == domain
+
+    try:
+        parts = urlsplit("//" + pattern)
+        parts.port  # noqa: B018 (reading it checks it)
+    except ValueError:
+        return "not a domain, `*.domain`, `domain:port` or `*:port`"
+    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in pattern:
+        return "not a domain, `*.domain`, `domain:port` or `*:port`"
+    return None
 
 
 @lru_cache(maxsize=4096)
