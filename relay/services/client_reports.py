@@ -8,7 +8,9 @@ decided itself (its 429s and rejections) are not reported back to it.
 A drop for a rate limit is reported in every category the item counted in (a
 transaction in `transaction` and `span`, an attachment in `attachment` and
 `attachment_item`; a log in the rejected one of `log_item` / `log_byte`), as Sentry's
-relays and SDKs report it; other drops in their outcome's category.
+relays and SDKs report it; other drops in their outcome's category. An attachment is
+always reported with its `attachment_item` too (one per outcome: an outcome is one
+item), as Sentry reports every dropped attachment, whatever dropped it.
 
 Each drop goes in the report's field for it, as a relay in front of Sentry reports
 them: a quota's in `rate_limited_events` with its reason code, a filter's in
@@ -62,6 +64,8 @@ _NOT_REPORTED = frozenset({Reason.UPSTREAM_RATE_LIMITED, Reason.UPSTREAM_REJECTE
 #: Categories whose drops are not reported: Sentry counts nothing in them (its stats
 #: would show them as errors).
 _UNREPORTED_CATEGORIES = frozenset({DataCategory.UNKNOWN.value, DataCategory.DEFAULT.value})
+_ATTACHMENT = DataCategory.ATTACHMENT.value
+_ATTACHMENT_ITEM = DataCategory.ATTACHMENT_ITEM.value
 #: The most one report line counts (Sentry reads a quantity as an unsigned 32-bit number).
 MAX_QUANTITY = 2**32 - 1
 
@@ -88,7 +92,8 @@ class ClientReports:
         self, target: Target, outcome: Outcome, quantities: list[tuple[str, int]] | None = None
     ) -> None:
         """Count one drop: in `quantities` (every category the item counted in, as Sentry
-        reports a rate-limited drop) when given, else in the outcome's category."""
+        reports a rate-limited drop) when given, else in the outcome's category (and an
+        attachment in `attachment_item` too)."""
         if not self.interval or target.is_file or outcome.reason in _NOT_REPORTED:
             return
         field = FIELDS.get(outcome.kind)
@@ -101,6 +106,8 @@ class ClientReports:
                 return
         if quantities is None:
             quantities = [(str(outcome.category), outcome.quantity)]
+            if outcome.category == _ATTACHMENT:
+                quantities.append((_ATTACHMENT_ITEM, 1))
         quantities = [(c, q) for c, q in quantities if c not in _UNREPORTED_CATEGORIES]
         if not quantities:
             return

@@ -1,0 +1,95 @@
+"""What the relay reports upstream for the items it drops, counted as Sentry counts them.
+
+Sentry counts a dropped attachment twice over: its bytes in `attachment` and the item
+itself in `attachment_item`, whatever dropped it (a filter, sampling, a quota). The real
+sentry-sdk sends an error with an attachment through the relay, which drops both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+import sentry_sdk
+from aiohttp.test_utils import TestClient
+
+from relay.keys import INGEST
+from tests.support.relay import KEY, RelayFactory
+from tests.support.upstream import RecordingUpstream
+
+NOTES = b"debug notes\n"
+
+
+@pytest.fixture
+def sdk_close() -> Iterator[None]:
+    yield
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.close(timeout=2)
+
+
+async def _send_error_with_attachment(relay: TestClient) -> None:
+    sentry_sdk.init(
+        dsn=f"http://{KEY}@127.0.0.1:{relay.port}/42",
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        release="shop@0.9.1",
+        send_client_reports=False,
+    )
+    with sentry_sdk.isolation_scope() as scope:
+        scope.add_attachment(bytes=NOTES, filename="notes.txt")
+        sentry_sdk.capture_message("checkout failed")
+    # The SDK's transport thread talks to the relay on this loop: never block the loop.
+    await asyncio.to_thread(sentry_sdk.flush, 5)
+
+
+async def _report(relay: TestClient, recorder: RecordingUpstream) -> dict[str, Any]:
+    await relay.app[INGEST].client_reports.flush()
+    async with asyncio.timeout(10):
+        while not recorder.items("client_report"):
+            await asyncio.sleep(0.02)
+    (item,) = recorder.items("client_report")
+    report: dict[str, Any] = orjson.loads(item.payload)
+    return report
+
+
+def _lines(report: dict[str, Any], field: str) -> dict[tuple[str, str], int]:
+    return {(line["reason"], line["category"]): line["quantity"] for line in report[field]}
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "reason"),
+    [
+        ({"filters": {"releases": ["shop@0.*"]}}, "filtered_events", "release-version"),
+        ({"sampling": [{"id": "all", "rate": 0.0}]}, "discarded_events", "sample_rate"),
+    ],
+    ids=["filtered", "sampled"],
+)
+async def test_a_dropped_attachment_is_reported_in_bytes_and_as_an_item(
+    relay_factory: RelayFactory,
+    recorder: RecordingUpstream,
+    sdk_close: None,
+    policy: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    relay = await relay_factory(upstream={"client_reports_interval": 100}, policy=policy)
+    await _send_error_with_attachment(relay)
+    assert not recorder.items("event")
+    report = await _report(relay, recorder)
+    assert _lines(report, field) == {
+        (reason, "error"): 1,
+        (reason, "attachment"): len(NOTES),
+        (reason, "attachment_item"): 1,
+    }
+    metrics = await (await relay.get("/metrics")).text()
+    kind = "filtered" if field == "filtered_events" else "sampled"
+    # One item each in the relay's own counters, as in the report's `error` line.
+    assert f'relay_items_total{{category="attachment",outcome="{kind}",reason=' in metrics
+    assert (
+        f'relay_item_quantity_total{{category="attachment",outcome="{kind}"}} {len(NOTES)}.0'
+        in (metrics)
+    )
