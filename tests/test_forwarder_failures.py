@@ -154,3 +154,26 @@ async def test_a_429_whose_limits_are_all_expired_falls_back_to_retry_after(
         'relay_items_total{category="error",outcome="rate_limited",reason="ratelimit_backoff"} 1.0',
         'relay_items_total{category="error",outcome="rate_limited",reason="upstream_rate_limited"} 1.0',
     ]
+
+
+async def test_an_sdk_client_report_is_sent_through_a_limit_on_every_category(
+    relay_factory: RelayFactory, recorder: RecordingUpstream
+) -> None:
+    """A 429 without categories limits every category, not what counts in none: the SDK's
+    client report (its own drops, `ratelimit_backoff` among them) still goes upstream, as
+    Sentry never rate limits client reports."""
+    relay = await relay_factory(upstream={"client_reports_interval": 0})
+    recorder.answer(Reply(429, headers={"Retry-After": "60"}))
+    response = await relay.post("/api/42/envelope/", data=_event(1), headers=auth_header())
+    assert response.status == 200
+    await _wait_for_metric(relay, 'reason="upstream_rate_limited"')
+    report = {
+        "timestamp": 1_700_000_000,
+        "discarded_events": [{"reason": "ratelimit_backoff", "category": "error", "quantity": 3}],
+    }
+    body = b'{}\n{"type":"client_report"}\n' + orjson.dumps(report) + b"\n"
+    response = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+    assert response.status == 200
+    await recorder.wait_for(1)  # the 429'd envelope is not recorded
+    [sent] = [i for e in recorder.envelopes for i in e.items if i.type == "client_report"]
+    assert orjson.loads(sent.payload)["discarded_events"][0]["quantity"] == 3

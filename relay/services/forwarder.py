@@ -39,6 +39,7 @@ from relay.config import UpstreamConfig
 from relay.logs import log_unexpected
 from relay.outcomes import Outcome, OutcomeKind, OutcomeSink, Reason
 from relay.policy.targets import CLIENT_NAME
+from relay.protocol.categories import DataCategory
 from relay.protocol.compress import gzip_worth
 from relay.protocol.ratelimit_header import RateLimit, parse_rate_limits, parse_retry_after
 from relay.protocol.sent_at import shift_sent_at
@@ -315,12 +316,16 @@ class Forwarder:
 
     def _limited(self, entry: OutboxEntry) -> RateLimit | None:
         """A limit the upstream announced that covers every category of `entry` (the
-        longest), or None: an entry with a category left, or none at all, is sent."""
+        longest), or None: an entry with a category left, or none at all, is sent. Items
+        that count in no category (client reports: `default`) are never limited, as
+        Sentry never rate limits them, so an entry holding one is sent."""
         key = entry.target.key
         if not entry.quantities or entry.target.is_file or not self.limits.has(key):
             return None
         found: RateLimit | None = None
         for category, _ in entry.quantities:
+            if category in _NEVER_LIMITED:
+                return None
             limit = self.limits.check(key, category)
             if limit is None:
                 return None
@@ -458,6 +463,11 @@ def _printable(text: str) -> bool:
 
 #: Answers that mean the upstream could not be reached (as Sentry's Relay counts them).
 _UNREACHABLE = frozenset({502, 503, 504})
+
+
+#: Categories of items that count in none (client reports and the like, `default`; an
+#: unknown item type, `unknown`): no upstream limit applies to them.
+_NEVER_LIMITED = frozenset({DataCategory.DEFAULT.value, DataCategory.UNKNOWN.value})
 
 
 def _unreachable(status: int | None) -> bool:
