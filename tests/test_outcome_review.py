@@ -93,3 +93,40 @@ async def test_a_dropped_attachment_is_reported_in_bytes_and_as_an_item(
         f'relay_item_quantity_total{{category="attachment",outcome="{kind}"}} {len(NOTES)}.0'
         in (metrics)
     )
+
+
+@pytest.mark.parametrize(
+    ("policy", "field", "reason"),
+    [
+        ({"filters": {"releases": ["shop@0.*"]}}, "filtered_events", "release-version"),
+        ({"sampling": [{"id": "all", "rate": 0.0}]}, "discarded_events", "sample_rate"),
+    ],
+    ids=["filtered", "sampled"],
+)
+async def test_a_dropped_transaction_is_reported_with_its_spans(
+    relay_factory: RelayFactory,
+    recorder: RecordingUpstream,
+    sdk_close: None,
+    policy: dict[str, Any],
+    field: str,
+    reason: str,
+) -> None:
+    """A transaction counts `1 + len(spans)` in `span`; dropped, it is reported there too,
+    as Sentry's Relay and the SDKs report it."""
+    relay = await relay_factory(upstream={"client_reports_interval": 100}, policy=policy)
+    sentry_sdk.init(
+        dsn=f"http://{KEY}@127.0.0.1:{relay.port}/42",
+        default_integrations=False,
+        auto_enabling_integrations=False,
+        release="shop@0.9.1",
+        traces_sample_rate=1.0,
+        send_client_reports=False,
+    )
+    with sentry_sdk.start_transaction(name="/checkout"):
+        for step in ("cart", "payment"):
+            with sentry_sdk.start_span(op="step", name=step):
+                pass
+    await asyncio.to_thread(sentry_sdk.flush, 5)
+    assert not recorder.items("transaction")
+    report = await _report(relay, recorder)
+    assert _lines(report, field) == {(reason, "transaction"): 1, (reason, "span"): 3}

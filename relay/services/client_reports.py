@@ -5,12 +5,12 @@ Drops are summed per upstream target, reason and category, and sent every
 so Sentry's usage stats show what the relay discarded. Drops the upstream
 decided itself (its 429s and rejections) are not reported back to it.
 
-A drop for a rate limit is reported in every category the item counted in (a
-transaction in `transaction` and `span`, an attachment in `attachment` and
-`attachment_item`; a log in the rejected one of `log_item` / `log_byte`), as Sentry's
-relays and SDKs report it; other drops in their outcome's category. An attachment is
-always reported with its `attachment_item` too (one per outcome: an outcome is one
-item), as Sentry reports every dropped attachment, whatever dropped it.
+A drop at ingest is reported in every category the item counted in (a transaction in
+`transaction` and `span`, an attachment in `attachment` and `attachment_item`; a
+rate-limited log in the rejected one of `log_item` / `log_byte`), as Sentry's relays and
+SDKs report it, whatever dropped it; later drops (the forwarder's) in their outcome's
+category, an attachment with its `attachment_item` too (one per outcome: an outcome is one
+item).
 
 Each drop goes in the report's field for it, as a relay in front of Sentry reports
 them: a quota's in `rate_limited_events` with its reason code, a filter's in

@@ -293,7 +293,12 @@ class Ingest:
 
         for dropped in prepared.dropped:
             if not dropped.dry_run:
-                self._dropped(target, dropped.outcome, dropped.report)
+                # Reported upstream in every category the item counted in (a transaction
+                # in `span` too), as Sentry reports a drop, whatever made it.
+                report = dropped.report
+                if report is None and len(dropped.work.quantities) > 1:
+                    report = [(c, q) for c, q in dropped.work.quantities if q > 0]
+                self._dropped(target, dropped.outcome, report)
         if self.shadow is not None and prepared.dropped and policy.shadow is not None:
             self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
 
