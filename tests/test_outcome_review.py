@@ -130,3 +130,30 @@ async def test_a_dropped_transaction_is_reported_with_its_spans(
     assert not recorder.items("transaction")
     report = await _report(relay, recorder)
     assert _lines(report, field) == {(reason, "transaction"): 1, (reason, "span"): 3}
+
+
+async def test_an_envelope_answered_413_is_left_to_the_sdk_to_report(
+    relay_factory: RelayFactory, recorder: RecordingUpstream
+) -> None:
+    """Answered 413, the SDK reports the loss itself (sentry-python: `send_error`): the
+    relay counts it in its metrics, not in its client reports, or Sentry would count it
+    twice. A drop answered 200 is still reported."""
+    relay = await relay_factory(
+        upstream={"client_reports_interval": 100},
+        limits={"max_event_bytes": 1024},
+        policy={"filters": {"releases": ["old@*"]}},
+    )
+    big = orjson.dumps({"message": "x" * 4096})
+    envelope = b'{}\n{"type":"event","length":%d}\n%s\n' % (len(big), big)
+    headers = {"X-Sentry-Auth": f"Sentry sentry_key={KEY}, sentry_version=7"}
+    assert (await relay.post("/api/42/envelope/", data=envelope, headers=headers)).status == 413
+    old = orjson.dumps({"message": "filtered", "release": "old@1"})
+    envelope = b'{}\n{"type":"event"}\n%s\n' % old
+    assert (await relay.post("/api/42/envelope/", data=envelope, headers=headers)).status == 200
+    report = await _report(relay, recorder)
+    assert _lines(report, "filtered_events") == {("release-version", "error"): 1}
+    assert report.get("discarded_events", []) == []
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_items_total{category="error",outcome="invalid",reason="too_large"} 1.0' in (
+        metrics
+    )

@@ -291,17 +291,6 @@ class Ingest:
         if self.limiter is not None and policy.quotas and prepared.kept:
             counted = await self._check_quotas(prepared, ctx, policy, result)
 
-        for dropped in prepared.dropped:
-            if not dropped.dry_run:
-                # Reported upstream in every category the item counted in (a transaction
-                # in `span` too), as Sentry reports a drop, whatever made it.
-                report = dropped.report
-                if report is None and len(dropped.work.quantities) > 1:
-                    report = [(c, q) for c, q in dropped.work.quantities if q > 0]
-                self._dropped(target, dropped.outcome, report)
-        if self.shadow is not None and prepared.dropped and policy.shadow is not None:
-            self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
-
         if not prepared.kept:
             kinds = {d.outcome.kind for d in prepared.dropped if not d.dry_run}
             if total_items and kinds == {OutcomeKind.RATE_LIMITED}:
@@ -311,6 +300,20 @@ class Ingest:
                 result.too_large = any(
                     d.outcome.reason == Reason.TOO_LARGE for d in prepared.dropped
                 )
+        # Answered 413, the SDK counts the items lost itself (`send_error`): reported by
+        # both, Sentry's stats would count them twice.
+        upstream = not (result.all_invalid and result.too_large)
+        for dropped in prepared.dropped:
+            if not dropped.dry_run:
+                # Reported upstream in every category the item counted in (a transaction
+                # in `span` too), as Sentry reports a drop, whatever made it.
+                report = dropped.report
+                if report is None and len(dropped.work.quantities) > 1:
+                    report = [(c, q) for c, q in dropped.work.quantities if q > 0]
+                self._dropped(target, dropped.outcome, report, upstream=upstream)
+        if self.shadow is not None and prepared.dropped and policy.shadow is not None:
+            self.shadow.mirror(envelope.headers, prepared.dropped, policy, ctx.client_ip)
+        if not prepared.kept:
             return result
 
         outbox = self.outbox
@@ -421,13 +424,18 @@ class Ingest:
         )
 
     def _dropped(
-        self, target: Target, outcome: Outcome, report: list[tuple[str, int]] | None = None
+        self,
+        target: Target,
+        outcome: Outcome,
+        report: list[tuple[str, int]] | None = None,
+        *,
+        upstream: bool = True,
     ) -> None:
-        """One dropped item's outcome: counted, and reported upstream (client reports), in
-        the categories of `report` when given (a rate-limited drop: every category it
-        counted in), else in the outcome's."""
+        """One dropped item's outcome: counted, and reported upstream (client reports,
+        unless not `upstream`), in the categories of `report` when given (every category
+        it counted in), else in the outcome's."""
         self.outcomes.emit(outcome)
-        if self.client_reports is not None:
+        if upstream and self.client_reports is not None:
             self.client_reports.record(target, outcome, report)
 
     def _emit_scrub_dropped(self, prepared: pipeline.Prepared, target: Target) -> None:
