@@ -63,3 +63,16 @@ def relay_factory(upstream_url: str, aiohttp_client: Any) -> RelayFactory:
 @pytest.fixture
 async def relay(relay_factory: RelayFactory) -> TestClient:
     return await relay_factory()
+
+
+@pytest.fixture
+def sdk_dsn(relay: TestClient) -> Iterator[str]:
+    """A DSN for the real sentry-sdk that points at `relay`; the SDK is closed after."""
+    import sentry_sdk
+
+    from tests.support.relay import KEY
+
+    yield f"http://{KEY}@127.0.0.1:{relay.port}/42"
+    client = sentry_sdk.get_client()
+    if client.is_active():
+        client.close(timeout=2)

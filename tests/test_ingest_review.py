@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
 
 import brotli
 import orjson
@@ -44,14 +43,6 @@ def test_brotli_body_inflating_past_one_chunk_is_whole(step: int | None) -> None
         decoder.feed(body[start : start + step])
     assert decoder.finish() == plain
     assert decompress(body, "br", 10 * len(plain)) == plain
-
-
-@pytest.fixture
-def sdk_dsn(relay: TestClient) -> Iterator[str]:
-    yield f"http://{KEY}@127.0.0.1:{relay.port}/42"
-    client = sentry_sdk.get_client()
-    if client.is_active():
-        client.close(timeout=2)
 
 
 async def test_sentry_python_brotli_event_larger_than_a_chunk_arrives(

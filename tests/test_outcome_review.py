@@ -16,11 +16,20 @@ import pytest
 import sentry_sdk
 from aiohttp.test_utils import TestClient
 
-from relay.keys import INGEST
 from tests.support.relay import KEY, RelayFactory
 from tests.support.upstream import RecordingUpstream
+from tests.test_client_report_format import _sent_report
 
 NOTES = b"debug notes\n"
+#: A filter and sampling drop an event or a transaction with all it holds.
+DROPS = pytest.mark.parametrize(
+    ("policy", "field", "reason"),
+    [
+        ({"filters": {"releases": ["shop@0.*"]}}, "filtered_events", "release-version"),
+        ({"sampling": [{"id": "all", "rate": 0.0}]}, "discarded_events", "sample_rate"),
+    ],
+    ids=["filtered", "sampled"],
+)
 
 
 @pytest.fixture
@@ -46,28 +55,11 @@ async def _send_error_with_attachment(relay: TestClient) -> None:
     await asyncio.to_thread(sentry_sdk.flush, 5)
 
 
-async def _report(relay: TestClient, recorder: RecordingUpstream) -> dict[str, Any]:
-    await relay.app[INGEST].client_reports.flush()
-    async with asyncio.timeout(10):
-        while not recorder.items("client_report"):
-            await asyncio.sleep(0.02)
-    (item,) = recorder.items("client_report")
-    report: dict[str, Any] = orjson.loads(item.payload)
-    return report
-
-
 def _lines(report: dict[str, Any], field: str) -> dict[tuple[str, str], int]:
     return {(line["reason"], line["category"]): line["quantity"] for line in report[field]}
 
 
-@pytest.mark.parametrize(
-    ("policy", "field", "reason"),
-    [
-        ({"filters": {"releases": ["shop@0.*"]}}, "filtered_events", "release-version"),
-        ({"sampling": [{"id": "all", "rate": 0.0}]}, "discarded_events", "sample_rate"),
-    ],
-    ids=["filtered", "sampled"],
-)
+@DROPS
 async def test_a_dropped_attachment_is_reported_in_bytes_and_as_an_item(
     relay_factory: RelayFactory,
     recorder: RecordingUpstream,
@@ -79,7 +71,7 @@ async def test_a_dropped_attachment_is_reported_in_bytes_and_as_an_item(
     relay = await relay_factory(upstream={"client_reports_interval": 100}, policy=policy)
     await _send_error_with_attachment(relay)
     assert not recorder.items("event")
-    report = await _report(relay, recorder)
+    report = await _sent_report(relay, recorder)
     assert _lines(report, field) == {
         (reason, "error"): 1,
         (reason, "attachment"): len(NOTES),
@@ -95,14 +87,7 @@ async def test_a_dropped_attachment_is_reported_in_bytes_and_as_an_item(
     )
 
 
-@pytest.mark.parametrize(
-    ("policy", "field", "reason"),
-    [
-        ({"filters": {"releases": ["shop@0.*"]}}, "filtered_events", "release-version"),
-        ({"sampling": [{"id": "all", "rate": 0.0}]}, "discarded_events", "sample_rate"),
-    ],
-    ids=["filtered", "sampled"],
-)
+@DROPS
 async def test_a_dropped_transaction_is_reported_with_its_spans(
     relay_factory: RelayFactory,
     recorder: RecordingUpstream,
@@ -128,7 +113,7 @@ async def test_a_dropped_transaction_is_reported_with_its_spans(
                 pass
     await asyncio.to_thread(sentry_sdk.flush, 5)
     assert not recorder.items("transaction")
-    report = await _report(relay, recorder)
+    report = await _sent_report(relay, recorder)
     assert _lines(report, field) == {(reason, "transaction"): 1, (reason, "span"): 3}
 
 
@@ -150,7 +135,7 @@ async def test_an_envelope_answered_413_is_left_to_the_sdk_to_report(
     old = orjson.dumps({"message": "filtered", "release": "old@1"})
     envelope = b'{}\n{"type":"event"}\n%s\n' % old
     assert (await relay.post("/api/42/envelope/", data=envelope, headers=headers)).status == 200
-    report = await _report(relay, recorder)
+    report = await _sent_report(relay, recorder)
     assert _lines(report, "filtered_events") == {("release-version", "error"): 1}
     assert report.get("discarded_events", []) == []
     metrics = await (await relay.get("/metrics")).text()

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 import sentry_sdk
-from aiohttp.test_utils import TestClient
 from sentry_sdk import crons
 
 from tests.support.relay import KEY
 from tests.support.upstream import RecordingUpstream
-
-
-@pytest.fixture
-def sdk_dsn(relay: TestClient) -> Iterator[str]:
-    yield f"http://{KEY}@127.0.0.1:{relay.port}/42"
-    client = sentry_sdk.get_client()
-    if client.is_active():
-        client.close(timeout=2)
 
 
 def _init(dsn: str, **kwargs: Any) -> None:
