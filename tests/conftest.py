@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import create_app
 from tests.support.lean import LeanTestServer
+from tests.support.process import RelayProcess
 from tests.support.redis_server import RedisServer
 from tests.support.relay import RelayFactory, make_config, window_clock
 from tests.support.upstream import RecordingUpstream
@@ -76,3 +77,12 @@ def sdk_dsn(relay: TestClient) -> Iterator[str]:
     client = sentry_sdk.get_client()
     if client.is_active():
         client.close(timeout=2)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[RelayProcess]]:
+    """Relay processes started by a test, killed after it whatever happened."""
+    started: list[RelayProcess] = []
+    yield started
+    for proc in started:
+        proc.kill()
