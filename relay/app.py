@@ -157,7 +157,10 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     app[STATE].started.set()
     yield
     app[STATE].draining = True
-    deadline = time.monotonic() + config.shutdown_timeout
+    # `shutdown_timeout` bounds the whole stop, from the signal: the requests in flight
+    # (aiohttp waits for them first) and this drain together, so that a supervisor or an
+    # orchestrator waiting a little longer never kills the process in the middle of it.
+    deadline = (app[STATE].stop_requested or time.monotonic()) + config.shutdown_timeout
     try:
         stages = app[INGEST]
         if stages.backlog is not None:

@@ -28,6 +28,10 @@ class State:
     def __init__(self) -> None:
         self.draining = False
         self.started = asyncio.Event()
+        #: When the stop signal came (`time.monotonic()`): `shutdown_timeout` counts from
+        #: there, the requests in flight and the drain together. None: no signal (the
+        #: drain's own start counts).
+        self.stop_requested: float | None = None
 
 
 CONFIG = web.AppKey("config", Config)

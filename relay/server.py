@@ -26,7 +26,7 @@ from aiohttp import web
 
 from relay.app import create_app
 from relay.config import Config
-from relay.keys import PEERS
+from relay.keys import PEERS, STATE, State
 from relay.logs import setup_logging
 from relay.protocol.proxy import Proxy
 from relay.protocol.url import local_authority
@@ -140,7 +140,7 @@ def serve_worker(
         loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
         if _take_early_reload():
             loop.call_soon(reload_config, app, config_path)
-        _stop_once(loop, config.shutdown_timeout)
+        _stop_once(loop, config.shutdown_timeout, app[STATE])
         yield
         # While draining, a reload changes nothing, and SIGHUP's default action would
         # end the process and the drain.
@@ -169,7 +169,7 @@ def serve_worker(
     return 0
 
 
-def _stop_once(loop: asyncio.AbstractEventLoop, shutdown_timeout: float) -> None:
+def _stop_once(loop: asyncio.AbstractEventLoop, shutdown_timeout: float, state: State) -> None:
     """SIGINT and SIGTERM stop the relay gracefully, once: a signal that comes while it
     drains is logged and changes nothing. Another one is usual (systemd signals every
     process of its unit, and a terminal's Ctrl-C the whole process group, so a worker
@@ -187,6 +187,7 @@ def _stop_once(loop: asyncio.AbstractEventLoop, shutdown_timeout: float) -> None
             )
             return
         stopping = True
+        state.stop_requested = time.monotonic()  # the drain's deadline counts from here
         raise web.GracefulExit
 
     for signum in (signal.SIGINT, signal.SIGTERM):
