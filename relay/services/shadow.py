@@ -4,13 +4,15 @@ For each request, the dropped items whose reason is listed in `shadow.reasons`
 (and every dry-run hit, which is not dropped at all) are:
 
 1. sampled (`sample_rate`) and capped (`max_per_minute`, a token bucket),
-2. tagged `relay.dropped_reason` / `relay.rule` (and `relay.dry_run`),
+2. tagged `relay.dropped_reason` / `relay.rule` (and `relay.dry_run`); a dry-run hit's
+   copy, whose original is forwarded too, gets an event id of its own (`copy_event_id`)
+   and names the original in `relay.original_event_id`,
 3. scrubbed with the project's own policy — the shadow copy leaves the process
    only through the same scrubber as everything else,
 4. queued on the shadow's own bounded outbox, drained by its own forwarder.
 
-`put` never waits: a full shadow queue drops the copy (counted), so a slow or
-failing shadow upstream never delays or fails the primary path. Nor does a copy
+`put` never waits: a full shadow queue drops the copy (counted; before it is built),
+so a slow or failing shadow upstream never delays or fails the primary path. Nor does a copy
 that cannot be built (an event shape nothing expected): `mirror` logs the error,
 counts it in `failed_copies` and returns; a copy is queued only once scrubbed, so a
 failure before that queues nothing. Each mirrored item counts once as outcome `shadowed`.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -163,6 +166,14 @@ class Shadow:
             return
         if cfg.sample_rate < 1.0 and random.random() >= cfg.sample_rate:
             return
+        size = sum(len(drop.work.item.payload) for drop in chosen)
+        if not self.outbox.has_room(size):
+            # Checked before the copy is built: while the shadow upstream is slow or down
+            # its queue stays full, and scrubbing copies only to throw them away would
+            # cost the ingest path for nothing.
+            self.dropped_copies += 1
+            self._skipped("queue_full")
+            return
         bucket = self._bucket(cfg)
         if not bucket.take():
             self.dropped_copies += 1
@@ -185,7 +196,6 @@ class Shadow:
         ]
         header = {k: v for k, v in envelope_headers.items() if k in ("event_id", "sent_at", "sdk")}
         build = partial(_build, policy, header, parts, client_ip)
-        size = sum(len(part.payload) for part in parts)
         if self.offload is not None and self.offload.wants(size):
             self.offload.submit(build, partial(self._queue, chosen), self._failed)
         else:
@@ -239,6 +249,12 @@ def _build(
     assert target is not None and policy.scrubber is not None
     if policy.scrubber.strips_client_ip:
         client_ip = None
+    # A dry-run hit's original is forwarded too: its copy gets an id of its own (see
+    # `copy_event_id`), in the envelope header and in every event of the copy alike.
+    renamed = any(part.drop.dry_run for part in parts)
+    header_id = header.get("event_id")
+    if renamed and header_id is not None:
+        header = {**header, "event_id": copy_event_id(header_id)}
     items: list[Item] = []
     events: set[int] = set()
     for part in parts:
@@ -256,6 +272,12 @@ def _build(
                 outcome.rule or outcome.reason,
                 dry_run=part.drop.dry_run,
             )
+            if renamed:
+                original = event.get("event_id", header_id)
+                if "event_id" in event:
+                    event["event_id"] = copy_event_id(original)
+                if isinstance(original, str):
+                    _add_tag(event, TAG_ORIGINAL_EVENT_ID, original[:_MAX_ID])
             policy.scrubber.scrub_event(event, part.type, report=False)
             events.add(len(items))
             items.append(Item(part.headers, orjson.dumps(event)))
@@ -276,6 +298,32 @@ def _build(
         quantities=[part.quantity for part in parts],
         event_id=copy.event_id,
     )
+
+
+#: The tag that names the original event of a dry-run copy (which has an id of its own).
+TAG_ORIGINAL_EVENT_ID = "relay.original_event_id"
+_MAX_ID = 64
+_COPY_IDS = uuid.UUID("5f1d2b8e-6c0a-4f3e-9b7d-2a4c8e1f0d63")
+
+
+def copy_event_id(event_id: object) -> object:
+    """The event id of a dry-run hit's copy: the original is forwarded too, and an
+    upstream that keys events by id alone (GlitchTip's events table) keeps only one of
+    two events with the same id, whatever their projects. Derived from the original's
+    (case and dashes aside), so that a resent envelope's copy has the same id again;
+    anything that is not a string is left as it came."""
+    if not isinstance(event_id, str):
+        return event_id
+    return uuid.uuid5(_COPY_IDS, event_id.strip().lower().replace("-", "")).hex
+
+
+def _add_tag(event: dict[str, Any], key: str, value: str) -> None:
+    """Add a tag to `tags` as `tag_for_shadow` left it (a mapping or a list of pairs)."""
+    tags = event.get("tags")
+    if isinstance(tags, dict):
+        tags[key] = value
+    elif isinstance(tags, list):
+        tags.append([key, value])
 
 
 def _one_per_item(drops: list[Dropped]) -> list[Dropped]:
