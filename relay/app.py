@@ -142,6 +142,8 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         metrics.shadow_outcomes,
         metrics,
         concurrency=2,
+        name="shadow upstream",
+        count_request=metrics.count_shadow_request,
     )
     metrics.add_gauge_callback(
         "relay_upstream_up",

@@ -172,3 +172,32 @@ async def test_limits_learned_from_each_upstream_stay_with_it(
 async def _serve(aiohttp_client: Any, upstream: RecordingUpstream) -> str:
     client = await aiohttp_client(upstream.app)
     return str(client.make_url("")).rstrip("/")
+
+
+async def test_a_down_shadow_upstream_is_counted_apart_from_the_upstream(
+    aiohttp_server: Any, upstream_url: str, recorder: RecordingUpstream, aiohttp_client: Any
+) -> None:
+    """The shadow's requests go to `relay_shadow_requests_total`, not to the upstream's
+    counter, whose errors fire `RelayUpstreamErrors`: a down shadow project must not page
+    anyone about the upstream."""
+    shadow_rec = RecordingUpstream()
+    shadow_rec.answer(*[Reply(503)] * 50)
+    server = await aiohttp_server(shadow_rec.app)
+    host = str(server.make_url("")).rstrip("/").split("//", 1)[1]
+    policy = {
+        "shadow": {"dsn": f"http://{'e' * 32}@{host}/7"},
+        "filters": {"error_messages": ["*drop me*"]},
+    }
+    relay = await aiohttp_client(create_app(make_config(upstream_url, policy=policy)))
+    for message in ("drop me please", "keep me"):
+        body = b'{}\n{"type":"event"}\n' + orjson.dumps({"message": message}) + b"\n"
+        resp = await relay.post("/api/42/envelope/", data=body, headers=auth_header())
+        assert resp.status == 200
+    await recorder.wait_for(1)
+    async with asyncio.timeout(5):
+        while shadow_rec.attempts < 1:
+            await asyncio.sleep(0.01)
+    metrics = await (await relay.get("/metrics")).text()
+    assert 'relay_shadow_requests_total{status="503"}' in metrics
+    assert 'relay_upstream_requests_total{status="200"} 1.0' in metrics
+    assert 'relay_upstream_requests_total{status="503"}' not in metrics

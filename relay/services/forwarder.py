@@ -89,6 +89,8 @@ class Forwarder:
         concurrency: int | None = None,
         keeps_unsent: bool = False,
         retarget: Callable[[OutboxEntry], None] | None = None,
+        name: str = "upstream",
+        count_request: Callable[[int | None], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.http = http
@@ -96,6 +98,10 @@ class Forwarder:
         self.limits = limits
         self.outcomes = outcomes
         self.metrics = metrics
+        #: What its log lines call the upstream ("shadow upstream" for the shadow's).
+        self.name = name
+        #: Counts each request by status: `relay_upstream_requests_total` by default.
+        self._count_request = count_request or metrics.count_upstream
         self._sleep = sleep
         self._concurrency = concurrency or config.concurrency
         self._tasks: list[asyncio.Task[None]] = []
@@ -204,14 +210,16 @@ class Forwarder:
     def _succeeded(self) -> None:
         self._failures = 0
         if not self._up.is_set():
-            log.warning("upstream is back; replaying the backlog")
+            log.warning("%s is back; replaying the backlog", self.name)
             self._up.set()
 
     def _failed(self) -> None:
         self._failures += 1
         if self._up.is_set() and self._failures >= self.config.outage_after:
             log.error(
-                "upstream outage: %d consecutive failures; probing with backoff", self._failures
+                "%s outage: %d consecutive failures; probing with backoff",
+                self.name,
+                self._failures,
             )
             self._up.clear()
 
@@ -372,8 +380,8 @@ class Forwarder:
             url = target.url if entry.endpoint == "envelope" else target.url_for(entry.endpoint)
             reply = await self.http.post(url, body, headers, self.config.timeout_s)
         except (TimeoutError, OSError) as exc:
-            self.metrics.count_upstream(None)
-            log.warning("upstream request failed: %s", _describe(exc))
+            self._count_request(None)
+            log.warning("%s request failed: %s", self.name, _describe(exc))
             return None
         status = reply.status
         if 300 <= status < 400:
@@ -384,7 +392,7 @@ class Forwarder:
             )
         if status == 429 or reply.rate_limits is not None:
             self._learn_limits(target.key, reply.rate_limits, reply.retry_after, status)
-        self.metrics.count_upstream(status)
+        self._count_request(status)
         return status
 
     def _learn_limits(

@@ -84,6 +84,12 @@ class Metrics:
         self.upstream_requests = LabelledCounter(
             "relay_upstream_requests", "Requests to the upstream by status.", ["status"], r
         )
+        self.shadow_requests = LabelledCounter(
+            "relay_shadow_requests",
+            "Requests to the shadow project's upstream by status.",
+            ["status"],
+            r,
+        )
         self.outbox_size = Gauge(
             "relay_outbox_size", "Envelopes waiting for the forwarder.", registry=r
         )
@@ -184,6 +190,11 @@ class Metrics:
                 "error" if status is None else str(status)
             )
         cell[0] += 1.0
+
+    def count_shadow_request(self, status: int | None) -> None:
+        """One request to the shadow project's upstream (apart from the upstream's, whose
+        alerts a down shadow must not fire)."""
+        self.shadow_requests.cell("error" if status is None else str(status))[0] += 1.0
 
     def set_usage(self, rows: Iterable[UsageRow]) -> None:
         """Refresh the quota gauges from the limiter's usage rows (on scrape)."""

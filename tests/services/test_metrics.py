@@ -52,6 +52,12 @@ class _Reference:
         self.upstream_requests = Counter(
             "relay_upstream_requests", "Requests to the upstream by status.", ["status"], registry=r
         )
+        self.shadow_requests = Counter(
+            "relay_shadow_requests",
+            "Requests to the shadow project's upstream by status.",
+            ["status"],
+            registry=r,
+        )
         Gauge("relay_outbox_size", "Envelopes waiting for the forwarder.", registry=r)
         Gauge("relay_outbox_bytes", "Bytes waiting for the forwarder.", registry=r)
         Gauge(
@@ -110,6 +116,9 @@ class _Reference:
 
     def count_upstream(self, status: int | None) -> None:
         self.upstream_requests.labels("error" if status is None else str(status)).inc()
+
+    def count_shadow_request(self, status: int | None) -> None:
+        self.shadow_requests.labels("error" if status is None else str(status)).inc()
 
     def shadow(self, outcome: Outcome) -> None:
         self.shadow_deliveries.labels(outcome.kind.value).inc()
@@ -174,6 +183,8 @@ REALISTIC: list[Call] = [
     ("count_upstream", (None,)),
     ("count_upstream", (429,)),
     ("count_upstream", (200,)),
+    ("count_shadow_request", (503,)),
+    ("count_shadow_request", (None,)),
     ("shadow", (_outcome(A, "forwarded", "error"),)),
     ("shadow", (_outcome(OutcomeKind.INTERNAL, "send_failed", "error"),)),
     ("log", (logging.WARNING,)),
