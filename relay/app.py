@@ -187,10 +187,13 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         await settle()
         await reports.flush()
         await settle()
-        await shadow_forwarder.stop()
     finally:
-        # Whatever failed above, what was accepted is still sent (or spooled).
-        await forwarder.drain(max(0.0, deadline - time.monotonic()))
+        # Whatever failed above, what was accepted is still sent (or spooled), and the
+        # shadow's forwarder stops (its copies left get their outcomes).
+        try:
+            await forwarder.drain(max(0.0, deadline - time.monotonic()))
+        finally:
+            await shadow_forwarder.stop()
 
 
 async def _settle(outbox: Outbox, forwarder: Forwarder, deadline: float, *, spooled: bool) -> None:
