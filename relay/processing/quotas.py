@@ -207,6 +207,9 @@ def validate_budgets(budgets: Sequence[BudgetConfig]) -> list[Problem]:
                 problems.append(Problem(ppath, f"unknown data category {category!r}"))
             if not math.isfinite(price) or price < 0:
                 problems.append(Problem(ppath, "must be a number >= 0"))
+            elif price * NANO > 2**53:
+                # Counters are integers in Redis: one unit must stay countable.
+                problems.append(Problem(ppath, "must be below 9007199"))
         problems.extend(_check_window(budget.window, join_path(path, "window")))
     return problems
 
@@ -272,7 +275,10 @@ class CompiledQuota:
         if self.per_category:
             return (category,)
         if self.kind == "budget":
-            return tuple(sorted(self.prices))
+            # A category priced at 0 never adds to the counter, so a full budget still
+            # accepts it: SDKs must not be told to hold it back.
+            # (Never an empty tuple, which would stop every category.)
+            return tuple(sorted(c for c, price in self.prices.items() if price > 0)) or (category,)
         return tuple(sorted(self.categories))
 
     @property
@@ -653,7 +659,16 @@ def spike_baseline(history: Sequence[int]) -> float:
     the hours exactly a week (or whole weeks) ago, the same hour on other days, and
     all hours, weighted `SPIKE_WEIGHTS`; missing groups drop out and the rest are
     renormalized. No history at all gives 0.
+
+    Hours older than the oldest hour with a count are not history: a counter that was
+    never written reads 0, and the hours before a project (or a category, or spike
+    protection itself) started would otherwise count as hours without traffic, pulling
+    a new project's threshold down to a fraction of its normal traffic for a week.
     """
+    known = len(history)
+    while known and history[known - 1] <= 0:
+        known -= 1
+    history = history[:known]
     week: list[int] = []
     day: list[int] = []
     for k, count in enumerate(history, start=1):

@@ -443,6 +443,10 @@ class BaseLimiter:
                 f"{{{self.prefix}:{tag}}}:{suffix}"
                 for suffix in spike_history_suffixes(now, spike.history_hours)
             ]
+            if self.share is not None and not self.share.reserve and self.share.unsynced:
+                # `share` mode: what this process accepted by itself in the past hours is
+                # their history too; it reaches the store with a sync, not a second later.
+                await self._before_read()
             history = await self._read(keys)
             threshold = spike_threshold(history, spike.floor_per_hour, spike.multiplier)
         except asyncio.CancelledError:

@@ -445,11 +445,13 @@ class QuotaShare:
     @staticmethod
     def _as_demands(counters: list[Counter], now: float) -> list[CategoryDemand]:
         # A counter whose window has ended is not recreated in the store (what is given
-        # back never creates one). One demand per counter: the store skips a whole demand
-        # when one of its keys holds no integer, and that key must not keep every other
-        # counter's amount from the store.
+        # back never creates one), except a spike counter (`s:`): an ended hour is
+        # the history spike thresholds are read from, and its key outlives it for that.
+        # One demand per counter: the store skips a whole demand when one of its keys
+        # holds no integer, and that key must not keep every other counter's amount from
+        # the store.
         return [
             CategoryDemand(SYNC_CATEGORY, 0, [c])
             for c in counters
-            if c.window_end > now or c.increment < 0
+            if c.window_end > now or c.increment < 0 or c.tag.startswith("s:")
         ]
