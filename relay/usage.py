@@ -60,6 +60,14 @@ def _from_http(config: Config) -> list[dict[str, Any]]:
     return rows
 
 
+def _money(value: float) -> str:
+    """An amount as budgets count it (to a billionth): two decimals at least, and every
+    one that is not 0 (0.001 must not read 0.00)."""
+    whole, _, fraction = f"{value:.9f}".partition(".")
+    fraction = fraction.rstrip("0")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
 def _format(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no quotas, budgets or spike protection configured"
@@ -69,12 +77,12 @@ def _format(rows: list[dict[str, Any]]) -> str:
         end = r["window_end"]
         ends = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(end)) if end else "-"
         used = (
-            f"{r['used']:.4f} {r['currency'] or ''}".strip()
+            f"{_money(r['used'])} {r['currency'] or ''}".strip()
             if r["kind"] == "budget"
             else str(r["used"])
         )
         limit = (
-            f"{r['limit']:.2f} {r['currency'] or ''}".strip()
+            f"{_money(r['limit'])} {r['currency'] or ''}".strip()
             if r["kind"] == "budget"
             else str(r["limit"])
         )

@@ -201,3 +201,11 @@ async def test_a_down_shadow_upstream_is_counted_apart_from_the_upstream(
     assert 'relay_shadow_requests_total{status="503"}' in metrics
     assert 'relay_upstream_requests_total{status="200"} 1.0' in metrics
     assert 'relay_upstream_requests_total{status="503"}' not in metrics
+
+
+def test_a_cap_of_zero_copies_per_minute_lets_none_through() -> None:
+    from relay.services.shadow import _Bucket
+
+    assert not _Bucket(0).take()
+    two = _Bucket(2)
+    assert two.take() and two.take() and not two.take()

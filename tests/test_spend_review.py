@@ -234,3 +234,15 @@ async def test_what_a_share_accepted_stays_in_the_spike_history(
         assert await limiter.spike_threshold(42, "error", low) == 100
     finally:
         await limiter.close()
+
+
+def test_the_usage_table_shows_small_amounts() -> None:
+    from relay.usage import _money
+
+    assert [_money(v) for v in (5, 0.001, 0.300000001, 12.5, 0)] == [
+        "5.00",
+        "0.001",
+        "0.300000001",
+        "12.50",
+        "0.00",
+    ]

@@ -233,7 +233,8 @@ class ShadowConfig(Section, frozen=True):
     """Where dropped items are mirrored (scrubbed and tagged) for auditing.
 
     `reasons`: which drops are mirrored (see DROP_REASONS). `sample_rate`: share of
-    those mirrored. `max_per_minute`: cap on mirrored items per relay process.
+    those mirrored. `max_per_minute`: cap on copies (one per request: its mirrored
+    items) per relay process, `0` for none.
     """
 
     dsn: str

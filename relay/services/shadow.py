@@ -84,7 +84,7 @@ def wanted(cfg: ShadowConfig, drop: Dropped) -> bool:
 class _Bucket:
     def __init__(self, per_minute: int) -> None:
         self.rate = per_minute / 60.0
-        self.capacity = float(max(per_minute, 1))
+        self.capacity = float(per_minute)  # 0: no copy at all
         self.tokens = self.capacity
         self.stamp = time.monotonic()
 
