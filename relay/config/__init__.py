@@ -608,9 +608,14 @@ def _check_core(config: Config) -> list[Problem]:
             except InvalidDsn as exc:
                 problems.append(Problem(f"projects[{i}].upstream_dsn", str(exc)))
         for k, pattern in enumerate(project.allowed_origins):
-            why = _origin_pattern_problem(pattern.lower())
-            if why is not None:
-                problems.append(Problem(f"projects[{i}].allowed_origins[{k}]", why))
+            if not _readable_origin(pattern):
+                problems.append(
+                    Problem(
+                        f"projects[{i}].allowed_origins[{k}]",
+                        "not a domain, `*.domain`, `domain:port` or `*:port` "
+                        "(or a glob with a scheme)",
+                    )
+                )
         for k, key in enumerate(project.keys):
             if not re.fullmatch(r"[0-9a-zA-Z]{1,64}", key):
                 problems.append(
@@ -619,17 +624,9 @@ def _check_core(config: Config) -> list[Problem]:
     return problems
 
 
-def _origin_pattern_problem(pattern: str) -> str | None:
-    """Why an `allowed_origins` entry without a scheme cannot be read, if it cannot:
-    Sentry's allowed-domain forms (`example.com`, `*.example.com`, `*:8080`)."""
-    if "://" in pattern or pattern == "*":
-        return None
-    problem = "not a domain, `*.domain`, `domain:port` or `*:port` (or a glob with a scheme)"
-    try:
-        parts = urlsplit("//" + pattern)
-        parts.port  # noqa: B018 (reading it checks it)
-    except ValueError:
-        return problem
-    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in pattern:
-        return problem
-    return None
+def _readable_origin(pattern: str) -> bool:
+    """Whether an `allowed_origins` entry is a glob with a scheme or one of Sentry's
+    allowed-domain forms (read by `relay.policy.registry.OriginRule`)."""
+    from relay.policy.registry import OriginRule  # the policy imports the config
+
+    return OriginRule.parse(pattern) is not None

@@ -34,6 +34,12 @@ class ProjectPolicy:
     upstream_url: str
     revision: str
     allowed_origins: tuple[str, ...] = field(default=())
+    #: `allowed_origins`, read once (entries that are neither form match nothing).
+    origin_rules: tuple[OriginRule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rules = (OriginRule.parse(p) for p in self.allowed_origins)
+        object.__setattr__(self, "origin_rules", tuple(r for r in rules if r is not None))
 
     def target(self, public_key: str) -> Target:
         return _target(
@@ -47,43 +53,62 @@ class ProjectPolicy:
         if not origin or not self.allowed_origins:
             return True
         lowered = origin.lower()
-        return any(origin_matches(lowered, pattern.lower()) for pattern in self.allowed_origins)
+        return any(rule.matches(lowered) for rule in self.origin_rules)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginRule:
+    """One `allowed_origins` entry, read once. With a scheme (`https://*.example.com`): a
+    glob over the whole origin. Without, as Sentry reads its projects' allowed domains:
+    `*` any origin, `example.com` that host with any scheme and port, `*.example.com` the
+    domain and its subdomains, and a `:port` (`example.com:8080`, `*:8080`) that port only."""
+
+    glob: str | None = None
+    domain: str = ""
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, pattern: str) -> OriginRule | None:
+        """The rule of an entry; None for one that is neither form (`check-config`
+        refuses those)."""
+        pattern = pattern.lower()
+        if "://" in pattern:
+            return cls(glob=pattern)
+        if pattern == "*":
+            return cls(domain="*")
+        try:
+            parts = urlsplit("//" + pattern)
+            port = parts.port
+        except ValueError:
+            return None
+        if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in pattern:
+            return None
+        return cls(domain=parts.hostname, port=port)
+
+    def matches(self, origin: str) -> bool:
+        """Whether a browser `Origin` (lowered) matches."""
+        if self.glob is not None:
+            return fnmatch.fnmatchcase(origin, self.glob)
+        if self.domain == "*" and self.port is None:
+            return True
+        try:
+            got = urlsplit(origin)
+            host, port = got.hostname or "", got.port
+        except ValueError:  # a client's Origin that does not parse matches nothing
+            return False
+        if self.port is not None and port != self.port:
+            return False
+        if self.domain == "*":
+            return bool(host)
+        if self.domain.startswith("*."):
+            return host == self.domain[2:] or host.endswith(self.domain[1:])
+        return host == self.domain
 
 
 def origin_matches(origin: str, pattern: str) -> bool:
-    """Whether a browser `Origin` (lowered) matches an `allowed_origins` entry (lowered).
-
-    An entry with a scheme (`https://*.example.com`) is a glob over the whole origin. One
-    without is read as Sentry reads its projects' allowed domains: `*` any origin,
-    `example.com` that host with any scheme and port, `*.example.com` the domain and its
-    subdomains, and a `:port` (`example.com:8080`, `*:8080`) that port only."""
-    if "://" in pattern:
-        return fnmatch.fnmatchcase(origin, pattern)
-    if pattern == "*":
-        return True
-    try:
-        want = urlsplit("//" + pattern)
-        got = urlsplit(origin)
-        want_port, got_port = want.port, got.port
-    except ValueError:  # refused in the config; a client's Origin matches nothing
-        return False
-    if want_port is not None and got_port != want_port:
-        return False
-    domain, host = want.hostname or "", got.hostname or ""
-    if domain == "*":
-        return bool(host)
-    if domain.startswith("*."):
-        return host == domain[2:] or host.endswith(domain[1:])
-    return host == domain
-
-    try:
-        parts = urlsplit("//" + pattern)
-        parts.port  # noqa: B018 (reading it checks it)
-    except ValueError:
-        return "not a domain, `*.domain`, `domain:port` or `*:port`"
-    if not parts.hostname or parts.path or parts.query or parts.fragment or "@" in pattern:
-        return "not a domain, `*.domain`, `domain:port` or `*:port`"
-    return None
+    """Whether a browser `Origin` matches an `allowed_origins` entry (see `OriginRule`)."""
+    rule = OriginRule.parse(pattern)
+    return rule is not None and rule.matches(origin.lower())
 
 
 @lru_cache(maxsize=4096)
