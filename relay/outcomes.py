@@ -36,8 +36,8 @@ class Reason:
 
     UNKNOWN_ITEM = "unknown"
     TOO_LARGE = "too_large"
-    #: A second event-like item (or Unreal crash report) in one envelope, which Sentry
-    #: refuses: the first one is kept.
+    #: A second event-like item (or Unreal crash report, or check-in) in one envelope:
+    #: the first one is kept.
     DUPLICATE_ITEM = "duplicate_item"
     INVALID_JSON = "invalid_json"
     INVALID_PAYLOAD = "invalid_payload"

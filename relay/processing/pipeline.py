@@ -214,8 +214,9 @@ class Limits:
 
 #: Item types Sentry accepts once per envelope, by the slot they share: one event-like
 #: item (a second one, or an event beside a transaction, makes Sentry refuse the envelope:
-#: the size limits count them as one, and events are extracted once), and one Unreal crash
-#: report. NEL reports, user reports and native crash attachments may repeat.
+#: the size limits count them as one, and events are extracted once), one Unreal crash
+#: report, one check-in and one transaction profile (the later ones dropped, as Sentry
+#: drops them). NEL reports, user reports and native crash attachments may repeat.
 SINGLE_SLOTS: dict[str, str] = {
     **dict.fromkeys(
         (
@@ -230,7 +231,11 @@ SINGLE_SLOTS: dict[str, str] = {
         "event",
     ),
     "unreal_report": "unreal_report",
+    "check_in": "check_in",
+    "profile": "profile",
 }
+#: The reason Sentry gives an extra transaction profile (the others: `duplicate_item`).
+TOO_MANY_PROFILES = "profiling_too_many_profiles"
 #: Item types counted per envelope (`Limits.room`), by the allowance they count against.
 _COUNTED: dict[str, str] = {
     "attachment": "attachment",
@@ -406,10 +411,11 @@ def prepare(
             [],
             exempt=exempt_categories(itype, item.headers),
         )
-        # Sentry's limits by item type, before any payload is read: the first event-like
-        # item has the envelope's slot whatever becomes of it, a later one is a duplicate.
+        # Sentry's limits by item type, before any payload is read: the first item of a
+        # single slot has it whatever becomes of it, a later one is a duplicate.
         if not room.take_slot(itype):
-            _drop_unread(result, work, Reason.DUPLICATE_ITEM)
+            reason = TOO_MANY_PROFILES if itype == "profile" else Reason.DUPLICATE_ITEM
+            _drop_unread(result, work, reason)
             continue
         if itype in EVENT_TYPES:
             if len(item.payload) > limits.max_event_bytes:
