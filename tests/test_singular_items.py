@@ -5,7 +5,6 @@ their places."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from typing import Any
@@ -19,6 +18,7 @@ from relay.processing.pipeline import Prepared
 from relay.protocol.envelope import Envelope, make_envelope
 from tests.support.relay import RelayFactory, auth_header
 from tests.support.upstream import RecordingUpstream
+from tests.test_item_limits import _metric
 
 CTX = RequestContext(42, "abc", "203.0.113.9", "sentry.python/2.75.0")
 EVENT = orjson.dumps({"message": "boom"})
@@ -97,15 +97,6 @@ def test_other_items_beside_a_check_in_keep_their_place() -> None:
 
 
 # -- through the app ------------------------------------------------------------------------
-
-
-async def _metric(relay: Any, line: str) -> bool:
-    async with asyncio.timeout(5):
-        while True:
-            text = await (await relay.get("/metrics")).text()
-            if line in text.splitlines():
-                return True
-            await asyncio.sleep(0.02)
 
 
 async def test_an_envelope_with_two_check_ins_forwards_the_first(
