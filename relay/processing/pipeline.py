@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+import msgspec
 import orjson
 
 from relay.outcomes import Outcome, OutcomeKind, Reason
 from relay.processing import sessions
 from relay.processing.context import AUTO_IP, INFER_IP_PLATFORMS, RequestContext
 from relay.processing.filters import otel_log_record, security_event
+from relay.processing.scrub.content import Unreadable
+from relay.processing.scrub.replay import video_parts
 from relay.protocol.categories import (
     EVENT_ITEM_TYPES,
     EVENT_TYPES,
@@ -216,7 +219,9 @@ class Limits:
 #: item (a second one, or an event beside a transaction, makes Sentry refuse the envelope:
 #: the size limits count them as one, and events are extracted once), one Unreal crash
 #: report, one check-in and one transaction profile (the later ones dropped, as Sentry
-#: drops them). NEL reports, user reports and native crash attachments may repeat.
+#: drops them), and one replay recording and one replay video (Sentry refuses an envelope
+#: with two: the replay's event would go with them). NEL reports, user reports and native
+#: crash attachments may repeat.
 SINGLE_SLOTS: dict[str, str] = {
     **dict.fromkeys(
         (
@@ -233,6 +238,8 @@ SINGLE_SLOTS: dict[str, str] = {
     "unreal_report": "unreal_report",
     "check_in": "check_in",
     "profile": "profile",
+    "replay_recording": "replay_recording",
+    "replay_video": "replay_video",
 }
 #: The reason Sentry gives an extra transaction profile (the others: `duplicate_item`).
 TOO_MANY_PROFILES = "profiling_too_many_profiles"
@@ -889,7 +896,8 @@ def drop_categories(
 
 #: Item types whose `{{auto}}` addresses are resolved: events (`resolve_client_ip`),
 #: sessions (`resolve_session_ip`, found by `AUTO_IP_BYTES` in the payload) and replays
-#: (`resolve_replay_ip`, which Sentry normalizes as events).
+#: (`resolve_replay_ip`, and `resolve_video_ip` for a replay video's event, which Sentry
+#: normalizes as events).
 IP_TYPES = frozenset({"event", "transaction"})
 SESSION_TYPES = frozenset({"session", "sessions"})
 REPLAY_TYPE = "replay_event"
@@ -945,6 +953,22 @@ def resolve_replay_ip(item: Item, client_ip: str | None) -> bool:
     return True
 
 
+def resolve_video_ip(item: Item, client_ip: str | None) -> bool:
+    """A replay video's replay event as a `replay_event` item (`resolve_replay_ip`): Sentry
+    normalizes it the same way. The map is encoded again with its three parts only (as the
+    scrubber does). Returns whether the item changed; a video that does not read is left to
+    the scrubber."""
+    try:
+        parts = video_parts(item.payload)
+        doc = orjson.loads(parts["replay_event"])
+    except (Unreadable, orjson.JSONDecodeError):
+        return False
+    if not isinstance(doc, dict) or not resolve_client_ip(doc, client_ip):
+        return False
+    item.set_payload(msgspec.msgpack.encode({**parts, "replay_event": orjson.dumps(doc)}))
+    return True
+
+
 def _resolve_auto(obj: object, key: str, client_ip: str | None) -> bool:
     """`obj[key]` from `{{auto}}` to `client_ip`, or removed without one."""
     if not isinstance(obj, dict) or obj.get(key) != AUTO_IP:
@@ -976,6 +1000,8 @@ def finish(
                 resolve_session_ip(work.item, client_ip if keep_ip else None)
             elif work.type == REPLAY_TYPE:
                 resolve_replay_ip(work.item, client_ip if keep_ip else None)
+            elif work.type == "replay_video":
+                resolve_video_ip(work.item, client_ip if keep_ip else None)
             continue
         if work.type in IP_TYPES and resolve_client_ip(work.event, client_ip if keep_ip else None):
             work.dirty = True

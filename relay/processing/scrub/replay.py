@@ -63,7 +63,7 @@ def scrub_recording(scrubber: Scrubber, payload: bytes, index: int, want: bool) 
 
 def scrub_video(scrubber: Scrubber, payload: bytes, index: int, want: bool) -> Scrubbed:
     """A `replay_video` payload: its new bytes (None: unchanged) and redactions."""
-    parts = _video_parts(payload)
+    parts = video_parts(payload)
     event, found = _scrub_replay_event(scrubber, parts["replay_event"], index, want)
     redactions = [r._replace(path=f"replay_event.{r.path}") for r in found]
     recording, found = scrub_recording(scrubber, parts["replay_recording"], index, want)
@@ -78,7 +78,7 @@ def scrub_video(scrubber: Scrubber, payload: bytes, index: int, want: bool) -> S
     return (None if out == payload else out), redactions
 
 
-def _video_parts(payload: bytes) -> dict[str, bytes]:
+def video_parts(payload: bytes) -> dict[str, bytes]:
     """The three byte strings of a replay video's MessagePack map.
 
     The map's values are first taken as undecoded slices, and each of the three is then
