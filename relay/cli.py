@@ -92,10 +92,23 @@ def cmd_scrub(args: argparse.Namespace) -> int:
     config = _load_or_report(args.config)
     if config is None:
         return 1
+    limit = config.limits.max_decompressed_bytes
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        if args.file == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(args.file, "rb") as f:
+                data = f.read(limit + 1)
     except OSError as exc:
         print(f"relay scrub: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if len(data) > limit:
+        # Read no further: the relay refuses such a body (413) before reading it.
+        print(
+            f"relay scrub: {args.file} is larger than limits.max_decompressed_bytes "
+            f"({limit} bytes); the relay would refuse it (413)",
+            file=sys.stderr,
+        )
         return 1
     try:
         reports = dry_run(config, data, args.project)

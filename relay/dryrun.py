@@ -165,7 +165,11 @@ def _scrub_items(scrubber: ScrubStage, probe: Envelope, reports: dict[int, ItemR
     for i, note in notes.items():
         if note.reason is None:
             reports[i].unread = note.why
+    dropped = {d.index for d in scrub.dropped}
     for i, item in enumerate(items):
+        if i in dropped:
+            # Not scrubbed (it could not be read, or the policy drops it): never shown.
+            continue
         show = _show_video if item.type == "replay_video" else _show
         reports[i].payload = show(item.payload)
 

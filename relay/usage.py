@@ -12,25 +12,44 @@ import asyncio
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 import orjson
 
-from relay.config import Config
+from relay.config import Config, RedisConfig
 from relay.policy.registry import PolicyRegistry
 from relay.protocol.url import local_authority
 from relay.services.limiter import LimiterUnavailable, create_limiter
 from relay.web.admin import row_to_json, usage_scopes
 
 
-async def _from_redis(config: Config) -> list[dict[str, Any]]:
-    limiter = create_limiter(config.redis)
+async def _from_redis(config: Config, redis: RedisConfig) -> list[dict[str, Any]]:
+    limiter = create_limiter(redis)
     try:
         rows = await limiter.usage(usage_scopes(PolicyRegistry(config)))
+    except LimiterUnavailable as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None and str(exc.__cause__) else ""
+        where = _where(redis.url.reveal())
+        raise RuntimeError(
+            f"cannot read the counters from Redis at {where}: {exc}{cause}"
+        ) from None
     finally:
         await limiter.close()
     return [row_to_json(r) for r in rows]
+
+
+def _where(url: str) -> str:
+    """A Redis URL to print: no credentials, no query (it can hold `password=`)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _counted(config: Config) -> bool:
+    """Whether any quota, budget or spike protection applies: something to show."""
+    return any(quotas for _, quotas in usage_scopes(PolicyRegistry(config)))
 
 
 def usage_url(host: str, port: int) -> str:
@@ -51,13 +70,30 @@ def _from_http(config: Config) -> list[dict[str, Any]]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(req, timeout=5) as resp:
-            data = orjson.loads(resp.read())
+            body = resp.read()
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"the relay at {url} answered {exc.code}") from None
+    except urllib.error.URLError as exc:
+        raise RuntimeError(f"cannot reach the relay at {url}: {exc.reason}") from None
     except OSError as exc:
         raise RuntimeError(f"cannot reach the relay at {url}: {exc}") from None
-    rows: list[dict[str, Any]] = data["usage"]
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = None
+    rows = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and r.keys() >= _ROW_KEYS for r in rows
+    ):
+        raise RuntimeError(f"what answers at {url} is not a relay's usage endpoint")
     return rows
+
+
+#: What every usage row holds (`relay.web.admin.row_to_json`).
+_ROW_KEYS = frozenset(
+    {"kind", "id", "scope", "scope_id", "category", "categories", "used", "limit"}
+    | {"window_end", "dry_run", "currency", "active"}
+)
 
 
 def _money(value: float) -> str:
@@ -104,7 +140,12 @@ def _format(rows: list[dict[str, Any]]) -> str:
 
 def print_usage(config: Config, *, as_json: bool = False) -> int:
     try:
-        rows = asyncio.run(_from_redis(config)) if config.redis is not None else _from_http(config)
+        if not _counted(config):
+            rows = []  # nothing counts: no need to reach Redis or the relay
+        elif config.redis is not None:
+            rows = asyncio.run(_from_redis(config, config.redis))
+        else:
+            rows = _from_http(config)
     except (LimiterUnavailable, RuntimeError) as exc:
         print(f"relay usage: {exc}", file=sys.stderr)
         return 1
